@@ -1,0 +1,557 @@
+"""The Wallaroo 0.4.2 Python API, run by a Rust engine on Python 3.
+
+An application module defines ``application_setup(args)`` and returns
+``ApplicationBuilder(...)....build()``. Steps are plain functions turned into
+objects by the decorators below; the engine only calls their methods, so
+hand-written classes with the same methods work as well.
+
+Run an application with ``python -m wallaroo APP [flags]`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import struct
+import sys
+from typing import Any, Callable, Iterable, Optional
+
+__all__ = [
+    "ApplicationBuilder",
+    "FileSinkConfig",
+    "FileSourceConfig",
+    "KafkaSinkConfig",
+    "KafkaSourceConfig",
+    "StdoutSinkConfig",
+    "TCPSinkConfig",
+    "TCPSourceConfig",
+    "WallarooParameterError",
+    "computation",
+    "computation_multi",
+    "decoder",
+    "deserialize",
+    "encoder",
+    "kafka_parse_sink_options",
+    "kafka_parse_source_options",
+    "partition",
+    "serialize",
+    "state_computation",
+    "state_computation_multi",
+    "tcp_parse_input_addrs",
+    "tcp_parse_output_addrs",
+]
+
+__version__ = "0.1.0"
+
+
+class WallarooParameterError(Exception):
+    """A builder or config was given a value it cannot use."""
+
+
+def serialize(obj: Any) -> bytes:
+    """Serialize ``obj`` for crossing workers or going to disk (pickle)."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def deserialize(data: bytes) -> Any:
+    """Inverse of :func:`serialize`."""
+    return pickle.loads(data)
+
+
+# ---------------------------------------------------------------------------
+# Decorated objects
+# ---------------------------------------------------------------------------
+
+
+class _Decorated:
+    """Base of the objects the decorators return.
+
+    Pickles by reference to the module attribute the decorator replaced (the
+    usual case), else by value of the wrapped function's reference.
+    """
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self._func = func
+        self.__module__ = getattr(func, "__module__", None) or __name__
+        self.__qualname__ = getattr(func, "__qualname__", type(self).__name__)
+        self.__name__ = getattr(func, "__name__", type(self).__name__)
+        self.__doc__ = getattr(func, "__doc__", None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Decorated:
+        return self
+
+    def _ctor_args(self) -> tuple:
+        return (self._func,)
+
+    def __reduce__(self) -> Any:
+        module = sys.modules.get(self.__module__)
+        target: Any = module
+        for part in self.__qualname__.split("."):
+            target = getattr(target, part, None)
+        if target is self:
+            return self.__qualname__
+        return (type(self), self._ctor_args())
+
+    def __repr__(self) -> str:
+        return f"<wallaroo.{type(self).__name__} {self.__qualname__}>"
+
+
+class _Named(_Decorated):
+    def __init__(self, func: Callable[..., Any], name: str) -> None:
+        super().__init__(func)
+        self._name = name
+
+    def name(self) -> str:
+        """The step name shown in logs, errors and metrics."""
+        return self._name
+
+    def _ctor_args(self) -> tuple:
+        return (self._func, self._name)
+
+
+class Computation(_Named):
+    """A stateless step: ``compute(data)`` returns the output or None to drop."""
+
+    def compute(self, data: Any) -> Any:
+        return self._func(data)
+
+
+class ComputationMulti(_Named):
+    """A stateless fan-out step: ``compute_multi(data)`` returns a list or None."""
+
+    def compute_multi(self, data: Any) -> Optional[list]:
+        return self._func(data)
+
+
+class StateComputation(_Named):
+    """A state step: ``compute(data, state)`` returns ``(output, state_changed)``."""
+
+    def compute(self, data: Any, state: Any) -> tuple:
+        return self._func(data, state)
+
+
+class StateComputationMulti(_Named):
+    """A state fan-out step: ``compute_multi(data, state)`` returns ``(list_or_None, changed)``."""
+
+    def compute_multi(self, data: Any, state: Any) -> tuple:
+        return self._func(data, state)
+
+
+class PartitionFunction(_Decorated):
+    """Maps a record to its partition key: ``partition(data)``."""
+
+    def partition(self, data: Any) -> Any:
+        return self._func(data)
+
+
+class Decoder(_Decorated):
+    """Turns input bytes into a record; framing described by a struct header."""
+
+    def __init__(self, func: Callable[[bytes], Any], header_length: int, length_fmt: str) -> None:
+        super().__init__(func)
+        try:
+            fmt_size = struct.calcsize(length_fmt)
+        except (struct.error, TypeError) as err:
+            raise WallarooParameterError(
+                f"decoder {self.__qualname__}: bad length_fmt {length_fmt!r}: {err}"
+            ) from None
+        if fmt_size != header_length:
+            raise WallarooParameterError(
+                f"decoder {self.__qualname__}: length_fmt {length_fmt!r} is "
+                f"{fmt_size} bytes, header_length is {header_length}"
+            )
+        self._header_length = header_length
+        self._length_fmt = length_fmt
+
+    def header_length(self) -> int:
+        return self._header_length
+
+    def payload_length(self, header: bytes) -> int:
+        return struct.unpack(self._length_fmt, header)[0]
+
+    def decode(self, data: bytes) -> Any:
+        return self._func(data)
+
+    def length_fmt(self) -> str:
+        """The struct format of the header (lets the engine frame natively)."""
+        return self._length_fmt
+
+    def _ctor_args(self) -> tuple:
+        return (self._func, self._header_length, self._length_fmt)
+
+
+class Encoder(_Decorated):
+    """Turns a record into output bytes (``str`` is sent UTF-8 encoded)."""
+
+    def encode(self, data: Any) -> Any:
+        return self._func(data)
+
+
+def _named_decorator(cls: type, name: Optional[str]) -> Callable[[Callable[..., Any]], Any]:
+    def wrap(func: Callable[..., Any]) -> Any:
+        return cls(func, name if name is not None else func.__name__)
+
+    return wrap
+
+
+def computation(name: Optional[str] = None) -> Callable[[Callable[[Any], Any]], Computation]:
+    """``@computation(name=...)`` on ``f(data)``: a stateless step."""
+    return _named_decorator(Computation, name)
+
+
+def computation_multi(
+    name: Optional[str] = None,
+) -> Callable[[Callable[[Any], Any]], ComputationMulti]:
+    """``@computation_multi(name=...)`` on ``f(data)`` returning a list: fan-out."""
+    return _named_decorator(ComputationMulti, name)
+
+
+def state_computation(
+    name: Optional[str] = None,
+) -> Callable[[Callable[[Any, Any], Any]], StateComputation]:
+    """``@state_computation(name=...)`` on ``f(data, state)`` -> ``(output, changed)``."""
+    return _named_decorator(StateComputation, name)
+
+
+def state_computation_multi(
+    name: Optional[str] = None,
+) -> Callable[[Callable[[Any, Any], Any]], StateComputationMulti]:
+    """``@state_computation_multi(name=...)`` on ``f(data, state)`` -> ``(list, changed)``."""
+    return _named_decorator(StateComputationMulti, name)
+
+
+def partition(func: Callable[[Any], Any]) -> PartitionFunction:
+    """``@partition`` on ``f(data)`` returning the record's partition key."""
+    return PartitionFunction(func)
+
+
+def decoder(header_length: int = 4, length_fmt: str = ">I") -> Callable[[Callable], Decoder]:
+    """``@decoder(header_length=4, length_fmt=">I")`` on ``f(payload_bytes)``."""
+    if isinstance(header_length, bool) or not isinstance(header_length, int) or header_length <= 0:
+        raise WallarooParameterError(f"decoder header_length must be a positive int, got {header_length!r}")
+
+    def wrap(func: Callable[[bytes], Any]) -> Decoder:
+        return Decoder(func, header_length, length_fmt)
+
+    return wrap
+
+
+def encoder(func: Callable[[Any], Any]) -> Encoder:
+    """``@encoder`` on ``f(data)`` returning bytes or str (or None to write nothing)."""
+    return Encoder(func)
+
+
+# ---------------------------------------------------------------------------
+# Source and sink configs
+# ---------------------------------------------------------------------------
+
+
+def _port(value: Any, what: str) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise WallarooParameterError(f"{what}: port must be a number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise WallarooParameterError(f"{what}: port out of range: {port}")
+    return port
+
+
+def _brokers(brokers: Iterable[Any], what: str) -> list:
+    if isinstance(brokers, str):
+        brokers = brokers.split(",")
+    out = []
+    for item in brokers:
+        if isinstance(item, str):
+            host, _, port = item.partition(":")
+            item = (host, port or "9092")
+        try:
+            host, port = item
+        except (TypeError, ValueError):
+            raise WallarooParameterError(
+                f"{what}: brokers must be (host, port) pairs, got {item!r}"
+            ) from None
+        out.append((str(host), str(port)))
+    return out
+
+
+_LOG_LEVELS = ("Fine", "Info", "Warn", "Error")
+
+
+def _log_level(level: Any, what: str) -> str:
+    if level not in _LOG_LEVELS:
+        raise WallarooParameterError(f"{what}: log_level must be one of {_LOG_LEVELS}, got {level!r}")
+    return level
+
+
+class TCPSourceConfig:
+    """Listen on ``host:port``; frames are split by the decoder's header."""
+
+    kind = "tcp"
+
+    def __init__(self, host: str, port: Any, decoder: Any) -> None:
+        self.host = host
+        self.port = _port(port, "TCPSourceConfig")
+        self.decoder = decoder
+
+    def to_tuple(self) -> tuple:
+        return ("tcp", self.host, str(self.port), self.decoder)
+
+
+class TCPSinkConfig:
+    """Connect to ``host:port`` and write each encoded record as-is."""
+
+    kind = "tcp"
+
+    def __init__(self, host: str, port: Any, encoder: Any) -> None:
+        self.host = host
+        self.port = _port(port, "TCPSinkConfig")
+        self.encoder = encoder
+
+    def to_tuple(self) -> tuple:
+        return ("tcp", self.host, str(self.port), self.encoder)
+
+
+class KafkaSourceConfig:
+    """Consume ``topic``; each message value goes to ``decoder.decode``."""
+
+    kind = "kafka"
+
+    def __init__(self, topic: str, brokers: Iterable[Any], log_level: str, decoder: Any) -> None:
+        self.topic = topic
+        self.brokers = _brokers(brokers, "KafkaSourceConfig")
+        self.log_level = _log_level(log_level, "KafkaSourceConfig")
+        self.decoder = decoder
+
+    def to_tuple(self) -> tuple:
+        return ("kafka", self.topic, self.brokers, self.log_level, self.decoder)
+
+
+class KafkaSinkConfig:
+    """Produce to ``topic``; ``encoder.encode`` returns ``(value, key)`` or a value."""
+
+    kind = "kafka"
+
+    def __init__(
+        self,
+        topic: str,
+        brokers: Iterable[Any],
+        log_level: str,
+        max_produce_buffer_ms: Any,
+        max_message_size: Any,
+        encoder: Any,
+    ) -> None:
+        self.topic = topic
+        self.brokers = _brokers(brokers, "KafkaSinkConfig")
+        self.log_level = _log_level(log_level, "KafkaSinkConfig")
+        try:
+            self.max_produce_buffer_ms = int(max_produce_buffer_ms)
+            self.max_message_size = int(max_message_size)
+        except (TypeError, ValueError):
+            raise WallarooParameterError(
+                "KafkaSinkConfig: max_produce_buffer_ms and max_message_size must be numbers"
+            ) from None
+        self.encoder = encoder
+
+    def to_tuple(self) -> tuple:
+        return (
+            "kafka",
+            self.topic,
+            self.brokers,
+            self.log_level,
+            self.max_produce_buffer_ms,
+            self.max_message_size,
+            self.encoder,
+        )
+
+
+class FileSourceConfig:
+    """Read records from a file (extension of this project).
+
+    ``framing="lines"``: one record per line (without the line ending).
+    ``framing="length"``: records framed like TCP input, by the decoder's header.
+    Files ending in ``.gz`` are decompressed. The run ends at end of file.
+    """
+
+    kind = "file"
+
+    def __init__(self, path: str, decoder: Any, framing: str = "lines") -> None:
+        if framing not in ("lines", "length"):
+            raise WallarooParameterError(
+                f"FileSourceConfig: framing must be 'lines' or 'length', got {framing!r}"
+            )
+        self.path = str(path)
+        self.decoder = decoder
+        self.framing = framing
+
+    def to_tuple(self) -> tuple:
+        return ("file", self.path, self.framing, self.decoder)
+
+
+class FileSinkConfig:
+    """Write each encoded record as-is to a file (extension of this project)."""
+
+    kind = "file"
+
+    def __init__(self, path: str, encoder: Any) -> None:
+        self.path = str(path)
+        self.encoder = encoder
+
+    def to_tuple(self) -> tuple:
+        return ("file", self.path, self.encoder)
+
+
+class StdoutSinkConfig:
+    """Write each encoded record as-is to standard output (extension)."""
+
+    kind = "stdout"
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+
+    def to_tuple(self) -> tuple:
+        return ("stdout", self.encoder)
+
+
+# ---------------------------------------------------------------------------
+# Application builder
+# ---------------------------------------------------------------------------
+
+
+class ApplicationBuilder:
+    """Describes an application: pipelines of steps from a source to a sink."""
+
+    def __init__(self, name: str) -> None:
+        self._actions: list = [("name", name)]
+
+    def new_pipeline(self, name: str, source_config: Any) -> ApplicationBuilder:
+        """Start a pipeline reading ``source_config`` (closes the one before)."""
+        self._actions.append(("new_pipeline", name, source_config))
+        return self
+
+    def to(self, computation: Any) -> ApplicationBuilder:
+        """Add a stateless step (``compute`` or ``compute_multi``)."""
+        self._actions.append(("to", computation))
+        return self
+
+    def to_parallel(self, computation: Any) -> ApplicationBuilder:
+        """Add a stateless step that may run on any worker."""
+        self._actions.append(("to_parallel", computation))
+        return self
+
+    def to_stateful(self, computation: Any, state_class: Any, state_name: str) -> ApplicationBuilder:
+        """Add a step over one state object named ``state_name``."""
+        self._actions.append(("to_stateful", computation, state_class, state_name))
+        return self
+
+    def to_state_partition(
+        self,
+        computation: Any,
+        state_class: Any,
+        state_name: str,
+        partition_function: Any,
+        partition_keys: Optional[Iterable[Any]] = None,
+    ) -> ApplicationBuilder:
+        """Add a step over state partitioned by ``partition_function``'s key."""
+        keys = list(partition_keys) if partition_keys is not None else []
+        self._actions.append(
+            ("to_state_partition", computation, state_class, state_name, partition_function, keys)
+        )
+        return self
+
+    def to_state_partition_u64(
+        self,
+        computation: Any,
+        state_class: Any,
+        state_name: str,
+        partition_function: Any,
+        partition_keys: Optional[Iterable[Any]] = None,
+    ) -> ApplicationBuilder:
+        """Like :meth:`to_state_partition` with non-negative integer keys."""
+        keys = list(partition_keys) if partition_keys is not None else []
+        self._actions.append(
+            ("to_state_partition_u64", computation, state_class, state_name, partition_function, keys)
+        )
+        return self
+
+    def to_sink(self, sink_config: Any) -> ApplicationBuilder:
+        """End the pipeline at ``sink_config``."""
+        self._actions.append(("to_sink", sink_config))
+        return self
+
+    def done(self) -> ApplicationBuilder:
+        """End the pipeline (nothing more after ``to_sink``)."""
+        self._actions.append(("done",))
+        return self
+
+    def build(self) -> list:
+        """The application description: a list of action tuples."""
+        return list(self._actions)
+
+
+# ---------------------------------------------------------------------------
+# Argument helpers
+# ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+
+
+def _split_addrs(value: str, flag: str) -> list:
+    addrs = []
+    for item in value.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not port:
+            raise WallarooParameterError(f"{flag}: expected host:port, got {item!r}")
+        addrs.append((host, port))
+    return addrs
+
+
+def tcp_parse_input_addrs(args: list) -> list:
+    """``-i/--in H1:P1,H2:P2`` -> ``[(H1, P1), ...]`` (ports as strings)."""
+    parser = _parser()
+    parser.add_argument("-i", "--in", dest="input_addrs", required=True)
+    return _split_addrs(parser.parse_known_args(args)[0].input_addrs, "--in")
+
+
+def tcp_parse_output_addrs(args: list) -> list:
+    """``-o/--out H1:P1,...`` -> ``[(H1, P1), ...]`` (ports as strings)."""
+    parser = _parser()
+    parser.add_argument("-o", "--out", dest="output_addrs", required=True)
+    return _split_addrs(parser.parse_known_args(args)[0].output_addrs, "--out")
+
+
+def _parse_brokers(value: str) -> list:
+    brokers = []
+    for item in value.split(","):
+        host, _, port = item.strip().partition(":")
+        brokers.append((host, port or "9092"))
+    return brokers
+
+
+def kafka_parse_source_options(args: list) -> tuple:
+    """``--kafka_source_*`` flags -> ``(topic, brokers, log_level)``."""
+    parser = _parser()
+    parser.add_argument("--kafka_source_topic", default="")
+    parser.add_argument("--kafka_source_brokers", default="")
+    parser.add_argument("--kafka_source_log_level", default="Warn", choices=_LOG_LEVELS)
+    opts = parser.parse_known_args(args)[0]
+    return (opts.kafka_source_topic, _parse_brokers(opts.kafka_source_brokers), opts.kafka_source_log_level)
+
+
+def kafka_parse_sink_options(args: list) -> tuple:
+    """``--kafka_sink_*`` flags -> ``(topic, brokers, log_level, max_produce_buffer_ms, max_message_size)``."""
+    parser = _parser()
+    parser.add_argument("--kafka_sink_topic", default="")
+    parser.add_argument("--kafka_sink_brokers", default="")
+    parser.add_argument("--kafka_sink_log_level", default="Warn", choices=_LOG_LEVELS)
+    parser.add_argument("--kafka_sink_max_produce_buffer_ms", type=int, default=0)
+    parser.add_argument("--kafka_sink_max_message_size", type=int, default=100000)
+    opts = parser.parse_known_args(args)[0]
+    return (
+        opts.kafka_sink_topic,
+        _parse_brokers(opts.kafka_sink_brokers),
+        opts.kafka_sink_log_level,
+        opts.kafka_sink_max_produce_buffer_ms,
+        opts.kafka_sink_max_message_size,
+    )

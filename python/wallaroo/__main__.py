@@ -1,0 +1,5 @@
+import sys
+
+from wallaroo.runner import main
+
+sys.exit(main())

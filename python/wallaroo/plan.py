@@ -1,0 +1,203 @@
+"""Turn the application description from ``build()`` into a checked plan.
+
+Every problem is reported as :class:`ApplicationError` naming the pipeline,
+the step and what is wrong, before anything runs. The plan is a plain dict
+read by the Rust engine (``src/plan.rs``): bound methods are looked up once
+here so the engine calls them without attribute look-ups per record.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+
+class ApplicationError(Exception):
+    """The application description cannot run; the message says why."""
+
+
+def _method(obj: Any, name: str, where: str) -> Callable[..., Any]:
+    method = getattr(obj, name, None)
+    if not callable(method):
+        raise ApplicationError(f"{where}: {obj!r} has no {name}() method")
+    return method
+
+
+def _step_name(obj: Any, where: str) -> str:
+    name = _method(obj, "name", where)()
+    if not isinstance(name, str):
+        raise ApplicationError(f"{where}: name() must return a str, got {name!r}")
+    return name
+
+
+def _decoder_plan(decoder: Any, where: str, framed: bool) -> dict:
+    plan: dict = {"decode": _method(decoder, "decode", where)}
+    if framed:
+        header_length = _method(decoder, "header_length", where)()
+        if not isinstance(header_length, int) or header_length <= 0:
+            raise ApplicationError(
+                f"{where}: header_length() must return a positive int, got {header_length!r}"
+            )
+        plan["header_length"] = header_length
+        plan["payload_length"] = _method(decoder, "payload_length", where)
+        length_fmt = getattr(decoder, "length_fmt", None)
+        plan["length_fmt"] = length_fmt() if callable(length_fmt) else None
+    return plan
+
+
+def _source_plan(config: Any, where: str) -> dict:
+    spec = config.to_tuple() if hasattr(config, "to_tuple") else config
+    if not isinstance(spec, tuple) or not spec:
+        raise ApplicationError(f"{where}: unknown source config {config!r}")
+    kind = spec[0]
+    if kind == "tcp":
+        _, host, port, decoder = spec
+        plan = {"kind": "tcp", "host": host or "127.0.0.1", "port": int(port)}
+        plan.update(_decoder_plan(decoder, f"{where}, decoder", framed=True))
+    elif kind == "file":
+        _, path, framing, decoder = spec
+        plan = {"kind": "file", "path": path, "framing": framing}
+        plan.update(_decoder_plan(decoder, f"{where}, decoder", framed=framing == "length"))
+    elif kind == "kafka":
+        _, topic, brokers, log_level, decoder = spec
+        plan = {"kind": "kafka", "topic": topic, "brokers": brokers, "log_level": log_level}
+        plan.update(_decoder_plan(decoder, f"{where}, decoder", framed=False))
+    else:
+        raise ApplicationError(f"{where}: unknown source kind {kind!r}")
+    return plan
+
+
+def _sink_plan(config: Any, where: str) -> dict:
+    spec = config.to_tuple() if hasattr(config, "to_tuple") else config
+    if not isinstance(spec, tuple) or not spec:
+        raise ApplicationError(f"{where}: unknown sink config {config!r}")
+    kind = spec[0]
+    if kind == "tcp":
+        _, host, port, encoder = spec
+        plan = {"kind": "tcp", "host": host or "127.0.0.1", "port": int(port)}
+    elif kind == "file":
+        _, path, encoder = spec
+        plan = {"kind": "file", "path": path}
+    elif kind == "stdout":
+        _, encoder = spec
+        plan = {"kind": "stdout"}
+    elif kind == "kafka":
+        _, topic, brokers, log_level, buffer_ms, max_size, encoder = spec
+        plan = {
+            "kind": "kafka",
+            "topic": topic,
+            "brokers": brokers,
+            "log_level": log_level,
+            "max_produce_buffer_ms": int(buffer_ms),
+            "max_message_size": int(max_size),
+        }
+    else:
+        raise ApplicationError(f"{where}: unknown sink kind {kind!r}")
+    plan["encode"] = _method(encoder, "encode", f"{where}, encoder")
+    return plan
+
+
+def _compute_step(computation: Any, where: str, stateful: bool) -> dict:
+    multi = hasattr(computation, "compute_multi") and not hasattr(computation, "compute")
+    name = _step_name(computation, where)
+    func = _method(computation, "compute_multi" if multi else "compute", f"{where} {name!r}")
+    kind = ("state_multi" if multi else "state") if stateful else ("multi" if multi else "map")
+    return {"kind": kind, "name": name, "func": func}
+
+
+def _state_class(state_class: Any, where: str) -> Any:
+    if not callable(state_class):
+        raise ApplicationError(f"{where}: state class {state_class!r} is not callable")
+    return state_class
+
+
+class _PipelineBuilder:
+    def __init__(self, name: str, source: dict) -> None:
+        self.name = name
+        self.source = source
+        self.steps: list = []
+        self.sink: Optional[dict] = None
+
+    def plan(self) -> dict:
+        return {"name": self.name, "source": self.source, "steps": self.steps, "sink": self.sink}
+
+
+def compile_plan(actions: Any, origin: str = "application") -> dict:
+    """Check ``actions`` (the list ``build()`` returned) and return the plan.
+
+    ``origin`` names the application (its file) in error messages.
+    """
+    if not isinstance(actions, (list, tuple)) or not actions:
+        raise ApplicationError(
+            f"{origin}: application_setup() must return ApplicationBuilder(...).build(), "
+            f"got {actions!r:.200}"
+        )
+    app_name = None
+    pipelines: list = []
+    current: Optional[_PipelineBuilder] = None
+    states: dict = {}
+    for index, action in enumerate(actions):
+        if not isinstance(action, tuple) or not action:
+            raise ApplicationError(f"{origin}: action {index} is not a tuple: {action!r:.200}")
+        verb, args = action[0], action[1:]
+        if verb == "name":
+            app_name = args[0]
+            continue
+        if verb == "new_pipeline":
+            name, source_config = args
+            current = _PipelineBuilder(name, _source_plan(source_config, f"{origin}: pipeline {name!r} source"))
+            pipelines.append(current)
+            continue
+        if current is None or current.sink is not None:
+            if verb == "done":
+                current = None
+                continue
+            raise ApplicationError(
+                f"{origin}: {verb}() comes after "
+                + ("to_sink() of its pipeline" if current else "no new_pipeline()")
+            )
+        where = f"{origin}: pipeline {current.name!r} step {len(current.steps) + 1}"
+        if verb in ("to", "to_parallel"):
+            step = _compute_step(args[0], where, stateful=False)
+            step["parallel"] = verb == "to_parallel"
+            current.steps.append(step)
+        elif verb == "to_stateful":
+            computation, state_class, state_name = args
+            step = _compute_step(computation, where, stateful=True)
+            step.update(state_name=state_name, partition=None, keys=[], u64=False)
+            states.setdefault(state_name, _state_class(state_class, where))
+            current.steps.append(step)
+        elif verb in ("to_state_partition", "to_state_partition_u64"):
+            computation, state_class, state_name, partition_function, keys = args
+            step = _compute_step(computation, where, stateful=True)
+            partition = _method(partition_function, "partition", f"{where} partition function")
+            step.update(
+                state_name=state_name,
+                partition=partition,
+                keys=list(keys or []),
+                u64=verb == "to_state_partition_u64",
+            )
+            if step["u64"]:
+                for key in step["keys"]:
+                    if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+                        raise ApplicationError(
+                            f"{where} {step['name']!r}: to_state_partition_u64 keys must be "
+                            f"non-negative ints, got {key!r}"
+                        )
+            states.setdefault(state_name, _state_class(state_class, where))
+            current.steps.append(step)
+        elif verb == "to_sink":
+            current.sink = _sink_plan(args[0], f"{origin}: pipeline {current.name!r} sink")
+        elif verb == "done":
+            current = None
+        else:
+            raise ApplicationError(f"{origin}: unknown builder action {verb!r}")
+    if not pipelines:
+        raise ApplicationError(f"{origin}: the application has no pipeline (call new_pipeline())")
+    for pipeline in pipelines:
+        if pipeline.sink is None and not pipeline.steps:
+            raise ApplicationError(f"{origin}: pipeline {pipeline.name!r} has no step and no sink")
+    return {
+        "name": app_name or "application",
+        "pipelines": [p.plan() for p in pipelines],
+        "states": states,
+    }

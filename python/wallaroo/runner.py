@@ -1,0 +1,277 @@
+"""The runner: ``python -m wallaroo APP [flags]`` (also installed as ``machida``).
+
+It imports the application, calls ``application_setup(args)`` with the whole
+command line, checks the returned description and runs it on the Rust engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import traceback
+from typing import Any, Optional
+
+from wallaroo.loader import AppNotFound, load_app
+from wallaroo.plan import ApplicationError, compile_plan
+
+log = logging.getLogger("wallaroo")
+
+#: Exit codes.
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_BAD_APP = 2
+
+DESCRIPTION = """\
+Run a Wallaroo 0.4.2 Python application on the Rust engine.
+
+APP is a .py file, a directory holding APP/APP.py (the directory goes on the
+Python path, so sibling modules import), a module importable from the current
+directory or PYTHONPATH, or a bundled example. The original form
+`--application-module NAME` works too. The application's own flags (e.g.
+--in, --out, --kafka_source_topic) may come anywhere: the application gets the
+whole command line in application_setup(args).
+"""
+
+EPILOG = """\
+sources and sinks:
+  TCP sources listen on their address; TCP sinks connect to theirs. File
+  sources (wallaroo.FileSourceConfig) end the run at end of file, after the
+  sinks are flushed. A run with TCP sources ends on Ctrl-C or SIGTERM, after
+  what the connections already sent has gone through.
+
+bad input and errors:
+  Input that cannot be framed or decoded is counted, logged with its position
+  and kept in --dead-letter PATH (JSON lines) when given; the run goes on.
+  An exception in a step prints the Python traceback with the step and the
+  record, and stops the run (exit 1) unless --on-error skip.
+
+exit codes:
+  0 finished (or stopped by Ctrl-C / SIGTERM), 1 the run failed,
+  2 the application or the command line is wrong.
+
+Pony runtime flags of 0.4.2 scripts (--ponythreads=1, --ponynoblock, ...) and
+-f, -l, --log-rotation, -u/--stop-pause, --spike-* are accepted and ignored.
+"""
+
+_NOT_YET = "is not supported yet by this version"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wallaroo",
+        usage="%(prog)s APP [app flags] [runner flags]",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--application-module", metavar="NAME", help="the application module (0.4.2 form of APP)"
+    )
+    run = parser.add_argument_group("running")
+    run.add_argument(
+        "--on-error",
+        choices=("stop", "skip"),
+        default="stop",
+        help="when a step raises: stop the run (default) or count, log and skip the record",
+    )
+    run.add_argument("--dead-letter", metavar="PATH", help="append every bad input to PATH (JSON lines)")
+    run.add_argument(
+        "--log-level",
+        default=os.environ.get("WALLAROO_LOG_LEVEL", "info"),
+        choices=("debug", "info", "warning", "error"),
+        help="log level of the runner and the engine (default info, env WALLAROO_LOG_LEVEL)",
+    )
+    run.add_argument("--batch-size", type=int, default=1000, help="records per batch (default 1000)")
+    run.add_argument("--epoch-ms", type=int, default=100, help="epoch length in ms (default 100)")
+    run.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=16 << 20,
+        help="longer frames are bad input (default 16 MiB)",
+    )
+    run.add_argument(
+        "--sink-connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a TCP sink waits for its receiver (default 30)",
+    )
+    cluster = parser.add_argument_group("Wallaroo 0.4.2 runner flags")
+    cluster.add_argument("-m", "--metrics", metavar="HOST:PORT", help="metrics address")
+    cluster.add_argument("-c", "--control", metavar="HOST:PORT", help="control address")
+    cluster.add_argument("-d", "--data", metavar="HOST:PORT", help="data address")
+    cluster.add_argument("-e", "--external", metavar="HOST:PORT", help="external channel address")
+    cluster.add_argument("-w", "--worker-count", type=int, metavar="N", help="workers in the cluster")
+    cluster.add_argument(
+        "-t", "--cluster-initializer", action="store_true", help="this worker starts the cluster"
+    )
+    cluster.add_argument("-n", "--name", help="this worker's name")
+    cluster.add_argument("-j", "--join", metavar="HOST:PORT", help="join a running cluster")
+    cluster.add_argument("-r", "--resilience-dir", metavar="DIR", help="directory for state snapshots")
+    cluster.add_argument("-x", "--my-control", metavar="HOST:PORT", help="this worker's control address")
+    cluster.add_argument("-y", "--my-data", metavar="HOST:PORT", help="this worker's data address")
+    ignored = parser.add_argument_group("accepted and ignored (0.4.2 compatibility)")
+    ignored.add_argument("-f", dest="ignored_f", metavar="X", help=argparse.SUPPRESS)
+    ignored.add_argument("-l", dest="ignored_l", action="store_true", help=argparse.SUPPRESS)
+    ignored.add_argument("--log-rotation", action="store_true", help=argparse.SUPPRESS)
+    ignored.add_argument("-u", "--stop-pause", metavar="X", help=argparse.SUPPRESS)
+    return parser
+
+
+def _strip_ignored(argv: list) -> list:
+    """Drop Pony runtime flags and --spike-* flags (with their values)."""
+    kept = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("-"):
+                continue
+        if arg.startswith("--pony") or arg.startswith("--spike"):
+            skip_value = "=" not in arg
+            continue
+        kept.append(arg)
+    return kept
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger().setLevel(getattr(logging, level.upper()))
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _check_runner_flags(opts: argparse.Namespace) -> Optional[str]:
+    if (opts.worker_count or 1) > 1:
+        return f"--worker-count {opts.worker_count}: multi-worker clusters {_NOT_YET}"
+    if opts.join:
+        return f"--join: joining a running cluster {_NOT_YET}"
+    if opts.resilience_dir:
+        return f"--resilience-dir: crash recovery {_NOT_YET}; refusing to run without it"
+    return None
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point of ``python -m wallaroo`` and ``machida``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    app_spec = None
+    if argv and not argv[0].startswith("-"):
+        app_spec = argv[0]
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return EXIT_OK
+    opts, _unknown = parser.parse_known_args(_strip_ignored(argv[1:] if app_spec else argv))
+    _configure_logging(opts.log_level)
+    app_spec = app_spec or opts.application_module
+    if not app_spec:
+        parser.print_usage(sys.stderr)
+        return _fail(EXIT_BAD_APP, "no application given (APP or --application-module NAME)")
+    problem = _check_runner_flags(opts)
+    if problem:
+        return _fail(EXIT_BAD_APP, problem)
+    if opts.metrics:
+        log.warning("-m/--metrics %s: the metrics server is not available yet; ignored", opts.metrics)
+
+    try:
+        module = load_app(app_spec)
+    except AppNotFound as err:
+        return _fail(EXIT_BAD_APP, str(err))
+    except SyntaxError as err:
+        return _fail(EXIT_BAD_APP, f"{err.filename}:{err.lineno}: cannot compile: {err.msg}")
+    except Exception:
+        traceback.print_exc()
+        return _fail(EXIT_BAD_APP, f"importing application {app_spec!r} failed (traceback above)")
+    origin = getattr(module, "__file__", None) or app_spec
+    setup = getattr(module, "application_setup", None)
+    if not callable(setup):
+        return _fail(EXIT_BAD_APP, f"{origin}: the application defines no application_setup(args)")
+    app_args = ["machida", *argv]
+    try:
+        actions = setup(app_args)
+    except SystemExit as exit_:
+        return _fail(
+            EXIT_BAD_APP,
+            f"{origin}: application_setup() exited while reading its arguments "
+            f"(exit status {exit_.code}); see the message above",
+        )
+    except Exception:
+        traceback.print_exc()
+        return _fail(EXIT_BAD_APP, f"{origin}: application_setup() raised (traceback above)")
+    try:
+        plan = compile_plan(actions, origin)
+    except ApplicationError as err:
+        return _fail(EXIT_BAD_APP, str(err))
+    return run_plan(plan, opts)
+
+
+def run_plan(plan: dict, opts: argparse.Namespace) -> int:
+    """Run a compiled plan on the engine and report how it went."""
+    from wallaroo import _engine
+
+    options = {
+        "on_error": opts.on_error,
+        "dead_letter": opts.dead_letter,
+        "batch_size": opts.batch_size,
+        "epoch_ms": opts.epoch_ms,
+        "max_frame_bytes": opts.max_frame_bytes,
+        "sink_connect_timeout_s": opts.sink_connect_timeout,
+    }
+    previous = None
+    if threading_is_main():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    log.info("running application %r (%d pipelines)", plan["name"], len(plan["pipelines"]))
+    try:
+        summary = _engine.run(plan, options)
+    except _engine.StepError as err:
+        return _fail(EXIT_RUN_FAILED, f"the application failed: {err}")
+    except _engine.ConfigError as err:
+        return _fail(EXIT_RUN_FAILED, str(err))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    _report(summary)
+    return EXIT_OK
+
+
+def threading_is_main() -> bool:
+    """Whether this is the main thread (signal handlers can only be set there)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _report(summary: dict) -> None:
+    for name, counters in summary["pipelines"].items():
+        log.info(
+            "pipeline %r: %d in, %d out, %d dropped, %d skipped after errors, %d sink errors",
+            name,
+            counters["records_in"],
+            counters["records_out"],
+            counters["dropped"],
+            counters["skipped_errors"],
+            counters["sink_errors"],
+        )
+    if summary["bad_input"]:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in summary["bad_input"].items())
+        log.warning("bad input: %s", kinds)
+    log.info(
+        "finished in %.2f s%s",
+        summary["seconds"],
+        " (stopped by signal)" if summary["interrupted"] else "",
+    )

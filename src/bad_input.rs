@@ -1,0 +1,171 @@
+//! Bad input: counted, logged with where it came from, kept.
+//!
+//! The last [`RECENT_LIMIT`] records stay in memory; with `--dead-letter PATH`
+//! every one is appended to PATH as a JSON line (flushed at once, so a crash
+//! loses none of them).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde::Serialize;
+
+use crate::errors::{shorten, Error};
+
+/// How many bad records are kept in memory.
+pub const RECENT_LIMIT: usize = 1000;
+
+/// One bad record.
+#[derive(Debug, Clone, Serialize)]
+pub struct BadRecord {
+    /// Seconds since the epoch.
+    pub time: f64,
+    /// The pipeline whose source produced it.
+    pub pipeline: String,
+    /// Which source and where in it.
+    pub position: String,
+    /// What was wrong: truncated, zero_length, oversize, decode_error, ...
+    pub kind: String,
+    /// The error message or traceback.
+    pub error: String,
+    /// The bytes, base64 encoded.
+    pub payload_base64: String,
+    /// The bytes as text (lossy, shortened), for people reading the file.
+    pub payload_preview: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    counts: BTreeMap<String, u64>,
+    recent: VecDeque<BadRecord>,
+    file: Option<BufWriter<File>>,
+    write_failed: bool,
+}
+
+/// The shared bad-input record of a run.
+#[derive(Default)]
+pub struct BadInput {
+    inner: Mutex<Inner>,
+}
+
+impl BadInput {
+    /// A record keeping every bad input in `dead_letter` when given.
+    pub fn new(dead_letter: Option<&Path>) -> Result<BadInput, Error> {
+        let file = dead_letter
+            .map(|path| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map(BufWriter::new)
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "cannot open dead-letter file {}: {e}",
+                            path.display()
+                        ))
+                    })
+            })
+            .transpose()?;
+        Ok(BadInput {
+            inner: Mutex::new(Inner {
+                file,
+                ..Inner::default()
+            }),
+        })
+    }
+
+    /// Count, log and keep one bad record.
+    pub fn record(&self, pipeline: &str, position: &str, kind: &str, error: &str, payload: &[u8]) {
+        log::warn!(
+            "bad input ({kind}) in pipeline {pipeline:?} at {position}: {}",
+            shorten(error.lines().last().unwrap_or(error), 300)
+        );
+        let record = BadRecord {
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            pipeline: pipeline.to_owned(),
+            position: position.to_owned(),
+            kind: kind.to_owned(),
+            error: error.to_owned(),
+            payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
+            payload_preview: shorten(&String::from_utf8_lossy(payload), 200),
+        };
+        let mut inner = match self.inner.lock() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *inner.counts.entry(kind.to_owned()).or_insert(0) += 1;
+        if let Some(file) = inner.file.as_mut() {
+            let written = serde_json::to_writer(&mut *file, &record)
+                .map_err(std::io::Error::from)
+                .and_then(|_| file.write_all(b"\n"))
+                .and_then(|_| file.flush());
+            if let Err(e) = written {
+                if !inner.write_failed {
+                    log::error!("cannot write the dead-letter file: {e}");
+                    inner.write_failed = true;
+                }
+            }
+        }
+        if inner.recent.len() == RECENT_LIMIT {
+            inner.recent.pop_front();
+        }
+        inner.recent.push_back(record);
+    }
+
+    /// Bad records so far, by kind.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        match self.inner.lock() {
+            Ok(inner) => inner.counts.clone(),
+            Err(poisoned) => poisoned.into_inner().counts.clone(),
+        }
+    }
+
+    /// The most recent bad records, oldest first.
+    pub fn recent(&self) -> Vec<BadRecord> {
+        match self.inner.lock() {
+            Ok(inner) => inner.recent.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().recent.iter().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_keeps_recent_and_writes_dead_letter() {
+        let dir = std::env::temp_dir().join(format!("wallaroo-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dead.jsonl");
+        let bad = BadInput::new(Some(&path)).unwrap();
+        bad.record("p", "file x line 3", "decode_error", "ValueError: no", b"{oops");
+        bad.record("p", "file x line 4", "truncated", "", b"\x00\x01");
+        assert_eq!(bad.counts().get("decode_error"), Some(&1));
+        assert_eq!(bad.recent().len(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["position"], "file x line 3");
+        assert_eq!(first["payload_base64"], "e29vcHM=");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn memory_keeps_only_the_last_records() {
+        let bad = BadInput::new(None).unwrap();
+        for i in 0..(RECENT_LIMIT + 5) {
+            bad.record("p", &format!("line {i}"), "decode_error", "e", b"x");
+        }
+        let recent = bad.recent();
+        assert_eq!(recent.len(), RECENT_LIMIT);
+        assert_eq!(recent[0].position, "line 5");
+        assert_eq!(bad.counts()["decode_error"], (RECENT_LIMIT + 5) as u64);
+    }
+}

@@ -1,0 +1,79 @@
+//! # wallaroo engine
+//!
+//! The Rust engine behind the `wallaroo` Python package. It runs applications
+//! written against the Wallaroo 0.4.2 Python API on Python 3.
+//!
+//! ## Architecture
+//!
+//! * [`plan`] reads the checked application plan that `wallaroo.plan` built
+//!   from `ApplicationBuilder.build()`.
+//! * [`dataflow`] builds one timely dataflow worker per process: each
+//!   pipeline is an input fed by its source, one operator that runs the
+//!   Python chain (decoder, steps, encoder) and one operator that hands the
+//!   encoded records to the sink.
+//! * [`steps`] calls the Python steps for a whole batch of records while
+//!   holding the GIL once; partitioned state lives in [`steps::StateStore`].
+//! * [`sources`] and [`sinks`] are IO threads that never touch Python (except
+//!   a hand-written decoder's `payload_length`); they talk to the worker
+//!   through bounded channels, so a slow sink slows the source down.
+//! * [`bad_input`] counts, logs and keeps records that could not be read.
+//! * [`errors`] is the one place where engine errors become Python exceptions.
+
+pub mod bad_input;
+pub mod dataflow;
+pub mod errors;
+pub mod framing;
+pub mod metrics;
+pub mod plan;
+pub mod sinks;
+pub mod sources;
+pub mod steps;
+
+use std::sync::OnceLock;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// Lets each run pick up the Python logging levels configured since import.
+static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
+
+/// Run an application plan until its sources end or it is stopped.
+///
+/// Returns a summary dict of what flowed through each pipeline.
+#[pyfunction]
+fn run<'py>(
+    py: Python<'py>,
+    plan: &Bound<'py, PyDict>,
+    options: &Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyDict>> {
+    if let Some(reset) = LOG_RESET.get() {
+        reset.reset();
+    }
+    let plan = plan::Plan::from_py(plan)?;
+    let options = plan::Options::from_py(options)?;
+    let summary = py.detach(|| dataflow::run(plan, options))?;
+    summary.to_py(py)
+}
+
+/// Parse a struct length format such as ">I"; None when it is not a plain
+/// unsigned or signed integer the engine can read natively.
+#[pyfunction]
+fn native_length_format(fmt: &str) -> Option<usize> {
+    framing::LengthFormat::parse(fmt).map(|f| f.size())
+}
+
+#[pymodule]
+fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    if LOG_RESET.get().is_none() {
+        let logger = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::LoggersAndLevels)?
+            .filter(log::LevelFilter::Trace);
+        if let Ok(reset) = logger.install() {
+            let _ = LOG_RESET.set(reset);
+        }
+    }
+    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(native_length_format, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

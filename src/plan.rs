@@ -1,0 +1,339 @@
+//! The application plan handed over by `wallaroo.plan.compile_plan`, and the
+//! run options from the runner, read into Rust types once at start-up.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::errors::Error;
+use crate::framing::LengthFormat;
+
+/// How a source splits its bytes into records.
+pub enum Framing {
+    /// One record per line.
+    Lines,
+    /// A header read natively, then that many payload bytes.
+    Native(LengthFormat),
+    /// A header of `header_length` bytes passed to the decoder's `payload_length`.
+    Python {
+        /// Header size in bytes.
+        header_length: usize,
+        /// The decoder's bound `payload_length` method.
+        payload_length: Py<PyAny>,
+    },
+}
+
+/// Where a pipeline reads from.
+pub enum SourceKind {
+    /// Listen on a TCP address.
+    Tcp {
+        /// Address to bind.
+        host: String,
+        /// Port to bind.
+        port: u16,
+    },
+    /// Read a file (plain or .gz).
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Consume a Kafka topic.
+    Kafka {
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// A pipeline's source and decoder.
+pub struct SourcePlan {
+    /// What to read.
+    pub kind: SourceKind,
+    /// How to split it into records.
+    pub framing: Framing,
+    /// The decoder's bound `decode` method.
+    pub decode: Py<PyAny>,
+}
+
+/// Where a pipeline writes to.
+pub enum SinkKind {
+    /// Connect to a TCP address.
+    Tcp {
+        /// Host to connect to.
+        host: String,
+        /// Port to connect to.
+        port: u16,
+    },
+    /// Write a file.
+    File {
+        /// The file (created or truncated).
+        path: PathBuf,
+    },
+    /// Write standard output.
+    Stdout,
+    /// Produce to a Kafka topic.
+    Kafka {
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// A pipeline's sink and encoder.
+pub struct SinkPlan {
+    /// Where to write.
+    pub kind: SinkKind,
+    /// The encoder's bound `encode` method.
+    pub encode: Py<PyAny>,
+}
+
+/// How a step calls its Python function.
+pub enum StepKind {
+    /// `compute(data)` -> output or None.
+    Map,
+    /// `compute_multi(data)` -> list or None.
+    Multi,
+    /// `compute(data, state)` -> `(output, changed)`; `multi` when the output is a list.
+    State {
+        /// The state name shared across pipelines.
+        state_name: String,
+        /// The bound `partition` method; None for `to_stateful`.
+        partition: Option<Py<PyAny>>,
+        /// Keys must be non-negative ints (`to_state_partition_u64`).
+        u64_keys: bool,
+        /// `compute_multi`.
+        multi: bool,
+    },
+}
+
+/// One step of a pipeline.
+pub struct StepPlan {
+    /// The name from `name()`.
+    pub name: String,
+    /// The bound `compute` / `compute_multi` method.
+    pub func: Py<PyAny>,
+    /// How to call it.
+    pub kind: StepKind,
+}
+
+/// One pipeline: source, steps, optional sink.
+pub struct PipelinePlan {
+    /// The pipeline name.
+    pub name: String,
+    /// Its source.
+    pub source: SourcePlan,
+    /// Its steps in order.
+    pub steps: Vec<StepPlan>,
+    /// Its sink (a pipeline may end without one).
+    pub sink: Option<SinkPlan>,
+}
+
+/// The whole application.
+pub struct Plan {
+    /// The application name.
+    pub name: String,
+    /// Its pipelines.
+    pub pipelines: Vec<PipelinePlan>,
+    /// State name -> state class.
+    pub states: Vec<(String, Py<PyAny>)>,
+}
+
+/// What to do when user code fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop the run with an error (after flushing what finished).
+    Stop,
+    /// Count, log and go on with the next record.
+    Skip,
+}
+
+/// Options of one run.
+pub struct Options {
+    /// Policy for failures of user code.
+    pub on_error: OnError,
+    /// Where to keep bad input (JSON lines), if anywhere.
+    pub dead_letter: Option<PathBuf>,
+    /// Records per batch read by file sources.
+    pub batch_size: usize,
+    /// Length of an epoch in milliseconds.
+    pub epoch_ms: u64,
+    /// Frames longer than this are bad input.
+    pub max_frame_bytes: u64,
+    /// How long a TCP sink keeps trying to connect before giving up.
+    pub sink_connect_timeout_s: f64,
+}
+
+fn item<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    dict.get_item(key)?
+        .ok_or_else(|| Error::Config(format!("plan is missing {key:?}")).into())
+}
+
+fn string(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<String> {
+    item(dict, key)?.extract()
+}
+
+fn object(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<Py<PyAny>> {
+    Ok(item(dict, key)?.unbind())
+}
+
+fn optional<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    Ok(dict.get_item(key)?.filter(|v| !v.is_none()))
+}
+
+fn port(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<u16> {
+    let value: i64 = item(dict, key)?.extract()?;
+    u16::try_from(value).map_err(|_| Error::Config(format!("port out of range: {value}")).into())
+}
+
+impl SourcePlan {
+    fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<SourcePlan> {
+        let kind_name = string(dict, "kind")?;
+        let kind = match kind_name.as_str() {
+            "tcp" => SourceKind::Tcp {
+                host: string(dict, "host")?,
+                port: port(dict, "port")?,
+            },
+            "file" => SourceKind::File {
+                path: PathBuf::from(string(dict, "path")?),
+            },
+            "kafka" => SourceKind::Kafka {
+                topic: string(dict, "topic")?,
+            },
+            other => return Err(Error::Config(format!("unknown source kind {other:?}")).into()),
+        };
+        let lines = matches!(kind, SourceKind::File { .. })
+            && string(dict, "framing")?.as_str() == "lines";
+        let framing = if lines || matches!(kind, SourceKind::Kafka { .. }) {
+            Framing::Lines
+        } else {
+            let header_length: usize = item(dict, "header_length")?.extract()?;
+            let native = optional(dict, "length_fmt")?
+                .map(|f| f.extract::<String>())
+                .transpose()?
+                .and_then(|f| LengthFormat::parse(&f))
+                .filter(|f| f.size() == header_length);
+            match native {
+                Some(format) => Framing::Native(format),
+                None => Framing::Python {
+                    header_length,
+                    payload_length: object(dict, "payload_length")?,
+                },
+            }
+        };
+        Ok(SourcePlan {
+            kind,
+            framing,
+            decode: object(dict, "decode")?,
+        })
+    }
+}
+
+impl SinkPlan {
+    fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<SinkPlan> {
+        let kind = match string(dict, "kind")?.as_str() {
+            "tcp" => SinkKind::Tcp {
+                host: string(dict, "host")?,
+                port: port(dict, "port")?,
+            },
+            "file" => SinkKind::File {
+                path: PathBuf::from(string(dict, "path")?),
+            },
+            "stdout" => SinkKind::Stdout,
+            "kafka" => SinkKind::Kafka {
+                topic: string(dict, "topic")?,
+            },
+            other => return Err(Error::Config(format!("unknown sink kind {other:?}")).into()),
+        };
+        Ok(SinkPlan {
+            kind,
+            encode: object(dict, "encode")?,
+        })
+    }
+}
+
+impl StepPlan {
+    fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<StepPlan> {
+        let kind_name = string(dict, "kind")?;
+        let kind = match kind_name.as_str() {
+            "map" => StepKind::Map,
+            "multi" => StepKind::Multi,
+            "state" | "state_multi" => StepKind::State {
+                state_name: string(dict, "state_name")?,
+                partition: optional(dict, "partition")?.map(Bound::unbind),
+                u64_keys: item(dict, "u64")?.extract()?,
+                multi: kind_name == "state_multi",
+            },
+            other => return Err(Error::Config(format!("unknown step kind {other:?}")).into()),
+        };
+        Ok(StepPlan {
+            name: string(dict, "name")?,
+            func: object(dict, "func")?,
+            kind,
+        })
+    }
+}
+
+impl Plan {
+    /// Read the dict `wallaroo.plan.compile_plan` returned.
+    pub fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<Plan> {
+        let mut pipelines = Vec::new();
+        for pipeline in item(dict, "pipelines")?.cast_into::<PyList>()?.iter() {
+            let pipeline = pipeline.cast_into::<PyDict>()?;
+            let mut steps = Vec::new();
+            for step in item(&pipeline, "steps")?.cast_into::<PyList>()?.iter() {
+                steps.push(StepPlan::from_py(&step.cast_into::<PyDict>()?)?);
+            }
+            let sink = optional(&pipeline, "sink")?
+                .map(|s| SinkPlan::from_py(&s.cast_into::<PyDict>()?))
+                .transpose()?;
+            pipelines.push(PipelinePlan {
+                name: string(&pipeline, "name")?,
+                source: SourcePlan::from_py(&item(&pipeline, "source")?.cast_into::<PyDict>()?)?,
+                steps,
+                sink,
+            });
+        }
+        let mut states = Vec::new();
+        for (name, class) in item(dict, "states")?.cast_into::<PyDict>()?.iter() {
+            states.push((name.extract()?, class.unbind()));
+        }
+        Ok(Plan {
+            name: string(dict, "name")?,
+            pipelines,
+            states,
+        })
+    }
+}
+
+impl Options {
+    /// Read the runner's options dict; absent keys take defaults.
+    pub fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<Options> {
+        let on_error = match optional(dict, "on_error")?
+            .map(|v| v.extract::<String>())
+            .transpose()?
+            .as_deref()
+        {
+            None | Some("stop") => OnError::Stop,
+            Some("skip") => OnError::Skip,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "on_error must be 'stop' or 'skip', got {other:?}"
+                ))
+                .into())
+            }
+        };
+        let get_u64 = |key: &str, default: u64| -> PyResult<u64> {
+            optional(dict, key)?.map_or(Ok(default), |v| v.extract())
+        };
+        Ok(Options {
+            on_error,
+            dead_letter: optional(dict, "dead_letter")?
+                .map(|v| v.extract::<PathBuf>())
+                .transpose()?,
+            batch_size: get_u64("batch_size", 1000)?.max(1) as usize,
+            epoch_ms: get_u64("epoch_ms", 100)?.max(1),
+            max_frame_bytes: get_u64("max_frame_bytes", 16 << 20)?,
+            sink_connect_timeout_s: optional(dict, "sink_connect_timeout_s")?
+                .map_or(Ok(30.0), |v| v.extract())?,
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! Sinks: IO threads that write encoded records. The worker hands them
+//! batches through a bounded channel (a slow sink slows the whole pipeline
+//! down instead of growing memory); a sink flushes whenever it has caught up
+//! and before it ends.
+
+pub mod file;
+pub mod stdout;
+pub mod tcp;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::errors::Error;
+use crate::metrics::PipelineMetrics;
+use crate::plan::SinkKind;
+
+/// Batches in flight between the worker and a sink.
+pub const CHANNEL_BATCHES: usize = 16;
+
+/// One encoded record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// The bytes to write (the message value for Kafka).
+    pub value: Vec<u8>,
+    /// The message key, when the encoder returned `(value, key)`.
+    pub key: Option<Vec<u8>>,
+}
+
+/// What the sink threads share with the run.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The pipeline name, for logs.
+    pub pipeline: String,
+    /// The pipeline's counters.
+    pub metrics: Arc<PipelineMetrics>,
+    /// How long a TCP sink tries to connect before giving up.
+    pub connect_timeout_s: f64,
+}
+
+/// A running sink.
+pub struct SinkHandle {
+    /// Where the worker sends batches; dropping it ends the sink.
+    pub tx: Sender<Vec<Output>>,
+    /// The sink's thread; joining it waits for the final flush.
+    pub thread: JoinHandle<()>,
+}
+
+/// Something a sink thread writes batches to.
+pub trait BatchWriter: Send {
+    /// Write one batch; errors are counted and logged by the caller.
+    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()>;
+    /// Push buffered bytes out.
+    fn flush(&mut self) -> std::io::Result<()>;
+    /// Name for logs.
+    fn label(&self) -> String;
+}
+
+/// A [`BatchWriter`] over any [`Write`].
+pub struct StreamWriter<W: Write + Send> {
+    /// The destination.
+    pub out: W,
+    /// Name for logs.
+    pub label: String,
+}
+
+impl<W: Write + Send> BatchWriter for StreamWriter<W> {
+    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()> {
+        for record in batch {
+            self.out.write_all(&record.value)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+}
+
+/// Start the sink of a pipeline.
+pub fn start(kind: SinkKind, ctx: SinkContext) -> Result<SinkHandle, Error> {
+    let writer: Box<dyn BatchWriter> = match kind {
+        SinkKind::File { path } => Box::new(file::open(&path, &ctx)?),
+        SinkKind::Stdout => Box::new(stdout::open()),
+        SinkKind::Tcp { host, port } => Box::new(tcp::TcpWriter::new(host, port, &ctx)),
+        SinkKind::Kafka { topic } => {
+            return Err(Error::Config(format!(
+                "pipeline {:?}: Kafka sinks (topic {topic:?}) are not supported by this build yet",
+                ctx.pipeline
+            )))
+        }
+    };
+    let (tx, rx) = bounded(CHANNEL_BATCHES);
+    let thread = std::thread::Builder::new()
+        .name(format!("sink {}", ctx.pipeline))
+        .spawn(move || write_loop(rx, writer, ctx))
+        .map_err(|e| Error::Config(format!("cannot start a sink thread: {e}")))?;
+    Ok(SinkHandle { tx, thread })
+}
+
+fn write_loop(rx: Receiver<Vec<Output>>, mut writer: Box<dyn BatchWriter>, ctx: SinkContext) {
+    let mut failing = false;
+    for batch in rx.iter() {
+        let bytes: usize = batch.iter().map(|r| r.value.len()).sum();
+        match writer.write_batch(&batch) {
+            Ok(()) => {
+                PipelineMetrics::add(&ctx.metrics.bytes_out, bytes as u64);
+                failing = false;
+            }
+            Err(e) => {
+                PipelineMetrics::add(&ctx.metrics.sink_errors, batch.len() as u64);
+                if !failing {
+                    log::error!(
+                        "pipeline {:?}: {}: write failed, {} records lost: {e}",
+                        ctx.pipeline,
+                        writer.label(),
+                        batch.len()
+                    );
+                }
+                failing = true;
+            }
+        }
+        if rx.is_empty() {
+            if let Err(e) = writer.flush() {
+                log::error!("pipeline {:?}: {}: flush failed: {e}", ctx.pipeline, writer.label());
+            }
+        }
+    }
+    if let Err(e) = writer.flush() {
+        log::error!("pipeline {:?}: {}: final flush failed: {e}", ctx.pipeline, writer.label());
+    }
+}

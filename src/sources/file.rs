@@ -1,0 +1,100 @@
+//! File source: newline-delimited or length-framed records, plain or gzip.
+//! The source ends at end of file; the run ends when every source has.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Sender};
+use flate2::read::MultiGzDecoder;
+
+use super::{
+    drain_parser, handle_parsed, Frame, Parser, SourceContext, SourceHandle, SourceInfo,
+    CHANNEL_BATCHES,
+};
+use crate::errors::Error;
+use crate::plan::Framing;
+
+const READ_CHUNK: usize = 1 << 20;
+
+/// Open the file now (so a missing file fails the start) and read it on a thread.
+pub fn start(path: PathBuf, framing: Arc<Framing>, ctx: SourceContext) -> Result<SourceHandle, Error> {
+    let file = File::open(&path).map_err(|e| {
+        Error::Config(format!(
+            "pipeline {:?}: cannot open input file {}: {e}",
+            ctx.pipeline,
+            path.display()
+        ))
+    })?;
+    let reader: Box<dyn Read + Send> = if path.extension().is_some_and(|ext| ext == "gz") {
+        Box::new(MultiGzDecoder::new(BufReader::with_capacity(READ_CHUNK, file)))
+    } else {
+        Box::new(file)
+    };
+    let unit = if matches!(*framing, Framing::Lines) { "line" } else { "frame" };
+    let info = SourceInfo {
+        label: format!("file {}", path.display()),
+        per_connection: false,
+        unit,
+    };
+    let (tx, rx) = bounded(CHANNEL_BATCHES);
+    let thread_info = info.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("source {}", ctx.pipeline))
+        .spawn(move || read_file(reader, framing, ctx, thread_info, tx))
+        .map_err(|e| Error::Config(format!("cannot start a source thread: {e}")))?;
+    Ok(SourceHandle {
+        rx,
+        info,
+        threads: vec![thread],
+    })
+}
+
+fn read_file(
+    mut reader: Box<dyn Read + Send>,
+    framing: Arc<Framing>,
+    ctx: SourceContext,
+    info: SourceInfo,
+    tx: Sender<Vec<Frame>>,
+) {
+    let mut parser = Parser::new(framing, ctx.max_frame_bytes, 0);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut batch = Vec::with_capacity(ctx.batch_size);
+    loop {
+        if ctx.stop.load(Ordering::Relaxed) {
+            log::info!("{}: stopped before the end of the file", info.label);
+            break;
+        }
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => {
+                if let Some(parsed) = parser.finish() {
+                    handle_parsed(parsed, &mut batch, &ctx, &info);
+                }
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("{}: read failed, the source ends here: {e}", info.label);
+                break;
+            }
+        };
+        parser.feed(&chunk[..n]);
+        if !drain_parser(&mut parser, &mut batch, &ctx, &info) {
+            log::error!("{}: cannot find the next frame, the source ends here", info.label);
+            break;
+        }
+        while batch.len() >= ctx.batch_size {
+            let rest = batch.split_off(ctx.batch_size);
+            if tx.send(std::mem::replace(&mut batch, rest)).is_err() {
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    log::debug!("{}: end of input", info.label);
+}

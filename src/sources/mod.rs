@@ -1,0 +1,421 @@
+//! Sources: IO threads that read records and send them to the worker in
+//! batches through a bounded channel. They never hold the GIL, except to ask
+//! a hand-written decoder's `payload_length` about a header.
+
+pub mod file;
+pub mod tcp;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::bad_input::BadInput;
+use crate::errors::{format_py_err, Error};
+use crate::metrics::PipelineMetrics;
+use crate::plan::{Framing, SourceKind};
+
+/// Batches in flight between a source and the worker.
+pub const CHANNEL_BATCHES: usize = 16;
+
+/// Where a record came from inside its source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pos {
+    /// Connection number (TCP) or partition (Kafka); 0 for files.
+    pub stream: u32,
+    /// Record number within the stream, from 1.
+    pub index: u64,
+    /// Byte offset of the record's start within the stream.
+    pub offset: u64,
+}
+
+/// One record's bytes and where they came from.
+#[derive(Debug, Clone, Default)]
+pub struct Frame {
+    /// The payload handed to `decode`.
+    pub payload: Vec<u8>,
+    /// Its position.
+    pub pos: Pos,
+}
+
+/// How to name positions of one source in logs and the dead-letter file.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    /// e.g. `file data.txt` or `tcp 127.0.0.1:7000`.
+    pub label: String,
+    /// Whether positions name a connection.
+    pub per_connection: bool,
+    /// `line` or `frame`.
+    pub unit: &'static str,
+}
+
+impl SourceInfo {
+    /// `file data.txt line 3 (byte 120)`, `tcp 127.0.0.1:7000 connection 2 frame 9 (byte 80)`.
+    pub fn describe(&self, pos: &Pos) -> String {
+        if self.per_connection {
+            format!(
+                "{} connection {} {} {} (byte {})",
+                self.label, pos.stream, self.unit, pos.index, pos.offset
+            )
+        } else {
+            format!(
+                "{} {} {} (byte {})",
+                self.label, self.unit, pos.index, pos.offset
+            )
+        }
+    }
+}
+
+/// What every source thread shares with the run.
+#[derive(Clone)]
+pub struct SourceContext {
+    /// The pipeline name, for logs and bad input.
+    pub pipeline: String,
+    /// Where bad input goes.
+    pub bad: Arc<BadInput>,
+    /// The pipeline's counters.
+    pub metrics: Arc<PipelineMetrics>,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Frames longer than this are bad input.
+    pub max_frame_bytes: u64,
+    /// Set when the run stops: sources hand over what they have and end.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A running source.
+pub struct SourceHandle {
+    /// Batches of records; disconnected when the source has ended.
+    pub rx: Receiver<Vec<Frame>>,
+    /// Names positions.
+    pub info: SourceInfo,
+    /// The source's threads, joined at the end of the run.
+    pub threads: Vec<JoinHandle<()>>,
+}
+
+/// Start the source of a pipeline.
+pub fn start(kind: SourceKind, framing: Framing, ctx: SourceContext) -> Result<SourceHandle, Error> {
+    let framing = Arc::new(framing);
+    match kind {
+        SourceKind::File { path } => file::start(path, framing, ctx),
+        SourceKind::Tcp { host, port } => tcp::start(&host, port, framing, ctx),
+        SourceKind::Kafka { topic } => Err(Error::Config(format!(
+            "pipeline {:?}: Kafka sources (topic {topic:?}) are not supported by this build yet",
+            ctx.pipeline
+        ))),
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFrame {
+    /// truncated, zero_length, oversize, payload_length_error.
+    pub kind: &'static str,
+    /// What was wrong.
+    pub error: String,
+    /// The bytes concerned.
+    pub payload: Vec<u8>,
+    /// Where.
+    pub pos: Pos,
+}
+
+/// What the parser found in its buffer.
+pub enum Parsed {
+    /// A complete record.
+    Frame(Frame),
+    /// A bad record; parsing goes on after it.
+    Bad(BadFrame),
+    /// A bad record after which the stream cannot be resynchronised.
+    Fatal(BadFrame),
+}
+
+/// Splits a byte stream into records, incrementally.
+pub struct Parser {
+    framing: Arc<Framing>,
+    max_frame_bytes: u64,
+    buf: Vec<u8>,
+    start: usize,
+    stream: u32,
+    index: u64,
+    offset: u64,
+}
+
+impl Parser {
+    /// A parser for one stream (file or connection).
+    pub fn new(framing: Arc<Framing>, max_frame_bytes: u64, stream: u32) -> Parser {
+        Parser {
+            framing,
+            max_frame_bytes,
+            buf: Vec::new(),
+            start: 0,
+            stream,
+            index: 0,
+            offset: 0,
+        }
+    }
+
+    /// Append bytes read from the stream.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn pos(&self) -> Pos {
+        Pos {
+            stream: self.stream,
+            index: self.index + 1,
+            offset: self.offset,
+        }
+    }
+
+    fn take(&mut self, skip: usize, len: usize) -> Frame {
+        let begin = self.start + skip;
+        let frame = Frame {
+            payload: self.buf[begin..begin + len].to_vec(),
+            pos: self.pos(),
+        };
+        self.consume(skip + len);
+        frame
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        self.offset += n as u64;
+        self.index += 1;
+    }
+
+    fn bad(&mut self, kind: &'static str, error: String, len: usize) -> BadFrame {
+        let bad = BadFrame {
+            kind,
+            error,
+            payload: self.buf[self.start..self.start + len].to_vec(),
+            pos: self.pos(),
+        };
+        self.consume(len);
+        bad
+    }
+
+    /// The next complete record in the buffer, if any.
+    pub fn next(&mut self) -> Option<Parsed> {
+        let available = self.buf.len() - self.start;
+        match &*self.framing {
+            Framing::Lines => {
+                let newline = self.buf[self.start..].iter().position(|&b| b == b'\n')?;
+                let mut len = newline;
+                if len > 0 && self.buf[self.start + len - 1] == b'\r' {
+                    len -= 1;
+                }
+                let frame = self.take(0, len);
+                // The line ending belongs to the record that it ends.
+                let ending = newline + 1 - len;
+                self.start += ending;
+                self.offset += ending as u64;
+                Some(Parsed::Frame(frame))
+            }
+            framing => {
+                let header_length = match framing {
+                    Framing::Native(format) => format.size(),
+                    Framing::Python { header_length, .. } => *header_length,
+                    Framing::Lines => unreachable!("handled above"),
+                };
+                if available < header_length {
+                    return None;
+                }
+                let header = &self.buf[self.start..self.start + header_length];
+                let length = match frame_length(framing, header) {
+                    Ok(length) => length,
+                    Err(error) => {
+                        return Some(Parsed::Fatal(self.bad(
+                            "payload_length_error",
+                            error,
+                            header_length,
+                        )))
+                    }
+                };
+                if length == 0 {
+                    return Some(Parsed::Bad(self.bad(
+                        "zero_length",
+                        "frame header gives a payload length of 0".to_owned(),
+                        header_length,
+                    )));
+                }
+                if length > self.max_frame_bytes {
+                    return Some(Parsed::Fatal(self.bad(
+                        "oversize",
+                        format!(
+                            "frame header gives a payload length of {length} bytes, more than the \
+                             limit of {} (--max-frame-bytes); the rest of the stream is skipped",
+                            self.max_frame_bytes
+                        ),
+                        header_length,
+                    )));
+                }
+                let length = length as usize;
+                if available < header_length + length {
+                    return None;
+                }
+                Some(Parsed::Frame(self.take(header_length, length)))
+            }
+        }
+    }
+
+    /// The stream ended: what is left in the buffer, as a last line or a truncated frame.
+    pub fn finish(&mut self) -> Option<Parsed> {
+        let available = self.buf.len() - self.start;
+        if available == 0 {
+            return None;
+        }
+        if matches!(&*self.framing, Framing::Lines) {
+            return Some(Parsed::Frame(self.take(0, available)));
+        }
+        Some(Parsed::Bad(self.bad(
+            "truncated",
+            format!("the stream ended inside a frame ({available} bytes of it were read)"),
+            available,
+        )))
+    }
+}
+
+fn frame_length(framing: &Framing, header: &[u8]) -> Result<u64, String> {
+    match framing {
+        Framing::Native(format) => format
+            .read(header)
+            .ok_or_else(|| "frame header gives a negative payload length".to_owned()),
+        Framing::Python { payload_length, .. } => Python::attach(|py| {
+            let result = payload_length
+                .bind(py)
+                .call1((PyBytes::new(py, header),))
+                .map_err(|e| format_py_err(py, &e))?;
+            let length: i64 = result
+                .extract()
+                .map_err(|_| format!("payload_length() returned {result}, not an int"))?;
+            u64::try_from(length).map_err(|_| format!("payload_length() returned {length}"))
+        }),
+        Framing::Lines => Err("line framing has no header".to_owned()),
+    }
+}
+
+/// Pass parsed records on: frames into `batch`, bad ones to the bad-input record.
+/// Returns false when the stream cannot go on.
+pub fn drain_parser(
+    parser: &mut Parser,
+    batch: &mut Vec<Frame>,
+    ctx: &SourceContext,
+    info: &SourceInfo,
+) -> bool {
+    while let Some(parsed) = parser.next() {
+        if !handle_parsed(parsed, batch, ctx, info) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Record one parsed item; false when it was fatal for the stream.
+pub fn handle_parsed(
+    parsed: Parsed,
+    batch: &mut Vec<Frame>,
+    ctx: &SourceContext,
+    info: &SourceInfo,
+) -> bool {
+    match parsed {
+        Parsed::Frame(frame) => {
+            PipelineMetrics::add(&ctx.metrics.records_in, 1);
+            PipelineMetrics::add(&ctx.metrics.bytes_in, frame.payload.len() as u64);
+            batch.push(frame);
+            true
+        }
+        Parsed::Bad(bad) => {
+            record_bad(&bad, ctx, info);
+            true
+        }
+        Parsed::Fatal(bad) => {
+            record_bad(&bad, ctx, info);
+            false
+        }
+    }
+}
+
+fn record_bad(bad: &BadFrame, ctx: &SourceContext, info: &SourceInfo) {
+    ctx.bad.record(
+        &ctx.pipeline,
+        &info.describe(&bad.pos),
+        bad.kind,
+        &bad.error,
+        &bad.payload,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::LengthFormat;
+
+    fn native() -> Arc<Framing> {
+        Arc::new(Framing::Native(LengthFormat::parse(">I").unwrap()))
+    }
+
+    fn frames(parser: &mut Parser) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(Parsed::Frame(f)) = parser.next() {
+            out.push(f.payload);
+        }
+        out
+    }
+
+    #[test]
+    fn lines_split_on_newlines_and_keep_a_last_partial_line() {
+        let mut parser = Parser::new(Arc::new(Framing::Lines), 100, 0);
+        parser.feed(b"ab\r\ncd\n\nef");
+        assert_eq!(frames(&mut parser), vec![b"ab".to_vec(), b"cd".to_vec(), b"".to_vec()]);
+        match parser.finish() {
+            Some(Parsed::Frame(f)) => {
+                assert_eq!(f.payload, b"ef");
+                assert_eq!(f.pos.index, 4);
+                assert_eq!(f.pos.offset, 8);
+            }
+            _ => panic!("expected the last line"),
+        }
+    }
+
+    #[test]
+    fn length_frames_across_feeds() {
+        let mut parser = Parser::new(native(), 100, 1);
+        parser.feed(&[0, 0, 0, 3, b'a']);
+        assert!(parser.next().is_none());
+        parser.feed(&[b'b', b'c', 0, 0, 0, 1, b'z']);
+        assert_eq!(frames(&mut parser), vec![b"abc".to_vec(), b"z".to_vec()]);
+        assert!(parser.finish().is_none());
+    }
+
+    #[test]
+    fn zero_length_is_bad_and_parsing_goes_on() {
+        let mut parser = Parser::new(native(), 100, 0);
+        parser.feed(&[0, 0, 0, 0, 0, 0, 0, 1, b'x']);
+        assert!(matches!(parser.next(), Some(Parsed::Bad(b)) if b.kind == "zero_length"));
+        assert_eq!(frames(&mut parser), vec![b"x".to_vec()]);
+    }
+
+    #[test]
+    fn oversize_is_fatal_and_truncated_is_reported_at_the_end() {
+        let mut parser = Parser::new(native(), 10, 0);
+        parser.feed(&[0, 0, 1, 0]);
+        assert!(matches!(parser.next(), Some(Parsed::Fatal(b)) if b.kind == "oversize"));
+        let mut parser = Parser::new(native(), 10, 0);
+        parser.feed(&[0, 0, 0, 5, b'a']);
+        assert!(parser.next().is_none());
+        match parser.finish() {
+            Some(Parsed::Bad(b)) => {
+                assert_eq!(b.kind, "truncated");
+                assert_eq!(b.payload, vec![0, 0, 0, 5, b'a']);
+            }
+            _ => panic!("expected a truncated frame"),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! TCP source: listens, accepts any number of connections, splits each into
+//! frames by the decoder's header. Ends when the run stops, after handing over
+//! what its connections had already sent.
+
+use std::io::{ErrorKind, Read};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Sender};
+
+use super::{
+    drain_parser, handle_parsed, Frame, Parser, SourceContext, SourceHandle, SourceInfo,
+    CHANNEL_BATCHES,
+};
+use crate::errors::Error;
+use crate::plan::Framing;
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// Bind now (so a busy port fails the start) and accept on a thread.
+pub fn start(host: &str, port: u16, framing: Arc<Framing>, ctx: SourceContext) -> Result<SourceHandle, Error> {
+    let listener = TcpListener::bind((host, port)).map_err(|e| {
+        Error::Config(format!(
+            "pipeline {:?}: cannot listen on {host}:{port}: {e}",
+            ctx.pipeline
+        ))
+    })?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| format!("{host}:{port}"));
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Config(format!("cannot set up the listener on {local}: {e}")))?;
+    log::info!("pipeline {:?}: listening for TCP input on {local}", ctx.pipeline);
+    let info = SourceInfo {
+        label: format!("tcp {local}"),
+        per_connection: true,
+        unit: "frame",
+    };
+    let (tx, rx) = bounded(CHANNEL_BATCHES);
+    let thread_info = info.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("accept {}", ctx.pipeline))
+        .spawn(move || accept_loop(listener, framing, ctx, thread_info, tx))
+        .map_err(|e| Error::Config(format!("cannot start a source thread: {e}")))?;
+    Ok(SourceHandle {
+        rx,
+        info,
+        threads: vec![thread],
+    })
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    framing: Arc<Framing>,
+    ctx: SourceContext,
+    info: SourceInfo,
+    tx: Sender<Vec<Frame>>,
+) {
+    let mut connections = Vec::new();
+    let mut next_id = 0u32;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                next_id += 1;
+                log::info!("{} connection {next_id}: accepted from {peer}", info.label);
+                let (framing, ctx, info, tx) = (framing.clone(), ctx.clone(), info.clone(), tx.clone());
+                let id = next_id;
+                match std::thread::Builder::new()
+                    .name(format!("tcp {} #{id}", ctx.pipeline))
+                    .spawn(move || read_connection(stream, id, framing, ctx, info, tx))
+                {
+                    Ok(handle) => connections.push(handle),
+                    Err(e) => log::error!("cannot start a thread for connection {id}: {e}"),
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                std::thread::sleep(POLL)
+            }
+            Err(e) => {
+                log::warn!("{}: accept failed: {e}", info.label);
+                std::thread::sleep(POLL);
+            }
+        }
+        connections.retain(|c| !c.is_finished());
+    }
+    drop(tx);
+    for connection in connections {
+        let _ = connection.join();
+    }
+}
+
+fn read_connection(
+    mut stream: TcpStream,
+    id: u32,
+    framing: Arc<Framing>,
+    ctx: SourceContext,
+    info: SourceInfo,
+    tx: Sender<Vec<Frame>>,
+) {
+    if let Err(e) = stream
+        .set_nonblocking(false)
+        .and_then(|_| stream.set_read_timeout(Some(POLL)))
+    {
+        log::error!("{} connection {id}: cannot set a read timeout: {e}", info.label);
+        return;
+    }
+    let mut parser = Parser::new(framing, ctx.max_frame_bytes, id);
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        let mut batch = Vec::new();
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => {
+                if let Some(parsed) = parser.finish() {
+                    handle_parsed(parsed, &mut batch, &ctx, &info);
+                }
+                let _ = tx.send(batch);
+                log::info!("{} connection {id}: closed by the peer", info.label);
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                // Nothing pending: when stopping, everything sent so far is in.
+                if ctx.stop.load(Ordering::Relaxed) {
+                    log::info!("{} connection {id}: closed at shutdown", info.label);
+                    return;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if let Some(parsed) = parser.finish() {
+                    handle_parsed(parsed, &mut batch, &ctx, &info);
+                    let _ = tx.send(batch);
+                }
+                log::warn!("{} connection {id}: read failed: {e}", info.label);
+                return;
+            }
+        };
+        parser.feed(&chunk[..n]);
+        let ok = drain_parser(&mut parser, &mut batch, &ctx, &info);
+        if !batch.is_empty() && tx.send(batch).is_err() {
+            return;
+        }
+        if !ok {
+            log::error!(
+                "{} connection {id}: cannot find the next frame, closing the connection",
+                info.label
+            );
+            return;
+        }
+    }
+}

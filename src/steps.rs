@@ -1,0 +1,385 @@
+//! Calling the Python steps of a pipeline, a whole batch per GIL hold.
+//!
+//! A record goes through its whole chain (decoder, steps, state step, the
+//! steps after it, encoder) before the next record starts, so an output that
+//! aliases state is encoded before later records change that state.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyString, PyTuple};
+
+use crate::bad_input::BadInput;
+use crate::errors::{format_py_err, short_repr, StepFailure};
+use crate::metrics::PipelineMetrics;
+use crate::plan::OnError;
+use crate::sinks::Output;
+use crate::sources::{Frame, SourceInfo};
+
+const RECORD_REPR_LIMIT: usize = 300;
+
+/// The state objects of one state name, by partition key.
+pub struct StateStore {
+    /// The state name (shared by every pipeline that names it).
+    pub name: String,
+    class: Py<PyAny>,
+    states: Py<PyDict>,
+}
+
+impl StateStore {
+    /// An empty store whose states are made by calling `class()`.
+    pub fn new(py: Python<'_>, name: String, class: Py<PyAny>) -> StateStore {
+        StateStore {
+            name,
+            class,
+            states: PyDict::new(py).unbind(),
+        }
+    }
+
+    /// Number of keys with a state.
+    pub fn len(&self, py: Python<'_>) -> usize {
+        self.states.bind(py).len()
+    }
+
+    /// Whether no key has a state yet.
+    pub fn is_empty(&self, py: Python<'_>) -> bool {
+        self.len(py) == 0
+    }
+
+    /// The state of `key`, created on first use. Err(detail) for a bad key.
+    fn get_or_create<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        u64_keys: bool,
+    ) -> Result<Bound<'py, PyAny>, String> {
+        let states = self.states.bind(py);
+        if let Some(state) = states.get_item(key).map_err(|e| format_py_err(py, &e))? {
+            return Ok(state);
+        }
+        check_key(key, u64_keys)?;
+        let state = self
+            .class
+            .bind(py)
+            .call0()
+            .map_err(|e| format!("creating the state of {:?}: {}", self.name, format_py_err(py, &e)))?;
+        states
+            .set_item(key, &state)
+            .map_err(|e| format_py_err(py, &e))?;
+        Ok(state)
+    }
+}
+
+fn valid_key(key: &Bound<'_, PyAny>) -> bool {
+    if key.is_instance_of::<PyString>() || key.is_instance_of::<PyBytes>() || key.is_instance_of::<PyInt>() {
+        return true;
+    }
+    match key.cast::<PyTuple>() {
+        Ok(tuple) => tuple.iter().all(|item| valid_key(&item)),
+        Err(_) => false,
+    }
+}
+
+fn check_key(key: &Bound<'_, PyAny>, u64_keys: bool) -> Result<(), String> {
+    if key.is_none() {
+        return Ok(());
+    }
+    if u64_keys {
+        let ok = key.is_instance_of::<PyInt>() && key.extract::<u64>().is_ok();
+        if !ok {
+            return Err(format!(
+                "the partition function returned {}, but to_state_partition_u64 keys must be \
+                 non-negative ints",
+                short_repr(key, 100)
+            ));
+        }
+        return Ok(());
+    }
+    if valid_key(key) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the partition function returned {} of type {}; partition keys must be str, bytes, \
+             int or tuples of these",
+            short_repr(key, 100),
+            key.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    }
+}
+
+/// How a step is called.
+pub enum Kind {
+    /// `compute(data)`.
+    Map,
+    /// `compute_multi(data)`.
+    Multi,
+    /// `compute(data, state)` / `compute_multi(data, state)`.
+    State {
+        /// Where the states live.
+        store: Rc<StateStore>,
+        /// The partition function; None for one state object.
+        partition: Option<Py<PyAny>>,
+        /// Keys must be non-negative ints.
+        u64_keys: bool,
+        /// The output is a list.
+        multi: bool,
+    },
+}
+
+/// One step ready to call.
+pub struct Step {
+    /// The step name.
+    pub name: String,
+    /// The bound compute method.
+    pub func: Py<PyAny>,
+    /// How to call it.
+    pub kind: Kind,
+}
+
+/// A pipeline's Python side: decoder, steps, encoder.
+pub struct Chain {
+    /// The pipeline name.
+    pub pipeline: String,
+    /// Names the source's positions.
+    pub source: SourceInfo,
+    /// The bound `decode`.
+    pub decode: Py<PyAny>,
+    /// The steps in order.
+    pub steps: Vec<Step>,
+    /// The bound `encode`; None when the pipeline has no sink.
+    pub encode: Option<Py<PyAny>>,
+    /// What to do when user code fails.
+    pub on_error: OnError,
+    /// Where bad input goes.
+    pub bad: Arc<BadInput>,
+    /// The pipeline's counters.
+    pub metrics: Arc<PipelineMetrics>,
+}
+
+/// Where a record is while it goes through the chain.
+struct Cursor<'a> {
+    frame: &'a Frame,
+}
+
+impl Chain {
+    /// Run every frame of `frames` through the chain, appending encoded
+    /// records to `out`. Err when user code failed and the policy is stop.
+    pub fn process(
+        &self,
+        py: Python<'_>,
+        frames: &mut Vec<Frame>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), StepFailure> {
+        let decode = self.decode.bind(py);
+        for frame in frames.drain(..) {
+            let value = match decode.call1((PyBytes::new(py, &frame.payload),)) {
+                Ok(value) => value,
+                Err(err) => {
+                    self.bad.record(
+                        &self.pipeline,
+                        &self.source.describe(&frame.pos),
+                        "decode_error",
+                        &format_py_err(py, &err),
+                        &frame.payload,
+                    );
+                    continue;
+                }
+            };
+            let cursor = Cursor { frame: &frame };
+            if let Err(failure) = self.run(py, &cursor, 0, value, out) {
+                match self.on_error {
+                    OnError::Stop => return Err(failure),
+                    OnError::Skip => {
+                        PipelineMetrics::add(&self.metrics.skipped_errors, 1);
+                        log::warn!("skipped a record (--on-error skip): {failure}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn failure(&self, cursor: &Cursor<'_>, step: &str, record: &Bound<'_, PyAny>, detail: String) -> StepFailure {
+        StepFailure {
+            pipeline: self.pipeline.clone(),
+            step: step.to_owned(),
+            record: short_repr(record, RECORD_REPR_LIMIT),
+            position: self.source.describe(&cursor.frame.pos),
+            detail,
+        }
+    }
+
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        cursor: &Cursor<'_>,
+        index: usize,
+        value: Bound<'py, PyAny>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), StepFailure> {
+        let Some(step) = self.steps.get(index) else {
+            return self.emit(py, cursor, value, out);
+        };
+        let func = step.func.bind(py);
+        let py_failure = |err: PyErr| self.failure(cursor, &step.name, &value, format_py_err(py, &err));
+        match &step.kind {
+            Kind::Map => {
+                let result = func.call1((&value,)).map_err(py_failure)?;
+                self.next(py, cursor, step, index, &value, result, false, out)
+            }
+            Kind::Multi => {
+                let result = func.call1((&value,)).map_err(py_failure)?;
+                self.next(py, cursor, step, index, &value, result, true, out)
+            }
+            Kind::State {
+                store,
+                partition,
+                u64_keys,
+                multi,
+            } => {
+                let key = match partition {
+                    Some(partition) => partition.bind(py).call1((&value,)).map_err(|err| {
+                        self.failure(
+                            cursor,
+                            &format!("{} (partition function)", step.name),
+                            &value,
+                            format_py_err(py, &err),
+                        )
+                    })?,
+                    None => py.None().into_bound(py),
+                };
+                let state = store
+                    .get_or_create(py, &key, *u64_keys)
+                    .map_err(|detail| self.failure(cursor, &step.name, &value, detail))?;
+                let result = func.call1((&value, &state)).map_err(py_failure)?;
+                let shape_error = || {
+                    self.failure(
+                        cursor,
+                        &step.name,
+                        &value,
+                        format!(
+                            "a state computation must return (output, state_changed) with \
+                             state_changed a bool, got {}",
+                            short_repr(&result, 200)
+                        ),
+                    )
+                };
+                let pair = result.cast::<PyTuple>().map_err(|_| shape_error())?;
+                if pair.len() != 2 {
+                    return Err(shape_error());
+                }
+                let changed = pair.get_item(1).map_err(py_failure)?;
+                if !changed.is_instance_of::<PyBool>() {
+                    return Err(shape_error());
+                }
+                let output = pair.get_item(0).map_err(py_failure)?;
+                self.next(py, cursor, step, index, &value, output, *multi, out)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn next<'py>(
+        &self,
+        py: Python<'py>,
+        cursor: &Cursor<'_>,
+        step: &Step,
+        index: usize,
+        input: &Bound<'py, PyAny>,
+        result: Bound<'py, PyAny>,
+        multi: bool,
+        out: &mut Vec<Output>,
+    ) -> Result<(), StepFailure> {
+        if result.is_none() {
+            PipelineMetrics::add(&self.metrics.dropped, 1);
+            return Ok(());
+        }
+        if !multi {
+            return self.run(py, cursor, index + 1, result, out);
+        }
+        let items = result.try_iter().map_err(|_| {
+            self.failure(
+                cursor,
+                &step.name,
+                input,
+                format!(
+                    "compute_multi must return a list or None, got {}",
+                    short_repr(&result, 200)
+                ),
+            )
+        })?;
+        for item in items {
+            let item = item.map_err(|e| self.failure(cursor, &step.name, input, format_py_err(py, &e)))?;
+            if item.is_none() {
+                PipelineMetrics::add(&self.metrics.dropped, 1);
+            } else {
+                self.run(py, cursor, index + 1, item, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(
+        &self,
+        py: Python<'_>,
+        cursor: &Cursor<'_>,
+        value: Bound<'_, PyAny>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), StepFailure> {
+        let Some(encode) = &self.encode else {
+            return Ok(());
+        };
+        let encoded = encode
+            .bind(py)
+            .call1((&value,))
+            .map_err(|err| self.failure(cursor, "encoder", &value, format_py_err(py, &err)))?;
+        if encoded.is_none() {
+            return Ok(());
+        }
+        match to_output(&encoded) {
+            Some(output) => {
+                out.push(output);
+                PipelineMetrics::add(&self.metrics.records_out, 1);
+                Ok(())
+            }
+            None => Err(self.failure(
+                cursor,
+                "encoder",
+                &value,
+                format!(
+                    "encode() must return bytes, str, (value, key) or None, got {}",
+                    short_repr(&encoded, 200)
+                ),
+            )),
+        }
+    }
+}
+
+fn to_bytes(obj: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
+    if let Ok(bytes) = obj.cast::<PyBytes>() {
+        return Some(bytes.as_bytes().to_vec());
+    }
+    if let Ok(text) = obj.cast::<PyString>() {
+        return text.to_cow().ok().map(|s| s.as_bytes().to_vec());
+    }
+    if let Ok(array) = obj.cast::<PyByteArray>() {
+        return Some(array.to_vec());
+    }
+    None
+}
+
+/// An encoder's result as bytes: bytes, str (UTF-8), bytearray, or `(value, key)`.
+pub fn to_output(encoded: &Bound<'_, PyAny>) -> Option<Output> {
+    if let Some(value) = to_bytes(encoded) {
+        return Some(Output { value, key: None });
+    }
+    let pair = encoded.cast::<PyTuple>().ok()?;
+    if pair.len() != 2 {
+        return None;
+    }
+    let value = to_bytes(&pair.get_item(0).ok()?)?;
+    let key = pair.get_item(1).ok()?;
+    let key = if key.is_none() { None } else { Some(to_bytes(&key)?) };
+    Some(Output { value, key })
+}
