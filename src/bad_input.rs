@@ -146,7 +146,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("dead.jsonl");
         let bad = BadInput::new(Some(&path)).unwrap();
-        bad.record("p", "file x line 3", "decode_error", "ValueError: no", b"{oops");
+        bad.record(
+            "p",
+            "file x line 3",
+            "decode_error",
+            "ValueError: no",
+            b"{oops",
+        );
         bad.record("p", "file x line 4", "truncated", "", b"\x00\x01");
         assert_eq!(bad.counts().get("decode_error"), Some(&1));
         assert_eq!(bad.recent().len(), 2);

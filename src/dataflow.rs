@@ -68,7 +68,10 @@ impl Summary {
         }
         dict.set_item("pipelines", pipelines)?;
         dict.set_item("bad_input", self.bad_input.clone())?;
-        dict.set_item("state_keys", self.state_keys.iter().cloned().collect::<HashMap<_, _>>())?;
+        dict.set_item(
+            "state_keys",
+            self.state_keys.iter().cloned().collect::<HashMap<_, _>>(),
+        )?;
         dict.set_item("interrupted", self.interrupted)?;
         dict.set_item("seconds", self.seconds)?;
         Ok(dict)
@@ -161,6 +164,7 @@ pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
             on_error: options.on_error,
             bad: bad.clone(),
             metrics: pipeline_metrics,
+            batch_counts: Default::default(),
         };
         parts.push(PipelineParts {
             name: pipeline.name,
@@ -170,7 +174,11 @@ pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
         });
     }
 
-    let mut worker = Worker::new(WorkerConfig::default(), Thread::default(), Some(Instant::now()));
+    let mut worker = Worker::new(
+        WorkerConfig::default(),
+        Thread::default(),
+        Some(Instant::now()),
+    );
     let failure: Rc<RefCell<Option<StepFailure>>> = Rc::new(RefCell::new(None));
     let mut inputs: Vec<Option<Input>> = Vec::new();
     let mut source_handles = Vec::new();
@@ -181,12 +189,26 @@ pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
             sink_threads.push(sink.thread);
             sink.tx
         });
-        build_pipeline(&mut worker, &mut input, part.name, part.chain, sink_tx, failure.clone());
+        build_pipeline(
+            &mut worker,
+            &mut input,
+            part.name,
+            part.chain,
+            sink_tx,
+            failure.clone(),
+        );
         inputs.push(Some(input));
         source_handles.push(part.source);
     }
 
-    let interrupted = drive(&mut worker, &mut inputs, &source_handles, &failure, &options, &stop);
+    let interrupted = drive(
+        &mut worker,
+        &mut inputs,
+        &source_handles,
+        &failure,
+        &options,
+        &stop,
+    );
     stop.store(true, Ordering::Relaxed);
     inputs.clear();
     while worker.step_or_park(Some(IDLE_WAIT)) {}
@@ -240,7 +262,8 @@ fn build_pipeline(
                                 return;
                             }
                             let mut outputs = Vec::new();
-                            let result = Python::attach(|py| chain.process(py, frames, &mut outputs));
+                            let result =
+                                Python::attach(|py| chain.process(py, frames, &mut outputs));
                             if !outputs.is_empty() {
                                 output.session(&time).give_container(&mut outputs);
                             }
@@ -251,17 +274,21 @@ fn build_pipeline(
                     }
                 },
             );
-        encoded.sink(Pipeline, &format!("sink {name}"), move |(input, _frontier)| {
-            input.for_each(|_time, batch| {
-                let batch = std::mem::take(batch);
-                if let Some(tx) = &sink_tx {
-                    // Blocks while the sink is behind: back-pressure.
-                    if tx.send(batch).is_err() {
-                        log::error!("the sink thread has stopped; output is lost");
+        encoded.sink(
+            Pipeline,
+            &format!("sink {name}"),
+            move |(input, _frontier)| {
+                input.for_each(|_time, batch| {
+                    let batch = std::mem::take(batch);
+                    if let Some(tx) = &sink_tx {
+                        // Blocks while the sink is behind: back-pressure.
+                        if tx.send(batch).is_err() {
+                            log::error!("the sink thread has stopped; output is lost");
+                        }
                     }
-                }
-            });
-        });
+                });
+            },
+        );
     });
 }
 

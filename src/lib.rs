@@ -25,6 +25,7 @@ pub mod errors;
 pub mod framing;
 pub mod metrics;
 pub mod plan;
+pub mod pycall;
 pub mod sinks;
 pub mod sources;
 pub mod steps;

@@ -200,8 +200,8 @@ impl SourcePlan {
             },
             other => return Err(Error::Config(format!("unknown source kind {other:?}")).into()),
         };
-        let lines = matches!(kind, SourceKind::File { .. })
-            && string(dict, "framing")?.as_str() == "lines";
+        let lines =
+            matches!(kind, SourceKind::File { .. }) && string(dict, "framing")?.as_str() == "lines";
         let framing = if lines || matches!(kind, SourceKind::Kafka { .. }) {
             Framing::Lines
         } else {

@@ -4,6 +4,7 @@
 //! steps after it, encoder) before the next record starts, so an output that
 //! aliases state is encoded before later records change that state.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::bad_input::BadInput;
 use crate::errors::{format_py_err, short_repr, StepFailure};
 use crate::metrics::PipelineMetrics;
 use crate::plan::OnError;
+use crate::pycall::{call1, call2};
 use crate::sinks::Output;
 use crate::sources::{Frame, SourceInfo};
 
@@ -55,15 +57,22 @@ impl StateStore {
         u64_keys: bool,
     ) -> Result<Bound<'py, PyAny>, String> {
         let states = self.states.bind(py);
-        if let Some(state) = states.get_item(key).map_err(|e| format_py_err(py, &e))? {
-            return Ok(state);
+        match states.get_item(key) {
+            Ok(Some(state)) => return Ok(state),
+            Ok(None) => {}
+            Err(err) => {
+                check_key(key, u64_keys)?;
+                return Err(format_py_err(py, &err));
+            }
         }
         check_key(key, u64_keys)?;
-        let state = self
-            .class
-            .bind(py)
-            .call0()
-            .map_err(|e| format!("creating the state of {:?}: {}", self.name, format_py_err(py, &e)))?;
+        let state = self.class.bind(py).call0().map_err(|e| {
+            format!(
+                "creating the state of {:?}: {}",
+                self.name,
+                format_py_err(py, &e)
+            )
+        })?;
         states
             .set_item(key, &state)
             .map_err(|e| format_py_err(py, &e))?;
@@ -72,7 +81,10 @@ impl StateStore {
 }
 
 fn valid_key(key: &Bound<'_, PyAny>) -> bool {
-    if key.is_instance_of::<PyString>() || key.is_instance_of::<PyBytes>() || key.is_instance_of::<PyInt>() {
+    if key.is_instance_of::<PyString>()
+        || key.is_instance_of::<PyBytes>()
+        || key.is_instance_of::<PyInt>()
+    {
         return true;
     }
     match key.cast::<PyTuple>() {
@@ -103,7 +115,10 @@ fn check_key(key: &Bound<'_, PyAny>, u64_keys: bool) -> Result<(), String> {
             "the partition function returned {} of type {}; partition keys must be str, bytes, \
              int or tuples of these",
             short_repr(key, 100),
-            key.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            key.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     }
 }
@@ -155,6 +170,27 @@ pub struct Chain {
     pub bad: Arc<BadInput>,
     /// The pipeline's counters.
     pub metrics: Arc<PipelineMetrics>,
+    /// Counts of the batch in progress, added to `metrics` once per batch
+    /// (per-record atomics would share a cache line with the IO threads).
+    pub batch_counts: BatchCounts,
+}
+
+/// Per-batch counts kept on the worker thread.
+#[derive(Default)]
+pub struct BatchCounts {
+    out: Cell<u64>,
+    dropped: Cell<u64>,
+}
+
+impl BatchCounts {
+    fn bump(cell: &Cell<u64>) {
+        cell.set(cell.get() + 1);
+    }
+
+    fn flush(&self, metrics: &PipelineMetrics) {
+        PipelineMetrics::add(&metrics.records_out, self.out.replace(0));
+        PipelineMetrics::add(&metrics.dropped, self.dropped.replace(0));
+    }
 }
 
 /// Where a record is while it goes through the chain.
@@ -171,9 +207,20 @@ impl Chain {
         frames: &mut Vec<Frame>,
         out: &mut Vec<Output>,
     ) -> Result<(), StepFailure> {
+        let result = self.process_frames(py, frames, out);
+        self.batch_counts.flush(&self.metrics);
+        result
+    }
+
+    fn process_frames(
+        &self,
+        py: Python<'_>,
+        frames: &mut Vec<Frame>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), StepFailure> {
         let decode = self.decode.bind(py);
         for frame in frames.drain(..) {
-            let value = match decode.call1((PyBytes::new(py, &frame.payload),)) {
+            let value = match call1(&decode, PyBytes::new(py, &frame.payload).as_any()) {
                 Ok(value) => value,
                 Err(err) => {
                     self.bad.record(
@@ -200,7 +247,13 @@ impl Chain {
         Ok(())
     }
 
-    fn failure(&self, cursor: &Cursor<'_>, step: &str, record: &Bound<'_, PyAny>, detail: String) -> StepFailure {
+    fn failure(
+        &self,
+        cursor: &Cursor<'_>,
+        step: &str,
+        record: &Bound<'_, PyAny>,
+        detail: String,
+    ) -> StepFailure {
         StepFailure {
             pipeline: self.pipeline.clone(),
             step: step.to_owned(),
@@ -222,14 +275,15 @@ impl Chain {
             return self.emit(py, cursor, value, out);
         };
         let func = step.func.bind(py);
-        let py_failure = |err: PyErr| self.failure(cursor, &step.name, &value, format_py_err(py, &err));
+        let py_failure =
+            |err: PyErr| self.failure(cursor, &step.name, &value, format_py_err(py, &err));
         match &step.kind {
             Kind::Map => {
-                let result = func.call1((&value,)).map_err(py_failure)?;
+                let result = call1(func, &value).map_err(py_failure)?;
                 self.next(py, cursor, step, index, &value, result, false, out)
             }
             Kind::Multi => {
-                let result = func.call1((&value,)).map_err(py_failure)?;
+                let result = call1(func, &value).map_err(py_failure)?;
                 self.next(py, cursor, step, index, &value, result, true, out)
             }
             Kind::State {
@@ -239,7 +293,7 @@ impl Chain {
                 multi,
             } => {
                 let key = match partition {
-                    Some(partition) => partition.bind(py).call1((&value,)).map_err(|err| {
+                    Some(partition) => call1(partition.bind(py), &value).map_err(|err| {
                         self.failure(
                             cursor,
                             &format!("{} (partition function)", step.name),
@@ -252,7 +306,7 @@ impl Chain {
                 let state = store
                     .get_or_create(py, &key, *u64_keys)
                     .map_err(|detail| self.failure(cursor, &step.name, &value, detail))?;
-                let result = func.call1((&value, &state)).map_err(py_failure)?;
+                let result = call2(func, &value, &state).map_err(py_failure)?;
                 let shape_error = || {
                     self.failure(
                         cursor,
@@ -292,7 +346,7 @@ impl Chain {
         out: &mut Vec<Output>,
     ) -> Result<(), StepFailure> {
         if result.is_none() {
-            PipelineMetrics::add(&self.metrics.dropped, 1);
+            BatchCounts::bump(&self.batch_counts.dropped);
             return Ok(());
         }
         if !multi {
@@ -310,9 +364,10 @@ impl Chain {
             )
         })?;
         for item in items {
-            let item = item.map_err(|e| self.failure(cursor, &step.name, input, format_py_err(py, &e)))?;
+            let item =
+                item.map_err(|e| self.failure(cursor, &step.name, input, format_py_err(py, &e)))?;
             if item.is_none() {
-                PipelineMetrics::add(&self.metrics.dropped, 1);
+                BatchCounts::bump(&self.batch_counts.dropped);
             } else {
                 self.run(py, cursor, index + 1, item, out)?;
             }
@@ -330,9 +385,7 @@ impl Chain {
         let Some(encode) = &self.encode else {
             return Ok(());
         };
-        let encoded = encode
-            .bind(py)
-            .call1((&value,))
+        let encoded = call1(encode.bind(py), &value)
             .map_err(|err| self.failure(cursor, "encoder", &value, format_py_err(py, &err)))?;
         if encoded.is_none() {
             return Ok(());
@@ -340,7 +393,7 @@ impl Chain {
         match to_output(&encoded) {
             Some(output) => {
                 out.push(output);
-                PipelineMetrics::add(&self.metrics.records_out, 1);
+                BatchCounts::bump(&self.batch_counts.out);
                 Ok(())
             }
             None => Err(self.failure(
@@ -380,6 +433,10 @@ pub fn to_output(encoded: &Bound<'_, PyAny>) -> Option<Output> {
     }
     let value = to_bytes(&pair.get_item(0).ok()?)?;
     let key = pair.get_item(1).ok()?;
-    let key = if key.is_none() { None } else { Some(to_bytes(&key)?) };
+    let key = if key.is_none() {
+        None
+    } else {
+        Some(to_bytes(&key)?)
+    };
     Some(Output { value, key })
 }

@@ -16,6 +16,8 @@ class ApplicationError(Exception):
 
 
 def _method(obj: Any, name: str, where: str) -> Callable[..., Any]:
+    if name in getattr(type(obj), "_forwarding_methods", ()) and type(obj).__module__ == "wallaroo":
+        return obj._func
     method = getattr(obj, name, None)
     if not callable(method):
         raise ApplicationError(f"{where}: {obj!r} has no {name}() method")

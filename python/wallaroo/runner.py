@@ -202,6 +202,8 @@ def main(argv: Optional[list] = None) -> int:
     if not callable(setup):
         return _fail(EXIT_BAD_APP, f"{origin}: the application defines no application_setup(args)")
     app_args = ["machida", *argv]
+    program = sys.argv[0]
+    sys.argv[0] = "machida"  # argparse inside application_setup names the program
     try:
         actions = setup(app_args)
     except SystemExit as exit_:
@@ -213,6 +215,8 @@ def main(argv: Optional[list] = None) -> int:
     except Exception:
         traceback.print_exc()
         return _fail(EXIT_BAD_APP, f"{origin}: application_setup() raised (traceback above)")
+    finally:
+        sys.argv[0] = program
     try:
         plan = compile_plan(actions, origin)
     except ApplicationError as err:

@@ -128,11 +128,19 @@ fn write_loop(rx: Receiver<Vec<Output>>, mut writer: Box<dyn BatchWriter>, ctx: 
         }
         if rx.is_empty() {
             if let Err(e) = writer.flush() {
-                log::error!("pipeline {:?}: {}: flush failed: {e}", ctx.pipeline, writer.label());
+                log::error!(
+                    "pipeline {:?}: {}: flush failed: {e}",
+                    ctx.pipeline,
+                    writer.label()
+                );
             }
         }
     }
     if let Err(e) = writer.flush() {
-        log::error!("pipeline {:?}: {}: final flush failed: {e}", ctx.pipeline, writer.label());
+        log::error!(
+            "pipeline {:?}: {}: final flush failed: {e}",
+            ctx.pipeline,
+            writer.label()
+        );
     }
 }

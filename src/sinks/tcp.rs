@@ -34,7 +34,11 @@ impl TcpWriter {
     fn connect(&mut self) -> std::io::Result<&mut BufWriter<TcpStream>> {
         if self.stream.is_none() {
             // After giving up once, each batch gets one attempt instead of a wait.
-            let patience = if self.gave_up { Duration::ZERO } else { self.connect_timeout };
+            let patience = if self.gave_up {
+                Duration::ZERO
+            } else {
+                self.connect_timeout
+            };
             let deadline = Instant::now() + patience;
             let mut delay = Duration::from_millis(50);
             let mut warned = false;

@@ -11,8 +11,8 @@ use crossbeam_channel::{bounded, Sender};
 use flate2::read::MultiGzDecoder;
 
 use super::{
-    drain_parser, handle_parsed, Frame, Parser, SourceContext, SourceHandle, SourceInfo,
-    CHANNEL_BATCHES,
+    drain_parser, handle_parsed, send_batch, Frame, Parser, SourceContext, SourceHandle,
+    SourceInfo, CHANNEL_BATCHES,
 };
 use crate::errors::Error;
 use crate::plan::Framing;
@@ -20,7 +20,11 @@ use crate::plan::Framing;
 const READ_CHUNK: usize = 1 << 20;
 
 /// Open the file now (so a missing file fails the start) and read it on a thread.
-pub fn start(path: PathBuf, framing: Arc<Framing>, ctx: SourceContext) -> Result<SourceHandle, Error> {
+pub fn start(
+    path: PathBuf,
+    framing: Arc<Framing>,
+    ctx: SourceContext,
+) -> Result<SourceHandle, Error> {
     let file = File::open(&path).map_err(|e| {
         Error::Config(format!(
             "pipeline {:?}: cannot open input file {}: {e}",
@@ -29,11 +33,17 @@ pub fn start(path: PathBuf, framing: Arc<Framing>, ctx: SourceContext) -> Result
         ))
     })?;
     let reader: Box<dyn Read + Send> = if path.extension().is_some_and(|ext| ext == "gz") {
-        Box::new(MultiGzDecoder::new(BufReader::with_capacity(READ_CHUNK, file)))
+        Box::new(MultiGzDecoder::new(BufReader::with_capacity(
+            READ_CHUNK, file,
+        )))
     } else {
         Box::new(file)
     };
-    let unit = if matches!(*framing, Framing::Lines) { "line" } else { "frame" };
+    let unit = if matches!(*framing, Framing::Lines) {
+        "line"
+    } else {
+        "frame"
+    };
     let info = SourceInfo {
         label: format!("file {}", path.display()),
         per_connection: false,
@@ -83,18 +93,19 @@ fn read_file(
         };
         parser.feed(&chunk[..n]);
         if !drain_parser(&mut parser, &mut batch, &ctx, &info) {
-            log::error!("{}: cannot find the next frame, the source ends here", info.label);
+            log::error!(
+                "{}: cannot find the next frame, the source ends here",
+                info.label
+            );
             break;
         }
         while batch.len() >= ctx.batch_size {
             let rest = batch.split_off(ctx.batch_size);
-            if tx.send(std::mem::replace(&mut batch, rest)).is_err() {
+            if !send_batch(&tx, std::mem::replace(&mut batch, rest), &ctx) {
                 return;
             }
         }
     }
-    if !batch.is_empty() {
-        let _ = tx.send(batch);
-    }
+    send_batch(&tx, batch, &ctx);
     log::debug!("{}: end of input", info.label);
 }

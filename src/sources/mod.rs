@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -97,7 +97,11 @@ pub struct SourceHandle {
 }
 
 /// Start the source of a pipeline.
-pub fn start(kind: SourceKind, framing: Framing, ctx: SourceContext) -> Result<SourceHandle, Error> {
+pub fn start(
+    kind: SourceKind,
+    framing: Framing,
+    ctx: SourceContext,
+) -> Result<SourceHandle, Error> {
     let framing = Arc::new(framing);
     match kind {
         SourceKind::File { path } => file::start(path, framing, ctx),
@@ -202,7 +206,7 @@ impl Parser {
     }
 
     /// The next complete record in the buffer, if any.
-    pub fn next(&mut self) -> Option<Parsed> {
+    pub fn next_record(&mut self) -> Option<Parsed> {
         let available = self.buf.len() - self.start;
         match &*self.framing {
             Framing::Lines => {
@@ -309,12 +313,24 @@ pub fn drain_parser(
     ctx: &SourceContext,
     info: &SourceInfo,
 ) -> bool {
-    while let Some(parsed) = parser.next() {
+    while let Some(parsed) = parser.next_record() {
         if !handle_parsed(parsed, batch, ctx, info) {
             return false;
         }
     }
     true
+}
+
+/// Count a batch and hand it to the worker (blocking while the worker is
+/// behind). False when the run no longer takes input.
+pub fn send_batch(tx: &Sender<Vec<Frame>>, batch: Vec<Frame>, ctx: &SourceContext) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    PipelineMetrics::add(&ctx.metrics.records_in, batch.len() as u64);
+    let bytes: usize = batch.iter().map(|f| f.payload.len()).sum();
+    PipelineMetrics::add(&ctx.metrics.bytes_in, bytes as u64);
+    tx.send(batch).is_ok()
 }
 
 /// Record one parsed item; false when it was fatal for the stream.
@@ -326,8 +342,6 @@ pub fn handle_parsed(
 ) -> bool {
     match parsed {
         Parsed::Frame(frame) => {
-            PipelineMetrics::add(&ctx.metrics.records_in, 1);
-            PipelineMetrics::add(&ctx.metrics.bytes_in, frame.payload.len() as u64);
             batch.push(frame);
             true
         }
@@ -363,7 +377,7 @@ mod tests {
 
     fn frames(parser: &mut Parser) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while let Some(Parsed::Frame(f)) = parser.next() {
+        while let Some(Parsed::Frame(f)) = parser.next_record() {
             out.push(f.payload);
         }
         out
@@ -373,7 +387,10 @@ mod tests {
     fn lines_split_on_newlines_and_keep_a_last_partial_line() {
         let mut parser = Parser::new(Arc::new(Framing::Lines), 100, 0);
         parser.feed(b"ab\r\ncd\n\nef");
-        assert_eq!(frames(&mut parser), vec![b"ab".to_vec(), b"cd".to_vec(), b"".to_vec()]);
+        assert_eq!(
+            frames(&mut parser),
+            vec![b"ab".to_vec(), b"cd".to_vec(), b"".to_vec()]
+        );
         match parser.finish() {
             Some(Parsed::Frame(f)) => {
                 assert_eq!(f.payload, b"ef");
@@ -388,7 +405,7 @@ mod tests {
     fn length_frames_across_feeds() {
         let mut parser = Parser::new(native(), 100, 1);
         parser.feed(&[0, 0, 0, 3, b'a']);
-        assert!(parser.next().is_none());
+        assert!(parser.next_record().is_none());
         parser.feed(&[b'b', b'c', 0, 0, 0, 1, b'z']);
         assert_eq!(frames(&mut parser), vec![b"abc".to_vec(), b"z".to_vec()]);
         assert!(parser.finish().is_none());
@@ -398,7 +415,7 @@ mod tests {
     fn zero_length_is_bad_and_parsing_goes_on() {
         let mut parser = Parser::new(native(), 100, 0);
         parser.feed(&[0, 0, 0, 0, 0, 0, 0, 1, b'x']);
-        assert!(matches!(parser.next(), Some(Parsed::Bad(b)) if b.kind == "zero_length"));
+        assert!(matches!(parser.next_record(), Some(Parsed::Bad(b)) if b.kind == "zero_length"));
         assert_eq!(frames(&mut parser), vec![b"x".to_vec()]);
     }
 
@@ -406,10 +423,10 @@ mod tests {
     fn oversize_is_fatal_and_truncated_is_reported_at_the_end() {
         let mut parser = Parser::new(native(), 10, 0);
         parser.feed(&[0, 0, 1, 0]);
-        assert!(matches!(parser.next(), Some(Parsed::Fatal(b)) if b.kind == "oversize"));
+        assert!(matches!(parser.next_record(), Some(Parsed::Fatal(b)) if b.kind == "oversize"));
         let mut parser = Parser::new(native(), 10, 0);
         parser.feed(&[0, 0, 0, 5, b'a']);
-        assert!(parser.next().is_none());
+        assert!(parser.next_record().is_none());
         match parser.finish() {
             Some(Parsed::Bad(b)) => {
                 assert_eq!(b.kind, "truncated");

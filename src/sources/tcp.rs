@@ -11,8 +11,8 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Sender};
 
 use super::{
-    drain_parser, handle_parsed, Frame, Parser, SourceContext, SourceHandle, SourceInfo,
-    CHANNEL_BATCHES,
+    drain_parser, handle_parsed, send_batch, Frame, Parser, SourceContext, SourceHandle,
+    SourceInfo, CHANNEL_BATCHES,
 };
 use crate::errors::Error;
 use crate::plan::Framing;
@@ -20,7 +20,12 @@ use crate::plan::Framing;
 const POLL: Duration = Duration::from_millis(50);
 
 /// Bind now (so a busy port fails the start) and accept on a thread.
-pub fn start(host: &str, port: u16, framing: Arc<Framing>, ctx: SourceContext) -> Result<SourceHandle, Error> {
+pub fn start(
+    host: &str,
+    port: u16,
+    framing: Arc<Framing>,
+    ctx: SourceContext,
+) -> Result<SourceHandle, Error> {
     let listener = TcpListener::bind((host, port)).map_err(|e| {
         Error::Config(format!(
             "pipeline {:?}: cannot listen on {host}:{port}: {e}",
@@ -34,7 +39,10 @@ pub fn start(host: &str, port: u16, framing: Arc<Framing>, ctx: SourceContext) -
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::Config(format!("cannot set up the listener on {local}: {e}")))?;
-    log::info!("pipeline {:?}: listening for TCP input on {local}", ctx.pipeline);
+    log::info!(
+        "pipeline {:?}: listening for TCP input on {local}",
+        ctx.pipeline
+    );
     let info = SourceInfo {
         label: format!("tcp {local}"),
         per_connection: true,
@@ -67,7 +75,8 @@ fn accept_loop(
             Ok((stream, peer)) => {
                 next_id += 1;
                 log::info!("{} connection {next_id}: accepted from {peer}", info.label);
-                let (framing, ctx, info, tx) = (framing.clone(), ctx.clone(), info.clone(), tx.clone());
+                let (framing, ctx, info, tx) =
+                    (framing.clone(), ctx.clone(), info.clone(), tx.clone());
                 let id = next_id;
                 match std::thread::Builder::new()
                     .name(format!("tcp {} #{id}", ctx.pipeline))
@@ -105,7 +114,10 @@ fn read_connection(
         .set_nonblocking(false)
         .and_then(|_| stream.set_read_timeout(Some(POLL)))
     {
-        log::error!("{} connection {id}: cannot set a read timeout: {e}", info.label);
+        log::error!(
+            "{} connection {id}: cannot set a read timeout: {e}",
+            info.label
+        );
         return;
     }
     let mut parser = Parser::new(framing, ctx.max_frame_bytes, id);
@@ -117,7 +129,7 @@ fn read_connection(
                 if let Some(parsed) = parser.finish() {
                     handle_parsed(parsed, &mut batch, &ctx, &info);
                 }
-                let _ = tx.send(batch);
+                send_batch(&tx, batch, &ctx);
                 log::info!("{} connection {id}: closed by the peer", info.label);
                 return;
             }
@@ -125,6 +137,10 @@ fn read_connection(
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
                 // Nothing pending: when stopping, everything sent so far is in.
                 if ctx.stop.load(Ordering::Relaxed) {
+                    if let Some(parsed) = parser.finish() {
+                        handle_parsed(parsed, &mut batch, &ctx, &info);
+                        send_batch(&tx, batch, &ctx);
+                    }
                     log::info!("{} connection {id}: closed at shutdown", info.label);
                     return;
                 }
@@ -134,7 +150,7 @@ fn read_connection(
             Err(e) => {
                 if let Some(parsed) = parser.finish() {
                     handle_parsed(parsed, &mut batch, &ctx, &info);
-                    let _ = tx.send(batch);
+                    send_batch(&tx, batch, &ctx);
                 }
                 log::warn!("{} connection {id}: read failed: {e}", info.label);
                 return;
@@ -142,7 +158,7 @@ fn read_connection(
         };
         parser.feed(&chunk[..n]);
         let ok = drain_parser(&mut parser, &mut batch, &ctx, &info);
-        if !batch.is_empty() && tx.send(batch).is_err() {
+        if !send_batch(&tx, batch, &ctx) {
             return;
         }
         if !ok {

@@ -1,0 +1,48 @@
+# Everything runs inside .venv, created on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.deps-installed
+
+.PHONY: help run test test-rust test-python lint fmt bench develop develop-release clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements-dev.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+develop: $(STAMP) ## Build the engine (debug) into .venv
+	$(BIN)/maturin develop -q
+
+develop-release: $(STAMP) ## Build the engine (release) into .venv
+	$(BIN)/maturin develop -q --release
+
+run: develop-release ## Run the star leaders example on the embedded defaults
+	$(BIN)/python -m wallaroo star_leaders
+
+lint: $(STAMP) ## cargo fmt --check, clippy -D warnings, ruff
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	$(BIN)/ruff check python tests benches star_leaders
+
+fmt: $(STAMP) ## Format Rust and Python
+	cargo fmt
+	$(BIN)/ruff check --fix python tests benches star_leaders
+
+test-rust: ## Rust unit tests
+	cargo test --lib
+
+test-python: develop ## pytest suites
+	$(BIN)/python -m pytest -q
+
+test: lint test-rust test-python ## Everything CI runs
+
+bench: develop-release ## Benchmarks: engine against a bare Python loop, same run
+	$(BIN)/python benches/run.py
+
+clean: ## Remove build products and the venv
+	rm -rf target $(VENV) artifacts

@@ -1,0 +1,239 @@
+"""Shared fixtures for the end-to-end tests: run applications through the runner.
+
+Every application runs as ``sys.executable -m wallaroo APP ...`` in a
+subprocess, with ``tests/apps`` and ``python`` on ``PYTHONPATH``:
+
+* ``run_app(app, *args, timeout=30)`` runs it to completion and returns an
+  :class:`AppResult` (``returncode``, ``stdout``, ``stderr``);
+* ``tcp_app(app, *args, sources=1)`` is a context manager for applications
+  with TCP sources: it starts the application, waits until its log says each
+  source is listening, and on exit sends SIGTERM and checks the exit code is 0;
+* ``free_port()`` returns a TCP port that was free a moment ago.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+APPS_DIR = TESTS_DIR / "apps"
+PYTHON_DIR = TESTS_DIR.parent / "python"
+HOST = "127.0.0.1"
+
+#: What a TCP source logs once it is bound (src/sources/tcp.rs).
+LISTENING = re.compile(r"pipeline (.+?): listening for TCP input on (\S+):(\d+)")
+
+
+def app_env(*extra_paths: Path | str, apps_on_path: bool = True) -> dict:
+    """The environment of an application run: ``tests/apps`` (unless
+    ``apps_on_path`` is false) and the package on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    paths = [str(p) for p in extra_paths]
+    paths += [str(APPS_DIR), str(PYTHON_DIR)] if apps_on_path else [str(PYTHON_DIR)]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["WALLAROO_LOG_LEVEL"] = "info"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class AppResult:
+    """How a finished application run went."""
+
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+    def check(self) -> AppResult:
+        """Assert the run exited 0; return ``self``."""
+        assert self.returncode == 0, f"exit {self.returncode}\n{self.stderr}"
+        return self
+
+
+def _run_app(
+    app: str | Path,
+    *args: str,
+    timeout: float = 30.0,
+    cwd: Path | str | None = None,
+    env: dict | None = None,
+    argv_prefix: list | None = None,
+) -> AppResult:
+    """Run ``python -m wallaroo APP ARGS`` to completion.
+
+    ``argv_prefix`` replaces ``[APP]`` at the start of the command line (for
+    ``--application-module NAME``); ``app`` is then ignored.
+    """
+    head = argv_prefix if argv_prefix is not None else [str(app)]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "wallaroo", *head, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            cwd=str(cwd) if cwd is not None else None,
+            env=env if env is not None else app_env(),
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as err:
+        stderr = (err.stderr or b"").decode("utf-8", "replace")
+        pytest.fail(f"{app} did not finish within {timeout} s\n{stderr}")
+    return AppResult(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
+
+
+class RunningApp:
+    """An application started by :func:`tcp_app`; its stderr is read on a thread."""
+
+    def __init__(self, argv: list, env: dict, cwd: str | None) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+        )
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+        self._stdout = b""
+        self._threads = [
+            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=self._read_stdout, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            with self._cond:
+                self._lines.append(raw.decode("utf-8", "replace"))
+                self._cond.notify_all()
+        with self._cond:
+            self._lines.append("")  # end of stream marker
+            self._cond.notify_all()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        self._stdout = self.proc.stdout.read()
+
+    @property
+    def stderr(self) -> str:
+        """What the application logged so far."""
+        with self._cond:  # an RLock: callable with the lock held
+            return "".join(self._lines)
+
+    @property
+    def stdout(self) -> bytes:
+        """The application's standard output (complete once it exited)."""
+        return self._stdout
+
+    def listening(self) -> list:
+        """``(pipeline, host, port)`` of every TCP source that logged it is listening."""
+        return [(m[1], m[2], int(m[3])) for m in LISTENING.finditer(self.stderr)]
+
+    def wait_listening(self, sources: int, timeout: float) -> list:
+        """Wait until ``sources`` TCP sources are listening; fail if the app exits first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = self.listening()
+                if len(found) >= sources:
+                    return found
+                if self._lines and self._lines[-1] == "":
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 0.1))
+        self.proc.poll()
+        pytest.fail(
+            f"application not listening on {sources} TCP source(s) "
+            f"(exit code {self.proc.returncode})\n{self.stderr}"
+        )
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Send SIGTERM (if still running), wait for the exit and return its code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"application did not exit within {timeout} s of SIGTERM\n{self.stderr}")
+        for t in self._threads:
+            t.join(5)
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def _tcp_app(
+    app: str | Path,
+    *args: str,
+    sources: int = 1,
+    start_timeout: float = 15.0,
+    stop_timeout: float = 15.0,
+    env: dict | None = None,
+    cwd: Path | str | None = None,
+) -> Iterator[RunningApp]:
+    """Start an application with TCP sources; SIGTERM it on exit and expect exit 0."""
+    running = RunningApp(
+        [sys.executable, "-m", "wallaroo", str(app), *args],
+        env if env is not None else app_env(),
+        str(cwd) if cwd is not None else None,
+    )
+    try:
+        running.wait_listening(sources, start_timeout)
+        yield running
+    except BaseException:
+        if running.proc.poll() is None:
+            running.proc.kill()
+        running.proc.wait()
+        raise
+    code = running.stop(stop_timeout)
+    assert code == 0, f"exit code {code} after SIGTERM\n{running.stderr}"
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """``free_port()`` -> a TCP port on 127.0.0.1 that was free a moment ago."""
+    return _free_port
+
+
+@pytest.fixture(name="app_env")
+def app_env_fixture() -> Callable[..., dict]:
+    """``app_env(*extra_paths, apps_on_path=True)`` -> environment for a run."""
+    return app_env
+
+
+@pytest.fixture
+def run_app() -> Callable[..., AppResult]:
+    """``run_app(app, *args, timeout=30, cwd=None, env=None)`` -> :class:`AppResult`."""
+    return _run_app
+
+
+@pytest.fixture
+def tcp_app() -> Callable[..., contextlib.AbstractContextManager]:
+    """``with tcp_app(app, *args, sources=1) as running:`` (see :func:`_tcp_app`)."""
+    return _tcp_app
