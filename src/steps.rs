@@ -220,7 +220,7 @@ impl Chain {
     ) -> Result<(), StepFailure> {
         let decode = self.decode.bind(py);
         for frame in frames.drain(..) {
-            let value = match call1(&decode, PyBytes::new(py, &frame.payload).as_any()) {
+            let value = match call1(decode, PyBytes::new(py, &frame.payload).as_any()) {
                 Ok(value) => value,
                 Err(err) => {
                     self.bad.record(

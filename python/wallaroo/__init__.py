@@ -14,7 +14,8 @@ import argparse
 import pickle
 import struct
 import sys
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
 
 __all__ = [
     "ApplicationBuilder",
@@ -127,7 +128,7 @@ class ComputationMulti(_Named):
 
     _forwarding_methods = ("compute_multi",)
 
-    def compute_multi(self, data: Any) -> Optional[list]:
+    def compute_multi(self, data: Any) -> list | None:
         return self._func(data)
 
 
@@ -205,34 +206,34 @@ class Encoder(_Decorated):
         return self._func(data)
 
 
-def _named_decorator(cls: type, name: Optional[str]) -> Callable[[Callable[..., Any]], Any]:
+def _named_decorator(cls: type, name: str | None) -> Callable[[Callable[..., Any]], Any]:
     def wrap(func: Callable[..., Any]) -> Any:
         return cls(func, name if name is not None else func.__name__)
 
     return wrap
 
 
-def computation(name: Optional[str] = None) -> Callable[[Callable[[Any], Any]], Computation]:
+def computation(name: str | None = None) -> Callable[[Callable[[Any], Any]], Computation]:
     """``@computation(name=...)`` on ``f(data)``: a stateless step."""
     return _named_decorator(Computation, name)
 
 
 def computation_multi(
-    name: Optional[str] = None,
+    name: str | None = None,
 ) -> Callable[[Callable[[Any], Any]], ComputationMulti]:
     """``@computation_multi(name=...)`` on ``f(data)`` returning a list: fan-out."""
     return _named_decorator(ComputationMulti, name)
 
 
 def state_computation(
-    name: Optional[str] = None,
+    name: str | None = None,
 ) -> Callable[[Callable[[Any, Any], Any]], StateComputation]:
     """``@state_computation(name=...)`` on ``f(data, state)`` -> ``(output, changed)``."""
     return _named_decorator(StateComputation, name)
 
 
 def state_computation_multi(
-    name: Optional[str] = None,
+    name: str | None = None,
 ) -> Callable[[Callable[[Any, Any], Any]], StateComputationMulti]:
     """``@state_computation_multi(name=...)`` on ``f(data, state)`` -> ``(list, changed)``."""
     return _named_decorator(StateComputationMulti, name)
@@ -246,7 +247,9 @@ def partition(func: Callable[[Any], Any]) -> PartitionFunction:
 def decoder(header_length: int = 4, length_fmt: str = ">I") -> Callable[[Callable], Decoder]:
     """``@decoder(header_length=4, length_fmt=">I")`` on ``f(payload_bytes)``."""
     if isinstance(header_length, bool) or not isinstance(header_length, int) or header_length <= 0:
-        raise WallarooParameterError(f"decoder header_length must be a positive int, got {header_length!r}")
+        raise WallarooParameterError(
+            f"decoder header_length must be a positive int, got {header_length!r}"
+        )
 
     def wrap(func: Callable[[bytes], Any]) -> Decoder:
         return Decoder(func, header_length, length_fmt)
@@ -297,7 +300,9 @@ _LOG_LEVELS = ("Fine", "Info", "Warn", "Error")
 
 def _log_level(level: Any, what: str) -> str:
     if level not in _LOG_LEVELS:
-        raise WallarooParameterError(f"{what}: log_level must be one of {_LOG_LEVELS}, got {level!r}")
+        raise WallarooParameterError(
+            f"{what}: log_level must be one of {_LOG_LEVELS}, got {level!r}"
+        )
     return level
 
 
@@ -456,7 +461,9 @@ class ApplicationBuilder:
         self._actions.append(("to_parallel", computation))
         return self
 
-    def to_stateful(self, computation: Any, state_class: Any, state_name: str) -> ApplicationBuilder:
+    def to_stateful(
+        self, computation: Any, state_class: Any, state_name: str
+    ) -> ApplicationBuilder:
         """Add a step over one state object named ``state_name``."""
         self._actions.append(("to_stateful", computation, state_class, state_name))
         return self
@@ -467,7 +474,7 @@ class ApplicationBuilder:
         state_class: Any,
         state_name: str,
         partition_function: Any,
-        partition_keys: Optional[Iterable[Any]] = None,
+        partition_keys: Iterable[Any] | None = None,
     ) -> ApplicationBuilder:
         """Add a step over state partitioned by ``partition_function``'s key."""
         keys = list(partition_keys) if partition_keys is not None else []
@@ -482,12 +489,19 @@ class ApplicationBuilder:
         state_class: Any,
         state_name: str,
         partition_function: Any,
-        partition_keys: Optional[Iterable[Any]] = None,
+        partition_keys: Iterable[Any] | None = None,
     ) -> ApplicationBuilder:
         """Like :meth:`to_state_partition` with non-negative integer keys."""
         keys = list(partition_keys) if partition_keys is not None else []
         self._actions.append(
-            ("to_state_partition_u64", computation, state_class, state_name, partition_function, keys)
+            (
+                "to_state_partition_u64",
+                computation,
+                state_class,
+                state_name,
+                partition_function,
+                keys,
+            )
         )
         return self
 
@@ -554,11 +568,18 @@ def kafka_parse_source_options(args: list) -> tuple:
     parser.add_argument("--kafka_source_brokers", default="")
     parser.add_argument("--kafka_source_log_level", default="Warn", choices=_LOG_LEVELS)
     opts = parser.parse_known_args(args)[0]
-    return (opts.kafka_source_topic, _parse_brokers(opts.kafka_source_brokers), opts.kafka_source_log_level)
+    return (
+        opts.kafka_source_topic,
+        _parse_brokers(opts.kafka_source_brokers),
+        opts.kafka_source_log_level,
+    )
 
 
 def kafka_parse_sink_options(args: list) -> tuple:
-    """``--kafka_sink_*`` flags -> ``(topic, brokers, log_level, max_produce_buffer_ms, max_message_size)``."""
+    """``--kafka_sink_*`` flags.
+
+    Returns ``(topic, brokers, log_level, max_produce_buffer_ms, max_message_size)``.
+    """
     parser = _parser()
     parser.add_argument("--kafka_sink_topic", default="")
     parser.add_argument("--kafka_sink_brokers", default="")

@@ -8,7 +8,7 @@ here so the engine calls them without attribute look-ups per record.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 
 class ApplicationError(Exception):
@@ -117,7 +117,7 @@ class _PipelineBuilder:
         self.name = name
         self.source = source
         self.steps: list = []
-        self.sink: Optional[dict] = None
+        self.sink: dict | None = None
 
     def plan(self) -> dict:
         return {"name": self.name, "source": self.source, "steps": self.steps, "sink": self.sink}
@@ -135,7 +135,7 @@ def compile_plan(actions: Any, origin: str = "application") -> dict:
         )
     app_name = None
     pipelines: list = []
-    current: Optional[_PipelineBuilder] = None
+    current: _PipelineBuilder | None = None
     states: dict = {}
     for index, action in enumerate(actions):
         if not isinstance(action, tuple) or not action:
@@ -146,7 +146,9 @@ def compile_plan(actions: Any, origin: str = "application") -> dict:
             continue
         if verb == "new_pipeline":
             name, source_config = args
-            current = _PipelineBuilder(name, _source_plan(source_config, f"{origin}: pipeline {name!r} source"))
+            current = _PipelineBuilder(
+                name, _source_plan(source_config, f"{origin}: pipeline {name!r} source")
+            )
             pipelines.append(current)
             continue
         if current is None or current.sink is not None:

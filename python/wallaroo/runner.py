@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any, Optional
+from typing import Any
 
 from wallaroo.loader import AppNotFound, load_app
 from wallaroo.plan import ApplicationError, compile_plan
@@ -78,14 +78,18 @@ def _parser() -> argparse.ArgumentParser:
         default="stop",
         help="when a step raises: stop the run (default) or count, log and skip the record",
     )
-    run.add_argument("--dead-letter", metavar="PATH", help="append every bad input to PATH (JSON lines)")
+    run.add_argument(
+        "--dead-letter", metavar="PATH", help="append every bad input to PATH (JSON lines)"
+    )
     run.add_argument(
         "--log-level",
         default=os.environ.get("WALLAROO_LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
         help="log level of the runner and the engine (default info, env WALLAROO_LOG_LEVEL)",
     )
-    run.add_argument("--batch-size", type=int, default=1000, help="records per batch (default 1000)")
+    run.add_argument(
+        "--batch-size", type=int, default=1000, help="records per batch (default 1000)"
+    )
     run.add_argument("--epoch-ms", type=int, default=100, help="epoch length in ms (default 100)")
     run.add_argument(
         "--max-frame-bytes",
@@ -105,14 +109,20 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("-c", "--control", metavar="HOST:PORT", help="control address")
     cluster.add_argument("-d", "--data", metavar="HOST:PORT", help="data address")
     cluster.add_argument("-e", "--external", metavar="HOST:PORT", help="external channel address")
-    cluster.add_argument("-w", "--worker-count", type=int, metavar="N", help="workers in the cluster")
+    cluster.add_argument(
+        "-w", "--worker-count", type=int, metavar="N", help="workers in the cluster"
+    )
     cluster.add_argument(
         "-t", "--cluster-initializer", action="store_true", help="this worker starts the cluster"
     )
     cluster.add_argument("-n", "--name", help="this worker's name")
     cluster.add_argument("-j", "--join", metavar="HOST:PORT", help="join a running cluster")
-    cluster.add_argument("-r", "--resilience-dir", metavar="DIR", help="directory for state snapshots")
-    cluster.add_argument("-x", "--my-control", metavar="HOST:PORT", help="this worker's control address")
+    cluster.add_argument(
+        "-r", "--resilience-dir", metavar="DIR", help="directory for state snapshots"
+    )
+    cluster.add_argument(
+        "-x", "--my-control", metavar="HOST:PORT", help="this worker's control address"
+    )
     cluster.add_argument("-y", "--my-data", metavar="HOST:PORT", help="this worker's data address")
     ignored = parser.add_argument_group("accepted and ignored (0.4.2 compatibility)")
     ignored.add_argument("-f", dest="ignored_f", metavar="X", help=argparse.SUPPRESS)
@@ -156,7 +166,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
-def _check_runner_flags(opts: argparse.Namespace) -> Optional[str]:
+def _check_runner_flags(opts: argparse.Namespace) -> str | None:
     if (opts.worker_count or 1) > 1:
         return f"--worker-count {opts.worker_count}: multi-worker clusters {_NOT_YET}"
     if opts.join:
@@ -166,7 +176,7 @@ def _check_runner_flags(opts: argparse.Namespace) -> Optional[str]:
     return None
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     """Entry point of ``python -m wallaroo`` and ``machida``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -186,7 +196,9 @@ def main(argv: Optional[list] = None) -> int:
     if problem:
         return _fail(EXIT_BAD_APP, problem)
     if opts.metrics:
-        log.warning("-m/--metrics %s: the metrics server is not available yet; ignored", opts.metrics)
+        log.warning(
+            "-m/--metrics %s: the metrics server is not available yet; ignored", opts.metrics
+        )
 
     try:
         module = load_app(app_spec)
