@@ -15,7 +15,7 @@ import pickle
 import struct
 import sys
 from collections.abc import Iterable
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 __all__ = [
     "ApplicationBuilder",
