@@ -111,6 +111,7 @@ pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
             Some(sink) => {
                 let ctx = SinkContext {
                     pipeline: pipeline.name.clone(),
+                    bad: bad.clone(),
                     metrics: pipeline_metrics.clone(),
                     connect_timeout_s: options.sink_connect_timeout_s,
                 };

@@ -23,6 +23,7 @@ pub mod bad_input;
 pub mod dataflow;
 pub mod errors;
 pub mod framing;
+pub mod kafka;
 pub mod metrics;
 pub mod plan;
 pub mod pycall;
@@ -74,6 +75,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
         }
     }
     m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_class::<kafka::EmbeddedKafka>()?;
     m.add_function(wrap_pyfunction!(native_length_format, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -8,6 +8,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::errors::Error;
 use crate::framing::LengthFormat;
+use crate::kafka::ClientSettings;
 
 /// How a source splits its bytes into records.
 pub enum Framing {
@@ -39,10 +40,46 @@ pub enum SourceKind {
         path: PathBuf,
     },
     /// Consume a Kafka topic.
-    Kafka {
-        /// The topic.
-        topic: String,
-    },
+    Kafka(KafkaSourcePlan),
+}
+
+/// Where a Kafka source starts when the engine has no position of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOffset {
+    /// The group's committed offsets, else the beginning.
+    Committed,
+    /// The beginning of each partition.
+    Earliest,
+    /// The end of each partition (only new messages).
+    Latest,
+}
+
+/// A Kafka source.
+pub struct KafkaSourcePlan {
+    /// The topic.
+    pub topic: String,
+    /// Brokers, log level, librdkafka settings.
+    pub settings: ClientSettings,
+    /// The consumer group offsets are committed under.
+    pub group_id: String,
+    /// Where to start.
+    pub start_offset: StartOffset,
+    /// Create the topic with this many partitions when it is missing.
+    pub create_partitions: Option<i32>,
+}
+
+/// A Kafka sink.
+pub struct KafkaSinkPlan {
+    /// The topic.
+    pub topic: String,
+    /// Brokers, log level, librdkafka settings.
+    pub settings: ClientSettings,
+    /// librdkafka's `linger.ms`.
+    pub max_produce_buffer_ms: u64,
+    /// Larger encoded records are bad output (counted, logged, dead-lettered).
+    pub max_message_size: usize,
+    /// Create the topic with this many partitions when it is missing.
+    pub create_partitions: Option<i32>,
 }
 
 /// A pipeline's source and decoder.
@@ -72,10 +109,7 @@ pub enum SinkKind {
     /// Write standard output.
     Stdout,
     /// Produce to a Kafka topic.
-    Kafka {
-        /// The topic.
-        topic: String,
-    },
+    Kafka(KafkaSinkPlan),
 }
 
 /// A pipeline's sink and encoder.
@@ -184,6 +218,17 @@ fn port(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<u16> {
     u16::try_from(value).map_err(|_| Error::Config(format!("port out of range: {value}")).into())
 }
 
+fn client_settings(dict: &Bound<'_, PyDict>) -> PyResult<ClientSettings> {
+    Ok(ClientSettings {
+        bootstrap: string(dict, "bootstrap")?,
+        log_level: string(dict, "log_level")?,
+        extra: optional(dict, "config")?
+            .map(|v| v.extract::<Vec<(String, String)>>())
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
 impl SourcePlan {
     fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<SourcePlan> {
         let kind_name = string(dict, "kind")?;
@@ -195,14 +240,24 @@ impl SourcePlan {
             "file" => SourceKind::File {
                 path: PathBuf::from(string(dict, "path")?),
             },
-            "kafka" => SourceKind::Kafka {
+            "kafka" => SourceKind::Kafka(KafkaSourcePlan {
                 topic: string(dict, "topic")?,
-            },
+                settings: client_settings(dict)?,
+                group_id: string(dict, "group_id")?,
+                start_offset: match string(dict, "start_offset")?.as_str() {
+                    "earliest" => StartOffset::Earliest,
+                    "latest" => StartOffset::Latest,
+                    _ => StartOffset::Committed,
+                },
+                create_partitions: optional(dict, "create_partitions")?
+                    .map(|v| v.extract())
+                    .transpose()?,
+            }),
             other => return Err(Error::Config(format!("unknown source kind {other:?}")).into()),
         };
         let lines =
             matches!(kind, SourceKind::File { .. }) && string(dict, "framing")?.as_str() == "lines";
-        let framing = if lines || matches!(kind, SourceKind::Kafka { .. }) {
+        let framing = if lines || matches!(kind, SourceKind::Kafka(_)) {
             Framing::Lines
         } else {
             let header_length: usize = item(dict, "header_length")?.extract()?;
@@ -238,9 +293,15 @@ impl SinkPlan {
                 path: PathBuf::from(string(dict, "path")?),
             },
             "stdout" => SinkKind::Stdout,
-            "kafka" => SinkKind::Kafka {
+            "kafka" => SinkKind::Kafka(KafkaSinkPlan {
                 topic: string(dict, "topic")?,
-            },
+                settings: client_settings(dict)?,
+                max_produce_buffer_ms: item(dict, "max_produce_buffer_ms")?.extract()?,
+                max_message_size: item(dict, "max_message_size")?.extract()?,
+                create_partitions: optional(dict, "create_partitions")?
+                    .map(|v| v.extract())
+                    .transpose()?,
+            }),
             other => return Err(Error::Config(format!("unknown sink kind {other:?}")).into()),
         };
         Ok(SinkPlan {

@@ -61,6 +61,8 @@ def _source_plan(config: Any, where: str) -> dict:
         plan.update(_decoder_plan(decoder, f"{where}, decoder", framed=framing == "length"))
     elif kind == "kafka":
         _, topic, brokers, log_level, decoder = spec
+        if not topic:
+            raise ApplicationError(f"{where}: the Kafka source has no topic (--kafka_source_topic)")
         plan = {"kind": "kafka", "topic": topic, "brokers": brokers, "log_level": log_level}
         plan.update(_decoder_plan(decoder, f"{where}, decoder", framed=False))
     else:
@@ -84,6 +86,8 @@ def _sink_plan(config: Any, where: str) -> dict:
         plan = {"kind": "stdout"}
     elif kind == "kafka":
         _, topic, brokers, log_level, buffer_ms, max_size, encoder = spec
+        if not topic:
+            raise ApplicationError(f"{where}: the Kafka sink has no topic (--kafka_sink_topic)")
         plan = {
             "kind": "kafka",
             "topic": topic,

@@ -14,6 +14,7 @@ import sys
 import traceback
 from typing import Any
 
+from wallaroo import kafka
 from wallaroo.loader import AppNotFound, load_app
 from wallaroo.plan import ApplicationError, compile_plan
 
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a TCP sink waits for its receiver (default 30)",
     )
+    kafka.add_arguments(parser)
     cluster = parser.add_argument_group("Wallaroo 0.4.2 runner flags")
     cluster.add_argument("-m", "--metrics", metavar="HOST:PORT", help="metrics address")
     cluster.add_argument("-c", "--control", metavar="HOST:PORT", help="control address")
@@ -248,6 +250,11 @@ def run_plan(plan: dict, opts: argparse.Namespace) -> int:
         "max_frame_bytes": opts.max_frame_bytes,
         "sink_connect_timeout_s": opts.sink_connect_timeout,
     }
+    try:
+        kafka_setup = kafka.KafkaSetup(opts)
+        kafka_setup.prepare(plan)
+    except (ValueError, _engine.ConfigError) as err:
+        return _fail(EXIT_BAD_APP, str(err))
     previous = None
     if threading_is_main():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

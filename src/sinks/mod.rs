@@ -4,6 +4,7 @@
 //! and before it ends.
 
 pub mod file;
+pub mod kafka;
 pub mod stdout;
 pub mod tcp;
 
@@ -13,6 +14,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::bad_input::BadInput;
 use crate::errors::Error;
 use crate::metrics::PipelineMetrics;
 use crate::plan::SinkKind;
@@ -34,6 +36,8 @@ pub struct Output {
 pub struct SinkContext {
     /// The pipeline name, for logs.
     pub pipeline: String,
+    /// Where records a sink cannot deliver are kept.
+    pub bad: Arc<BadInput>,
     /// The pipeline's counters.
     pub metrics: Arc<PipelineMetrics>,
     /// How long a TCP sink tries to connect before giving up.
@@ -56,6 +60,10 @@ pub trait BatchWriter: Send {
     fn flush(&mut self) -> std::io::Result<()>;
     /// Name for logs.
     fn label(&self) -> String;
+    /// The last flush at the end of the run: everything accepted must be out.
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
 }
 
 /// A [`BatchWriter`] over any [`Write`].
@@ -89,12 +97,7 @@ pub fn start(kind: SinkKind, ctx: SinkContext) -> Result<SinkHandle, Error> {
         SinkKind::File { path } => Box::new(file::open(&path, &ctx)?),
         SinkKind::Stdout => Box::new(stdout::open()),
         SinkKind::Tcp { host, port } => Box::new(tcp::TcpWriter::new(host, port, &ctx)),
-        SinkKind::Kafka { topic } => {
-            return Err(Error::Config(format!(
-                "pipeline {:?}: Kafka sinks (topic {topic:?}) are not supported by this build yet",
-                ctx.pipeline
-            )))
-        }
+        SinkKind::Kafka(plan) => Box::new(kafka::KafkaWriter::new(plan, &ctx)?),
     };
     let (tx, rx) = bounded(CHANNEL_BATCHES);
     let thread = std::thread::Builder::new()

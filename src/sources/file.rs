@@ -11,7 +11,7 @@ use crossbeam_channel::{bounded, Sender};
 use flate2::read::MultiGzDecoder;
 
 use super::{
-    drain_parser, handle_parsed, send_batch, Frame, Parser, SourceContext, SourceHandle,
+    drain_parser, handle_parsed, send_batch, Frame, Parser, PosStyle, SourceContext, SourceHandle,
     SourceInfo, CHANNEL_BATCHES,
 };
 use crate::errors::Error;
@@ -39,15 +39,14 @@ pub fn start(
     } else {
         Box::new(file)
     };
-    let unit = if matches!(*framing, Framing::Lines) {
-        "line"
+    let style = if matches!(*framing, Framing::Lines) {
+        PosStyle::Lines
     } else {
-        "frame"
+        PosStyle::Frames
     };
     let info = SourceInfo {
         label: format!("file {}", path.display()),
-        per_connection: false,
-        unit,
+        style,
     };
     let (tx, rx) = bounded(CHANNEL_BATCHES);
     let thread_info = info.clone();

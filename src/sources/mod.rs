@@ -3,6 +3,7 @@
 //! a hand-written decoder's `payload_length` about a header.
 
 pub mod file;
+pub mod kafka;
 pub mod tcp;
 
 use std::sync::atomic::AtomicBool;
@@ -41,30 +42,44 @@ pub struct Frame {
     pub pos: Pos,
 }
 
+/// How positions of a source are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PosStyle {
+    /// `line N (byte B)`.
+    Lines,
+    /// `frame N (byte B)`.
+    Frames,
+    /// `connection C frame N (byte B)`.
+    Connections,
+    /// `partition P offset O`.
+    Partitions,
+}
+
 /// How to name positions of one source in logs and the dead-letter file.
 #[derive(Debug, Clone)]
 pub struct SourceInfo {
-    /// e.g. `file data.txt` or `tcp 127.0.0.1:7000`.
+    /// e.g. `file data.txt`, `tcp 127.0.0.1:7000` or `kafka topic gharchive`.
     pub label: String,
-    /// Whether positions name a connection.
-    pub per_connection: bool,
-    /// `line` or `frame`.
-    pub unit: &'static str,
+    /// How its positions read.
+    pub style: PosStyle,
 }
 
 impl SourceInfo {
-    /// `file data.txt line 3 (byte 120)`, `tcp 127.0.0.1:7000 connection 2 frame 9 (byte 80)`.
+    /// e.g. `file data.txt line 3 (byte 120)`,
+    /// `tcp 127.0.0.1:7000 connection 2 frame 9 (byte 80)`,
+    /// `kafka topic t partition 0 offset 17`.
     pub fn describe(&self, pos: &Pos) -> String {
-        if self.per_connection {
-            format!(
-                "{} connection {} {} {} (byte {})",
-                self.label, pos.stream, self.unit, pos.index, pos.offset
-            )
-        } else {
-            format!(
-                "{} {} {} (byte {})",
-                self.label, self.unit, pos.index, pos.offset
-            )
+        let label = &self.label;
+        match self.style {
+            PosStyle::Lines => format!("{label} line {} (byte {})", pos.index, pos.offset),
+            PosStyle::Frames => format!("{label} frame {} (byte {})", pos.index, pos.offset),
+            PosStyle::Connections => format!(
+                "{label} connection {} frame {} (byte {})",
+                pos.stream, pos.index, pos.offset
+            ),
+            PosStyle::Partitions => {
+                format!("{label} partition {} offset {}", pos.stream, pos.offset)
+            }
         }
     }
 }
@@ -106,10 +121,7 @@ pub fn start(
     match kind {
         SourceKind::File { path } => file::start(path, framing, ctx),
         SourceKind::Tcp { host, port } => tcp::start(&host, port, framing, ctx),
-        SourceKind::Kafka { topic } => Err(Error::Config(format!(
-            "pipeline {:?}: Kafka sources (topic {topic:?}) are not supported by this build yet",
-            ctx.pipeline
-        ))),
+        SourceKind::Kafka(plan) => kafka::start(plan, ctx),
     }
 }
 

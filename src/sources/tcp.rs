@@ -11,7 +11,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Sender};
 
 use super::{
-    drain_parser, handle_parsed, send_batch, Frame, Parser, SourceContext, SourceHandle,
+    drain_parser, handle_parsed, send_batch, Frame, Parser, PosStyle, SourceContext, SourceHandle,
     SourceInfo, CHANNEL_BATCHES,
 };
 use crate::errors::Error;
@@ -45,8 +45,7 @@ pub fn start(
     );
     let info = SourceInfo {
         label: format!("tcp {local}"),
-        per_connection: true,
-        unit: "frame",
+        style: PosStyle::Connections,
     };
     let (tx, rx) = bounded(CHANNEL_BATCHES);
     let thread_info = info.clone();

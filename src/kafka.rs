@@ -1,0 +1,191 @@
+//! What the Kafka source and sink share: client configuration (with the
+//! user's librdkafka settings passed through untouched), topic checks, and
+//! the embedded broker used when an application names no broker.
+
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::errors::Error;
+
+/// How long start-up waits for broker metadata before going on without it.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One client's connection settings, from the plan.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// `host:port,...`.
+    pub bootstrap: String,
+    /// 0.4.2 log level: Fine, Info, Warn, Error.
+    pub log_level: String,
+    /// librdkafka settings from the command line, applied last.
+    pub extra: Vec<(String, String)>,
+}
+
+impl ClientSettings {
+    /// A librdkafka configuration: the engine's defaults, then the user's settings.
+    pub fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
+        for (key, value) in &self.extra {
+            config.set(key, value);
+        }
+        config.set_log_level(log_level(&self.log_level));
+        config
+    }
+}
+
+/// 0.4.2's log levels as librdkafka's.
+pub fn log_level(level: &str) -> RDKafkaLogLevel {
+    match level {
+        "Fine" => RDKafkaLogLevel::Debug,
+        "Info" => RDKafkaLogLevel::Info,
+        "Error" => RDKafkaLogLevel::Error,
+        _ => RDKafkaLogLevel::Warning,
+    }
+}
+
+/// Check at start-up that `topic` exists; create it when asked. A broker that
+/// does not answer yet is not an error (the clients keep retrying), a missing
+/// topic is.
+pub fn check_topic(
+    settings: &ClientSettings,
+    topic: &str,
+    create_partitions: Option<i32>,
+    what: &str,
+) -> Result<(), Error> {
+    let consumer: BaseConsumer = settings
+        .config(&[("allow.auto.create.topics", "false")])
+        .create()
+        .map_err(|e| Error::Config(format!("{what}: cannot create a Kafka client: {e}")))?;
+    let metadata = match consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
+        Ok(metadata) => metadata,
+        Err(e) => {
+            log::warn!(
+                "{what}: Kafka brokers {} do not answer yet ({e}); will keep trying",
+                settings.bootstrap
+            );
+            return Ok(());
+        }
+    };
+    let missing = metadata.topics().iter().all(|t| {
+        t.name() != topic
+            || t.partitions().is_empty()
+            || t.error()
+                .map(|e| RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition)
+                .unwrap_or(false)
+    });
+    if !missing {
+        return Ok(());
+    }
+    let Some(partitions) = create_partitions else {
+        return Err(Error::Config(format!(
+            "{what}: Kafka topic {topic:?} does not exist on {} (create it, or run with \
+             --kafka-create-topics)",
+            settings.bootstrap
+        )));
+    };
+    create_topic(settings, topic, partitions)
+        .map_err(|e| Error::Config(format!("{what}: cannot create Kafka topic {topic:?}: {e}")))?;
+    log::info!("{what}: created Kafka topic {topic:?} with {partitions} partitions");
+    Ok(())
+}
+
+fn create_topic(settings: &ClientSettings, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = settings.config(&[]).create()?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures_executor::block_on(admin.create_topics([&new_topic], &options))?;
+    for result in results {
+        if let Err((_, code)) = result {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Kafka-protocol broker inside this process (librdkafka's mock cluster),
+/// used when the application names no broker. It listens on a loopback port
+/// that other local programs can use, and lives as long as this object.
+/// It keeps about 5 MiB per partition: older messages are dropped.
+#[pyclass(unsendable, module = "wallaroo._engine")]
+pub struct EmbeddedKafka {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+#[pymethods]
+impl EmbeddedKafka {
+    /// Start the broker.
+    #[new]
+    fn new() -> PyResult<EmbeddedKafka> {
+        let cluster = MockCluster::new(1)
+            .map_err(|e| Error::Config(format!("cannot start the embedded Kafka broker: {e}")))?;
+        Ok(EmbeddedKafka { cluster })
+    }
+
+    /// The `host:port` clients connect to.
+    #[getter]
+    fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Create `topic` with `partitions` partitions (no-op if it exists).
+    #[pyo3(signature = (topic, partitions = 1))]
+    fn create_topic(&self, topic: &str, partitions: i32) -> PyResult<()> {
+        self.cluster
+            .create_topic(topic, partitions, 1)
+            .map_err(|e| Error::Config(format!("cannot create topic {topic:?}: {e}")).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_map_to_librdkafka() {
+        assert_eq!(log_level("Fine"), RDKafkaLogLevel::Debug);
+        assert_eq!(log_level("Warn"), RDKafkaLogLevel::Warning);
+        assert_eq!(log_level("Error"), RDKafkaLogLevel::Error);
+    }
+
+    #[test]
+    fn user_settings_come_last() {
+        let settings = ClientSettings {
+            bootstrap: "b:1".into(),
+            log_level: "Warn".into(),
+            extra: vec![("linger.ms".into(), "7".into())],
+        };
+        let config = settings.config(&[("linger.ms", "0"), ("acks", "all")]);
+        assert_eq!(config.get("linger.ms"), Some("7"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("bootstrap.servers"), Some("b:1"));
+    }
+
+    #[test]
+    fn missing_topic_is_an_error_and_created_topic_is_not() {
+        let cluster = MockCluster::new(1).unwrap();
+        let settings = ClientSettings {
+            bootstrap: cluster.bootstrap_servers(),
+            log_level: "Warn".into(),
+            extra: vec![],
+        };
+        cluster.create_topic("present", 1, 1).unwrap();
+        assert!(check_topic(&settings, "present", None, "test").is_ok());
+        let err = check_topic(&settings, "absent", None, "test").unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

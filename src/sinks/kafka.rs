@@ -1,0 +1,177 @@
+//! Kafka sink: an idempotent producer. Records larger than the app's
+//! `max_message_size` and records librdkafka finally fails to deliver (after
+//! its own retries) are counted, logged and kept in the dead-letter record;
+//! the end of the run waits for every accepted record to be acknowledged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+
+use super::{BatchWriter, Output, SinkContext};
+use crate::bad_input::BadInput;
+use crate::errors::Error;
+use crate::kafka::check_topic;
+use crate::metrics::PipelineMetrics;
+use crate::plan::KafkaSinkPlan;
+use crate::sources::kafka::Throttle;
+
+/// How long the end of the run waits for outstanding deliveries.
+const FINAL_FLUSH: Duration = Duration::from_secs(60);
+
+/// Sees every delivery report.
+pub struct DeliveryReports {
+    pipeline: String,
+    topic: String,
+    bad: Arc<BadInput>,
+    metrics: Arc<PipelineMetrics>,
+}
+
+impl ClientContext for DeliveryReports {}
+
+impl ProducerContext for DeliveryReports {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            PipelineMetrics::add(&self.metrics.sink_errors, 1);
+            self.bad.record(
+                &self.pipeline,
+                &format!("kafka sink topic {}", self.topic),
+                "delivery_failed",
+                &error.to_string(),
+                message.payload().unwrap_or_default(),
+            );
+        }
+    }
+}
+
+/// Writes batches to a Kafka topic.
+pub struct KafkaWriter {
+    producer: BaseProducer<DeliveryReports>,
+    topic: String,
+    max_message_size: usize,
+    pipeline: String,
+    bad: Arc<BadInput>,
+    metrics: Arc<PipelineMetrics>,
+    queue_full: Throttle,
+}
+
+impl KafkaWriter {
+    /// Check the topic (a missing one fails the start) and create the producer.
+    pub fn new(plan: KafkaSinkPlan, ctx: &SinkContext) -> Result<KafkaWriter, Error> {
+        let what = format!("pipeline {:?}: Kafka sink", ctx.pipeline);
+        check_topic(&plan.settings, &plan.topic, plan.create_partitions, &what)?;
+        let linger = plan.max_produce_buffer_ms.to_string();
+        // Leave room for the record overhead above the largest accepted value.
+        let max_bytes = (plan.max_message_size + 64 * 1024).to_string();
+        let context = DeliveryReports {
+            pipeline: ctx.pipeline.clone(),
+            topic: plan.topic.clone(),
+            bad: ctx.bad.clone(),
+            metrics: ctx.metrics.clone(),
+        };
+        let producer = plan
+            .settings
+            .config(&[
+                ("enable.idempotence", "true"),
+                ("linger.ms", linger.as_str()),
+                ("message.max.bytes", max_bytes.as_str()),
+            ])
+            .create_with_context(context)
+            .map_err(|e| Error::Config(format!("{what}: cannot create the Kafka producer: {e}")))?;
+        Ok(KafkaWriter {
+            producer,
+            topic: plan.topic,
+            max_message_size: plan.max_message_size,
+            pipeline: ctx.pipeline.clone(),
+            bad: ctx.bad.clone(),
+            metrics: ctx.metrics.clone(),
+            queue_full: Throttle::default(),
+        })
+    }
+
+    fn send(&mut self, record: &Output) {
+        loop {
+            let mut message = BaseRecord::to(&self.topic).payload(&record.value);
+            if let Some(key) = &record.key {
+                message = message.key(key);
+            }
+            match self.producer.send(message) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if self.queue_full.ready() {
+                        log::info!(
+                            "pipeline {:?}: Kafka producer queue full, waiting for the brokers",
+                            self.pipeline
+                        );
+                    }
+                    self.producer.poll(Duration::from_millis(100));
+                }
+                Err((error, _)) => {
+                    PipelineMetrics::add(&self.metrics.sink_errors, 1);
+                    self.bad.record(
+                        &self.pipeline,
+                        &format!("kafka sink topic {}", self.topic),
+                        "produce_failed",
+                        &error.to_string(),
+                        &record.value,
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl BatchWriter for KafkaWriter {
+    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()> {
+        for record in batch {
+            if record.value.len() > self.max_message_size {
+                PipelineMetrics::add(&self.metrics.sink_errors, 1);
+                self.bad.record(
+                    &self.pipeline,
+                    &format!("kafka sink topic {}", self.topic),
+                    "oversize_output",
+                    &format!(
+                        "encoded record of {} bytes is larger than max_message_size {}",
+                        record.value.len(),
+                        self.max_message_size
+                    ),
+                    &record.value,
+                );
+                continue;
+            }
+            self.send(record);
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        let started = Instant::now();
+        let result = self.producer.flush(FINAL_FLUSH);
+        let left = self.producer.in_flight_count();
+        match result {
+            Ok(()) => {
+                log::debug!("{}: flushed in {:?}", self.label(), started.elapsed());
+                Ok(())
+            }
+            Err(e) => Err(std::io::Error::other(format!(
+                "{left} records not acknowledged by the brokers after {FINAL_FLUSH:?}: {e}"
+            ))),
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("kafka topic {}", self.topic)
+    }
+}

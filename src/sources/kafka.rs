@@ -1,0 +1,263 @@
+//! Kafka source: the engine assigns the topic's partitions itself (never a
+//! group subscription, so restarts never wait on group coordination), starts
+//! from the committed offsets / earliest / latest, and commits what it has
+//! handed over under the group id so lag tools see progress.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{
+    send_batch, Frame, Pos, PosStyle, SourceContext, SourceHandle, SourceInfo, CHANNEL_BATCHES,
+};
+use crate::errors::Error;
+use crate::kafka::{check_topic, METADATA_TIMEOUT};
+use crate::plan::{KafkaSourcePlan, StartOffset};
+
+const POLL: Duration = Duration::from_millis(100);
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Logs a repeated problem at most once per [`WARN_EVERY`].
+#[derive(Default)]
+pub struct Throttle {
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    /// Whether to log now.
+    pub fn ready(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
+/// Check the topic now (a missing topic fails the start), consume on a thread.
+pub fn start(plan: KafkaSourcePlan, ctx: SourceContext) -> Result<SourceHandle, Error> {
+    let what = format!("pipeline {:?}: Kafka source", ctx.pipeline);
+    check_topic(&plan.settings, &plan.topic, plan.create_partitions, &what)?;
+    let reset = if plan.start_offset == StartOffset::Latest {
+        "latest"
+    } else {
+        "earliest"
+    };
+    let consumer: BaseConsumer = plan
+        .settings
+        .config(&[
+            ("group.id", plan.group_id.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", reset),
+        ])
+        .create()
+        .map_err(|e| Error::Config(format!("{what}: cannot create the Kafka consumer: {e}")))?;
+    let info = SourceInfo {
+        label: format!("kafka topic {}", plan.topic),
+        style: PosStyle::Partitions,
+    };
+    let (tx, rx) = bounded(CHANNEL_BATCHES);
+    let thread_info = info.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("kafka {}", ctx.pipeline))
+        .spawn(move || consume(consumer, plan, ctx, thread_info, tx))
+        .map_err(|e| Error::Config(format!("cannot start a source thread: {e}")))?;
+    Ok(SourceHandle {
+        rx,
+        info,
+        threads: vec![thread],
+    })
+}
+
+/// The topic's partitions, waiting (with back-off) while the brokers do not answer.
+fn wait_for_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ctx: &SourceContext,
+    label: &str,
+) -> Option<Vec<i32>> {
+    let mut delay = Duration::from_millis(200);
+    let mut throttle = Throttle::default();
+    while !ctx.stop.load(Ordering::Relaxed) {
+        match consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
+            Ok(metadata) => {
+                let partitions: Vec<i32> = metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if !partitions.is_empty() {
+                    return Some(partitions);
+                }
+                if throttle.ready() {
+                    log::warn!("{label}: the topic has no partitions yet; waiting");
+                }
+            }
+            Err(e) => {
+                if throttle.ready() {
+                    log::warn!(
+                        "{label}: Kafka brokers not reachable ({e}); retrying with back-off"
+                    );
+                }
+            }
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    None
+}
+
+fn starting_offsets(
+    consumer: &BaseConsumer,
+    plan: &KafkaSourcePlan,
+    partitions: &[i32],
+    label: &str,
+) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for &partition in partitions {
+        list.add_partition(&plan.topic, partition);
+    }
+    let default = match plan.start_offset {
+        StartOffset::Latest => Offset::End,
+        _ => Offset::Beginning,
+    };
+    let committed = match plan.start_offset {
+        StartOffset::Committed => {
+            match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
+                Ok(committed) => Some(committed),
+                Err(e) => {
+                    log::warn!("{label}: cannot read the committed offsets ({e}); starting from the beginning");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut start = TopicPartitionList::new();
+    for &partition in partitions {
+        let offset = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(&plan.topic, partition))
+            .map(|e| e.offset())
+            .filter(|o| matches!(o, Offset::Offset(_)))
+            .unwrap_or(default);
+        if let Err(e) = start.add_partition_offset(&plan.topic, partition, offset) {
+            log::error!("{label}: partition {partition}: {e}");
+        }
+    }
+    start
+}
+
+fn commit(
+    consumer: &BaseConsumer,
+    topic: &str,
+    next: &BTreeMap<i32, i64>,
+    mode: CommitMode,
+    label: &str,
+) {
+    if next.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (&partition, &offset) in next {
+        if list
+            .add_partition_offset(topic, partition, Offset::Offset(offset))
+            .is_err()
+        {
+            return;
+        }
+    }
+    if let Err(e) = consumer.commit(&list, mode) {
+        log::debug!("{label}: offset commit failed: {e}");
+    }
+}
+
+fn consume(
+    consumer: BaseConsumer,
+    plan: KafkaSourcePlan,
+    ctx: SourceContext,
+    info: SourceInfo,
+    tx: Sender<Vec<Frame>>,
+) {
+    let label = info.label.clone();
+    let Some(partitions) = wait_for_partitions(&consumer, &plan.topic, &ctx, &label) else {
+        return;
+    };
+    let start = starting_offsets(&consumer, &plan, &partitions, &label);
+    if let Err(e) = consumer.assign(&start) {
+        log::error!("{label}: cannot assign partitions {partitions:?}: {e}");
+        return;
+    }
+    log::info!(
+        "{label}: reading partitions {partitions:?} (start: {:?}, group {:?})",
+        plan.start_offset,
+        plan.group_id
+    );
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut batch = Vec::with_capacity(ctx.batch_size);
+    let mut errors = Throttle::default();
+    let mut gaps = Throttle::default();
+    let mut last_commit = Instant::now();
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let timeout = if batch.is_empty() {
+            POLL
+        } else {
+            Duration::ZERO
+        };
+        match consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                let (partition, offset) = (message.partition(), message.offset());
+                if let Some(&expected) = next.get(&partition) {
+                    if offset > expected && gaps.ready() {
+                        log::warn!(
+                            "{label}: partition {partition}: offsets {expected}..{} were not \
+                             delivered (retention, compaction or transaction markers)",
+                            offset - 1
+                        );
+                    }
+                }
+                next.insert(partition, offset + 1);
+                batch.push(Frame {
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    pos: Pos {
+                        stream: u32::try_from(partition).unwrap_or_default(),
+                        index: u64::try_from(offset).unwrap_or_default(),
+                        offset: u64::try_from(offset).unwrap_or_default(),
+                    },
+                });
+                if batch.len() < ctx.batch_size {
+                    continue;
+                }
+            }
+            Some(Err(e)) => {
+                if errors.ready() {
+                    log::warn!("{label}: {e} (librdkafka retries on its own)");
+                }
+            }
+            None => {}
+        }
+        if !send_batch(&tx, std::mem::take(&mut batch), &ctx) {
+            return;
+        }
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            commit(&consumer, &plan.topic, &next, CommitMode::Async, &label);
+            last_commit = Instant::now();
+        }
+    }
+    send_batch(&tx, batch, &ctx);
+    commit(&consumer, &plan.topic, &next, CommitMode::Sync, &label);
+    log::info!("{label}: stopped at {next:?} (next offset per partition)");
+}
