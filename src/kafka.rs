@@ -157,9 +157,10 @@ mod tests {
 
     #[test]
     fn log_levels_map_to_librdkafka() {
-        assert_eq!(log_level("Fine"), RDKafkaLogLevel::Debug);
-        assert_eq!(log_level("Warn"), RDKafkaLogLevel::Warning);
-        assert_eq!(log_level("Error"), RDKafkaLogLevel::Error);
+        assert!(matches!(log_level("Fine"), RDKafkaLogLevel::Debug));
+        assert!(matches!(log_level("Info"), RDKafkaLogLevel::Info));
+        assert!(matches!(log_level("Warn"), RDKafkaLogLevel::Warning));
+        assert!(matches!(log_level("Error"), RDKafkaLogLevel::Error));
     }
 
     #[test]

@@ -53,7 +53,7 @@ def test_1000_keyed_messages_come_back_in_order(broker):
     assert [r.offset for r in records] == list(range(1000))
     assert {r.partition for r in records} == {0}
     # Nothing more than what was produced.
-    assert len(broker.consume(topic, 1001, timeout=1)) == 1000
+    assert len(broker.consume(topic, 1001, timeout=0.5)) == 1000
 
 
 def test_two_topics_are_independent(broker):
@@ -62,8 +62,8 @@ def test_two_topics_are_independent(broker):
     broker.create_topic(b)
     broker.produce(a, ["a0", "a1", "a2"], key="ka")
     broker.produce(b, ["b0"])
-    got_a = broker.consume(a, 4, timeout=1)
-    got_b = broker.consume(b, 2, timeout=1)
+    got_a = broker.consume(a, 4, timeout=0.5)
+    got_b = broker.consume(b, 2, timeout=0.5)
     assert [(r.key, r.value) for r in got_a] == [(b"ka", b"a0"), (b"ka", b"a1"), (b"ka", b"a2")]
     assert [(r.key, r.value) for r in got_b] == [(None, b"b0")]
 
@@ -79,7 +79,7 @@ def test_multi_partition_topic_and_explicit_partitions(broker):
     for p in range(3):
         mine = [r.value for r in records if r.partition == p]
         assert mine == [f"p{p}-{i}".encode() for i in range(5)]
-    only_1 = broker.consume(topic, 6, timeout=1, partitions=[1])
+    only_1 = broker.consume(topic, 6, timeout=0.5, partitions=[1])
     assert [r.value for r in only_1] == [f"p1-{i}".encode() for i in range(5)]
 
 
@@ -128,7 +128,7 @@ def test_clients_go_through_a_proxy_when_it_is_advertised():
         assert proxy.accepted > 0  # the admin client went through the proxy
 
         producer = Producer(
-            broker.client_config(enable_idempotence=True, linger_ms=5, log_level=0)
+            broker.client_config({"enable.idempotence": True, "linger.ms": 5, "log_level": 0})
         )
         errors = []
 
@@ -143,10 +143,10 @@ def test_clients_go_through_a_proxy_when_it_is_advertised():
         proxy.pause(reset=True)  # whatever is in flight is cut off
         for v in values[1000:]:
             producer.produce(topic, v, on_delivery=on_delivery)
-        producer.poll(1.0)
+        producer.poll(0.5)
         proxy.resume()
         assert producer.flush(20) == 0
         assert errors == []
 
-        records = broker.consume(topic, len(values) + 1, timeout=2)
+        records = broker.consume(topic, len(values) + 1, timeout=0.5)
         assert [r.value for r in records] == values

@@ -242,11 +242,10 @@ fn consume(
                     continue;
                 }
             }
-            Some(Err(e)) => {
-                if errors.ready() {
-                    log::warn!("{label}: {e} (librdkafka retries on its own)");
-                }
+            Some(Err(e)) if errors.ready() => {
+                log::warn!("{label}: {e} (librdkafka retries on its own)");
             }
+            Some(Err(_)) => {}
             None => {}
         }
         if !send_batch(&tx, std::mem::take(&mut batch), &ctx) {
