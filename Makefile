@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.deps-installed
 
-.PHONY: help run test test-rust test-python lint fmt bench develop develop-release clean
+.PHONY: help run test test-rust test-python lint fmt bench develop develop-release clean browser
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -36,7 +36,16 @@ fmt: $(STAMP) ## Format Rust and Python
 test-rust: ## Rust unit tests
 	cargo test --lib
 
-test-python: develop ## pytest suites
+browser: ## Install headless Chromium (Debian package) for the dashboard UI test
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "chromium already installed: $$(command -v chromium)"; \
+	else \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+test-python: develop browser ## pytest suites
 	$(BIN)/python -m pytest -q
 
 test: lint test-rust test-python ## Everything CI runs

@@ -410,7 +410,7 @@ class TansuBroker:
                 batch = consumer.consume(min(n - len(out), 10000), timeout=min(left, 0.5))
                 for msg in batch:
                     if msg.error() is not None:
-                        continue  # transient (e.g. partition EOF); data errors show as a short count
+                        continue  # transient; a real loss shows as a short count
                     out.append(Record(msg.key(), msg.value(), msg.partition(), msg.offset()))
             return out[:n]
         finally:

@@ -11,9 +11,13 @@ Usage::
 
 While paused the port stays bound by a socket that does not listen, so a connection
 attempt is refused at once (ECONNREFUSED), while a plain ``bind`` or an outgoing
-connection of another program cannot take the port meanwhile. To put it between Kafka clients and a tansu broker, start the broker with
-the proxy's address as its advertised listener (``tansu --advertised-listener-url``,
-``TansuBroker(advertised=("127.0.0.1", proxy.port))`` in ``kafka_broker.py``).
+connection of another program cannot take the port meanwhile.
+
+To put it between Kafka clients and a tansu broker, start the broker with the proxy's
+address as its advertised listener (``tansu --advertised-listener-url``,
+``TansuBroker(advertised=("127.0.0.1", proxy.port))`` in ``kafka_broker.py``): clients
+then reach the broker only through the proxy. Pausing it is a broker outage that keeps
+the broker's data (a restarted memory-storage tansu comes back empty).
 """
 
 from __future__ import annotations

@@ -10,10 +10,7 @@ import time
 import uuid
 
 import pytest
-
-pytest.importorskip("confluent_kafka", reason="confluent-kafka is in requirements-dev.txt")
-
-from kafka_broker import TansuBroker, tansu_binary  # noqa: E402
+from kafka_broker import TansuBroker, tansu_binary
 
 
 def _topic(prefix: str) -> str:

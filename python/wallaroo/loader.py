@@ -8,6 +8,10 @@ import sys
 from types import ModuleType
 
 
+#: Example applications shipped in the wheel, each a directory holding NAME/NAME.py.
+EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
+
+
 class AppNotFound(Exception):
     """The application could not be found or imported; the message says why."""
 
@@ -56,12 +60,10 @@ def load_app(spec: str) -> ModuleType:
     try:
         return _import(spec, spec)
     except AppNotFound:
-        bundled = f"wallaroo.examples.{spec}"
-        try:
-            return importlib.import_module(bundled)
-        except ModuleNotFoundError as err:
-            if err.name not in ("wallaroo.examples", bundled):
-                raise
+        bundled = os.path.join(EXAMPLES_DIR, spec)
+        if os.path.isfile(os.path.join(bundled, f"{spec}.py")):
+            _insert_path(bundled)
+            return _import(spec, spec)
         raise AppNotFound(
             f"cannot find application {spec!r}: not a .py file, not a directory, "
             "not importable from the current directory or PYTHONPATH, not a bundled example"

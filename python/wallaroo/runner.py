@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any
 
-from wallaroo import kafka
+from wallaroo import demo, kafka
 from wallaroo.loader import AppNotFound, load_app
 from wallaroo.plan import ApplicationError, compile_plan
 
@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         help="how long a TCP sink waits for its receiver (default 30)",
     )
     kafka.add_arguments(parser)
+    demo.add_arguments(parser)
     cluster = parser.add_argument_group("Wallaroo 0.4.2 runner flags")
     cluster.add_argument("-m", "--metrics", metavar="HOST:PORT", help="metrics address")
     cluster.add_argument("-c", "--control", metavar="HOST:PORT", help="control address")
@@ -215,6 +216,9 @@ def main(argv: list | None = None) -> int:
     setup = getattr(module, "application_setup", None)
     if not callable(setup):
         return _fail(EXIT_BAD_APP, f"{origin}: the application defines no application_setup(args)")
+    star_leaders = demo.is_star_leaders(module)
+    if star_leaders:
+        argv = demo.with_defaults(argv)
     app_args = ["machida", *argv]
     program = sys.argv[0]
     sys.argv[0] = "machida"  # argparse inside application_setup names the program
@@ -235,10 +239,10 @@ def main(argv: list | None = None) -> int:
         plan = compile_plan(actions, origin)
     except ApplicationError as err:
         return _fail(EXIT_BAD_APP, str(err))
-    return run_plan(plan, opts)
+    return run_plan(plan, opts, with_demo=star_leaders and not opts.no_demo)
 
 
-def run_plan(plan: dict, opts: argparse.Namespace) -> int:
+def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> int:
     """Run a compiled plan on the engine and report how it went."""
     from wallaroo import _engine
 
@@ -258,14 +262,20 @@ def run_plan(plan: dict, opts: argparse.Namespace) -> int:
     previous = None
     if threading_is_main():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    companions = None
     log.info("running application %r (%d pipelines)", plan["name"], len(plan["pipelines"]))
     try:
+        if with_demo:
+            companions = demo.Companions(opts, plan, embedded=kafka_setup.embedded is not None)
+            companions.start()
         summary = _engine.run(plan, options)
     except _engine.StepError as err:
         return _fail(EXIT_RUN_FAILED, f"the application failed: {err}")
     except _engine.ConfigError as err:
         return _fail(EXIT_RUN_FAILED, str(err))
     finally:
+        if companions is not None:
+            companions.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     _report(summary)
