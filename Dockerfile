@@ -4,7 +4,9 @@
 #   docker build -t wallaroo-rs .
 #
 # Stage 1 builds the wheel (Rust + maturin; librdkafka is compiled from source by
-# the rdkafka crate, with OpenSSL and zlib); stage 2 installs it on a slim Python.
+# the rdkafka crate, linked to the system OpenSSL and zlib); stage 2 installs it on
+# the same slim Python, which has those libraries (hence a plain `linux` wheel tag,
+# no manylinux audit: the wheel is for this image only).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -23,17 +25,13 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/opt/cargo/registry \
     --mount=type=cache,target=/src/target \
-    maturin build --release --locked --out /dist
-# The example application, when the checkout has it as a directory (star_leaders/
-# with star_leaders.py); otherwise `python -m wallaroo star_leaders` runs the copy
-# bundled in the package.
-RUN mkdir -p /app \
-    && if [ -f star_leaders/star_leaders.py ]; then cp -r star_leaders /app/; fi
+    maturin build --release --locked --compatibility linux --out /dist
 
+# The star leaders app is bundled in the wheel (wallaroo/examples/star_leaders):
+# `python -m wallaroo star_leaders` finds it there. Mount other apps into /app.
 FROM ${PYTHON_IMAGE}
 COPY --from=builder /dist/ /tmp/dist/
 RUN pip install --no-cache-dir /tmp/dist/*.whl && rm -rf /tmp/dist
-COPY --from=builder /app/ /app/
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1
 RUN useradd --system --home-dir /app wallaroo

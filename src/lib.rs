@@ -27,6 +27,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod plan;
 pub mod pycall;
+pub mod routing;
 pub mod sinks;
 pub mod sources;
 pub mod steps;

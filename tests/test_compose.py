@@ -25,8 +25,8 @@ PACKAGE = ROOT / "python" / "wallaroo"
 #: Modules the compose file runs that are still being written. Each is an
 #: xfail(strict=True): once the module lands, remove it from here.
 MODULES_NOT_YET_WRITTEN = {"wallaroo.streamer", "wallaroo.dashboard"}
-#: Applications (``python -m wallaroo APP``) not in the repository yet, same rule.
-APPS_NOT_YET_WRITTEN = {"star_leaders"}
+#: Applications (``python -m wallaroo APP``) not in the package yet, same rule.
+APPS_NOT_YET_WRITTEN: set = set()
 
 #: The star leaders app's own flags (read by its argument helpers, not the runner).
 APP_FLAGS = {
@@ -74,15 +74,11 @@ def module_file(module: str) -> Path | None:
 
 
 def app_file(app: str) -> Path | None:
-    """Where ``python -m wallaroo APP`` finds APP inside the image: a directory
-    ``APP/APP.py`` at the repository root (the Dockerfile copies it to the working
-    directory) or an example bundled in the package (``wallaroo.examples.APP``)."""
-    candidates = [
-        ROOT / app / f"{app}.py",
-        PACKAGE / "examples" / f"{app}.py",
-        PACKAGE / "examples" / app / "__init__.py",
-    ]
-    return next((p for p in candidates if p.is_file()), None)
+    """Where ``python -m wallaroo APP`` finds APP inside the image, which holds the
+    installed wheel only: an example bundled in the package (``examples/APP/APP.py``,
+    see ``wallaroo.loader``)."""
+    path = PACKAGE / "examples" / app / f"{app}.py"
+    return path if path.is_file() else None
 
 
 def _wallaroo_commands() -> list[tuple[str, str]]:
@@ -266,6 +262,11 @@ def test_worker_app_flags_read_by_the_argument_helpers(name):
     topic, brokers, _level, _buffer_ms, max_size = wallaroo.kafka_parse_sink_options(args)
     assert (topic, brokers) == ("leaderboard", [("kafka", "9092")])
     assert max_size >= 100000
+
+
+@pytest.mark.parametrize("name", ["primary", "secondary"])
+def test_workers_leave_streamer_and_dashboard_to_their_services(name):
+    assert runner_options(name).no_demo
 
 
 def test_primary_is_the_cluster_initializer_with_control_data_external():
