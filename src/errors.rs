@@ -19,6 +19,12 @@ create_exception!(
 );
 create_exception!(
     _engine,
+    ClusterError,
+    EngineError,
+    "The cluster could not form or lost a worker."
+);
+create_exception!(
+    _engine,
     StepError,
     EngineError,
     "User code raised or returned something the engine cannot use; the run stopped."
@@ -30,6 +36,9 @@ pub enum Error {
     /// A source, sink or option could not be set up.
     #[error("{0}")]
     Config(String),
+    /// The cluster could not form or lost a worker.
+    #[error("{0}")]
+    Cluster(String),
     /// A step failed and the on-error policy says stop.
     #[error("{0}")]
     Step(StepFailure),
@@ -77,6 +86,7 @@ impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
         match err {
             Error::Config(msg) => ConfigError::new_err(msg),
+            Error::Cluster(msg) => ClusterError::new_err(msg),
             Error::Step(failure) => StepError::new_err(failure.to_string()),
             Error::Python(err) => err,
         }
@@ -129,6 +139,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EngineError", py.get_type::<EngineError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("StepError", py.get_type::<StepError>())?;
+    m.add("ClusterError", py.get_type::<ClusterError>())?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@
 //! * [`errors`] is the one place where engine errors become Python exceptions.
 
 pub mod bad_input;
+pub mod cluster;
 pub mod dataflow;
 pub mod errors;
 pub mod framing;
@@ -58,6 +59,20 @@ fn run<'py>(
     summary.to_py(py)
 }
 
+/// Stop the running worker with an error naming `reason` (used by the
+/// cluster's control channel when a member is lost).
+#[pyfunction]
+fn abort(reason: String) {
+    dataflow::abort(reason);
+}
+
+/// Ask the running worker to finish what its sources have read and end
+/// (what the runner's Ctrl-C / SIGTERM handlers call).
+#[pyfunction]
+fn request_stop() {
+    dataflow::request_stop();
+}
+
 /// Parse a struct length format such as ">I"; None when it is not a plain
 /// unsigned or signed integer the engine can read natively.
 #[pyfunction]
@@ -76,6 +91,8 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
         }
     }
     m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(abort, m)?)?;
+    m.add_function(wrap_pyfunction!(request_stop, m)?)?;
     m.add_class::<kafka::EmbeddedKafka>()?;
     m.add_function(wrap_pyfunction!(native_length_format, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -136,6 +136,8 @@ pub enum StepKind {
         u64_keys: bool,
         /// `compute_multi`.
         multi: bool,
+        /// The keys the application declared, in order.
+        keys: Vec<Py<PyAny>>,
     },
 }
 
@@ -169,6 +171,10 @@ pub struct Plan {
     pub pipelines: Vec<PipelinePlan>,
     /// State name -> state class.
     pub states: Vec<(String, Py<PyAny>)>,
+    /// The application's own `serialize`, for records crossing workers.
+    pub serialize: Option<Py<PyAny>>,
+    /// The application's own `deserialize`.
+    pub deserialize: Option<Py<PyAny>>,
 }
 
 /// What to do when user code fails.
@@ -194,6 +200,17 @@ pub struct Options {
     pub max_frame_bytes: u64,
     /// How long a TCP sink keeps trying to connect before giving up.
     pub sink_connect_timeout_s: f64,
+    /// This process's place in a cluster; None for a single process.
+    pub cluster: Option<Membership>,
+}
+
+/// This process's place in a timely cluster.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// This process's index.
+    pub index: usize,
+    /// Every process's data address, by index.
+    pub addresses: Vec<String>,
 }
 
 fn item<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -322,6 +339,7 @@ impl StepPlan {
                 partition: optional(dict, "partition")?.map(Bound::unbind),
                 u64_keys: item(dict, "u64")?.extract()?,
                 multi: kind_name == "state_multi",
+                keys: item(dict, "keys")?.extract()?,
             },
             other => return Err(Error::Config(format!("unknown step kind {other:?}")).into()),
         };
@@ -361,6 +379,8 @@ impl Plan {
             name: string(dict, "name")?,
             pipelines,
             states,
+            serialize: optional(dict, "serialize")?.map(Bound::unbind),
+            deserialize: optional(dict, "deserialize")?.map(Bound::unbind),
         })
     }
 }
@@ -395,6 +415,13 @@ impl Options {
             max_frame_bytes: get_u64("max_frame_bytes", 16 << 20)?,
             sink_connect_timeout_s: optional(dict, "sink_connect_timeout_s")?
                 .map_or(Ok(30.0), |v| v.extract())?,
+            cluster: match optional(dict, "addresses")? {
+                Some(addresses) => Some(Membership {
+                    index: item(dict, "process")?.extract()?,
+                    addresses: addresses.extract()?,
+                }),
+                None => None,
+            },
         })
     }
 }

@@ -16,8 +16,9 @@ use crate::errors::{format_py_err, short_repr, StepFailure};
 use crate::metrics::PipelineMetrics;
 use crate::plan::OnError;
 use crate::pycall::{call1, call2};
+use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::Output;
-use crate::sources::{Frame, SourceInfo};
+use crate::sources::{Frame, Pos, SourceInfo};
 
 const RECORD_REPR_LIMIT: usize = 300;
 
@@ -139,6 +140,9 @@ pub enum Kind {
         u64_keys: bool,
         /// The output is a list.
         multi: bool,
+        /// In a cluster: where keys live. A record reaching this step is then
+        /// handed over (as a [`KeyedRecord`]) instead of running the step here.
+        routing: Option<Rc<RoutingTable>>,
     },
 }
 
@@ -173,6 +177,53 @@ pub struct Chain {
     /// Counts of the batch in progress, added to `metrics` once per batch
     /// (per-record atomics would share a cache line with the IO threads).
     pub batch_counts: BatchCounts,
+    /// Running in a cluster: fan-out paths are tracked for ordering.
+    pub cluster: bool,
+    /// The application's own `serialize`, for records crossing workers.
+    pub serialize: Option<Py<PyAny>>,
+    /// The application's own `deserialize`.
+    pub deserialize: Option<Py<PyAny>>,
+}
+
+/// Orders the records a state step applies within an epoch: source order
+/// (reader worker, stream, record number), then the fan-out path.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct SortKey {
+    /// The worker whose source read the record.
+    pub reader: u32,
+    /// Connection / partition.
+    pub stream: u32,
+    /// Record number in the stream.
+    pub index: u64,
+    /// Output number at each fan-out step on the way.
+    pub path: Vec<u32>,
+    /// Byte offset / Kafka offset, for messages.
+    pub offset: u64,
+}
+
+/// A record on its way to the state step `step`, owned by worker `owner`.
+pub struct KeyedRecord {
+    /// Where it came from, for ordering and messages.
+    pub order: SortKey,
+    /// The index of the state step.
+    pub step: usize,
+    /// The owner of the key.
+    pub owner: usize,
+    /// The partition key.
+    pub key: Py<PyAny>,
+    /// The record.
+    pub value: Py<PyAny>,
+}
+
+/// What running records through a chain produced.
+#[derive(Default)]
+pub struct Emitted {
+    /// Encoded records for the sink.
+    pub outputs: Vec<Output>,
+    /// Records handed over to a state step (cluster mode only).
+    pub keyed: Vec<KeyedRecord>,
 }
 
 /// Per-batch counts kept on the worker thread.
@@ -194,20 +245,32 @@ impl BatchCounts {
 }
 
 /// Where a record is while it goes through the chain.
-struct Cursor<'a> {
-    frame: &'a Frame,
+#[derive(Clone)]
+struct Cursor {
+    order: SortKey,
+}
+
+impl Cursor {
+    fn pos(&self) -> Pos {
+        Pos {
+            stream: self.order.stream,
+            index: self.order.index,
+            offset: self.order.offset,
+        }
+    }
 }
 
 impl Chain {
-    /// Run every frame of `frames` through the chain, appending encoded
-    /// records to `out`. Err when user code failed and the policy is stop.
+    /// Run every frame of `frames` (read by worker `reader`) through the
+    /// chain. Err when user code failed and the policy is stop.
     pub fn process(
         &self,
         py: Python<'_>,
+        reader: u32,
         frames: &mut Vec<Frame>,
-        out: &mut Vec<Output>,
+        out: &mut Emitted,
     ) -> Result<(), StepFailure> {
-        let result = self.process_frames(py, frames, out);
+        let result = self.process_frames(py, reader, frames, out);
         self.batch_counts.flush(&self.metrics);
         result
     }
@@ -215,8 +278,9 @@ impl Chain {
     fn process_frames(
         &self,
         py: Python<'_>,
+        reader: u32,
         frames: &mut Vec<Frame>,
-        out: &mut Vec<Output>,
+        out: &mut Emitted,
     ) -> Result<(), StepFailure> {
         let decode = self.decode.bind(py);
         for frame in frames.drain(..) {
@@ -233,23 +297,64 @@ impl Chain {
                     continue;
                 }
             };
-            let cursor = Cursor { frame: &frame };
-            if let Err(failure) = self.run(py, &cursor, 0, value, out) {
-                match self.on_error {
-                    OnError::Stop => return Err(failure),
-                    OnError::Skip => {
-                        PipelineMetrics::add(&self.metrics.skipped_errors, 1);
-                        log::warn!("skipped a record (--on-error skip): {failure}");
-                    }
-                }
-            }
+            let cursor = Cursor {
+                order: SortKey {
+                    reader,
+                    stream: frame.pos.stream,
+                    index: frame.pos.index,
+                    path: Vec::new(),
+                    offset: frame.pos.offset,
+                },
+            };
+            let result = self.run(py, &cursor, 0, value, out);
+            self.apply_policy(result)?;
         }
         Ok(())
     }
 
+    /// Apply the state steps of records handed over to this worker, in the
+    /// order given, and everything after them.
+    pub fn process_keyed(
+        &self,
+        py: Python<'_>,
+        records: Vec<(SortKey, usize, Py<PyAny>, Py<PyAny>)>,
+        out: &mut Emitted,
+    ) -> Result<(), StepFailure> {
+        let mut result = Ok(());
+        for (order, step, key, value) in records {
+            let cursor = Cursor { order };
+            let applied = self.run_state(
+                py,
+                &cursor,
+                step,
+                key.into_bound(py),
+                value.into_bound(py),
+                out,
+            );
+            if let Err(failure) = self.apply_policy(applied) {
+                result = Err(failure);
+                break;
+            }
+        }
+        self.batch_counts.flush(&self.metrics);
+        result
+    }
+
+    fn apply_policy(&self, result: Result<(), StepFailure>) -> Result<(), StepFailure> {
+        match (result, self.on_error) {
+            (Ok(()), _) => Ok(()),
+            (Err(failure), OnError::Stop) => Err(failure),
+            (Err(failure), OnError::Skip) => {
+                PipelineMetrics::add(&self.metrics.skipped_errors, 1);
+                log::warn!("skipped a record (--on-error skip): {failure}");
+                Ok(())
+            }
+        }
+    }
+
     fn failure(
         &self,
-        cursor: &Cursor<'_>,
+        cursor: &Cursor,
         step: &str,
         record: &Bound<'_, PyAny>,
         detail: String,
@@ -258,7 +363,7 @@ impl Chain {
             pipeline: self.pipeline.clone(),
             step: step.to_owned(),
             record: short_repr(record, RECORD_REPR_LIMIT),
-            position: self.source.describe(&cursor.frame.pos),
+            position: self.source.describe(&cursor.pos()),
             detail,
         }
     }
@@ -266,10 +371,10 @@ impl Chain {
     fn run<'py>(
         &self,
         py: Python<'py>,
-        cursor: &Cursor<'_>,
+        cursor: &Cursor,
         index: usize,
         value: Bound<'py, PyAny>,
-        out: &mut Vec<Output>,
+        out: &mut Emitted,
     ) -> Result<(), StepFailure> {
         let Some(step) = self.steps.get(index) else {
             return self.emit(py, cursor, value, out);
@@ -287,10 +392,7 @@ impl Chain {
                 self.next(py, cursor, step, index, &value, result, true, out)
             }
             Kind::State {
-                store,
-                partition,
-                u64_keys,
-                multi,
+                partition, routing, ..
             } => {
                 let key = match partition {
                     Some(partition) => call1(partition.bind(py), &value).map_err(|err| {
@@ -303,47 +405,88 @@ impl Chain {
                     })?,
                     None => py.None().into_bound(py),
                 };
-                let state = store
-                    .get_or_create(py, &key, *u64_keys)
-                    .map_err(|detail| self.failure(cursor, &step.name, &value, detail))?;
-                let result = call2(func, &value, &state).map_err(py_failure)?;
-                let shape_error = || {
-                    self.failure(
-                        cursor,
-                        &step.name,
-                        &value,
-                        format!(
-                            "a state computation must return (output, state_changed) with \
-                             state_changed a bool, got {}",
-                            short_repr(&result, 200)
-                        ),
-                    )
+                let Some(routing) = routing else {
+                    return self.run_state(py, cursor, index, key, value, out);
                 };
-                let pair = result.cast::<PyTuple>().map_err(|_| shape_error())?;
-                if pair.len() != 2 {
-                    return Err(shape_error());
-                }
-                let changed = pair.get_item(1).map_err(py_failure)?;
-                if !changed.is_instance_of::<PyBool>() {
-                    return Err(shape_error());
-                }
-                let output = pair.get_item(0).map_err(py_failure)?;
-                self.next(py, cursor, step, index, &value, output, *multi, out)
+                let canonical = canonical_key(&key).ok_or_else(|| {
+                    let detail = check_key(&key, false)
+                        .err()
+                        .unwrap_or_else(|| "invalid partition key".to_owned());
+                    self.failure(cursor, &step.name, &value, detail)
+                })?;
+                out.keyed.push(KeyedRecord {
+                    order: cursor.order.clone(),
+                    step: index,
+                    owner: routing.owner(&canonical),
+                    key: key.unbind(),
+                    value: value.unbind(),
+                });
+                Ok(())
             }
         }
+    }
+
+    /// Run the state step `index` for `key` here, then the rest of the chain.
+    fn run_state<'py>(
+        &self,
+        py: Python<'py>,
+        cursor: &Cursor,
+        index: usize,
+        key: Bound<'py, PyAny>,
+        value: Bound<'py, PyAny>,
+        out: &mut Emitted,
+    ) -> Result<(), StepFailure> {
+        let step = &self.steps[index];
+        let Kind::State {
+            store,
+            u64_keys,
+            multi,
+            ..
+        } = &step.kind
+        else {
+            return self.run(py, cursor, index, value, out);
+        };
+        let py_failure =
+            |err: PyErr| self.failure(cursor, &step.name, &value, format_py_err(py, &err));
+        let state = store
+            .get_or_create(py, &key, *u64_keys)
+            .map_err(|detail| self.failure(cursor, &step.name, &value, detail))?;
+        let result = call2(step.func.bind(py), &value, &state).map_err(py_failure)?;
+        let shape_error = || {
+            self.failure(
+                cursor,
+                &step.name,
+                &value,
+                format!(
+                    "a state computation must return (output, state_changed) with \
+                     state_changed a bool, got {}",
+                    short_repr(&result, 200)
+                ),
+            )
+        };
+        let pair = result.cast::<PyTuple>().map_err(|_| shape_error())?;
+        if pair.len() != 2 {
+            return Err(shape_error());
+        }
+        let changed = pair.get_item(1).map_err(py_failure)?;
+        if !changed.is_instance_of::<PyBool>() {
+            return Err(shape_error());
+        }
+        let output = pair.get_item(0).map_err(py_failure)?;
+        self.next(py, cursor, step, index, &value, output, *multi, out)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn next<'py>(
         &self,
         py: Python<'py>,
-        cursor: &Cursor<'_>,
+        cursor: &Cursor,
         step: &Step,
         index: usize,
         input: &Bound<'py, PyAny>,
         result: Bound<'py, PyAny>,
         multi: bool,
-        out: &mut Vec<Output>,
+        out: &mut Emitted,
     ) -> Result<(), StepFailure> {
         if result.is_none() {
             BatchCounts::bump(&self.batch_counts.dropped);
@@ -363,11 +506,18 @@ impl Chain {
                 ),
             )
         })?;
-        for item in items {
+        for (number, item) in items.enumerate() {
             let item =
                 item.map_err(|e| self.failure(cursor, &step.name, input, format_py_err(py, &e)))?;
             if item.is_none() {
                 BatchCounts::bump(&self.batch_counts.dropped);
+            } else if self.cluster {
+                let mut branch = cursor.clone();
+                branch
+                    .order
+                    .path
+                    .push(u32::try_from(number).unwrap_or(u32::MAX));
+                self.run(py, &branch, index + 1, item, out)?;
             } else {
                 self.run(py, cursor, index + 1, item, out)?;
             }
@@ -378,9 +528,9 @@ impl Chain {
     fn emit(
         &self,
         py: Python<'_>,
-        cursor: &Cursor<'_>,
+        cursor: &Cursor,
         value: Bound<'_, PyAny>,
-        out: &mut Vec<Output>,
+        out: &mut Emitted,
     ) -> Result<(), StepFailure> {
         let Some(encode) = &self.encode else {
             return Ok(());
@@ -392,7 +542,7 @@ impl Chain {
         }
         match to_output(&encoded) {
             Some(output) => {
-                out.push(output);
+                out.outputs.push(output);
                 BatchCounts::bump(&self.batch_counts.out);
                 Ok(())
             }

@@ -24,7 +24,7 @@ PACKAGE = ROOT / "python" / "wallaroo"
 
 #: Modules the compose file runs that are still being written. Each is an
 #: xfail(strict=True): once the module lands, remove it from here.
-MODULES_NOT_YET_WRITTEN = {"wallaroo.streamer", "wallaroo.dashboard"}
+MODULES_NOT_YET_WRITTEN = {"wallaroo.streamer"}
 #: Applications (``python -m wallaroo APP``) not in the package yet, same rule.
 APPS_NOT_YET_WRITTEN: set = set()
 
@@ -199,6 +199,30 @@ def test_python_m_module_exists_in_the_package(service, module):
 
 
 @pytest.mark.parametrize(
+    "service,module",
+    [
+        pytest.param(
+            service,
+            module,
+            id=f"{service}:{module}",
+            marks=_xfail_if(
+                module in MODULES_NOT_YET_WRITTEN, f"{module} is still being written"
+            ),
+        )
+        for service, module in WALLAROO_COMMANDS
+        if module != "wallaroo"  # the runner's flags are checked below, by its parser
+    ],
+)
+def test_flags_of_a_tool_command_are_defined_by_its_module(service, module):
+    path = module_file(module)
+    assert path is not None, f"{module} has no file"
+    source = path.read_text()
+    for flag in command_of(SERVICES[service]):
+        if flag.startswith("--"):
+            assert f'"{flag}"' in source, f"{service}: {module} defines no {flag}"
+
+
+@pytest.mark.parametrize(
     "app",
     [
         pytest.param(
@@ -242,6 +266,13 @@ def test_topics_are_created_before_the_clients_start():
     for name in ("streamer", "primary", "dashboard"):
         dep = SERVICES[name]["depends_on"]["kafka-init"]
         assert dep["condition"] == "service_completed_successfully", name
+
+
+def test_dashboard_listens_beyond_the_container_loopback():
+    cmd = command_of(SERVICES["dashboard"])
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    port = cmd[cmd.index("--port") + 1]
+    assert any(str(p).endswith(f":{port}") for p in SERVICES["dashboard"]["ports"])
 
 
 @pytest.mark.parametrize("name", ["streamer", "dashboard"])

@@ -13,6 +13,7 @@ import re
 import string
 import struct
 import threading
+import time
 from collections import Counter, defaultdict
 from itertools import accumulate
 from pathlib import Path
@@ -422,3 +423,27 @@ def test_runner_unknown_app_exits_2(run_app, tmp_path: Path) -> None:
     result = run_app("no_such_app_module_xyz", cwd=tmp_path, timeout=20)
     assert result.returncode == 2
     assert "no_such_app_module_xyz" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# SIGTERM while application code runs
+# ---------------------------------------------------------------------------
+
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["step", "decoder"])
+def test_sigterm_while_busy_exits_0_after_draining(tcp_app, where: str) -> None:
+    # Documented: a run with TCP sources ends on SIGTERM, exit 0, after what the
+    # connections already sent has gone through. 1000 records take ~2 s here.
+    payloads = [f"record {i}".encode() for i in range(1000)]
+    app_ctx = tcp_app(
+        APPS_DIR / "slow_echo.py", "--in", f"{HOST}:0", f"--slow-{where}", "0.002",
+        stop_timeout=10,
+    )
+    with app_ctx as app:
+        ((_, _, in_port),) = app.listening()
+        assert send_messages(HOST, in_port, payloads) == 1000
+        time.sleep(0.5)  # the application is busy in slow_{where}
+    assert app.stdout == b"".join(p + b"\n" for p in payloads)
+    assert "bad input" not in app.stderr

@@ -222,8 +222,10 @@ class Leaderboard:
     status) advances :attr:`version`; :meth:`wait_for_change` blocks until then.
     """
 
-    def __init__(self, limit: int = TOP_N) -> None:
+    def __init__(self, limit: int = TOP_N, *, topic: str = "", brokers: str = "") -> None:
         self._limit = limit
+        self._topic = topic
+        self._brokers = brokers
         self._cond = threading.Condition()
         self._partitions: dict[int, list[Leader]] = {}
         self._updates: dict[int, int] = {}
@@ -295,6 +297,8 @@ class Leaderboard:
             "messages_consumed": self._messages,
             "bad_messages": self._bad,
             "status": self._status,
+            "topic": self._topic,
+            "brokers": self._brokers,
             "version": self._version,
         }
 
@@ -351,6 +355,7 @@ class _ConsumerThread(threading.Thread):
         self.stopping = stopping
         self.notify = notify
         self._error_logged_at: dict[str, float] = {}
+        self._last_failure = ""
 
     def run(self) -> None:
         from confluent_kafka import Consumer
@@ -516,7 +521,8 @@ class _Handler(BaseHTTPRequestHandler):
                     sent = version
                     stopping.wait(SSE_MIN_PUSH_INTERVAL)
                 elif not board.wait_for_change(sent, SSE_PING_INTERVAL):
-                    self.wfile.write(b": ping\n\n")
+                    # An event, not a comment: the page's watchdog must see it.
+                    self.wfile.write(b"event: ping\ndata: {}\n\n")
                     self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             log.debug("SSE client %s went away", self.address_string())
@@ -568,7 +574,7 @@ class Dashboard:
         self.host = host
         self.port = port
         self.on_change = on_change
-        self.board = Leaderboard()
+        self.board = Leaderboard(topic=topic, brokers=bootstrap)
         self._stopping = threading.Event()
         self._server: Optional[_Server] = None
         self._threads: list[threading.Thread] = []

@@ -165,8 +165,21 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt("SIGTERM")
+class _StopOnSignal:
+    """Ctrl-C / SIGTERM: ask the engine to drain and stop (a flag, never an
+    exception inside application code); a second signal stops at once."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.count = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        log.info("%s: stopping after what was read (again to stop at once)",
+                 signal.Signals(signum).name)
+        self.engine.request_stop()
 
 
 def _check_runner_flags(opts: argparse.Namespace) -> str | None:
@@ -259,9 +272,11 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
         kafka_setup.prepare(plan)
     except (ValueError, _engine.ConfigError) as err:
         return _fail(EXIT_BAD_APP, str(err))
-    previous = None
+    previous: dict = {}
     if threading_is_main():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        handler = _StopOnSignal(_engine)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
     companions = None
     log.info("running application %r (%d pipelines)", plan["name"], len(plan["pipelines"]))
     try:
@@ -273,11 +288,13 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
         return _fail(EXIT_RUN_FAILED, f"the application failed: {err}")
     except _engine.ConfigError as err:
         return _fail(EXIT_RUN_FAILED, str(err))
+    except _engine.ClusterError as err:
+        return _fail(EXIT_RUN_FAILED, f"cluster: {err}")
     finally:
         if companions is not None:
             companions.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     _report(summary)
     return EXIT_OK
 

@@ -23,7 +23,7 @@ use crate::plan::SinkKind;
 pub const CHANNEL_BATCHES: usize = 16;
 
 /// One encoded record.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Output {
     /// The bytes to write (the message value for Kafka).
     pub value: Vec<u8>,

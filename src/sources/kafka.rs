@@ -100,7 +100,14 @@ fn wait_for_partitions(
                     .flat_map(|t| t.partitions().iter().map(|p| p.id()))
                     .collect();
                 if !partitions.is_empty() {
-                    return Some(partitions);
+                    // In a cluster each worker reads its share of the partitions.
+                    let mine = partitions
+                        .into_iter()
+                        .filter(|p| {
+                            usize::try_from(*p).unwrap_or(0) % ctx.peers.max(1) == ctx.worker
+                        })
+                        .collect();
+                    return Some(mine);
                 }
                 if throttle.ready() {
                     log::warn!("{label}: the topic has no partitions yet; waiting");
@@ -196,6 +203,14 @@ fn consume(
     let Some(partitions) = wait_for_partitions(&consumer, &plan.topic, &ctx, &label) else {
         return;
     };
+    if partitions.is_empty() {
+        log::info!(
+            "{label}: no partition for worker {} of {}",
+            ctx.worker,
+            ctx.peers
+        );
+        return;
+    }
     let start = starting_offsets(&consumer, &plan, &partitions, &label);
     if let Err(e) = consumer.assign(&start) {
         log::error!("{label}: cannot assign partitions {partitions:?}: {e}");

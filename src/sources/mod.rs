@@ -23,7 +23,7 @@ use crate::plan::{Framing, SourceKind};
 pub const CHANNEL_BATCHES: usize = 16;
 
 /// Where a record came from inside its source.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pos {
     /// Connection number (TCP) or partition (Kafka); 0 for files.
     pub stream: u32,
@@ -34,7 +34,7 @@ pub struct Pos {
 }
 
 /// One record's bytes and where they came from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Frame {
     /// The payload handed to `decode`.
     pub payload: Vec<u8>,
@@ -99,6 +99,10 @@ pub struct SourceContext {
     pub max_frame_bytes: u64,
     /// Set when the run stops: sources hand over what they have and end.
     pub stop: Arc<AtomicBool>,
+    /// This worker's index in the cluster.
+    pub worker: usize,
+    /// Workers in the cluster.
+    pub peers: usize,
 }
 
 /// A running source.

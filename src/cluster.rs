@@ -1,0 +1,560 @@
+//! Several worker processes as one timely dataflow cluster.
+//!
+//! Membership comes from the runner's rendezvous (`wallaroo.cluster`); here
+//! timely connects the processes and the pipelines are cut at their state
+//! steps:
+//!
+//! ```text
+//! source (reading worker) -> batches spread round-robin over all workers
+//!   -> decode + stateless steps -> partition key -> owner of the key
+//!        same worker: the Python object as is; other worker: pickled
+//!   -> state step at the owner: each epoch's records in source order
+//!   -> the steps after it -> (next state step: same again) -> encode
+//!   -> sink (file / TCP / stdout on worker 0; Kafka on every worker)
+//! ```
+//!
+//! Records are pickled (or serialized with the application's own
+//! `serialize`) only when they cross workers. A state step applies an epoch's
+//! records only once the epoch is complete, sorted by source position, so
+//! per-key order is source order whatever worker decoded a record.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use serde::{Deserialize, Serialize};
+use timely::communication::Allocate;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::{Capability, Concatenate, Probe};
+use timely::dataflow::{InputHandleCore, ProbeHandle, Scope, StreamCore};
+use timely::worker::Worker;
+use timely::{CommunicationConfig, WorkerConfig};
+
+use crate::dataflow::{
+    run_guarded, send_to_sink, worker_main, FailureSlot, PipelineInput, PipelineParts, Summary,
+};
+use crate::errors::{format_py_err, Error, StepFailure};
+use crate::plan::{Membership, Options, Plan};
+use crate::sinks::Output;
+use crate::sources::Frame;
+use crate::steps::{Chain, Emitted, Kind, SortKey};
+
+/// A batch read by one worker's source, on its way to the worker that decodes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FrameBatch {
+    /// Batch number at the reading worker (spreads batches round-robin).
+    pub seq: u64,
+    /// The reading worker.
+    pub reader: u32,
+    /// The records.
+    pub frames: Vec<Frame>,
+}
+
+/// A record for a state step on another worker: serialized.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RemoteRecord {
+    /// The worker that owns the key.
+    pub owner: u32,
+    /// Where the record came from.
+    pub order: SortKey,
+    /// The state step it goes to.
+    pub step: u32,
+    /// The pickled key.
+    pub key: Vec<u8>,
+    /// The serialized record.
+    pub value: Vec<u8>,
+}
+
+/// A Python object inside one worker; never serialized by timely.
+pub struct PyObject(pub Py<PyAny>);
+
+impl Clone for PyObject {
+    fn clone(&self) -> Self {
+        Python::attach(|py| PyObject(self.0.clone_ref(py)))
+    }
+}
+
+/// A record for a state step on this worker: the Python objects themselves.
+#[derive(Clone)]
+pub struct LocalRecord {
+    order: SortKey,
+    step: u32,
+    key: PyObject,
+    value: PyObject,
+}
+
+type BatchInput = InputHandleCore<u64, CapacityContainerBuilder<Vec<FrameBatch>>>;
+
+/// The input of a cluster pipeline: numbers batches for the round-robin spread.
+struct ClusterInput {
+    handle: BatchInput,
+    reader: u32,
+    seq: u64,
+}
+
+impl PipelineInput for ClusterInput {
+    fn send(&mut self, frames: Vec<Frame>) {
+        self.seq += 1;
+        self.handle.send(FrameBatch {
+            seq: self.seq,
+            reader: self.reader,
+            frames,
+        });
+    }
+
+    fn advance_to(&mut self, epoch: u64) {
+        self.handle.advance_to(epoch);
+    }
+}
+
+/// How records cross workers: pickle, or the application's own functions.
+struct Codec {
+    dumps: Py<PyAny>,
+    loads: Py<PyAny>,
+    value_dumps: Py<PyAny>,
+    value_loads: Py<PyAny>,
+}
+
+impl Codec {
+    fn new(py: Python<'_>, chain: &Chain) -> PyResult<Codec> {
+        let pickle = py.import("pickle")?;
+        let highest: i64 = pickle.getattr("HIGHEST_PROTOCOL")?.extract()?;
+        let dumps = py
+            .import("functools")?
+            .getattr("partial")?
+            .call1((pickle.getattr("dumps")?, highest))?
+            .unbind();
+        let loads = pickle.getattr("loads")?.unbind();
+        let own = |f: &Option<Py<PyAny>>, default: &Py<PyAny>| {
+            f.as_ref().unwrap_or(default).clone_ref(py)
+        };
+        Ok(Codec {
+            value_dumps: own(&chain.serialize, &dumps),
+            value_loads: own(&chain.deserialize, &loads),
+            dumps,
+            loads,
+        })
+    }
+}
+
+fn to_bytes(result: PyResult<Bound<'_, PyAny>>, what: &str) -> Result<Vec<u8>, String> {
+    let obj = result.map_err(|e| Python::attach(|py| format_py_err(py, &e)))?;
+    obj.cast::<PyBytes>()
+        .map(|b| b.as_bytes().to_vec())
+        .map_err(|_| format!("{what} must return bytes"))
+}
+
+/// The three kinds of output of a chain operator.
+struct Routed {
+    outputs: Vec<Output>,
+    local: Vec<LocalRecord>,
+    remote: Vec<RemoteRecord>,
+}
+
+/// Split what a chain produced into sink output, records for this worker and
+/// records for others (serialized here, under the GIL of the batch).
+fn route(
+    py: Python<'_>,
+    chain: &Chain,
+    codec: &Codec,
+    me: usize,
+    emitted: Emitted,
+) -> Result<Routed, StepFailure> {
+    let mut routed = Routed {
+        outputs: emitted.outputs,
+        local: Vec::new(),
+        remote: Vec::new(),
+    };
+    for record in emitted.keyed {
+        let step = u32::try_from(record.step).unwrap_or(u32::MAX);
+        if record.owner == me {
+            routed.local.push(LocalRecord {
+                order: record.order,
+                step,
+                key: PyObject(record.key),
+                value: PyObject(record.value),
+            });
+            continue;
+        }
+        let failure = |detail: String| StepFailure {
+            pipeline: chain.pipeline.clone(),
+            step: "serialize (record crossing workers)".to_owned(),
+            record: crate::errors::short_repr(record.value.bind(py), 200),
+            position: chain.source.describe(&crate::sources::Pos {
+                stream: record.order.stream,
+                index: record.order.index,
+                offset: record.order.offset,
+            }),
+            detail,
+        };
+        let key = to_bytes(
+            codec.dumps.bind(py).call1((record.key.bind(py),)),
+            "pickle.dumps",
+        )
+        .map_err(failure)?;
+        let value = to_bytes(
+            codec.value_dumps.bind(py).call1((record.value.bind(py),)),
+            "serialize()",
+        )
+        .map_err(failure)?;
+        routed.remote.push(RemoteRecord {
+            owner: u32::try_from(record.owner).unwrap_or(u32::MAX),
+            order: record.order,
+            step,
+            key,
+            value,
+        });
+    }
+    Ok(routed)
+}
+
+type Outputs<G, D> = timely::dataflow::channels::pushers::Output<
+    <G as timely::dataflow::ScopeParent>::Timestamp,
+    Vec<D>,
+>;
+
+/// The output ports of a chain operator: sink output, local and remote records.
+type Ports<G> = (
+    Outputs<G, Output>,
+    Outputs<G, LocalRecord>,
+    Outputs<G, RemoteRecord>,
+);
+
+/// Give the three kinds of output at `caps` (one capability per output port).
+fn give<G: Scope<Timestamp = u64>>(
+    ports: &mut Ports<G>,
+    caps: &[Capability<u64>; 3],
+    mut routed: Routed,
+) {
+    if !routed.outputs.is_empty() {
+        ports.0.activate().give(&caps[0], &mut routed.outputs);
+    }
+    if !routed.local.is_empty() {
+        ports.1.activate().give(&caps[1], &mut routed.local);
+    }
+    if !routed.remote.is_empty() {
+        ports.2.activate().give(&caps[2], &mut routed.remote);
+    }
+}
+
+/// The three output streams of a chain operator.
+struct ChainStreams<G: Scope<Timestamp = u64>> {
+    outputs: StreamCore<G, Vec<Output>>,
+    local: StreamCore<G, Vec<LocalRecord>>,
+    remote: StreamCore<G, Vec<RemoteRecord>>,
+}
+
+/// Decode and the steps up to the first state step, wherever the batch landed.
+fn prefix_operator<G: Scope<Timestamp = u64>>(
+    batches: &StreamCore<G, Vec<FrameBatch>>,
+    chain: std::rc::Rc<Chain>,
+    codec: std::rc::Rc<Codec>,
+    failure: FailureSlot,
+    me: usize,
+) -> ChainStreams<G> {
+    let mut builder = OperatorBuilder::new(format!("decode {}", chain.pipeline), batches.scope());
+    let spread =
+        Exchange::new(|batch: &FrameBatch| batch.seq.wrapping_add(u64::from(batch.reader)));
+    let mut input = builder.new_input(batches, spread);
+    let (out0, outputs) = builder.new_output::<Vec<Output>>();
+    let (out1, local) = builder.new_output::<Vec<LocalRecord>>();
+    let (out2, remote) = builder.new_output::<Vec<RemoteRecord>>();
+    builder.set_notify(false);
+    builder.build(move |_capabilities| {
+        let mut ports = (out0, out1, out2);
+        move |_frontiers| {
+            input.for_each(|cap, batches| {
+                let caps = [
+                    cap.delayed_for_output(cap.time(), 0),
+                    cap.delayed_for_output(cap.time(), 1),
+                    cap.delayed_for_output(cap.time(), 2),
+                ];
+                let mut routed = None;
+                let emitted = run_guarded(&failure, |py, out| {
+                    for batch in batches.iter_mut() {
+                        chain.process(py, batch.reader, &mut batch.frames, out)?;
+                    }
+                    Ok(())
+                });
+                batches.clear();
+                Python::attach(|py| match route(py, &chain, &codec, me, emitted) {
+                    Ok(r) => routed = Some(r),
+                    Err(f) => {
+                        failure.borrow_mut().get_or_insert(f);
+                    }
+                });
+                if let Some(routed) = routed {
+                    give::<G>(&mut ports, &caps, routed);
+                }
+            });
+        }
+    });
+    ChainStreams {
+        outputs,
+        local,
+        remote,
+    }
+}
+
+/// Records of one epoch waiting for the epoch to complete.
+struct Pending {
+    caps: [Capability<u64>; 3],
+    local: Vec<LocalRecord>,
+    remote: Vec<RemoteRecord>,
+}
+
+/// The records of the epoch of `cap`, created with capabilities for all three outputs.
+fn pending_at<'a>(
+    pending: &'a mut BTreeMap<u64, Pending>,
+    cap: &timely::dataflow::operators::InputCapability<u64>,
+) -> &'a mut Pending {
+    let time = *cap.time();
+    pending.entry(time).or_insert_with(|| Pending {
+        caps: [
+            cap.delayed_for_output(&time, 0),
+            cap.delayed_for_output(&time, 1),
+            cap.delayed_for_output(&time, 2),
+        ],
+        local: Vec::new(),
+        remote: Vec::new(),
+    })
+}
+
+/// A state step at the owners of its keys, and the steps after it.
+fn state_operator<G: Scope<Timestamp = u64>>(
+    upstream: &ChainStreams<G>,
+    chain: std::rc::Rc<Chain>,
+    codec: std::rc::Rc<Codec>,
+    failure: FailureSlot,
+    me: usize,
+    step_name: &str,
+) -> ChainStreams<G> {
+    let mut builder = OperatorBuilder::new(format!("state {step_name}"), upstream.local.scope());
+    let mut local_in = builder.new_input(&upstream.local, Pipeline);
+    let by_owner = Exchange::new(|record: &RemoteRecord| u64::from(record.owner));
+    let mut remote_in = builder.new_input(&upstream.remote, by_owner);
+    let (out0, outputs) = builder.new_output::<Vec<Output>>();
+    let (out1, local) = builder.new_output::<Vec<LocalRecord>>();
+    let (out2, remote) = builder.new_output::<Vec<RemoteRecord>>();
+    builder.build(move |_capabilities| {
+        let mut ports = (out0, out1, out2);
+        let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+        move |frontiers| {
+            local_in.for_each(|cap, data| pending_at(&mut pending, &cap).local.append(data));
+            remote_in.for_each(|cap, data| pending_at(&mut pending, &cap).remote.append(data));
+            let complete: Vec<u64> = pending
+                .keys()
+                .copied()
+                .filter(|t| !frontiers[0].less_equal(t) && !frontiers[1].less_equal(t))
+                .collect();
+            for time in complete {
+                let Some(epoch) = pending.remove(&time) else {
+                    continue;
+                };
+                let caps = epoch.caps;
+                let mut routed = None;
+                let emitted = run_guarded(&failure, |py, out| {
+                    let mut records = Vec::with_capacity(epoch.local.len() + epoch.remote.len());
+                    for record in epoch.local {
+                        records.push((
+                            record.order,
+                            record.step as usize,
+                            record.key.0,
+                            record.value.0,
+                        ));
+                    }
+                    for record in epoch.remote {
+                        let decoded = codec
+                            .loads
+                            .bind(py)
+                            .call1((PyBytes::new(py, &record.key),))
+                            .and_then(|key| {
+                                let value = codec
+                                    .value_loads
+                                    .bind(py)
+                                    .call1((PyBytes::new(py, &record.value),))?;
+                                Ok((key, value))
+                            });
+                        match decoded {
+                            Ok((key, value)) => records.push((
+                                record.order,
+                                record.step as usize,
+                                key.unbind(),
+                                value.unbind(),
+                            )),
+                            Err(err) => {
+                                return Err(StepFailure {
+                                    pipeline: chain.pipeline.clone(),
+                                    step: "deserialize (record crossing workers)".to_owned(),
+                                    record: format!("{} bytes", record.value.len()),
+                                    position: format!("{:?}", record.order),
+                                    detail: format_py_err(py, &err),
+                                })
+                            }
+                        }
+                    }
+                    records.sort_by(|a, b| a.0.cmp(&b.0));
+                    chain.process_keyed(py, records, out)
+                });
+                Python::attach(|py| match route(py, &chain, &codec, me, emitted) {
+                    Ok(r) => routed = Some(r),
+                    Err(f) => {
+                        failure.borrow_mut().get_or_insert(f);
+                    }
+                });
+                if let Some(routed) = routed {
+                    give::<G>(&mut ports, &caps, routed);
+                }
+            }
+        }
+    });
+    ChainStreams {
+        outputs,
+        local,
+        remote,
+    }
+}
+
+/// Build one pipeline of a cluster worker; returns its input.
+pub(crate) fn build_pipeline<A: Allocate>(
+    worker: &mut Worker<A>,
+    part: &PipelineParts,
+    failure: FailureSlot,
+    probe: &ProbeHandle<u64>,
+) -> Box<dyn PipelineInput> {
+    let me = worker.index();
+    let mut handle = BatchInput::new();
+    let chain = part.chain.clone();
+    let codec = match Python::attach(|py| Codec::new(py, &chain)) {
+        Ok(codec) => std::rc::Rc::new(codec),
+        Err(err) => {
+            let detail = Python::attach(|py| format_py_err(py, &err));
+            failure.borrow_mut().get_or_insert(StepFailure {
+                pipeline: chain.pipeline.clone(),
+                step: "serialize".to_owned(),
+                record: String::new(),
+                position: String::new(),
+                detail,
+            });
+            return Box::new(ClusterInput {
+                handle,
+                reader: me as u32,
+                seq: 0,
+            });
+        }
+    };
+    let sink_tx = part.sink_tx.clone();
+    let everywhere = part.sink_everywhere;
+    let name = part.name.clone();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let batches = handle.to_stream(scope);
+        let mut streams =
+            prefix_operator(&batches, chain.clone(), codec.clone(), failure.clone(), me);
+        let mut outputs = Vec::new();
+        for step in chain
+            .steps
+            .iter()
+            .filter(|s| matches!(s.kind, Kind::State { .. }))
+        {
+            outputs.push(streams.outputs.clone());
+            streams = state_operator(
+                &streams,
+                chain.clone(),
+                codec.clone(),
+                failure.clone(),
+                me,
+                &step.name,
+            );
+        }
+        outputs.push(streams.outputs.clone());
+        let all = scope.concatenate(outputs);
+        let to_sink = if everywhere {
+            all.unary::<CapacityContainerBuilder<Vec<Output>>, _, _, _>(
+                Pipeline,
+                "local",
+                |_, _| {
+                    |input, output| {
+                        input.for_each(|time, data| output.session(&time).give_container(data))
+                    }
+                },
+            )
+        } else {
+            all.unary::<CapacityContainerBuilder<Vec<Output>>, _, _, _>(
+                Exchange::new(|_: &Output| 0),
+                "to worker 0",
+                |_, _| {
+                    |input, output| {
+                        input.for_each(|time, data| output.session(&time).give_container(data))
+                    }
+                },
+            )
+        };
+        to_sink.probe_with(probe).sink(
+            Pipeline,
+            &format!("sink {name}"),
+            move |(input, _frontier)| {
+                input.for_each(|_time, batch| send_to_sink(&sink_tx, batch));
+            },
+        );
+    });
+    Box::new(ClusterInput {
+        handle,
+        reader: me as u32,
+        seq: 0,
+    })
+}
+
+/// Run this process's worker of the cluster; the calling (main) thread waits,
+/// watching for signals.
+pub fn execute(
+    plan: Plan,
+    options: Options,
+    membership: Membership,
+    stop: Arc<AtomicBool>,
+) -> Result<Summary, Error> {
+    let config = timely::Config {
+        communication: CommunicationConfig::Cluster {
+            threads: 1,
+            process: membership.index,
+            addresses: membership.addresses.clone(),
+            report: false,
+            zerocopy: false,
+            log_fn: Arc::new(|_| None),
+        },
+        worker: WorkerConfig::default(),
+    };
+    let plan = Arc::new(Mutex::new(Some(plan)));
+    let options = Arc::new(options);
+    let done = Arc::new(AtomicBool::new(false));
+    let (worker_stop, worker_done) = (stop.clone(), done.clone());
+    let guards = timely::execute(config, move |worker| {
+        let plan = plan.lock().ok().and_then(|mut slot| slot.take());
+        let result = match plan {
+            Some(plan) => worker_main(worker, plan, &options, worker_stop.clone(), false),
+            None => Err(Error::Config("the plan was already taken".to_owned())),
+        };
+        worker_done.store(true, Ordering::Relaxed);
+        result
+    })
+    .map_err(|e| Error::Cluster(format!("cannot connect the cluster: {e}")))?;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        // Runs the runner's signal handlers, which request a clean stop.
+        if let Err(signal) = Python::attach(|py| py.check_signals()) {
+            log::info!("stopping ({signal}): finishing what the sources have read");
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    let mut results = guards.join();
+    match results.pop() {
+        Some(Ok(result)) => result,
+        Some(Err(panic)) => Err(Error::Cluster(format!("the worker failed: {panic}"))),
+        None => Err(Error::Cluster("no worker ran".to_owned())),
+    }
+}
