@@ -124,11 +124,12 @@ struct Codec {
 impl Codec {
     fn new(py: Python<'_>, chain: &Chain) -> PyResult<Codec> {
         let pickle = py.import("pickle")?;
-        let highest: i64 = pickle.getattr("HIGHEST_PROTOCOL")?.extract()?;
+        let highest = pyo3::types::PyDict::new(py);
+        highest.set_item("protocol", pickle.getattr("HIGHEST_PROTOCOL")?)?;
         let dumps = py
             .import("functools")?
             .getattr("partial")?
-            .call1((pickle.getattr("dumps")?, highest))?
+            .call((pickle.getattr("dumps")?,), Some(&highest))?
             .unbind();
         let loads = pickle.getattr("loads")?.unbind();
         let own = |f: &Option<Py<PyAny>>, default: &Py<PyAny>| {
@@ -531,30 +532,43 @@ pub fn execute(
     };
     let plan = Arc::new(Mutex::new(Some(plan)));
     let options = Arc::new(options);
-    let done = Arc::new(AtomicBool::new(false));
-    let (worker_stop, worker_done) = (stop.clone(), done.clone());
+    let (result_tx, result_rx) = crossbeam_channel::bounded(1);
+    let worker_stop = stop.clone();
     let guards = timely::execute(config, move |worker| {
         let plan = plan.lock().ok().and_then(|mut slot| slot.take());
         let result = match plan {
             Some(plan) => worker_main(worker, plan, &options, worker_stop.clone(), false),
             None => Err(Error::Config("the plan was already taken".to_owned())),
         };
-        worker_done.store(true, Ordering::Relaxed);
-        result
+        let _ = result_tx.send(result);
     })
     .map_err(|e| Error::Cluster(format!("cannot connect the cluster: {e}")))?;
-    while !done.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+    let result = loop {
+        match result_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(result) => break result,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                break Err(Error::Cluster(
+                    "the worker stopped without a result (a peer was lost)".to_owned(),
+                ))
+            }
+        }
         // Runs the runner's signal handlers, which request a clean stop.
         if let Err(signal) = Python::attach(|py| py.check_signals()) {
             log::info!("stopping ({signal}): finishing what the sources have read");
             stop.store(true, Ordering::Relaxed);
         }
-    }
-    let mut results = guards.join();
-    match results.pop() {
-        Some(Ok(result)) => result,
-        Some(Err(panic)) => Err(Error::Cluster(format!("the worker failed: {panic}"))),
-        None => Err(Error::Cluster("no worker ran".to_owned())),
+    };
+    match result {
+        Ok(summary) => {
+            // A clean end on every worker: the connections close in order.
+            drop(guards);
+            Ok(summary)
+        }
+        Err(error) => {
+            // Peers may be gone; joining the network threads could wait forever.
+            std::mem::forget(guards);
+            Err(error)
+        }
     }
 }

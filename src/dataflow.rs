@@ -427,6 +427,11 @@ pub(crate) fn worker_main<A: Allocate>(
     inputs.clear();
     while worker.step_or_park(Some(IDLE_WAIT)) {
         if pending_abort() {
+            // The cluster is gone: nothing more will complete. Dropping the
+            // dataflows closes the sink channels so the sinks flush and end.
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
             break;
         }
     }

@@ -76,7 +76,9 @@ class Browser:
             browser.screenshot(path)
     """
 
-    def __init__(self, binary: Optional[str] = None, window_size: tuple = WINDOW_SIZE) -> None:
+    def __init__(
+        self, binary: Optional[str] = None, window_size: tuple[int, int] = WINDOW_SIZE
+    ) -> None:
         binary = binary or find_chromium()
         if binary is None:
             raise BrowserError("chromium not found on PATH: run `make browser`")
@@ -127,6 +129,11 @@ class Browser:
             self._session = attached["sessionId"]
             self._command("Page.enable")
             self._command("Runtime.enable")
+            width, height = window_size
+            self._command(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            )
         except BaseException:
             self.close()
             raise

@@ -96,30 +96,38 @@ class KafkaSetup:
         log.info("embedded broker: topic %r ready", topic)
         return self.embedded.bootstrap_servers
 
-    def _connection(self, spec: dict, config: list) -> None:
+    def _connection(self, spec: dict, config: list, embedded_bootstrap: Optional[str]) -> None:
         brokers = spec.pop("brokers")
         if _configured(brokers):
             spec["bootstrap"] = ",".join(f"{host}:{port}" for host, port in brokers if host)
             create = self.opts.kafka_create_topics
+        elif embedded_bootstrap:
+            # Another process (the cluster's initializer) runs the embedded broker.
+            spec["bootstrap"] = embedded_bootstrap
+            create = False
         else:
             spec["bootstrap"] = self._embedded_bootstrap(spec["topic"])
             create = True
         spec["config"] = config
         spec["create_partitions"] = self.opts.kafka_partitions if create else None
 
-    def prepare(self, plan: dict) -> None:
-        """Complete every Kafka source and sink of ``plan`` in place."""
+    def prepare(self, plan: dict, embedded_bootstrap: Optional[str] = None) -> None:
+        """Complete every Kafka source and sink of ``plan`` in place.
+
+        ``embedded_bootstrap``: the address of an embedded broker another
+        process of the cluster runs, used instead of starting one here.
+        """
         for pipeline in plan["pipelines"]:
             source = pipeline["source"]
             if source["kind"] == "kafka":
-                self._connection(source, self.source_config)
+                self._connection(source, self.source_config, embedded_bootstrap)
                 source["group_id"] = self.opts.kafka_group_id or (
                     f"wallaroo.{_slug(plan['name'])}.{_slug(pipeline['name'])}"
                 )
                 source["start_offset"] = self.opts.kafka_start_offset
             sink = pipeline["sink"]
             if sink is not None and sink["kind"] == "kafka":
-                self._connection(sink, self.sink_config)
+                self._connection(sink, self.sink_config, embedded_bootstrap)
 
     @property
     def bootstrap_servers(self) -> Optional[str]:

@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any
 
-from wallaroo import demo, kafka
+from wallaroo import cluster, demo, kafka
 from wallaroo.loader import AppNotFound, load_app
 from wallaroo.plan import ApplicationError, compile_plan
 
@@ -107,26 +107,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     kafka.add_arguments(parser)
     demo.add_arguments(parser)
-    cluster = parser.add_argument_group("Wallaroo 0.4.2 runner flags")
-    cluster.add_argument("-m", "--metrics", metavar="HOST:PORT", help="metrics address")
-    cluster.add_argument("-c", "--control", metavar="HOST:PORT", help="control address")
-    cluster.add_argument("-d", "--data", metavar="HOST:PORT", help="data address")
-    cluster.add_argument("-e", "--external", metavar="HOST:PORT", help="external channel address")
-    cluster.add_argument(
+    cluster.add_arguments(parser)
+    legacy = parser.add_argument_group("Wallaroo 0.4.2 runner flags")
+    legacy.add_argument("-m", "--metrics", metavar="HOST:PORT", help="metrics address")
+    legacy.add_argument("-c", "--control", metavar="HOST:PORT", help="control address")
+    legacy.add_argument("-d", "--data", metavar="HOST:PORT", help="data address")
+    legacy.add_argument("-e", "--external", metavar="HOST:PORT", help="external channel address")
+    legacy.add_argument(
         "-w", "--worker-count", type=int, metavar="N", help="workers in the cluster"
     )
-    cluster.add_argument(
+    legacy.add_argument(
         "-t", "--cluster-initializer", action="store_true", help="this worker starts the cluster"
     )
-    cluster.add_argument("-n", "--name", help="this worker's name")
-    cluster.add_argument("-j", "--join", metavar="HOST:PORT", help="join a running cluster")
-    cluster.add_argument(
+    legacy.add_argument("-n", "--name", help="this worker's name")
+    legacy.add_argument("-j", "--join", metavar="HOST:PORT", help="join a running cluster")
+    legacy.add_argument(
         "-r", "--resilience-dir", metavar="DIR", help="directory for state snapshots"
     )
-    cluster.add_argument(
+    legacy.add_argument(
         "-x", "--my-control", metavar="HOST:PORT", help="this worker's control address"
     )
-    cluster.add_argument("-y", "--my-data", metavar="HOST:PORT", help="this worker's data address")
+    legacy.add_argument("-y", "--my-data", metavar="HOST:PORT", help="this worker's data address")
     ignored = parser.add_argument_group("accepted and ignored (0.4.2 compatibility)")
     ignored.add_argument("-f", dest="ignored_f", metavar="X", help=argparse.SUPPRESS)
     ignored.add_argument("-l", dest="ignored_l", action="store_true", help=argparse.SUPPRESS)
@@ -183,10 +184,6 @@ class _StopOnSignal:
 
 
 def _check_runner_flags(opts: argparse.Namespace) -> str | None:
-    if (opts.worker_count or 1) > 1:
-        return f"--worker-count {opts.worker_count}: multi-worker clusters {_NOT_YET}"
-    if opts.join:
-        return f"--join: joining a running cluster {_NOT_YET}"
     if opts.resilience_dir:
         return f"--resilience-dir: crash recovery {_NOT_YET}; refusing to run without it"
     return None
@@ -211,6 +208,8 @@ def main(argv: list | None = None) -> int:
     problem = _check_runner_flags(opts)
     if problem:
         return _fail(EXIT_BAD_APP, problem)
+    if opts.workers and opts.workers > 1:
+        return cluster.supervise(argv, opts.workers)
     if opts.metrics:
         log.warning(
             "-m/--metrics %s: the metrics server is not available yet; ignored", opts.metrics
@@ -252,7 +251,18 @@ def main(argv: list | None = None) -> int:
         plan = compile_plan(actions, origin)
     except ApplicationError as err:
         return _fail(EXIT_BAD_APP, str(err))
+    plan.update(_app_codecs(module))
     return run_plan(plan, opts, with_demo=star_leaders and not opts.no_demo)
+
+
+def _app_codecs(module: Any) -> dict:
+    """The application module's own serialize/deserialize, when it defines both."""
+    import wallaroo
+
+    serialize = getattr(module, "serialize", None)
+    deserialize = getattr(module, "deserialize", None)
+    own = callable(serialize) and callable(deserialize) and serialize is not wallaroo.serialize
+    return {"serialize": serialize, "deserialize": deserialize} if own else {}
 
 
 def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> int:
@@ -267,11 +277,26 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
         "max_frame_bytes": opts.max_frame_bytes,
         "sink_connect_timeout_s": opts.sink_connect_timeout,
     }
+    members = cluster.Cluster(opts, plan["name"]) if cluster.Cluster.wanted(opts) else None
+    kafka_setup = kafka.KafkaSetup(opts)
     try:
-        kafka_setup = kafka.KafkaSetup(opts)
-        kafka_setup.prepare(plan)
+        if members is None or opts.cluster_initializer:
+            kafka_setup.prepare(plan)
+        if members is not None:
+            membership = members.form(
+                {"embedded_kafka": kafka_setup.bootstrap_servers}
+                if opts.cluster_initializer
+                else None
+            )
+            if not opts.cluster_initializer:
+                kafka_setup.prepare(plan, embedded_bootstrap=membership.extra.get("embedded_kafka"))
+            options["process"] = membership.index
+            options["addresses"] = membership.addresses
+            members.watch(lambda name: _engine.abort(f"lost worker {name!r}"))
     except (ValueError, _engine.ConfigError) as err:
         return _fail(EXIT_BAD_APP, str(err))
+    except cluster.ClusterSetupError as err:
+        return _fail(EXIT_RUN_FAILED, f"cluster: {err}")
     previous: dict = {}
     if threading_is_main():
         handler = _StopOnSignal(_engine)
@@ -291,6 +316,8 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
     except _engine.ClusterError as err:
         return _fail(EXIT_RUN_FAILED, f"cluster: {err}")
     finally:
+        if members is not None:
+            members.finish()
         if companions is not None:
             companions.stop()
         for signum, handler in previous.items():

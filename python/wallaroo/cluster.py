@@ -1,0 +1,404 @@
+"""Cluster membership: the initializer's rendezvous, workers joining it, the
+secret, liveness, and the ``--workers N`` supervisor.
+
+The data plane is timely dataflow's own cluster communication (in the
+engine); this module only finds out who is in the cluster. Protocol: JSON
+lines over the control address.
+
+* A worker connects to the initializer's control address (``-c`` or ``-j``)
+  and sends ``{"type": "join", "name", "data", "app", "secret"}``.
+* The initializer (``-t``) waits until ``--worker-count`` workers are there,
+  then sends each ``{"type": "start", "index", "addresses"}``; everyone
+  starts the engine with that membership.
+* The control connections stay open while the application runs: if one
+  closes without a ``{"type": "done"}`` first, the worker at the other end
+  was lost, and the engine is told to stop with an error naming it (no hang).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+log = logging.getLogger("wallaroo.cluster")
+
+SECRET_ENV = "WALLAROO_CLUSTER_SECRET"
+PROTOCOL = 1
+
+
+class ClusterSetupError(Exception):
+    """The cluster could not form; the message says why."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The runner's cluster flags beyond the 0.4.2 ones."""
+    group = parser.add_argument_group("cluster")
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="start N worker processes on this machine and supervise them "
+        "(a convenience for -t/-w/-c/-d on loopback)",
+    )
+    group.add_argument(
+        "--cluster-secret",
+        metavar="SECRET",
+        default=os.environ.get(SECRET_ENV),
+        help=f"shared secret workers must present (env {SECRET_ENV}); required when the "
+        "control address is reachable from other hosts",
+    )
+    group.add_argument(
+        "--cluster-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the cluster to form (default 60)",
+    )
+
+
+def split_address(address: str, flag: str) -> tuple:
+    """``host:port`` -> ``(host, port)``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterSetupError(f"{flag}: expected host:port, got {address!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def free_address(host: str = "127.0.0.1") -> str:
+    """A ``host:port`` with a port that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return f"{host}:{probe.getsockname()[1]}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _send(sock: socket.socket, message: dict) -> None:
+    sock.sendall(json.dumps(message).encode() + b"\n")
+
+
+class _Lines:
+    """Reads JSON lines from a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.file = sock.makefile("rb")
+
+    def read(self) -> Optional[dict]:
+        line = self.file.readline()
+        if not line:
+            return None
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return {"type": "garbage"}
+        return message if isinstance(message, dict) else {"type": "garbage"}
+
+
+@dataclass
+class Membership:
+    """This process's place in a formed cluster."""
+
+    index: int
+    addresses: list
+    names: list
+    peers: list = field(default_factory=list)  # (name, socket, reader)
+    extra: dict = field(default_factory=dict)  # what the initializer shares (embedded Kafka)
+
+
+def _watch(name: str, reader: _Lines, on_lost: Callable[[str], None], done: threading.Event) -> None:
+    while True:
+        try:
+            message = reader.read()
+        except OSError:
+            message = None
+        if message is None:
+            if not done.is_set():
+                on_lost(name)
+            return
+        if message.get("type") == "done":
+            return
+
+
+class Cluster:
+    """Forms the cluster for one run and watches it while the engine runs."""
+
+    def __init__(self, opts: argparse.Namespace, app_name: str) -> None:
+        self.opts = opts
+        self.app_name = app_name
+        self.done = threading.Event()
+        self.membership: Optional[Membership] = None
+
+    @staticmethod
+    def wanted(opts: argparse.Namespace) -> bool:
+        """Whether the flags ask for a multi-process cluster."""
+        initializer = opts.cluster_initializer and (opts.worker_count or 1) > 1
+        member = not opts.cluster_initializer and bool(opts.join or opts.control)
+        return bool(initializer or member)
+
+    # -- initializer -------------------------------------------------------
+
+    def _listen(self) -> socket.socket:
+        if not self.opts.control:
+            raise ClusterSetupError("the initializer needs -c/--control host:port to listen on")
+        host, port = split_address(self.opts.control, "-c/--control")
+        if not is_loopback(host) and not self.opts.cluster_secret:
+            raise ClusterSetupError(
+                f"-c {self.opts.control} is reachable from other hosts: give a cluster secret "
+                f"(--cluster-secret or {SECRET_ENV}) so strangers cannot join"
+            )
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            server.bind((host, port))
+        except OSError as err:
+            raise ClusterSetupError(f"cannot listen on -c {self.opts.control}: {err}") from None
+        server.listen(16)
+        return server
+
+    def _check_join(self, message: Optional[dict]) -> Optional[str]:
+        if not message or message.get("type") != "join":
+            return "expected a join message"
+        if message.get("protocol") != PROTOCOL:
+            return f"protocol {message.get('protocol')} is not {PROTOCOL}"
+        secret = self.opts.cluster_secret
+        if secret and not hmac.compare_digest(str(message.get("secret") or ""), secret):
+            return "wrong cluster secret"
+        if message.get("app") != self.app_name:
+            return f"application {message.get('app')!r} is not {self.app_name!r}"
+        if not isinstance(message.get("data"), str):
+            return "no data address"
+        return None
+
+    def _initialize(self, extra: dict) -> Membership:
+        workers = self.opts.worker_count or 1
+        my_data = self.opts.data or free_address()
+        names = [self.opts.name or "initializer"]
+        addresses = [my_data]
+        peers: list = []
+        server = self._listen()
+        log.info(
+            "initializer: waiting for %d more worker(s) on %s", workers - 1, self.opts.control
+        )
+        deadline = time.monotonic() + self.opts.cluster_timeout
+        try:
+            while len(addresses) < workers:
+                server.settimeout(max(0.1, deadline - time.monotonic()))
+                try:
+                    sock, peer = server.accept()
+                except socket.timeout:
+                    raise ClusterSetupError(
+                        f"only {len(addresses)} of {workers} workers joined within "
+                        f"{self.opts.cluster_timeout:g} s"
+                    ) from None
+                sock.settimeout(10)
+                reader = _Lines(sock)
+                try:
+                    message = reader.read()
+                except OSError:
+                    message = None
+                problem = self._check_join(message)
+                if problem:
+                    log.warning("refused a worker from %s:%s: %s", peer[0], peer[1], problem)
+                    try:
+                        _send(sock, {"type": "refused", "reason": problem})
+                    except OSError:
+                        pass
+                    sock.close()
+                    continue
+                assert message is not None
+                name = str(message.get("name") or f"worker-{len(addresses)}")
+                if name in names:
+                    name = f"{name}-{len(addresses)}"
+                names.append(name)
+                addresses.append(message["data"])
+                peers.append((name, sock, reader))
+                log.info("worker %r joined from %s (data %s)", name, peer[0], message["data"])
+        finally:
+            server.close()
+        for index, (_name, sock, _reader) in enumerate(peers, start=1):
+            _send(
+                sock,
+                {
+                    "type": "start",
+                    "index": index,
+                    "addresses": addresses,
+                    "names": names,
+                    "extra": extra,
+                },
+            )
+            sock.settimeout(None)
+        return Membership(0, addresses, names, peers, extra)
+
+    # -- member --------------------------------------------------------------
+
+    def _join(self) -> Membership:
+        target = self.opts.join or self.opts.control
+        host, port = split_address(target, "-c/--control or -j/--join")
+        my_data = self.opts.my_data or free_address()
+        deadline = time.monotonic() + self.opts.cluster_timeout
+        delay = 0.1
+        while True:
+            try:
+                sock = socket.create_connection((host, port), timeout=5)
+                break
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    raise ClusterSetupError(
+                        f"cannot reach the initializer at {target}: {err}"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        _send(
+            sock,
+            {
+                "type": "join",
+                "protocol": PROTOCOL,
+                "name": self.opts.name,
+                "data": my_data,
+                "app": self.app_name,
+                "secret": self.opts.cluster_secret,
+            },
+        )
+        sock.settimeout(max(1.0, deadline - time.monotonic()))
+        reader = _Lines(sock)
+        try:
+            message = reader.read()
+        except OSError:
+            message = None
+        if not message:
+            raise ClusterSetupError(f"the initializer at {target} closed the connection")
+        if message.get("type") == "refused":
+            raise ClusterSetupError(f"the initializer refused this worker: {message.get('reason')}")
+        if message.get("type") != "start":
+            raise ClusterSetupError(f"unexpected answer from the initializer: {message}")
+        sock.settimeout(None)
+        index = int(message["index"])
+        log.info("joined the cluster as worker %d of %d", index, len(message["addresses"]))
+        return Membership(
+            index,
+            list(message["addresses"]),
+            list(message["names"]),
+            [("initializer", sock, reader)],
+            dict(message.get("extra") or {}),
+        )
+
+    # -- both ----------------------------------------------------------------
+
+    def form(self, extra: Optional[dict] = None) -> Membership:
+        """Wait until the cluster is complete; this process's membership.
+
+        ``extra`` (initializer only) is shared with every worker.
+        """
+        if self.opts.cluster_initializer:
+            self.membership = self._initialize(extra or {})
+        else:
+            self.membership = self._join()
+        return self.membership
+
+    def watch(self, on_lost: Callable[[str], None]) -> None:
+        """Call ``on_lost(name)`` when a peer's control connection drops."""
+        assert self.membership is not None
+        for name, _sock, reader in self.membership.peers:
+            threading.Thread(
+                target=_watch,
+                args=(name, reader, on_lost, self.done),
+                name=f"watch {name}",
+                daemon=True,
+            ).start()
+
+    def finish(self) -> None:
+        """Tell the peers this worker ended normally and close the connections."""
+        self.done.set()
+        if self.membership is None:
+            return
+        for _name, sock, _reader in self.membership.peers:
+            try:
+                _send(sock, {"type": "done"})
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+
+def supervise(argv: list, workers: int) -> int:
+    """``--workers N``: start N worker processes on loopback and wait for them.
+
+    A worker that fails makes the others stop; Ctrl-C / SIGTERM are passed on.
+    """
+    if workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    base = _without_flag(argv, "--workers")
+    control = free_address()
+    children: list = []
+    for index in range(workers):
+        if index == 0:
+            role = ["-t", "-w", str(workers), "-c", control, "-d", free_address(), "-n", "worker-0"]
+        else:
+            role = ["-w", str(workers), "-c", control, "-y", free_address(), "-n", f"worker-{index}"]
+        command = [sys.executable, "-m", "wallaroo", *base, *role]
+        if index > 0:
+            command += ["--no-demo"]
+        children.append(subprocess.Popen(command))
+    log.info("supervising %d workers (control %s)", workers, control)
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = 0
+        while any(child.poll() is None for child in children):
+            for index, child in enumerate(children):
+                status = child.poll()
+                if status not in (None, 0) and code == 0:
+                    code = status if status > 0 else 1
+                    log.error("worker %d exited with status %s; stopping the others", index, status)
+                    for other in children:
+                        if other.poll() is None:
+                            other.terminate()
+            time.sleep(0.1)
+        for child in children:
+            if child.returncode not in (0, None) and code == 0:
+                code = child.returncode if child.returncode > 0 else 1
+        return code
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _without_flag(argv: list, flag: str) -> list:
+    out = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == flag:
+            skip = True
+            continue
+        if arg.startswith(flag + "="):
+            continue
+        out.append(arg)
+    return out
