@@ -46,7 +46,11 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// Batches moved from one source per loop round, so one source cannot starve the others.
 const BATCHES_PER_ROUND: usize = 4;
 /// Epochs that may be open at once before sources wait (back-pressure).
-const MAX_EPOCHS_IN_FLIGHT: u64 = 8;
+const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+/// An epoch also ends after this many records, so a fast source cannot put
+/// an unbounded number of records into one epoch (state steps in a cluster
+/// hold an epoch's records until it completes).
+const MAX_EPOCH_RECORDS: usize = 4096;
 
 /// Set by the runner's signal handlers (Ctrl-C, SIGTERM): finish what the
 /// sources have read, then end. A flag, not an exception, so user code that
@@ -548,12 +552,14 @@ fn drive<A: Allocate>(
 ) -> Result<bool, Error> {
     let epoch_length = Duration::from_millis(options.epoch_ms);
     let mut epoch = 0u64;
+    let mut epoch_records = 0usize;
     let mut last_epoch = Instant::now();
     let mut last_signal_check = Instant::now();
     let mut interrupted = false;
     loop {
         let behind = probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
         let mut received = false;
+        let mut records = 0usize;
         for (slot, source) in inputs.iter_mut().zip(sources) {
             let (Some(input), Some(source)) = (slot.as_mut(), source) else {
                 continue;
@@ -564,6 +570,7 @@ fn drive<A: Allocate>(
             for _ in 0..BATCHES_PER_ROUND {
                 match source.rx.try_recv() {
                     Ok(batch) => {
+                        records += batch.len();
                         input.send(batch);
                         received = true;
                     }
@@ -575,8 +582,10 @@ fn drive<A: Allocate>(
                 }
             }
         }
-        if last_epoch.elapsed() >= epoch_length {
+        epoch_records += records;
+        if last_epoch.elapsed() >= epoch_length || epoch_records >= MAX_EPOCH_RECORDS {
             epoch += 1;
+            epoch_records = 0;
             for input in inputs.iter_mut().flatten() {
                 input.advance_to(epoch);
             }

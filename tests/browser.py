@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 #: Names the Chromium binary goes by (Debian's package installs ``chromium``).
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -43,7 +43,7 @@ class BrowserError(RuntimeError):
     """Chromium failed to start, answered with an error, or timed out."""
 
 
-def find_chromium() -> Optional[str]:
+def find_chromium() -> str | None:
     """The Chromium binary: ``$CHROMIUM`` if set, else the first of
     :data:`CHROMIUM_NAMES` on ``PATH``; None if there is none."""
     explicit = os.environ.get("CHROMIUM")
@@ -77,7 +77,7 @@ class Browser:
     """
 
     def __init__(
-        self, binary: Optional[str] = None, window_size: tuple[int, int] = WINDOW_SIZE
+        self, binary: str | None = None, window_size: tuple[int, int] = WINDOW_SIZE
     ) -> None:
         binary = binary or find_chromium()
         if binary is None:
@@ -122,7 +122,7 @@ class Browser:
         os.close(from_child_w)
         self._buffer = b""
         self._next_id = 0
-        self._session: Optional[str] = None
+        self._session: str | None = None
         try:
             target = self._command("Target.createTarget", {"url": "about:blank"})["targetId"]
             attached = self._command("Target.attachToTarget", {"targetId": target, "flatten": True})
@@ -163,7 +163,7 @@ class Browser:
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
 
-    def _command(self, method: str, params: Optional[dict] = None) -> dict:
+    def _command(self, method: str, params: dict | None = None) -> dict:
         """Send one protocol command to the page and return its result."""
         self._next_id += 1
         request: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
@@ -245,7 +245,7 @@ def render(
     url: str,
     screenshot_path: Path | str,
     wait_ms: int = 1000,
-    until: Optional[str] = None,
+    until: str | None = None,
     timeout: float = 15.0,
 ) -> str:
     """Load ``url`` in headless Chromium and return its DOM after scripts ran.

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -86,8 +87,10 @@ def consume(bootstrap: str, topic: str, n: int, timeout: float = 10.0) -> list[t
             "group.id": f"reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
         }
     )
+    consumer.list_topics(topic, timeout=timeout)  # without it the first fetch waits 0.5 s
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     out: list[tuple] = []
     deadline = time.monotonic() + timeout
@@ -290,12 +293,12 @@ def test_star_popularity_is_zipf(events):
 
 
 def test_generated_time_advances_at_the_configured_rate():
-    flat = list(generate_events(3, "2017-06-01T12", count=4_800, diurnal=0.0))
+    flat = list(generate_events(3, "2017-06-01T12", count=4_800, repos=500, diurnal=0.0))
     first = parse_created_at(flat[0]["created_at"])
     last = parse_created_at(flat[-1]["created_at"])
     assert START < first < parse_created_at("2017-06-01T12:00:05Z")
     assert 4_800 / (last - first) == pytest.approx(gharchive.DEFAULT_RATE, rel=0.1)
-    busy = list(generate_events(3, "2017-06-01T12", count=2_000, rate=100.0, diurnal=0.0))
+    busy = list(generate_events(3, "2017-06-01T12", 2_000, 500, rate=100.0, diurnal=0.0))
     span = parse_created_at(busy[-1]["created_at"]) - parse_created_at(busy[0]["created_at"])
     assert 2_000 / span == pytest.approx(100.0, rel=0.1)
     endless = generate_events(3, repos=50)
@@ -508,7 +511,8 @@ def test_pacing_follows_created_at_divided_by_the_speedup(kafka, topic):
     assert stats.first_created_at is not None and stats.last_created_at is not None
     simulated = stats.last_created_at - stats.first_created_at
     assert simulated > 40
-    assert simulated / speedup * 0.9 <= elapsed <= simulated / speedup + 1.0
+    # Tolerant above: other processes may share these two cores.
+    assert simulated / speedup * 0.9 <= elapsed <= simulated / speedup + 1.5
     lines = out.getvalue().splitlines()
     assert len(lines) >= 3, "periodic progress lines when not on a terminal"
     assert re.match(r"streamer: [\d,]+ sent  [\d,]+ ev/s  sim 2017-01-01T00:0", lines[0])
@@ -532,7 +536,7 @@ def test_rate_limit_and_terminal_progress(kafka, topic):
     ).run()
     elapsed = time.monotonic() - started
     assert stats.events_sent == 400
-    assert 0.7 <= elapsed <= 2.0
+    assert 0.75 <= elapsed <= 2.5
     text = out.getvalue()
     assert text.count("\n") == 1, "one line redrawn in place, then the summary"
     assert "\r" in text and "\x1b[K" in text
@@ -570,11 +574,11 @@ def test_max_lag_pauses_until_the_group_commits(kafka, topic):
         thread.start()
         wait_for(lambda: streamer.throttled)
         assert streamer.stats.events_produced == 100, "nobody committed: paused at max_lag"
-        time.sleep(0.6)
+        time.sleep(0.5)
         assert streamer.throttled and streamer.stats.events_produced == 100
         committer.commit(offsets=[TopicPartition(topic, 0, 60)], asynchronous=False)
         wait_for(lambda: streamer.stats.events_produced == 160 and streamer.throttled)
-        time.sleep(0.4)
+        time.sleep(0.3)
         assert streamer.stats.events_produced == 160, "resumed only as far as the group allows"
         committer.commit(offsets=[TopicPartition(topic, 0, 300)], asynchronous=False)
         thread.join(timeout=5)
@@ -583,7 +587,7 @@ def test_max_lag_pauses_until_the_group_commits(kafka, topic):
         committer.close()
     stats = done[0]
     assert stats.events_sent == 350
-    assert stats.throttled_seconds >= 0.9
+    assert stats.throttled_seconds >= 0.8
     assert len(consume(kafka.bootstrap_servers, topic, 350)) == 350
 
 
@@ -611,7 +615,7 @@ def test_refused_messages_are_counted_as_delivery_errors(kafka, topic):
     ).run()
     assert stats.delivery_errors > 0 and stats.events_sent > 0
     assert stats.events_sent + stats.delivery_errors == 200
-    assert len(consume(kafka.bootstrap_servers, topic, 200)) == stats.events_sent
+    assert len(consume(kafka.bootstrap_servers, topic, stats.events_sent)) == stats.events_sent
 
 
 def test_bad_arguments_are_refused():
@@ -714,3 +718,31 @@ def test_cli_exit_status_on_failures(kafka, topic, tmp_path):
     )
     assert refused.returncode == 1
     assert re.search(r"; [1-9]\d* delivery errors", refused.stderr)
+
+
+def test_cli_stops_on_sigterm_after_flushing(kafka, topic):
+    paths = [str(PYTHON_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wallaroo.streamer", "--brokers", kafka.bootstrap_servers,
+         "--topic", topic, "--progress-interval", "0.1"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(paths)),
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert re.match(r"streamer: [\d,]+ sent ", first), first
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=10) == 0, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    sent = re.search(r"streamer: done: ([\d,]+) events sent", rest)
+    assert sent, rest
+    count = int(sent[1].replace(",", ""))
+    assert count > 0
+    assert len(consume(kafka.bootstrap_servers, topic, count)) == count

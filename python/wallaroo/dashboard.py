@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Optional, TypedDict
+from typing import Any, Callable, TypedDict
 from urllib.parse import urlsplit
 
 log = logging.getLogger("wallaroo.dashboard")
@@ -83,10 +83,10 @@ class RecentEvent(TypedDict):
     """A fork or pull-request event of a leader, reduced to what the page shows."""
 
     type: str
-    actor: Optional[str]
-    created_at: Optional[str]
-    id: Optional[str]
-    url: Optional[str]
+    actor: str | None
+    created_at: str | None
+    id: str | None
+    url: str | None
 
 
 class Leader(TypedDict):
@@ -110,7 +110,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _event_url(event: Mapping[str, Any]) -> Optional[str]:
+def _event_url(event: Mapping[str, Any]) -> str | None:
     """The GitHub page of a pull request or of the fork, when the event names it."""
     payload = event.get("payload")
     if not isinstance(payload, dict):
@@ -191,9 +191,7 @@ def parse_message(value: bytes | str | None) -> tuple[int, list[Leader]]:
     return partition, leaders
 
 
-def merge_leaders(
-    partitions: Mapping[int, Sequence[Leader]], limit: int = TOP_N
-) -> list[Leader]:
+def merge_leaders(partitions: Mapping[int, Sequence[Leader]], limit: int = TOP_N) -> list[Leader]:
     """The global top ``limit`` of the per-partition leaders.
 
     Sorted by stars descending, then repo name ascending. A repository is in
@@ -209,7 +207,7 @@ def merge_leaders(
     return sorted(best.values(), key=lambda leader: (-leader["stars"], leader["repo"]))[:limit]
 
 
-def _iso(epoch: Optional[float]) -> Optional[str]:
+def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -232,7 +230,7 @@ class Leaderboard:
         self._top: list[Leader] = []
         self._messages = 0
         self._bad = 0
-        self._last_update: Optional[float] = None
+        self._last_update: float | None = None
         self._status = "starting"
         self._version = 0
         self._closed = False
@@ -250,7 +248,7 @@ class Leaderboard:
         with self._cond:
             return list(self._top)
 
-    def apply(self, value: bytes | str | None) -> Optional[list[Leader]]:
+    def apply(self, value: bytes | str | None) -> list[Leader] | None:
         """Count one message and apply it if it is good.
 
         Returns the new global top 10 when it changed, otherwise None. Raises
@@ -367,6 +365,7 @@ class _ConsumerThread(threading.Thread):
                 "group.id": "wallaroo-dashboard",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "log.connection.close": False,  # idle disconnects are normal
                 "error_cb": self._on_kafka_error,
                 "logger": _LibrdkafkaLog(logging.getLogger("wallaroo.dashboard.librdkafka")),
             }
@@ -392,22 +391,27 @@ class _ConsumerThread(threading.Thread):
             self.topic,
             self.bootstrap,
         )
-        self.board.set_status(f"consuming {len(partitions)} partition(s)")
         assigned = set(partitions)
+        self.board.set_status(f"consuming {len(assigned)} partition(s)")
         next_refresh = time.monotonic() + PARTITION_REFRESH_INTERVAL
         while not self.stopping.is_set():
-            for message in consumer.consume(num_messages=500, timeout=0.2):
+            messages = consumer.consume(num_messages=500, timeout=0.2)
+            for message in messages:
                 self._handle(message)
+            healthy = any(message.error() is None for message in messages)
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + PARTITION_REFRESH_INTERVAL
-                added = sorted(set(self._partitions(consumer) or ()) - assigned)
+                current = self._partitions(consumer)
+                healthy = healthy or current is not None
+                added = sorted(set(current or ()) - assigned)
                 if added:
                     consumer.incremental_assign(
                         [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in added]
                     )
                     assigned.update(added)
                     log.info("topic %r grew: now consuming partitions %s", self.topic, added)
-                    self.board.set_status(f"consuming {len(assigned)} partition(s)")
+            if healthy:  # back from a broker outage, if there was one
+                self.board.set_status(f"consuming {len(assigned)} partition(s)")
 
     def _handle(self, message: Any) -> None:
         error = message.error()
@@ -428,7 +432,7 @@ class _ConsumerThread(threading.Thread):
         if changed is not None:
             self.notify(changed)
 
-    def _partitions(self, consumer: Any) -> Optional[list[int]]:
+    def _partitions(self, consumer: Any) -> list[int] | None:
         """The topic's partition ids; None when the broker cannot be reached."""
         from confluent_kafka import KafkaException
 
@@ -443,7 +447,7 @@ class _ConsumerThread(threading.Thread):
             return []
         return sorted(topic.partitions)
 
-    def _wait_for_partitions(self, consumer: Any) -> Optional[list[int]]:
+    def _wait_for_partitions(self, consumer: Any) -> list[int] | None:
         """Retry with back-off until the topic has partitions; None if stopped first."""
         delay = RETRY_INITIAL
         self.board.set_status(f"connecting to {self.bootstrap}")
@@ -467,7 +471,7 @@ class _ConsumerThread(threading.Thread):
         ):
             self._error_logged_at[text] = now
             log.warning("Kafka (%s): %s", self.bootstrap, text)
-        if error.name() in ("_ALL_BROKERS_DOWN", "_TRANSPORT"):
+        if error.name() == "_ALL_BROKERS_DOWN":
             self.board.set_status(f"broker {self.bootstrap} unreachable, reconnecting")
 
 
@@ -550,6 +554,10 @@ class _Server(ThreadingHTTPServer):
         }
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request that failed (mostly: the client went away) is logged, not printed."""
+        log.debug("HTTP request from %s failed", client_address, exc_info=True)
+
 
 class Dashboard:
     """The dashboard: a Kafka consumer thread and an HTTP server thread.
@@ -567,7 +575,7 @@ class Dashboard:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        on_change: Optional[ChangeCallback] = None,
+        on_change: ChangeCallback | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -576,7 +584,7 @@ class Dashboard:
         self.on_change = on_change
         self.board = Leaderboard(topic=topic, brokers=bootstrap)
         self._stopping = threading.Event()
-        self._server: Optional[_Server] = None
+        self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
 
     @property
@@ -612,8 +620,9 @@ class Dashboard:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving and consuming; waits up to ``timeout`` seconds per thread."""
-        if self._server is None:
+        """Stop serving and consuming; waits up to ``timeout`` seconds per thread.
+        Stopping twice, or a dashboard never started, does nothing."""
+        if self._server is None or self._stopping.is_set():
             return
         self._stopping.set()
         self.board.close()
@@ -638,7 +647,7 @@ class Dashboard:
             log.exception("the dashboard's on_change callback failed")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m wallaroo.dashboard``: serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
         prog="python -m wallaroo.dashboard",

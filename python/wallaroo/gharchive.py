@@ -264,14 +264,16 @@ def _zipf_cdf(n: int, exponent: float, offset: float = 0.0) -> list[float]:
 
 
 def _unique_logins(rng: random.Random, count: int, taken: set) -> list[str]:
+    """``count`` new logins such as ``kalimo``, ``dera42`` or ``sovi-dev``."""
     logins = []
+    tails = ("-dev", "-bot", "hq", "-io")
     while len(logins) < count:
-        parts = rng.randint(2, 4)
-        login = "".join(rng.choice(_SYLLABLES) for _ in range(parts))
-        if rng.random() < 0.3:
-            login += str(rng.randint(1, 999))
-        elif rng.random() < 0.1:
-            login += rng.choice(("-dev", "-bot", "hq", "-io"))
+        login = "".join(rng.choices(_SYLLABLES, k=2 + int(rng.random() * 3)))
+        tail = rng.random()
+        if tail < 0.3:
+            login += str(1 + int(tail / 0.3 * 999))
+        elif tail < 0.33:
+            login += tails[int((tail - 0.3) / 0.03 * len(tails)) % len(tails)]
         if login not in taken:
             taken.add(login)
             logins.append(login)

@@ -7,6 +7,8 @@ import os
 import sys
 from types import ModuleType
 
+from wallaroo import py2compat
+
 
 #: Example applications shipped in the wheel, each a directory holding NAME/NAME.py.
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
@@ -22,7 +24,8 @@ def _insert_path(directory: str) -> None:
         sys.path.insert(0, directory)
 
 
-def _import(name: str, origin: str) -> ModuleType:
+def _import(name: str, origin: str, py2_compat: bool = True) -> ModuleType:
+    py2compat.install(name, enabled=py2_compat)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as err:
@@ -31,7 +34,7 @@ def _import(name: str, origin: str) -> ModuleType:
         raise
 
 
-def load_app(spec: str) -> ModuleType:
+def load_app(spec: str, py2_compat: bool = True) -> ModuleType:
     """Import the application ``spec``.
 
     ``spec`` is, in this order: a ``.py`` file or a directory given as a path
@@ -43,27 +46,27 @@ def load_app(spec: str) -> ModuleType:
         path = os.path.abspath(spec)
         if os.path.isfile(path) and path.endswith(".py"):
             _insert_path(os.path.dirname(path))
-            return _import(os.path.splitext(os.path.basename(path))[0], spec)
+            return _import(os.path.splitext(os.path.basename(path))[0], spec, py2_compat)
         if os.path.isdir(path):
             name = os.path.basename(path.rstrip(os.sep))
             if os.path.isfile(os.path.join(path, f"{name}.py")):
                 _insert_path(path)
-                return _import(name, spec)
+                return _import(name, spec, py2_compat)
             if os.path.isfile(os.path.join(path, "__init__.py")):
                 _insert_path(os.path.dirname(path))
-                return _import(name, spec)
+                return _import(name, spec, py2_compat)
             raise AppNotFound(
                 f"application directory {spec!r} has neither {name}.py nor __init__.py"
             )
         raise AppNotFound(f"application file {spec!r} does not exist")
     _insert_path(os.getcwd())
     try:
-        return _import(spec, spec)
+        return _import(spec, spec, py2_compat)
     except AppNotFound:
         bundled = os.path.join(EXAMPLES_DIR, spec)
         if os.path.isfile(os.path.join(bundled, f"{spec}.py")):
             _insert_path(bundled)
-            return _import(spec, spec)
+            return _import(spec, spec, py2_compat)
         raise AppNotFound(
             f"cannot find application {spec!r}: not a .py file, not a directory, "
             "not importable from the current directory or PYTHONPATH, not a bundled example"

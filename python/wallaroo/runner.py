@@ -89,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
         help="log level of the runner and the engine (default info, env WALLAROO_LOG_LEVEL)",
     )
     run.add_argument(
+        "--no-py2-compat",
+        action="store_true",
+        help="import the application's modules as they are (no Python 2 translation)",
+    )
+    run.add_argument(
         "--batch-size", type=int, default=1000, help="records per batch (default 1000)"
     )
     run.add_argument("--epoch-ms", type=int, default=100, help="epoch length in ms (default 100)")
@@ -216,7 +221,7 @@ def main(argv: list | None = None) -> int:
         )
 
     try:
-        module = load_app(app_spec)
+        module = load_app(app_spec, py2_compat=not opts.no_py2_compat)
     except AppNotFound as err:
         return _fail(EXIT_BAD_APP, str(err))
     except SyntaxError as err:

@@ -30,6 +30,7 @@ the application has not read yet.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -121,7 +123,8 @@ class _Progress:
         self.every = TTY_REFRESH if self.tty else interval
         now = time.monotonic()
         self.next_at = now + self.every
-        self.rate_at, self.rate_count, self.rate = now, 0, 0.0
+        #: ``(time, events produced)`` of recent updates: the rate is over about 2 s.
+        self.samples: collections.deque[tuple[float, int]] = collections.deque([(now, 0)])
         self.drawn = False
 
     def update(self, stats: StreamerStats, note: str = "") -> None:
@@ -132,10 +135,12 @@ class _Progress:
         if now < self.next_at:
             return
         self.next_at = now + self.every
-        if now - self.rate_at >= 1.0 or not self.tty:
-            self.rate = (stats.events_produced - self.rate_count) / (now - self.rate_at)
-            self.rate_at, self.rate_count = now, stats.events_produced
-        line = f"streamer: {stats.events_sent:,} sent  {self.rate:,.0f} ev/s"
+        while len(self.samples) > 1 and now - self.samples[1][0] >= 2.0:
+            self.samples.popleft()
+        since, count = self.samples[0]
+        rate = (stats.events_produced - count) / (now - since) if now > since else 0.0
+        self.samples.append((now, stats.events_produced))
+        line = f"streamer: {stats.events_sent:,} sent  {rate:,.0f} ev/s"
         if stats.last_created_at is not None:
             line += f"  sim {gharchive.format_created_at(stats.last_created_at)}"
         if stats.bad_lines:
@@ -234,7 +239,8 @@ class Streamer:
     that many hour files). ``seed``, ``start``, ``repos`` and ``event_rate`` shape
     generated events (:func:`wallaroo.gharchive.generate_events`). ``max_lag`` with
     ``lag_group`` pauses while that consumer group trails by more than ``max_lag``
-    messages. ``key`` is ``"repo"`` (the repository name) or ``"none"``.
+    messages (it stays paused, logging a warning, while the group's offsets cannot
+    be read). ``key`` is ``"repo"`` (the repository name) or ``"none"``.
     ``producer_config`` adds librdkafka settings (TLS, SASL, ...). ``progress``
     writes progress and a summary to ``progress_stream`` (default stderr).
 
@@ -253,7 +259,7 @@ class Streamer:
         max_lag: int | None = None,
         lag_group: str | None = None,
         *,
-        start: str = gharchive.DEFAULT_START,
+        start: str | datetime | float = gharchive.DEFAULT_START,
         hours: float | None = None,
         rate_limit: float | None = None,
         repos: int = gharchive.DEFAULT_REPOS,

@@ -1,0 +1,5 @@
+from StringIO import StringIO
+
+OUT = StringIO()
+NAME = "second"
+assert OUT <> None
