@@ -700,6 +700,7 @@ def test_cli_exit_status_on_failures(kafka, topic, tmp_path):
     )
     assert offline.returncode == 1
     assert "streamer: error: cannot fetch http://127.0.0.1:" in offline.stderr
+    assert "streamer: failed: 0 events sent" in offline.stderr
     assert "2017-01-01-0.json.gz" in offline.stderr
     missing = streamer_cli("--source", str(tmp_path / "none.json"))
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr

@@ -133,7 +133,7 @@ class Companions:
             speedup=self.opts.demo_speedup,
             limit=self.opts.demo_events,
             progress=False,
-            max_lag=50_000,
+            max_lag=3_000,
             lag_group=source["group_id"],
         )
         log.info(

@@ -9,7 +9,6 @@ from types import ModuleType
 
 from wallaroo import py2compat
 
-
 #: Example applications shipped in the wheel, each a directory holding NAME/NAME.py.
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
 

@@ -252,6 +252,24 @@ def attr(obj: Any, name: str) -> Any:
         return fallback
 
 
+def print_to(printer: Any, stream: Any, *values: Any, newline: bool = True) -> Any:
+    """``print >>stream, values...`` of Python 2 (``newline`` false: a trailing
+    comma). That is ``(print >> stream, values...)`` on Python 3, which fails
+    unless ``print`` was rebound or ``stream`` defines ``__rrshift__``: then
+    the Python 3 meaning stands."""
+    if printer is builtins.print:
+        try:
+            result = printer >> stream
+        except TypeError:
+            printer(
+                *values, file=sys.stdout if stream is None else stream, end="\n" if newline else " "
+            )
+            return None
+    else:
+        result = printer >> stream
+    return (result, *values) if values else result
+
+
 def _utf8_args(values: tuple) -> tuple | None:
     if not any(isinstance(v, str) for v in values):
         return None
@@ -371,6 +389,7 @@ class ModuleCompat:
         )
 
     attr = staticmethod(attr)
+    print_to = staticmethod(print_to)
     wrap_struct = staticmethod(wrap_struct)
     struct_member = staticmethod(struct_member)
 
@@ -493,6 +512,15 @@ def _probe_shaped(stmt: ast.stmt) -> bool:
     return isinstance(value, (ast.Name, ast.Attribute))
 
 
+def _is_print_chevron(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.RShift)
+        and isinstance(node.left, ast.Name)
+        and node.left.id == "print"
+    )
+
+
 def _located(new: ast.AST, old: ast.AST) -> ast.AST:
     """Give the nodes of ``new`` that have no position the position of ``old``."""
     for node in ast.walk(new):
@@ -508,7 +536,9 @@ def _helper(attribute: str) -> ast.expr:
 class _CompatTransformer(ast.NodeTransformer):
     """Rewrite what fails on Python 3 into ``__py2compat__`` look-ups."""
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, source: Any = None) -> None:
+        self.source = source
+        self._lines: list | None = None
         self.scopes: list = []  # (kind, bound names, names declared global)
         self.skip_names = 0
         self.skip_attrs = 0
@@ -691,9 +721,59 @@ class _CompatTransformer(ast.NodeTransformer):
         if isinstance(node.ctx, ast.Load) and node.attr in _ATTRS and not self.skip_attrs:
             value = self.visit(node.value)
             self.rewrites += 1
-            call = ast.Call(func=_helper("attr"), args=[value, ast.Constant(node.attr)], keywords=[])
+            call = ast.Call(
+                func=_helper("attr"), args=[value, ast.Constant(node.attr)], keywords=[]
+            )
             return _located(call, node)
         return self.generic_visit(node)
+
+    def _trailing_comma(self, node: ast.Tuple) -> bool:
+        last = node.elts[-1]
+        if self._lines is None and self.source is not None:
+            text = self.source
+            if isinstance(text, bytes):
+                try:
+                    text = importlib.util.decode_source(text)
+                except Exception:
+                    text = None
+            self._lines = [line.encode("utf-8") for line in text.split("\n")] if text else []
+        if not self._lines or last.end_lineno is None or node.end_lineno is None:
+            return (last.end_lineno, last.end_col_offset) != (node.end_lineno, node.end_col_offset)
+        first, final = last.end_lineno - 1, node.end_lineno - 1
+        if final >= len(self._lines):
+            return False
+        if first == final:
+            between = self._lines[first][last.end_col_offset : node.end_col_offset]
+        else:
+            between = b"".join(
+                [self._lines[first][last.end_col_offset :], *self._lines[first + 1 : final]]
+                + [self._lines[final][: node.end_col_offset]]
+            )
+        return b"," in between
+
+    def visit_Expr(self, node: ast.Expr) -> ast.stmt:
+        """``print >>stream, ...`` (it compiles as Python 3 but fails there)."""
+        value = node.value
+        chevron, items, newline = None, [], True
+        if _is_print_chevron(value):
+            chevron = value
+        elif (
+            isinstance(value, ast.Tuple)
+            and value.elts
+            and _is_print_chevron(value.elts[0])
+            and (value.lineno, value.col_offset) == (value.elts[0].lineno, value.elts[0].col_offset)
+        ):
+            chevron, items = value.elts[0], value.elts[1:]
+            newline = not (items and self._trailing_comma(value))
+        if chevron is None:
+            return self.generic_visit(node)
+        call = ast.Call(
+            func=_helper("print_to"),
+            args=[chevron.left, self.visit(chevron.right), *self._visit_list(items)],
+            keywords=[ast.keyword(arg="newline", value=ast.Constant(newline))],
+        )
+        self.rewrites += 1
+        return _located(ast.Expr(value=call), node)
 
     def _assign(self, target: str, value: ast.expr, where: ast.stmt) -> ast.stmt:
         assign = ast.Assign(targets=[ast.Name(id=target, ctx=ast.Store())], value=value)
@@ -787,10 +867,10 @@ class _CompatTransformer(ast.NodeTransformer):
         return extra
 
 
-def apply_compat_layer(tree: ast.Module, path: str | None = None) -> int:
-    """Rewrite ``tree`` (of the module file ``path``) in place; return the
-    number of rewrites (0: unchanged)."""
-    transformer = _CompatTransformer(path)
+def apply_compat_layer(tree: ast.Module, path: str | None = None, source: Any = None) -> int:
+    """Rewrite ``tree`` (of the module file ``path``, parsed from ``source``)
+    in place; return the number of rewrites (0: unchanged)."""
+    transformer = _CompatTransformer(path, source)
     transformer.apply(tree)
     return transformer.rewrites
 
@@ -935,16 +1015,33 @@ def _source_line(text: str, line: int | None) -> str | None:
     return lines[line - 1] if 0 < line <= len(lines) else None
 
 
+def _statement_end(text: str, line: int) -> int | None:
+    """The last line of the (Python 2) statement holding ``line``, or None
+    if it never ends (an unclosed bracket or string)."""
+    from fissix.pgen2 import token, tokenize
+
+    try:
+        for kind, _value, start, _end, _line in tokenize.generate_tokens(
+            io.StringIO(text).readline
+        ):
+            if kind == token.NEWLINE and start[0] >= line:
+                return start[0]
+    except Exception:
+        return None
+    return None
+
+
 def _untranslatable(path: str, text: str, py3: SyntaxError, py2: BaseException) -> SyntaxError:
-    """The error of a module neither Python 3 nor fissix can parse. The later
-    of the two positions is the likelier mistake: Python 3 stops at the first
-    Python 2 construct, fissix at the first real error (and the reverse for
-    Python 3 code fissix does not know)."""
+    """The error of a module neither Python 3 nor fissix can parse. When
+    Python 2 read past the statement where Python 3 stopped, that statement
+    was Python 2 and fissix's position is the mistake; otherwise Python 3's."""
     line2, column2, reason2 = _fissix_problem(py2)
     line3 = py3.lineno or 0
-    if line2 and line2 > line3:
-        msg = f"{reason2} (read as Python 2; as Python 3: {py3.msg}, line {line3})"
-        return SyntaxError(msg, (path, line2, column2, _source_line(text, line2)))
+    if line2 and line3 and line2 > line3:
+        end = _statement_end(text, line3)
+        if end is not None and end < line2:
+            msg = f"{reason2} (read as Python 2; as Python 3: {py3.msg}, line {line3})"
+            return SyntaxError(msg, (path, line2, column2, _source_line(text, line2)))
     where = f", line {line2}" if line2 else ""
     msg = f"{py3.msg} (not Python 2 either: {reason2}{where})"
     return SyntaxError(msg, (path, py3.lineno, py3.offset, py3.text))
@@ -1087,7 +1184,7 @@ def compile_module(data: bytes, path: str, cache: str | None = None) -> Result:
     except SyntaxError as err:
         py3 = err
     else:
-        rewrites = apply_compat_layer(tree, path)
+        rewrites = apply_compat_layer(tree, path, data)
         if rewrites:
             code = compile(tree, path, "exec", dont_inherit=True)
         else:
@@ -1117,7 +1214,7 @@ def compile_module(data: bytes, path: str, cache: str | None = None) -> Result:
             f"{err.msg} (in the Python 2 translation)",
             (path, line, err.offset, _source_line(text, line)),
         ) from None
-    rewrites = apply_compat_layer(tree, path)
+    rewrites = apply_compat_layer(tree, path, translated)
     if lines is not None:
         _remap_lines(tree, lines)
     code = compile(tree, path, "exec", dont_inherit=True)
@@ -1146,7 +1243,9 @@ def _site_dirs() -> set:
     paths = sysconfig.get_paths()
     dirs.update(paths[key] for key in ("purelib", "platlib") if key in paths)
     dirs.update(
-        p for p in sys.path if os.path.basename(p.rstrip(os.sep)) in ("site-packages", "dist-packages")
+        p
+        for p in sys.path
+        if os.path.basename(p.rstrip(os.sep)) in ("site-packages", "dist-packages")
     )
     return {_real(d) for d in dirs if d}
 

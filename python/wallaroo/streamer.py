@@ -91,11 +91,12 @@ class StreamerStats:
     #: Wall seconds spent paused because the consumer group lagged too far behind.
     throttled_seconds: float = 0.0
 
-    def summary(self, topic: str) -> str:
-        """One line saying what was sent, from which simulated time span, what failed."""
+    def summary(self, topic: str, outcome: str = "done") -> str:
+        """One line saying how the run ended (``outcome``), what was sent, from which
+        simulated time span, and what failed."""
         rate = self.events_sent / self.seconds if self.seconds > 0 else 0.0
         text = (
-            f"streamer: done: {self.events_sent:,} events sent to {topic!r} "
+            f"streamer: {outcome}: {self.events_sent:,} events sent to {topic!r} "
             f"in {self.seconds:.1f} s ({rate:,.0f} ev/s)"
         )
         if self.first_created_at is not None and self.last_created_at is not None:
@@ -481,8 +482,10 @@ class Streamer:
             gate = _LagGate(config, self.topic, self.lag_group, self.max_lag)
         stream = self.progress_stream if self.progress_stream is not None else sys.stderr
         progress = _Progress(stream, self.progress, self.progress_interval)
+        failed = True
         try:
             self._stream(producer, stop, gate, progress)
+            failed = False
         finally:
             left = producer.flush(self.flush_timeout)
             self.stats.bad_lines = self._read_stats.bad_lines
@@ -492,7 +495,7 @@ class Streamer:
             if gate is not None:
                 gate.close()
             self.stats.seconds = time.monotonic() - started
-            progress.finish(self.stats.summary(self.topic))
+            progress.finish(self.stats.summary(self.topic, "failed" if failed else "done"))
             if self.stats.delivery_errors:
                 log.error(
                     "%d events not delivered to %r (%s)",
