@@ -56,19 +56,17 @@ pub struct FrameBatch {
     pub frames: Vec<Frame>,
 }
 
-/// A record for a state step on another worker: serialized.
+/// Records for state steps on another worker, serialized together.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RemoteRecord {
-    /// The worker that owns the key.
+pub struct RemoteBatch {
+    /// The worker that owns the keys.
     pub owner: u32,
-    /// Where the record came from.
-    pub order: SortKey,
-    /// The state step it goes to.
-    pub step: u32,
-    /// The pickled key.
-    pub key: Vec<u8>,
-    /// The serialized record.
-    pub value: Vec<u8>,
+    /// Where each record came from, and the state step it goes to.
+    pub records: Vec<(SortKey, u32)>,
+    /// `pickle.dumps([(key, value), ...])`; with the application's own
+    /// `serialize`, each value is its bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 /// A Python object inside one worker; never serialized by timely.
@@ -113,12 +111,12 @@ impl PipelineInput for ClusterInput {
     }
 }
 
-/// How records cross workers: pickle, or the application's own functions.
+/// How records cross workers: one pickle per batch, and the application's
+/// own `serialize` / `deserialize` for each value when it defines them.
 struct Codec {
     dumps: Py<PyAny>,
     loads: Py<PyAny>,
-    value_dumps: Py<PyAny>,
-    value_loads: Py<PyAny>,
+    own: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
 impl Codec {
@@ -131,31 +129,56 @@ impl Codec {
             .getattr("partial")?
             .call((pickle.getattr("dumps")?,), Some(&highest))?
             .unbind();
-        let loads = pickle.getattr("loads")?.unbind();
-        let own = |f: &Option<Py<PyAny>>, default: &Py<PyAny>| {
-            f.as_ref().unwrap_or(default).clone_ref(py)
+        let own = match (&chain.serialize, &chain.deserialize) {
+            (Some(s), Some(d)) => Some((s.clone_ref(py), d.clone_ref(py))),
+            _ => None,
         };
         Ok(Codec {
-            value_dumps: own(&chain.serialize, &dumps),
-            value_loads: own(&chain.deserialize, &loads),
             dumps,
-            loads,
+            loads: pickle.getattr("loads")?.unbind(),
+            own,
         })
+    }
+
+    /// Serialize `(key, value)` pairs for another worker.
+    fn encode(&self, py: Python<'_>, pairs: Vec<(Py<PyAny>, Py<PyAny>)>) -> PyResult<Vec<u8>> {
+        let mut items = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            let value = match &self.own {
+                Some((serialize, _)) => serialize.bind(py).call1((value,))?.unbind(),
+                None => value,
+            };
+            items.push(pyo3::types::PyTuple::new(py, [key, value])?);
+        }
+        let list = pyo3::types::PyList::new(py, items)?;
+        let data = self.dumps.bind(py).call1((list,))?;
+        Ok(data.cast::<PyBytes>()?.as_bytes().to_vec())
+    }
+
+    /// The `(key, value)` pairs of a batch from another worker.
+    fn decode(&self, py: Python<'_>, data: &[u8]) -> PyResult<Vec<(Py<PyAny>, Py<PyAny>)>> {
+        let list = self.loads.bind(py).call1((PyBytes::new(py, data),))?;
+        let mut pairs = Vec::new();
+        for item in list.try_iter()? {
+            let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+            let value = match &self.own {
+                Some((_, deserialize)) => deserialize.bind(py).call1((value,))?,
+                None => value,
+            };
+            pairs.push((key.unbind(), value.unbind()));
+        }
+        Ok(pairs)
     }
 }
 
-fn to_bytes(result: PyResult<Bound<'_, PyAny>>, what: &str) -> Result<Vec<u8>, String> {
-    let obj = result.map_err(|e| Python::attach(|py| format_py_err(py, &e)))?;
-    obj.cast::<PyBytes>()
-        .map(|b| b.as_bytes().to_vec())
-        .map_err(|_| format!("{what} must return bytes"))
-}
+/// Records for one other worker: their positions and steps, and `(key, value)`.
+type OutgoingBatch = (Vec<(SortKey, u32)>, Vec<(Py<PyAny>, Py<PyAny>)>);
 
 /// The three kinds of output of a chain operator.
 struct Routed {
     outputs: Vec<Output>,
     local: Vec<LocalRecord>,
-    remote: Vec<RemoteRecord>,
+    remote: Vec<RemoteBatch>,
 }
 
 /// Split what a chain produced into sink output, records for this worker and
@@ -172,6 +195,8 @@ fn route(
         local: Vec::new(),
         remote: Vec::new(),
     };
+    let mut remote: BTreeMap<usize, OutgoingBatch> = BTreeMap::new();
+    let mut first_remote: Option<(SortKey, String)> = None;
     for record in emitted.keyed {
         let step = u32::try_from(record.step).unwrap_or(u32::MAX);
         if record.owner == me {
@@ -183,33 +208,35 @@ fn route(
             });
             continue;
         }
-        let failure = |detail: String| StepFailure {
-            pipeline: chain.pipeline.clone(),
-            step: "serialize (record crossing workers)".to_owned(),
-            record: crate::errors::short_repr(record.value.bind(py), 200),
-            position: chain.source.describe(&crate::sources::Pos {
-                stream: record.order.stream,
-                index: record.order.index,
-                offset: record.order.offset,
-            }),
-            detail,
-        };
-        let key = to_bytes(
-            codec.dumps.bind(py).call1((record.key.bind(py),)),
-            "pickle.dumps",
-        )
-        .map_err(failure)?;
-        let value = to_bytes(
-            codec.value_dumps.bind(py).call1((record.value.bind(py),)),
-            "serialize()",
-        )
-        .map_err(failure)?;
-        routed.remote.push(RemoteRecord {
-            owner: u32::try_from(record.owner).unwrap_or(u32::MAX),
-            order: record.order,
-            step,
-            key,
-            value,
+        if first_remote.is_none() {
+            first_remote = Some((
+                record.order.clone(),
+                crate::errors::short_repr(record.value.bind(py), 200),
+            ));
+        }
+        let entry = remote.entry(record.owner).or_default();
+        entry.0.push((record.order, step));
+        entry.1.push((record.key, record.value));
+    }
+    for (owner, (records, pairs)) in remote {
+        let data = codec.encode(py, pairs).map_err(|err| {
+            let (order, record) = first_remote.clone().unwrap_or_default();
+            StepFailure {
+                pipeline: chain.pipeline.clone(),
+                step: "serialize (records crossing workers)".to_owned(),
+                record,
+                position: chain.source.describe(&crate::sources::Pos {
+                    stream: order.stream,
+                    index: order.index,
+                    offset: order.offset,
+                }),
+                detail: format_py_err(py, &err),
+            }
+        })?;
+        routed.remote.push(RemoteBatch {
+            owner: u32::try_from(owner).unwrap_or(u32::MAX),
+            records,
+            data,
         });
     }
     Ok(routed)
@@ -224,7 +251,7 @@ type Outputs<G, D> = timely::dataflow::channels::pushers::Output<
 type Ports<G> = (
     Outputs<G, Output>,
     Outputs<G, LocalRecord>,
-    Outputs<G, RemoteRecord>,
+    Outputs<G, RemoteBatch>,
 );
 
 /// Give the three kinds of output at `caps` (one capability per output port).
@@ -248,7 +275,7 @@ fn give<G: Scope<Timestamp = u64>>(
 struct ChainStreams<G: Scope<Timestamp = u64>> {
     outputs: StreamCore<G, Vec<Output>>,
     local: StreamCore<G, Vec<LocalRecord>>,
-    remote: StreamCore<G, Vec<RemoteRecord>>,
+    remote: StreamCore<G, Vec<RemoteBatch>>,
 }
 
 /// Decode and the steps up to the first state step, wherever the batch landed.
@@ -265,7 +292,7 @@ fn prefix_operator<G: Scope<Timestamp = u64>>(
     let mut input = builder.new_input(batches, spread);
     let (out0, outputs) = builder.new_output::<Vec<Output>>();
     let (out1, local) = builder.new_output::<Vec<LocalRecord>>();
-    let (out2, remote) = builder.new_output::<Vec<RemoteRecord>>();
+    let (out2, remote) = builder.new_output::<Vec<RemoteBatch>>();
     builder.set_notify(false);
     builder.build(move |_capabilities| {
         let mut ports = (out0, out1, out2);
@@ -307,7 +334,7 @@ fn prefix_operator<G: Scope<Timestamp = u64>>(
 struct Pending {
     caps: [Capability<u64>; 3],
     local: Vec<LocalRecord>,
-    remote: Vec<RemoteRecord>,
+    remote: Vec<RemoteBatch>,
 }
 
 /// The records of the epoch of `cap`, created with capabilities for all three outputs.
@@ -338,11 +365,11 @@ fn state_operator<G: Scope<Timestamp = u64>>(
 ) -> ChainStreams<G> {
     let mut builder = OperatorBuilder::new(format!("state {step_name}"), upstream.local.scope());
     let mut local_in = builder.new_input(&upstream.local, Pipeline);
-    let by_owner = Exchange::new(|record: &RemoteRecord| u64::from(record.owner));
+    let by_owner = Exchange::new(|record: &RemoteBatch| u64::from(record.owner));
     let mut remote_in = builder.new_input(&upstream.remote, by_owner);
     let (out0, outputs) = builder.new_output::<Vec<Output>>();
     let (out1, local) = builder.new_output::<Vec<LocalRecord>>();
-    let (out2, remote) = builder.new_output::<Vec<RemoteRecord>>();
+    let (out2, remote) = builder.new_output::<Vec<RemoteBatch>>();
     builder.build(move |_capabilities| {
         let mut ports = (out0, out1, out2);
         let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
@@ -370,34 +397,16 @@ fn state_operator<G: Scope<Timestamp = u64>>(
                             record.value.0,
                         ));
                     }
-                    for record in epoch.remote {
-                        let decoded = codec
-                            .loads
-                            .bind(py)
-                            .call1((PyBytes::new(py, &record.key),))
-                            .and_then(|key| {
-                                let value = codec
-                                    .value_loads
-                                    .bind(py)
-                                    .call1((PyBytes::new(py, &record.value),))?;
-                                Ok((key, value))
-                            });
-                        match decoded {
-                            Ok((key, value)) => records.push((
-                                record.order,
-                                record.step as usize,
-                                key.unbind(),
-                                value.unbind(),
-                            )),
-                            Err(err) => {
-                                return Err(StepFailure {
-                                    pipeline: chain.pipeline.clone(),
-                                    step: "deserialize (record crossing workers)".to_owned(),
-                                    record: format!("{} bytes", record.value.len()),
-                                    position: format!("{:?}", record.order),
-                                    detail: format_py_err(py, &err),
-                                })
-                            }
+                    for batch in epoch.remote {
+                        let pairs = codec.decode(py, &batch.data).map_err(|err| StepFailure {
+                            pipeline: chain.pipeline.clone(),
+                            step: "deserialize (records crossing workers)".to_owned(),
+                            record: format!("{} bytes from another worker", batch.data.len()),
+                            position: format!("{} records", batch.records.len()),
+                            detail: format_py_err(py, &err),
+                        })?;
+                        for ((order, step), (key, value)) in batch.records.into_iter().zip(pairs) {
+                            records.push((order, step as usize, key, value));
                         }
                     }
                     records.sort_by(|a, b| a.0.cmp(&b.0));

@@ -39,7 +39,9 @@ def load_app(spec: str, py2_compat: bool = True) -> ModuleType:
     ``spec`` is, in this order: a ``.py`` file or a directory given as a path
     (its directory goes on ``sys.path`` so sibling modules import), a module
     importable from the current directory or ``PYTHONPATH``, or an example
-    bundled with the package.
+    bundled with the package. Unless ``py2_compat`` is false, the modules of
+    the application's directory are translated from Python 2 as they are
+    imported (:mod:`wallaroo.py2compat`).
     """
     if spec.endswith(".py") or os.sep in spec or os.path.isdir(spec):
         path = os.path.abspath(spec)

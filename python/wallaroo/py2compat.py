@@ -77,7 +77,6 @@ TRANSLATOR_VERSION = "1"
 #: The global a translated module uses to reach its compatibility helpers.
 HELPER = "__py2compat__"
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _WALLAROO_DIR = os.path.dirname(os.path.realpath(__file__))
 _BUILTIN_ORD = builtins.ord
 
@@ -87,51 +86,49 @@ _BUILTIN_ORD = builtins.ord
 # ---------------------------------------------------------------------------
 
 
-class _UnicodeMeta(type):
+class _Py2TypeMeta(type):
+    """``isinstance``/``issubclass`` of a Python 2 type stand-in test its
+    ``_py2_kinds`` (subclasses of the stand-in behave as usual)."""
+
     def __instancecheck__(cls, obj: Any) -> bool:
-        return isinstance(obj, str)
+        kinds = cls.__dict__.get("_py2_kinds")
+        return isinstance(obj, kinds) if kinds else type.__instancecheck__(cls, obj)
 
     def __subclasscheck__(cls, sub: type) -> bool:
-        return issubclass(sub, str)
+        kinds = cls.__dict__.get("_py2_kinds")
+        return issubclass(sub, kinds) if kinds else type.__subclasscheck__(cls, sub)
 
 
-class unicode(str, metaclass=_UnicodeMeta):
+class unicode(str, metaclass=_Py2TypeMeta):
     """Python 2 ``unicode``: ``str``; built from bytes it decodes them (UTF-8)."""
+
+    _py2_kinds = (str,)
 
     def __new__(cls, obj: Any = "", encoding: str | None = None, errors: str | None = None):
         if encoding is None and errors is None:
             if isinstance(obj, (bytes, bytearray)):
-                return bytes(obj).decode("utf-8")
-            return str(obj)
-        return str(obj, encoding or "utf-8", errors or "strict")
+                value = bytes(obj).decode("utf-8")
+            else:
+                value = str(obj)
+        else:
+            value = str(obj, encoding or "utf-8", errors or "strict")
+        return value if cls is unicode else str.__new__(cls, value)
 
 
-class _BaseStringMeta(type):
-    def __instancecheck__(cls, obj: Any) -> bool:
-        return isinstance(obj, (str, bytes))
-
-    def __subclasscheck__(cls, sub: type) -> bool:
-        return issubclass(sub, (str, bytes))
-
-
-class basestring(metaclass=_BaseStringMeta):
+class basestring(metaclass=_Py2TypeMeta):
     """Python 2 ``basestring``: ``isinstance`` is true for ``str`` and ``bytes``
     (payloads are ``bytes`` where Python 2 applications saw ``str``)."""
+
+    _py2_kinds = (str, bytes)
 
     def __new__(cls, *args: Any, **kwargs: Any):
         raise TypeError("The basestring type cannot be instantiated")
 
 
-class _FileMeta(type):
-    def __instancecheck__(cls, obj: Any) -> bool:
-        return isinstance(obj, io.IOBase)
-
-    def __subclasscheck__(cls, sub: type) -> bool:
-        return issubclass(sub, io.IOBase)
-
-
-class file(metaclass=_FileMeta):
+class file(metaclass=_Py2TypeMeta):
     """Python 2 ``file(name, mode, buffering)``: ``open``."""
+
+    _py2_kinds = (io.IOBase,)
 
     def __new__(cls, name: Any, mode: str = "r", buffering: int = -1):
         return open(name, mode, buffering)
@@ -942,9 +939,13 @@ def fissix_version() -> str:
 def _expand_tabs(tree: Any) -> None:
     """Python 2 indentation: a tab goes to the next multiple of 8 columns.
     Python 3 rejects inconsistent tabs, so indentation is expanded."""
+    from fissix.pgen2 import token
+
     for leaf in tree.leaves():
         if "\t" in leaf.prefix:
             leaf.prefix = leaf.prefix.expandtabs(8)
+        if leaf.type == token.INDENT and "\t" in leaf.value:
+            leaf.value = leaf.value.expandtabs(8)
 
 
 def _line_map(tree: Any) -> list | None:
@@ -997,8 +998,10 @@ def _fissix_problem(err: BaseException) -> tuple:
     if isinstance(err, ParseError):
         line, column = err.context[1]
         reason = "invalid syntax" if err.msg == "bad input" else err.msg
-        if err.value:
+        if err.value and err.value.strip():
             reason += f" at {err.value!r}"
+        elif err.value:
+            reason += " at the end of the line"
         return line, column + 1, reason
     if isinstance(err, TokenError):
         line, column = err.args[1]
@@ -1198,16 +1201,22 @@ def compile_module(data: bytes, path: str, cache: str | None = None) -> Result:
     reason = f"not Python 3: {py3.msg}, line {py3.lineno}"
     cache_file = _cache_file(cache, os.path.abspath(path), data, "py2") if cache else None
     cached = _read_cache(cache_file) if cache_file else None
+    tree = None
     if cached is not None:
         translated, lines = cached
         state = "hit"
-    else:
+        try:
+            tree = _parse(translated, path)
+        except SyntaxError:
+            cached = None  # a damaged cache entry: translate again
+    if cached is None:
         translated, lines = _translate_py2(text, path, py3)
         state = "off"
         if cache_file and _write_cache(cache_file, translated, lines):
             state = "miss"
     try:
-        tree = _parse(translated, path)
+        if tree is None:
+            tree = _parse(translated, path)
     except SyntaxError as err:
         line = lines[min(err.lineno, len(lines)) - 1] if lines and err.lineno else err.lineno
         raise SyntaxError(

@@ -26,8 +26,10 @@ pub const CHANNEL_BATCHES: usize = 16;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Output {
     /// The bytes to write (the message value for Kafka).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The message key, when the encoder returned `(value, key)`.
+    #[serde(with = "serde_bytes")]
     pub key: Option<Vec<u8>>,
 }
 

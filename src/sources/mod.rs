@@ -37,6 +37,7 @@ pub struct Pos {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Frame {
     /// The payload handed to `decode`.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// Its position.
     pub pos: Pos,

@@ -34,13 +34,13 @@ def application_setup(args):
 def decoder(bs):
     record = json.loads(bs.decode("utf-8"))
     if not isinstance(record.get("n"), int):
-        raise ValueError("no integer n in %r" % (record,))
+        raise ValueError(f"no integer n in {record!r}")
     return record
 
 
 @wallaroo.computation(name="describe")
 def describe(record):
-    text = "n=%d" % record["n"]
+    text = "n={}".format(record["n"])
     return text.ljust(record.get("pad", 0), ".")
 
 

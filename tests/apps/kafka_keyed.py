@@ -46,4 +46,4 @@ def scale(reading):
 @wallaroo.encoder
 def encoder(reading):
     sensor, seq, value = reading
-    return ("%s,%d,%d" % (sensor, seq, value), sensor.encode("utf-8"))
+    return (f"{sensor},{seq},{value}", sensor.encode("utf-8"))
