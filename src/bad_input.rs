@@ -41,6 +41,7 @@ pub struct BadRecord {
 #[derive(Default)]
 struct Inner {
     counts: BTreeMap<String, u64>,
+    by_pipeline: BTreeMap<(String, String), u64>,
     recent: VecDeque<BadRecord>,
     file: Option<BufWriter<File>>,
     write_failed: bool,
@@ -101,6 +102,10 @@ impl BadInput {
             Err(poisoned) => poisoned.into_inner(),
         };
         *inner.counts.entry(kind.to_owned()).or_insert(0) += 1;
+        *inner
+            .by_pipeline
+            .entry((pipeline.to_owned(), kind.to_owned()))
+            .or_insert(0) += 1;
         if let Some(file) = inner.file.as_mut() {
             let written = serde_json::to_writer(&mut *file, &record)
                 .map_err(std::io::Error::from)
@@ -125,6 +130,29 @@ impl BadInput {
             Ok(inner) => inner.counts.clone(),
             Err(poisoned) => poisoned.into_inner().counts.clone(),
         }
+    }
+
+    /// Bad records so far, by pipeline and kind.
+    pub fn counts_by_pipeline(&self) -> Vec<(String, String, u64)> {
+        let inner = match self.inner.lock() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        inner
+            .by_pipeline
+            .iter()
+            .map(|((pipeline, kind), n)| (pipeline.clone(), kind.clone(), *n))
+            .collect()
+    }
+
+    /// The `n` newest bad records, oldest first.
+    pub fn newest(&self, n: usize) -> Vec<BadRecord> {
+        let inner = match self.inner.lock() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let skip = inner.recent.len().saturating_sub(n);
+        inner.recent.iter().skip(skip).cloned().collect()
     }
 
     /// The most recent bad records, oldest first.

@@ -31,6 +31,9 @@ pub struct Output {
     /// The message key, when the encoder returned `(value, key)`.
     #[serde(with = "serde_bytes")]
     pub key: Option<Vec<u8>>,
+    /// When the source read the record this came from ([`crate::metrics::now_ns`]; 0: unknown).
+    #[serde(default)]
+    pub read_ns: u64,
 }
 
 /// What the sink threads share with the run.
@@ -101,6 +104,7 @@ pub fn start(kind: SinkKind, ctx: SinkContext) -> Result<SinkHandle, Error> {
         SinkKind::Tcp { host, port } => Box::new(tcp::TcpWriter::new(host, port, &ctx)),
         SinkKind::Kafka(plan) => Box::new(kafka::KafkaWriter::new(plan, &ctx)?),
     };
+    ctx.metrics.set_sink_label(&writer.label());
     let (tx, rx) = bounded(CHANNEL_BATCHES);
     let thread = std::thread::Builder::new()
         .name(format!("sink {}", ctx.pipeline))
@@ -116,6 +120,7 @@ fn write_loop(rx: Receiver<Vec<Output>>, mut writer: Box<dyn BatchWriter>, ctx: 
         match writer.write_batch(&batch) {
             Ok(()) => {
                 PipelineMetrics::add(&ctx.metrics.bytes_out, bytes as u64);
+                ctx.metrics.sink_wrote(&batch);
                 failing = false;
             }
             Err(e) => {
