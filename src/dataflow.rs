@@ -261,7 +261,10 @@ fn set_up_pipeline(
     codecs: (Option<Py<PyAny>>, Option<Py<PyAny>>),
     running: &mut Running,
 ) -> Result<PipelineParts, Error> {
-    let metrics = Arc::new(PipelineMetrics::default());
+    let metrics = crate::metrics::register_pipeline(
+        &pipeline.name,
+        pipeline.steps.iter().map(|s| s.name.as_str()),
+    );
     running
         .metrics
         .push((pipeline.name.clone(), metrics.clone()));
@@ -401,6 +404,7 @@ pub(crate) fn worker_main<A: Allocate>(
     let started = Instant::now();
     let (index, peers) = (worker.index(), worker.peers());
     let bad = Arc::new(BadInput::new(options.dead_letter.as_deref())?);
+    crate::metrics::begin_run(index, peers, &bad);
     let mut running = set_up(plan, options, &bad, &stop, index, peers)?;
     let failure: FailureSlot = Rc::new(RefCell::new(None));
     let probe = ProbeHandle::new();
@@ -554,10 +558,11 @@ fn drive<A: Allocate>(
     let mut epoch = 0u64;
     let mut epoch_records = 0usize;
     let mut last_epoch = Instant::now();
+    let mut epochs = crate::metrics::EpochTracker::new();
     let mut last_signal_check = Instant::now();
     let mut interrupted = false;
     loop {
-        let behind = probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
+        let behind = probe.less_than(&epoch.saturating_sub(exp_inflight()));
         let mut received = false;
         let mut records = 0usize;
         for (slot, source) in inputs.iter_mut().zip(sources) {
@@ -583,15 +588,17 @@ fn drive<A: Allocate>(
             }
         }
         epoch_records += records;
-        if last_epoch.elapsed() >= epoch_length || epoch_records >= MAX_EPOCH_RECORDS {
+        if last_epoch.elapsed() >= epoch_length || epoch_records >= exp_records() {
             epoch += 1;
             epoch_records = 0;
             for input in inputs.iter_mut().flatten() {
                 input.advance_to(epoch);
             }
             last_epoch = Instant::now();
+            epochs.advanced(epoch);
         }
         worker.step();
+        epochs.observe(probe);
         if let Some(reason) = take_abort() {
             stop.store(true, Ordering::Relaxed);
             abort(reason.clone());
@@ -634,3 +641,6 @@ fn drive<A: Allocate>(
         }
     }
 }
+
+fn exp_inflight() -> u64 { std::env::var("EXP_INFLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_EPOCHS_IN_FLIGHT) }
+fn exp_records() -> usize { std::env::var("EXP_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_EPOCH_RECORDS) }

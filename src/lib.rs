@@ -18,12 +18,16 @@
 //!   through bounded channels, so a slow sink slows the source down.
 //! * [`bad_input`] counts, logs and keeps records that could not be read.
 //! * [`errors`] is the one place where engine errors become Python exceptions.
+//! * [`metrics`] keeps the counters (per batch, never per record on shared
+//!   atomics) and [`http`] serves them: Prometheus text, a JSON status and a
+//!   live web page, for every worker of the cluster at the initializer.
 
 pub mod bad_input;
 pub mod cluster;
 pub mod dataflow;
 pub mod errors;
 pub mod framing;
+pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod plan;
@@ -55,8 +59,9 @@ fn run<'py>(
     }
     let plan = plan::Plan::from_py(plan)?;
     let options = plan::Options::from_py(options)?;
-    let summary = py.detach(|| dataflow::run(plan, options))?;
-    summary.to_py(py)
+    let summary = py.detach(|| dataflow::run(plan, options));
+    metrics::end_run();
+    summary?.to_py(py)
 }
 
 /// Stop the running worker with an error naming `reason` (used by the
@@ -95,6 +100,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(request_stop, m)?)?;
     m.add_class::<kafka::EmbeddedKafka>()?;
     m.add_function(wrap_pyfunction!(native_length_format, m)?)?;
+    http::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -133,9 +133,7 @@ pub const EPOCH_NS: &[u64] = &[
     60_000 * MS,
 ];
 /// Batch size buckets (records).
-pub const BATCH_RECORDS: &[u64] = &[
-    1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000,
-];
+pub const BATCH_RECORDS: &[u64] = &[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000];
 
 /// The bucket of `value`: the first bound at or above it (`le`), or the
 /// overflow bucket.
@@ -568,7 +566,7 @@ impl ChainStats {
         x ^= x >> 7;
         x ^= x << 17;
         self.rng.set(x);
-        self.sampling.set(x % SAMPLE_ONE_IN == 0);
+        self.sampling.set(x.is_multiple_of(SAMPLE_ONE_IN));
     }
 
     #[inline]
@@ -640,8 +638,10 @@ impl ChainStats {
                 shared.call_duration.add(&counts, sampled_ns);
             }
             let total_ns = shared.sampled_ns.fetch_add(sampled_ns, Ordering::Relaxed) + sampled_ns;
-            let total_calls =
-                shared.sampled_calls.fetch_add(sampled_calls, Ordering::Relaxed) + sampled_calls;
+            let total_calls = shared
+                .sampled_calls
+                .fetch_add(sampled_calls, Ordering::Relaxed)
+                + sampled_calls;
             let pending = local.unestimated.replace(0) + calls;
             if pending == 0 {
                 continue;
@@ -651,9 +651,10 @@ impl ChainStats {
                 continue;
             }
             let estimate = u128::from(pending) * u128::from(total_ns) / u128::from(total_calls);
-            shared
-                .python_ns
-                .fetch_add(u64::try_from(estimate).unwrap_or(u64::MAX), Ordering::Relaxed);
+            shared.python_ns.fetch_add(
+                u64::try_from(estimate).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -1205,6 +1206,9 @@ struct SnapshotCollector {
 }
 
 type LabelPairs = Vec<(&'static str, String)>;
+/// One sample of a per-pipeline family, if the pipeline has it.
+type PipelineSample<'a> =
+    &'a dyn Fn(&WorkerSnapshot, &PipelineSnapshot) -> Option<(LabelPairs, f64)>;
 
 fn counter(
     encoder: &mut DescriptorEncoder,
@@ -1258,7 +1262,7 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
         let wp = |s: &WorkerSnapshot, p: &PipelineSnapshot| -> LabelPairs {
             vec![("worker", s.worker.clone()), ("pipeline", p.name.clone())]
         };
-        let per_pipeline = |f: &dyn Fn(&WorkerSnapshot, &PipelineSnapshot) -> Option<(LabelPairs, f64)>| {
+        let per_pipeline = |f: PipelineSample| {
             workers
                 .iter()
                 .flat_map(|s| s.pipelines.iter().filter_map(move |p| f(s, p)))

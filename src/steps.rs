@@ -13,7 +13,7 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyString, PyTuple
 
 use crate::bad_input::BadInput;
 use crate::errors::{format_py_err, short_repr, StepFailure};
-use crate::metrics::PipelineMetrics;
+use crate::metrics::{ChainStats, PipelineMetrics};
 use crate::plan::OnError;
 use crate::pycall::{call1, call2};
 use crate::routing::{canonical_key, RoutingTable};
@@ -28,12 +28,15 @@ pub struct StateStore {
     pub name: String,
     class: Py<PyAny>,
     states: Py<PyDict>,
+    /// Keys held, for the metrics (bumped when a key's state is created).
+    keys: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateStore {
     /// An empty store whose states are made by calling `class()`.
     pub fn new(py: Python<'_>, name: String, class: Py<PyAny>) -> StateStore {
         StateStore {
+            keys: crate::metrics::state_keys(&name),
             name,
             class,
             states: PyDict::new(py).unbind(),
@@ -77,6 +80,7 @@ impl StateStore {
         states
             .set_item(key, &state)
             .map_err(|e| format_py_err(py, &e))?;
+        self.keys.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(state)
     }
 }
@@ -201,6 +205,9 @@ pub struct SortKey {
     pub path: Vec<u32>,
     /// Byte offset / Kafka offset, for messages.
     pub offset: u64,
+    /// When the source read it, for the latency metrics (never decides the
+    /// order: the fields above identify a record).
+    pub read_ns: u64,
 }
 
 /// A record on its way to the state step `step`, owned by worker `owner`.
@@ -231,6 +238,8 @@ pub struct Emitted {
 pub struct BatchCounts {
     out: Cell<u64>,
     dropped: Cell<u64>,
+    /// Per-step counts and sampled Python time (see [`crate::metrics::ChainStats`]).
+    pub stats: crate::metrics::ChainStats,
 }
 
 impl BatchCounts {
@@ -241,6 +250,7 @@ impl BatchCounts {
     fn flush(&self, metrics: &PipelineMetrics) {
         PipelineMetrics::add(&metrics.records_out, self.out.replace(0));
         PipelineMetrics::add(&metrics.dropped, self.dropped.replace(0));
+        self.stats.flush(metrics);
     }
 }
 
@@ -270,6 +280,7 @@ impl Chain {
         frames: &mut Vec<Frame>,
         out: &mut Emitted,
     ) -> Result<(), StepFailure> {
+        self.batch_counts.stats.begin(&self.metrics, frames.len());
         let result = self.process_frames(py, reader, frames, out);
         self.batch_counts.flush(&self.metrics);
         result
@@ -283,8 +294,13 @@ impl Chain {
         out: &mut Emitted,
     ) -> Result<(), StepFailure> {
         let decode = self.decode.bind(py);
+        let stats = &self.batch_counts.stats;
         for frame in frames.drain(..) {
-            let value = match call1(decode, PyBytes::new(py, &frame.payload).as_any()) {
+            stats.record();
+            let decoded = stats.call(ChainStats::DECODER, || {
+                call1(decode, PyBytes::new(py, &frame.payload).as_any())
+            });
+            let value = match decoded {
                 Ok(value) => value,
                 Err(err) => {
                     self.bad.record(
@@ -304,6 +320,7 @@ impl Chain {
                     index: frame.pos.index,
                     path: Vec::new(),
                     offset: frame.pos.offset,
+                    read_ns: frame.read_ns,
                 },
             };
             let result = self.run(py, &cursor, 0, value, out);
@@ -321,7 +338,9 @@ impl Chain {
         out: &mut Emitted,
     ) -> Result<(), StepFailure> {
         let mut result = Ok(());
+        self.batch_counts.stats.begin(&self.metrics, 0);
         for (order, step, key, value) in records {
+            self.batch_counts.stats.record();
             let cursor = Cursor { order };
             let applied = self.run_state(
                 py,
@@ -376,6 +395,8 @@ impl Chain {
         value: Bound<'py, PyAny>,
         out: &mut Emitted,
     ) -> Result<(), StepFailure> {
+        let stats = &self.batch_counts.stats;
+        stats.entered(index + 1);
         let Some(step) = self.steps.get(index) else {
             return self.emit(py, cursor, value, out);
         };
@@ -384,11 +405,15 @@ impl Chain {
             |err: PyErr| self.failure(cursor, &step.name, &value, format_py_err(py, &err));
         match &step.kind {
             Kind::Map => {
-                let result = call1(func, &value).map_err(py_failure)?;
+                let result = stats
+                    .call(index + 1, || call1(func, &value))
+                    .map_err(py_failure)?;
                 self.next(py, cursor, step, index, &value, result, false, out)
             }
             Kind::Multi => {
-                let result = call1(func, &value).map_err(py_failure)?;
+                let result = stats
+                    .call(index + 1, || call1(func, &value))
+                    .map_err(py_failure)?;
                 self.next(py, cursor, step, index, &value, result, true, out)
             }
             Kind::State {
@@ -451,7 +476,11 @@ impl Chain {
         let state = store
             .get_or_create(py, &key, *u64_keys)
             .map_err(|detail| self.failure(cursor, &step.name, &value, detail))?;
-        let result = call2(step.func.bind(py), &value, &state).map_err(py_failure)?;
+        let result = self
+            .batch_counts
+            .stats
+            .call(index + 1, || call2(step.func.bind(py), &value, &state))
+            .map_err(py_failure)?;
         let shape_error = || {
             self.failure(
                 cursor,
@@ -490,6 +519,7 @@ impl Chain {
     ) -> Result<(), StepFailure> {
         if result.is_none() {
             BatchCounts::bump(&self.batch_counts.dropped);
+            self.batch_counts.stats.dropped(index + 1);
             return Ok(());
         }
         if !multi {
@@ -511,6 +541,7 @@ impl Chain {
                 item.map_err(|e| self.failure(cursor, &step.name, input, format_py_err(py, &e)))?;
             if item.is_none() {
                 BatchCounts::bump(&self.batch_counts.dropped);
+                self.batch_counts.stats.dropped(index + 1);
             } else if self.cluster {
                 let mut branch = cursor.clone();
                 branch
@@ -535,13 +566,17 @@ impl Chain {
         let Some(encode) = &self.encode else {
             return Ok(());
         };
-        let encoded = call1(encode.bind(py), &value)
+        let encoded = self
+            .batch_counts
+            .stats
+            .call(self.steps.len() + 1, || call1(encode.bind(py), &value))
             .map_err(|err| self.failure(cursor, "encoder", &value, format_py_err(py, &err)))?;
         if encoded.is_none() {
             return Ok(());
         }
         match to_output(&encoded) {
-            Some(output) => {
+            Some(mut output) => {
+                output.read_ns = cursor.order.read_ns;
                 out.outputs.push(output);
                 BatchCounts::bump(&self.batch_counts.out);
                 Ok(())
@@ -575,7 +610,11 @@ fn to_bytes(obj: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
 /// An encoder's result as bytes: bytes, str (UTF-8), bytearray, or `(value, key)`.
 pub fn to_output(encoded: &Bound<'_, PyAny>) -> Option<Output> {
     if let Some(value) = to_bytes(encoded) {
-        return Some(Output { value, key: None });
+        return Some(Output {
+            value,
+            key: None,
+            read_ns: 0,
+        });
     }
     let pair = encoded.cast::<PyTuple>().ok()?;
     if pair.len() != 2 {
@@ -588,5 +627,9 @@ pub fn to_output(encoded: &Bound<'_, PyAny>) -> Option<Output> {
     } else {
         Some(to_bytes(&key)?)
     };
-    Some(Output { value, key })
+    Some(Output {
+        value,
+        key,
+        read_ns: 0,
+    })
 }

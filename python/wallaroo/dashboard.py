@@ -463,14 +463,13 @@ class _ConsumerThread(threading.Thread):
         return None
 
     def _on_kafka_error(self, error: Any) -> None:
-        """Log a Kafka client error, the same one at most every 30 seconds."""
-        text = error.str()
-        now = time.monotonic()
-        if now - self._error_logged_at.get(text, -KAFKA_ERROR_LOG_INTERVAL) >= (
+        """Log a Kafka client error, the same kind at most every 30 seconds."""
+        kind, now = error.name(), time.monotonic()
+        if now - self._error_logged_at.get(kind, -KAFKA_ERROR_LOG_INTERVAL) >= (
             KAFKA_ERROR_LOG_INTERVAL
         ):
-            self._error_logged_at[text] = now
-            log.warning("Kafka (%s): %s", self.bootstrap, text)
+            self._error_logged_at[kind] = now
+            log.warning("Kafka (%s): %s", self.bootstrap, error.str())
         if error.name() == "_ALL_BROKERS_DOWN":
             self.board.set_status(f"broker {self.bootstrap} unreachable, reconnecting")
 

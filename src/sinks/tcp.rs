@@ -16,6 +16,7 @@ pub struct TcpWriter {
     connect_timeout: Duration,
     stream: Option<BufWriter<TcpStream>>,
     gave_up: bool,
+    metrics: std::sync::Arc<crate::metrics::PipelineMetrics>,
 }
 
 impl TcpWriter {
@@ -28,6 +29,7 @@ impl TcpWriter {
             connect_timeout: Duration::from_secs_f64(ctx.connect_timeout_s.max(0.0)),
             stream: None,
             gave_up: false,
+            metrics: ctx.metrics.clone(),
         }
     }
 
@@ -100,6 +102,7 @@ impl BatchWriter for TcpWriter {
                     self.port
                 );
                 self.stream = None;
+                crate::metrics::PipelineMetrics::add(&self.metrics.sink_retries, 1);
                 self.try_write(batch)
             }
             Err(e) => Err(e),

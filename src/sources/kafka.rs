@@ -192,6 +192,44 @@ fn commit(
     }
 }
 
+/// Each partition's lag (messages behind its high watermark) for the
+/// metrics, from librdkafka's cached watermarks: no broker round trip.
+fn report_lag(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    next: &BTreeMap<i32, i64>,
+    ctx: &SourceContext,
+) {
+    if !crate::metrics::enabled() {
+        return;
+    }
+    let Ok(name) = std::ffi::CString::new(topic) else {
+        return;
+    };
+    let mut lag = BTreeMap::new();
+    for &partition in partitions {
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client lives as long as `consumer`; the topic name and
+        // the out-pointers are valid for the call.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                consumer.client().native_ptr(),
+                name.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+            continue;
+        }
+        let position = next.get(&partition).copied().unwrap_or(low.max(0));
+        lag.insert(partition, (high - position).max(0));
+    }
+    ctx.metrics.set_kafka_lag(topic, lag);
+}
+
 fn consume(
     consumer: BaseConsumer,
     plan: KafkaSourcePlan,
@@ -252,6 +290,7 @@ fn consume(
                         index: u64::try_from(offset).unwrap_or_default(),
                         offset: u64::try_from(offset).unwrap_or_default(),
                     },
+                    read_ns: 0,
                 });
                 if batch.len() < ctx.batch_size {
                     continue;
@@ -268,6 +307,7 @@ fn consume(
         }
         if last_commit.elapsed() >= COMMIT_EVERY {
             commit(&consumer, &plan.topic, &next, CommitMode::Async, &label);
+            report_lag(&consumer, &plan.topic, &partitions, &next, &ctx);
             last_commit = Instant::now();
         }
     }

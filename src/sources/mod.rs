@@ -41,6 +41,9 @@ pub struct Frame {
     pub payload: Vec<u8>,
     /// Its position.
     pub pos: Pos,
+    /// When its batch was read ([`crate::metrics::now_ns`]; 0 with metrics off).
+    #[serde(default)]
+    pub read_ns: u64,
 }
 
 /// How positions of a source are named.
@@ -123,11 +126,14 @@ pub fn start(
     ctx: SourceContext,
 ) -> Result<SourceHandle, Error> {
     let framing = Arc::new(framing);
-    match kind {
+    let metrics = ctx.metrics.clone();
+    let handle = match kind {
         SourceKind::File { path } => file::start(path, framing, ctx),
         SourceKind::Tcp { host, port } => tcp::start(&host, port, framing, ctx),
         SourceKind::Kafka(plan) => kafka::start(plan, ctx),
-    }
+    }?;
+    metrics.set_source_label(&handle.info.label);
+    Ok(handle)
 }
 
 /// Why a frame could not be read.
@@ -200,6 +206,7 @@ impl Parser {
         let frame = Frame {
             payload: self.buf[begin..begin + len].to_vec(),
             pos: self.pos(),
+            read_ns: 0,
         };
         self.consume(skip + len);
         frame
@@ -340,12 +347,24 @@ pub fn drain_parser(
 
 /// Count a batch and hand it to the worker (blocking while the worker is
 /// behind). False when the run no longer takes input.
-pub fn send_batch(tx: &Sender<Vec<Frame>>, batch: Vec<Frame>, ctx: &SourceContext) -> bool {
+pub fn send_batch(tx: &Sender<Vec<Frame>>, mut batch: Vec<Frame>, ctx: &SourceContext) -> bool {
     if batch.is_empty() {
         return true;
     }
     PipelineMetrics::add(&ctx.metrics.records_in, batch.len() as u64);
-    let bytes: usize = batch.iter().map(|f| f.payload.len()).sum();
+    // One clock read per batch: the source-to-sink latency starts here.
+    let read_ns = if crate::metrics::enabled() {
+        crate::metrics::now_ns()
+    } else {
+        0
+    };
+    let bytes: usize = batch
+        .iter_mut()
+        .map(|f| {
+            f.read_ns = read_ns;
+            f.payload.len()
+        })
+        .sum();
     PipelineMetrics::add(&ctx.metrics.bytes_in, bytes as u64);
     tx.send(batch).is_ok()
 }

@@ -49,6 +49,7 @@ class RepoMetadata(object):
         self.current_hour = None
         self.leaders = []       # [(repo, stars)], best first
         self.recent = {}        # leader repo -> its last RECENT events
+        self.published = []     # the leaders last returned by update()
 
     def _roll_to(self, hour):
         """Move the window's end to ``hour``; True when stars left the window."""
@@ -95,7 +96,7 @@ class RepoMetadata(object):
             if changed:
                 self._rank_all()
         if hour <= self.current_hour - timedelta(hours=WINDOW_HOURS):
-            return self.snapshot() if changed else None
+            return self._publish() if changed else None
         repo = event["repo"]["name"]
         if event["type"] == "WatchEvent":
             bucket = self.buckets.setdefault(hour, {})
@@ -107,7 +108,16 @@ class RepoMetadata(object):
             events.append(compact_event(event))
             del events[:-RECENT]
             changed = True
-        return self.snapshot() if changed else None
+        return self._publish() if changed else None
+
+    def _publish(self):
+        """The leaders if they differ from what was last published, else None."""
+        leaders = self.snapshot()
+        if leaders == self.published:
+            return None
+        self.published = leaders
+        return [dict(leader, recent_events=[dict(e) for e in leader["recent_events"]])
+                for leader in leaders]
 
     def snapshot(self):
         """The leaders as plain data (fresh objects, safe to keep)."""

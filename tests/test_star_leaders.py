@@ -1,0 +1,254 @@
+"""The star leaders example end to end, against an independent reference.
+
+The reference below recomputes each partition's leaderboard from scratch at
+every event (all stars of the 24-hour window, sorted), so it shares no code
+with the example's incremental state class; only the partitioner (consistent
+hashing of repository names, the spec of which partition a repo is in) is
+imported from the example.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON_DIR, app_env
+
+EXAMPLE_DIR = PYTHON_DIR / "wallaroo" / "examples" / "star_leaders"
+REPO_ROOT = PYTHON_DIR.parent
+ARTIFACTS = REPO_ROOT / "artifacts"
+INTERESTING = ("WatchEvent", "ForkEvent", "PullRequestEvent")
+WINDOW = timedelta(hours=24)
+
+
+def _partitioner():
+    sys.path.insert(0, str(EXAMPLE_DIR))
+    try:
+        from repo_partitioner import RepoPartitioner
+    finally:
+        sys.path.remove(str(EXAMPLE_DIR))
+    return RepoPartitioner(10)
+
+
+class ReferencePartition:
+    """One partition's leaderboard, recomputed from all its events each time."""
+
+    def __init__(self) -> None:
+        self.current: datetime | None = None
+        self.stars: list = []  # (hour, repo) of every watch event kept
+        self.recent: dict = {}
+        self.published: list = []
+
+    def apply(self, event: dict) -> list | None:
+        created = datetime.strptime(event["created_at"], "%Y-%m-%dT%H:%M:%SZ")
+        hour = created.replace(minute=0, second=0)
+        if self.current is None or hour > self.current:
+            self.current = hour
+        in_window = hour > self.current - WINDOW
+        repo = event["repo"]["name"]
+        if in_window and event["type"] == "WatchEvent":
+            self.stars.append((hour, repo))
+        totals: dict = {}
+        for star_hour, star_repo in self.stars:
+            if star_hour > self.current - WINDOW:
+                totals[star_repo] = totals.get(star_repo, 0) + 1
+        top = sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:10]
+        names = {name for name, _ in top}
+        self.recent = {name: events for name, events in self.recent.items() if name in names}
+        if in_window and event["type"] != "WatchEvent" and repo in names:
+            actor = event.get("actor") or {}
+            events = self.recent.setdefault(repo, [])
+            events.append(
+                {
+                    "id": event.get("id"),
+                    "type": event["type"],
+                    "actor": actor.get("login") if isinstance(actor, dict) else actor,
+                    "created_at": event["created_at"],
+                }
+            )
+            del events[:-3]
+        leaders = [
+            {"repo": name, "stars": stars, "recent_events": list(self.recent.get(name, []))}
+            for name, stars in top
+        ]
+        if leaders == self.published:
+            return None
+        self.published = leaders
+        return leaders
+
+
+def reference(events: list) -> dict:
+    """Partition -> the sequence of leaderboards the app must publish."""
+    partitioner = _partitioner()
+    partitions: dict = {}
+    outputs: dict = {}
+    for event in events:
+        if event.get("type") not in INTERESTING:
+            continue
+        key = partitioner.partition_of(event["repo"]["name"])
+        leaders = partitions.setdefault(key, ReferencePartition()).apply(event)
+        if leaders is not None:
+            outputs.setdefault(key, []).append(leaders)
+    return outputs
+
+
+def by_partition(messages: list) -> dict:
+    outputs: dict = {}
+    for message in messages:
+        outputs.setdefault(message["partition"], []).append(message["leaders"])
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory) -> tuple:
+    """Generated GitHub events over ~30 hours (so the window rolls over)."""
+    from wallaroo.gharchive import generate_events
+
+    # Few repos and a high rate: stars concentrate, leaders change and roll.
+    generated = list(
+        generate_events(seed=11, count=12_000, repos=300, rate=0.1, start="2017-01-01T00")
+    )
+    path = tmp_path_factory.mktemp("events") / "events.jsonl"
+    with open(path, "w") as out:
+        for event in generated:
+            out.write(json.dumps(event) + "\n")
+    return path, generated
+
+
+def test_reference_window_rolls_over(events) -> None:
+    _path, generated = events
+    first = generated[0]["created_at"]
+    last = generated[-1]["created_at"]
+    span = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ") - datetime.strptime(
+        first, "%Y-%m-%dT%H:%M:%SZ"
+    )
+    assert span > WINDOW, "the test data must span more than the 24-hour window"
+    expected = reference(generated)
+    assert len(expected) == 10
+    assert sum(len(v) for v in expected.values()) > 100
+
+
+@pytest.mark.timeout(120)
+def test_file_run_matches_reference(events, tmp_path: Path, run_app) -> None:
+    path, generated = events
+    output = tmp_path / "leaders.jsonl"
+    result = run_app("star_leaders", "--input", str(path), "--output", str(output), timeout=100)
+    result.check()
+    messages = [json.loads(line) for line in output.read_text().splitlines()]
+    assert by_partition(messages) == reference(generated)
+    assert "translated" in result.stderr or "py2" in result.stderr or result.returncode == 0
+
+
+@pytest.mark.timeout(180)
+def test_kafka_run_matches_reference(events, tmp_path: Path) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+    from kafka_broker import TansuBroker
+
+    _path, generated = events
+    expected = reference(generated)
+    total = sum(len(v) for v in expected.values())
+    with TansuBroker() as broker:
+        broker.create_topic("gharchive", partitions=1)
+        broker.create_topic("leaderboard", partitions=1)
+        broker.produce("gharchive", [json.dumps(e).encode() for e in generated])
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "wallaroo",
+                "star_leaders",
+                "--kafka_source_brokers",
+                broker.bootstrap,
+                "--kafka_sink_brokers",
+                broker.bootstrap,
+                "--no-demo",
+            ],
+            cwd=tmp_path,
+            env=app_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        consumer = Consumer(
+            {"bootstrap.servers": broker.bootstrap, "group.id": "test", "session.timeout.ms": 6000}
+        )
+        consumer.assign([TopicPartition("leaderboard", 0, 0)])
+        messages: list = []
+        deadline = time.monotonic() + 120
+        while len(messages) < total and time.monotonic() < deadline and proc.poll() is None:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                messages.append(json.loads(message.value()))
+        consumer.close()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert by_partition(messages) == expected
+
+
+def _read_lines(stream, lines: list) -> None:
+    for raw in iter(stream.readline, b""):
+        lines.append(raw.decode("utf-8", "replace"))
+
+
+@pytest.mark.timeout(120)
+def test_one_command_demo_from_another_directory(tmp_path: Path) -> None:
+    """``python -m wallaroo star_leaders`` with nothing else: embedded Kafka,
+    built-in streamer, terminal leaderboard, dashboard in a real browser."""
+    from browser import find_chromium, render
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wallaroo", "star_leaders", "--dashboard-port", "0",
+         "--demo-speedup", "600"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    lines: list = []
+    reader = threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        url = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = "".join(lines)
+            found = re.search(r"dashboard: (http://\S+)", text)
+            url = found.group(1) if found else None
+            if url and text.count("top: 1.") >= 3:
+                break
+            time.sleep(0.2)
+        text = "".join(lines)
+        assert url, text
+        assert "started an embedded broker at 127.0.0.1:" in text
+        assert text.count("top: 1.") >= 3, text
+        leaders = re.findall(r"top: 1\. (\S+) \d+\*", text)
+        if find_chromium() is None and os.environ.get("WALLAROO_SKIP_BROWSER") == "1":
+            pytest.skip("no browser (WALLAROO_SKIP_BROWSER=1)")
+        assert find_chromium(), "headless Chromium is missing: run `make browser`"
+        shot = ARTIFACTS / "test_star_leaders" / "demo_dashboard.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        html = render(url, shot, wait_ms=1500, until="document.querySelectorAll('tbody tr').length > 0")
+        assert any(name in html for name in leaders), "the dashboard shows none of the leaders"
+        assert shot.stat().st_size > 10_000
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, "".join(lines)[-3000:]
