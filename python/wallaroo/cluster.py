@@ -13,6 +13,9 @@ lines over the control address.
 * The control connections stay open while the application runs: if one
   closes without a ``{"type": "done"}`` first, the worker at the other end
   was lost, and the engine is told to stop with an error naming it (no hang).
+* While it runs, a worker sends the initializer its metrics once a second
+  (``{"type": "metrics", "snapshot": JSON text}``), and once more before
+  ``done``; the initializer serves them with its own (``wallaroo.metrics``).
 """
 
 from __future__ import annotations
@@ -125,7 +128,13 @@ class Membership:
     extra: dict = field(default_factory=dict)  # what the initializer shares (embedded Kafka)
 
 
-def _watch(name: str, reader: _Lines, on_lost: Callable[[str], None], done: threading.Event) -> None:
+def _watch(
+    name: str,
+    reader: _Lines,
+    on_lost: Callable[[str], None],
+    done: threading.Event,
+    on_message: Optional[Callable[[str, dict], None]] = None,
+) -> None:
     while True:
         try:
             message = reader.read()
@@ -133,10 +142,23 @@ def _watch(name: str, reader: _Lines, on_lost: Callable[[str], None], done: thre
             message = None
         if message is None:
             if not done.is_set():
+                _pass_on(on_message, name, {"type": "lost"})
                 on_lost(name)
             return
+        _pass_on(on_message, name, message)
         if message.get("type") == "done":
             return
+
+
+def _pass_on(on_message: Optional[Callable[[str, dict], None]], name: str, message: dict) -> None:
+    """Hand a peer's message on (e.g. its metrics); a failure there never
+    stops the liveness watch."""
+    if on_message is None:
+        return
+    try:
+        on_message(name, message)
+    except Exception:
+        log.exception("handling a message from worker %r", name)
 
 
 class Cluster:
@@ -147,6 +169,8 @@ class Cluster:
         self.app_name = app_name
         self.done = threading.Event()
         self.membership: Optional[Membership] = None
+        self._send_lock = threading.Lock()
+        self._report: Optional[Callable[[], dict]] = None
 
     @staticmethod
     def wanted(opts: argparse.Namespace) -> bool:
@@ -315,28 +339,63 @@ class Cluster:
             self.membership = self._join()
         return self.membership
 
-    def watch(self, on_lost: Callable[[str], None]) -> None:
-        """Call ``on_lost(name)`` when a peer's control connection drops."""
+    def watch(
+        self,
+        on_lost: Callable[[str], None],
+        on_message: Optional[Callable[[str, dict], None]] = None,
+    ) -> None:
+        """Call ``on_lost(name)`` when a peer's control connection drops, and
+        ``on_message(name, message)`` for what peers send (metrics reports)."""
         assert self.membership is not None
         for name, _sock, reader in self.membership.peers:
             threading.Thread(
                 target=_watch,
-                args=(name, reader, on_lost, self.done),
+                args=(name, reader, on_lost, self.done, on_message),
                 name=f"watch {name}",
                 daemon=True,
             ).start()
+
+    def report(self, message: Callable[[], dict], interval: float = 1.0) -> None:
+        """Send ``message()`` to the peers every ``interval`` seconds until
+        :meth:`finish`, and once more then (a worker's metrics for the
+        initializer: ``{"type": "metrics", "snapshot": "..."}``)."""
+        self._report = message
+
+        def loop() -> None:
+            while not self.done.wait(interval):
+                self._send_to_peers(message)
+
+        threading.Thread(target=loop, name="report metrics", daemon=True).start()
+
+    def _send_to_peers(self, message: Callable[[], dict]) -> None:
+        if self.membership is None:
+            return
+        try:
+            body = message()
+        except Exception:
+            log.exception("making a report for the peers")
+            return
+        with self._send_lock:
+            for _name, sock, _reader in self.membership.peers:
+                try:
+                    _send(sock, body)
+                except OSError:
+                    pass
 
     def finish(self) -> None:
         """Tell the peers this worker ended normally and close the connections."""
         self.done.set()
         if self.membership is None:
             return
-        for _name, sock, _reader in self.membership.peers:
-            try:
-                _send(sock, {"type": "done"})
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+        if self._report is not None:
+            self._send_to_peers(self._report)
+        with self._send_lock:
+            for _name, sock, _reader in self.membership.peers:
+                try:
+                    _send(sock, {"type": "done"})
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
 
 
 def supervise(argv: list, workers: int) -> int:

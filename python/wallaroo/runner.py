@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any
 
-from wallaroo import cluster, demo, kafka
+from wallaroo import cluster, demo, kafka, metrics
 from wallaroo.loader import AppNotFound, load_app
 from wallaroo.plan import ApplicationError, compile_plan
 
@@ -113,8 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     kafka.add_arguments(parser)
     demo.add_arguments(parser)
     cluster.add_arguments(parser)
+    metrics.add_arguments(parser)
     legacy = parser.add_argument_group("Wallaroo 0.4.2 runner flags")
-    legacy.add_argument("-m", "--metrics", metavar="HOST:PORT", help="metrics address")
+    legacy.add_argument(
+        "-m",
+        "--metrics",
+        metavar="HOST:PORT",
+        help="metrics address: the initializer serves /metrics (Prometheus), /status and a "
+        "live web page there for every worker (default: a free loopback port, logged)",
+    )
     legacy.add_argument("-c", "--control", metavar="HOST:PORT", help="control address")
     legacy.add_argument("-d", "--data", metavar="HOST:PORT", help="data address")
     legacy.add_argument("-e", "--external", metavar="HOST:PORT", help="external channel address")
@@ -215,10 +222,6 @@ def main(argv: list | None = None) -> int:
         return _fail(EXIT_BAD_APP, problem)
     if opts.workers and opts.workers > 1:
         return cluster.supervise(argv, opts.workers)
-    if opts.metrics:
-        log.warning(
-            "-m/--metrics %s: the metrics server is not available yet; ignored", opts.metrics
-        )
 
     try:
         module = load_app(app_spec, py2_compat=not opts.no_py2_compat)
@@ -283,6 +286,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
         "sink_connect_timeout_s": opts.sink_connect_timeout,
     }
     members = cluster.Cluster(opts, plan["name"]) if cluster.Cluster.wanted(opts) else None
+    observer = metrics.Observer(opts, plan["name"])
     kafka_setup = kafka.KafkaSetup(opts)
     try:
         if members is None or opts.cluster_initializer:
@@ -297,7 +301,10 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
                 kafka_setup.prepare(plan, embedded_bootstrap=membership.extra.get("embedded_kafka"))
             options["process"] = membership.index
             options["addresses"] = membership.addresses
-            members.watch(lambda name: _engine.abort(f"lost worker {name!r}"))
+            members.watch(
+                lambda name: _engine.abort(f"lost worker {name!r}"),
+                on_message=observer.on_peer_message,
+            )
     except (ValueError, _engine.ConfigError) as err:
         return _fail(EXIT_BAD_APP, str(err))
     except cluster.ClusterSetupError as err:
@@ -310,6 +317,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
     companions = None
     log.info("running application %r (%d pipelines)", plan["name"], len(plan["pipelines"]))
     try:
+        observer.start(members)
         if with_demo:
             companions = demo.Companions(opts, plan, embedded=kafka_setup.embedded is not None)
             companions.start()
@@ -323,6 +331,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
     finally:
         if members is not None:
             members.finish()
+        observer.stop()
         if companions is not None:
             companions.stop()
         for signum, handler in previous.items():
