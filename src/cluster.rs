@@ -140,19 +140,37 @@ impl Codec {
         })
     }
 
-    /// Serialize `(key, value)` pairs for another worker.
-    fn encode(&self, py: Python<'_>, pairs: Vec<(Py<PyAny>, Py<PyAny>)>) -> PyResult<Vec<u8>> {
+    /// Serialize `(key, value)` pairs for another worker; on failure, the
+    /// index of the pair that could not be serialized.
+    fn encode(
+        &self,
+        py: Python<'_>,
+        pairs: &[(Py<PyAny>, Py<PyAny>)],
+    ) -> Result<Vec<u8>, (usize, PyErr)> {
         let mut items = Vec::with_capacity(pairs.len());
-        for (key, value) in pairs {
+        for (index, (key, value)) in pairs.iter().enumerate() {
             let value = match &self.own {
-                Some((serialize, _)) => serialize.bind(py).call1((value,))?.unbind(),
-                None => value,
+                Some((serialize, _)) => serialize
+                    .bind(py)
+                    .call1((value,))
+                    .map_err(|err| (index, err))?
+                    .unbind(),
+                None => value.clone_ref(py),
             };
-            items.push(pyo3::types::PyTuple::new(py, [key, value])?);
+            let pair = pyo3::types::PyTuple::new(py, [key.clone_ref(py), value]);
+            items.push(pair.map_err(|err| (index, err))?);
         }
-        let list = pyo3::types::PyList::new(py, items)?;
-        let data = self.dumps.bind(py).call1((list,))?;
-        Ok(data.cast::<PyBytes>()?.as_bytes().to_vec())
+        let pickled = pyo3::types::PyList::new(py, items)
+            .and_then(|list| self.dumps.bind(py).call1((list,)))
+            .and_then(|data| Ok(data.cast::<PyBytes>()?.as_bytes().to_vec()));
+        pickled.map_err(|err| {
+            // Find the record pickle refused, for the message.
+            let culprit = pairs
+                .iter()
+                .position(|(key, value)| self.dumps.bind(py).call1(((key, value),)).is_err())
+                .unwrap_or(0);
+            (culprit, err)
+        })
     }
 
     /// The `(key, value)` pairs of a batch from another worker.
@@ -196,7 +214,6 @@ fn route(
         remote: Vec::new(),
     };
     let mut remote: BTreeMap<usize, OutgoingBatch> = BTreeMap::new();
-    let mut first_remote: Option<(SortKey, String)> = None;
     for record in emitted.keyed {
         let step = u32::try_from(record.step).unwrap_or(u32::MAX);
         if record.owner == me {
@@ -208,23 +225,20 @@ fn route(
             });
             continue;
         }
-        if first_remote.is_none() {
-            first_remote = Some((
-                record.order.clone(),
-                crate::errors::short_repr(record.value.bind(py), 200),
-            ));
-        }
         let entry = remote.entry(record.owner).or_default();
         entry.0.push((record.order, step));
         entry.1.push((record.key, record.value));
     }
     for (owner, (records, pairs)) in remote {
-        let data = codec.encode(py, pairs).map_err(|err| {
-            let (order, record) = first_remote.clone().unwrap_or_default();
+        let data = codec.encode(py, &pairs).map_err(|(index, err)| {
+            let order = records.get(index).map(|r| r.0.clone()).unwrap_or_default();
             StepFailure {
                 pipeline: chain.pipeline.clone(),
                 step: "serialize (records crossing workers)".to_owned(),
-                record,
+                record: pairs
+                    .get(index)
+                    .map(|(_, value)| crate::errors::short_repr(value.bind(py), 200))
+                    .unwrap_or_default(),
                 position: chain.source.describe(&crate::sources::Pos {
                     stream: order.stream,
                     index: order.index,
@@ -520,6 +534,46 @@ pub(crate) fn build_pipeline<A: Allocate>(
     })
 }
 
+/// Why the cluster broke: the reason the control channel gave (it names the
+/// lost worker), waiting a moment for it, else `fallback`.
+fn lost_peer_reason(fallback: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(reason) = crate::dataflow::peek_abort() {
+            return reason;
+        }
+        if std::time::Instant::now() >= deadline {
+            return fallback.to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Panics in timely's threads mean a peer's connection broke: unwinding
+/// through timely's shared queues would panic again and abort the process
+/// with a backtrace, so report the lost worker in one line and exit.
+fn exit_on_lost_peer() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_timely = std::thread::current()
+            .name()
+            .is_some_and(|name| name.starts_with("timely"));
+        if !in_timely {
+            default(info);
+            return;
+        }
+        let detail = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("connection lost");
+        let reason = lost_peer_reason(&format!("lost the connection to another worker ({detail})"));
+        eprintln!("error: cluster: {reason}");
+        std::process::exit(1);
+    }));
+}
+
 /// Run this process's worker of the cluster; the calling (main) thread waits,
 /// watching for signals.
 pub fn execute(
@@ -539,6 +593,7 @@ pub fn execute(
         },
         worker: WorkerConfig::default(),
     };
+    exit_on_lost_peer();
     let plan = Arc::new(Mutex::new(Some(plan)));
     let options = Arc::new(options);
     let (result_tx, result_rx) = crossbeam_channel::bounded(1);
@@ -557,9 +612,9 @@ pub fn execute(
             Ok(result) => break result,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                break Err(Error::Cluster(
-                    "the worker stopped without a result (a peer was lost)".to_owned(),
-                ))
+                break Err(Error::Cluster(lost_peer_reason(
+                    "the worker stopped without a result (a peer was lost)",
+                )))
             }
         }
         // Runs the runner's signal handlers, which request a clean stop.

@@ -77,6 +77,11 @@ fn take_abort() -> Option<String> {
     ABORT.lock().ok().and_then(|mut slot| slot.take())
 }
 
+/// The reason the run is being aborted, if it is (left in place).
+pub fn peek_abort() -> Option<String> {
+    ABORT.lock().ok().and_then(|slot| slot.clone())
+}
+
 fn pending_abort() -> bool {
     ABORT.lock().map(|slot| slot.is_some()).unwrap_or(false)
 }
@@ -642,5 +647,15 @@ fn drive<A: Allocate>(
     }
 }
 
-fn exp_inflight() -> u64 { std::env::var("EXP_INFLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_EPOCHS_IN_FLIGHT) }
-fn exp_records() -> usize { std::env::var("EXP_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_EPOCH_RECORDS) }
+fn exp_inflight() -> u64 {
+    std::env::var("EXP_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAX_EPOCHS_IN_FLIGHT)
+}
+fn exp_records() -> usize {
+    std::env::var("EXP_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAX_EPOCH_RECORDS)
+}

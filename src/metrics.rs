@@ -100,6 +100,8 @@ pub const LATENCY_NS: &[u64] = &[
 ];
 /// Python call duration buckets (ns).
 pub const CALL_NS: &[u64] = &[
+    250,
+    500,
     US,
     2 * US + US / 2,
     5 * US,
@@ -1309,6 +1311,9 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
         )?;
 
         let source = |s: &WorkerSnapshot, p: &PipelineSnapshot, v: u64| {
+            if p.source.is_empty() {
+                return None;
+            }
             let mut labels = wp(s, p);
             labels.push(("source", p.source.clone()));
             Some((labels, v as f64))

@@ -150,6 +150,7 @@ class Browser:
         return self._log.read().decode(errors="replace")
 
     def _read_message(self, deadline: float) -> dict:
+        """The next NUL-terminated JSON message from Chromium."""
         while b"\0" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

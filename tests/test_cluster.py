@@ -320,12 +320,7 @@ def test_record_the_app_serializer_cannot_encode_fails_clearly(unserializable_ru
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (since fc0def3, one pickle per batch): a serialize failure reports "
-    "the batch's first record crossing workers and its position ('failed on record 51 "
-    "(... line 51 ...)'), not the record serialize() failed on (75j, line 75)",
-)
+
 def test_serializer_failure_names_the_offending_record(unserializable_runs) -> None:
     code, stderr, _ = unserializable_runs[2]
     assert code != 0, stderr
@@ -336,12 +331,7 @@ def test_serializer_failure_names_the_offending_record(unserializable_runs) -> N
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a worker whose run fails (here the initializer, on a step error) "
-    "still sends 'done' to its peers (runner.run_plan's finally -> Cluster.finish), so "
-    "the other worker logs 'finished' and exits 0 with part of the records lost",
-)
+
 def test_step_error_on_one_worker_fails_every_worker(tmp_path: Path, app_env, free_port) -> None:
     """The initializer serializes the records it decodes for the state on
     worker2, and fails on a complex value; worker2 must not report success."""
@@ -762,14 +752,7 @@ def test_lost_worker_stops_the_other_without_hanging(killed_run: dict) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: when a peer dies, timely's network threads panic (backtraces on "
-    "stderr) and cluster::execute reports only 'the worker stopped without a result (a peer "
-    "was lost)' -- the name given to _engine.abort() by the control-connection watch is "
-    "never used; sometimes the process even dies by SIGABRT ('panic in a destructor during "
-    "cleanup') with no message",
-)
+
 def test_lost_worker_is_named_in_a_clean_error(killed_run: dict) -> None:
     stderr = killed_run["stderr"]
     assert killed_run["code"] == 1, stderr  # the runner's run-failed code, not a signal

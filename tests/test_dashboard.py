@@ -115,6 +115,7 @@ def api(dashboard: Dashboard) -> dict:
 
 
 def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -169,6 +170,7 @@ class Feed:
 
 @pytest.fixture
 def feed(kafka: EmbeddedKafka, topic: str) -> Feed:
+    """A producer of leaderboard messages to the test's topic."""
     return Feed(kafka, topic)
 
 
@@ -570,6 +572,7 @@ class LeaderRows(HTMLParser):
 
 
 def leader_rows(html: str) -> list[dict[str, Any]]:
+    """The leader rows of a serialized page (see :class:`LeaderRows`)."""
     parser = LeaderRows()
     parser.feed(html)
     return parser.rows
@@ -584,6 +587,7 @@ def assert_png(path: Path, size: tuple[int, int] = (1280, 900)) -> None:
 
 
 def event(kind: str, actor: str, minute: int) -> dict:
+    """A GitHub Archive event of 2015-01-01 15:MM as the application keeps it."""
     return {
         "type": kind,
         "actor": {"login": actor},

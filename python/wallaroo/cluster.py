@@ -141,13 +141,11 @@ def _watch(
         except OSError:
             message = None
         if message is None:
+            _pass_on(on_message, name, {"type": "lost"})
             if not done.is_set():
-                _pass_on(on_message, name, {"type": "lost"})
                 on_lost(name)
             return
         _pass_on(on_message, name, message)
-        if message.get("type") == "done":
-            return
 
 
 def _pass_on(on_message: Optional[Callable[[str, dict], None]], name: str, message: dict) -> None:
@@ -171,6 +169,9 @@ class Cluster:
         self.membership: Optional[Membership] = None
         self._send_lock = threading.Lock()
         self._report: Optional[Callable[[], dict]] = None
+        # What each peer said at the end: its result, the verdict, or "lost".
+        self._results: dict = {}
+        self._answered: dict = {}
 
     @staticmethod
     def wanted(opts: argparse.Namespace) -> bool:
@@ -316,6 +317,9 @@ class Cluster:
         if message.get("type") != "start":
             raise ClusterSetupError(f"unexpected answer from the initializer: {message}")
         sock.settimeout(None)
+        # Give the initializer a head start binding its data address, so the
+        # engine's first connection attempt succeeds (timely retries after 1 s).
+        time.sleep(0.2)
         index = int(message["index"])
         log.info("joined the cluster as worker %d of %d", index, len(message["addresses"]))
         return Membership(
@@ -343,14 +347,30 @@ class Cluster:
         self,
         on_lost: Callable[[str], None],
         on_message: Optional[Callable[[str, dict], None]] = None,
+        on_failed: Optional[Callable[[str, str], None]] = None,
     ) -> None:
-        """Call ``on_lost(name)`` when a peer's control connection drops, and
-        ``on_message(name, message)`` for what peers send (metrics reports)."""
+        """Call ``on_lost(name)`` when a peer's control connection drops,
+        ``on_failed(name, reason)`` when a peer reports that its run failed
+        while this one goes on, and ``on_message(name, message)`` for what
+        peers send (metrics reports)."""
         assert self.membership is not None
+
+        def handle(name: str, message: dict) -> None:
+            kind = message.get("type")
+            if kind in ("result", "verdict", "lost"):
+                self._results.setdefault(name, message)
+                self._answered.setdefault(name, threading.Event()).set()
+                failed = kind != "lost" and not message.get("ok")
+                if failed and on_failed is not None and not self.done.is_set():
+                    on_failed(name, str(message.get("reason")))
+            if on_message is not None:
+                on_message(name, message)
+
         for name, _sock, reader in self.membership.peers:
+            self._answered.setdefault(name, threading.Event())
             threading.Thread(
                 target=_watch,
-                args=(name, reader, on_lost, self.done, on_message),
+                args=(name, reader, on_lost, self.done, handle),
                 name=f"watch {name}",
                 daemon=True,
             ).start()
@@ -382,17 +402,54 @@ class Cluster:
                 except OSError:
                     pass
 
-    def finish(self) -> None:
-        """Tell the peers this worker ended normally and close the connections."""
+    def finish(
+        self, ok: bool = True, reason: Optional[str] = None, timeout: float = 30.0
+    ) -> tuple:
+        """Agree on how the run went; ``(ok, reason)`` for the whole cluster.
+
+        Every worker reports its result to the initializer, which answers all
+        of them with the verdict, so no worker reports success when another
+        one failed or was lost.
+        """
         self.done.set()
         if self.membership is None:
-            return
+            return ok, reason
         if self._report is not None:
             self._send_to_peers(self._report)
+        names = [name for name, _sock, _reader in self.membership.peers]
+        if self.opts.cluster_initializer:
+            failures = [] if ok else [f"worker {self.membership.names[0]!r}: {reason}"]
+            deadline = time.monotonic() + timeout
+            for name in names:
+                self._answered[name].wait(max(0.0, deadline - time.monotonic()))
+                result = self._results.get(name)
+                if result is None or result.get("type") == "lost":
+                    failures.append(f"lost worker {name!r}")
+                elif not result.get("ok"):
+                    failures.append(f"worker {name!r}: {result.get('reason')}")
+            verdict = {"type": "verdict", "ok": not failures, "reason": "; ".join(failures)}
+            self._close_all(verdict)
+            return verdict["ok"], verdict["reason"] or None
         with self._send_lock:
             for _name, sock, _reader in self.membership.peers:
                 try:
-                    _send(sock, {"type": "done"})
+                    _send(sock, {"type": "result", "ok": ok, "reason": reason})
+                except OSError:
+                    pass
+        self._answered[names[0]].wait(timeout)
+        verdict = self._results.get(names[0]) or {"type": "lost"}
+        self._close_all(None)
+        if verdict.get("type") != "verdict":
+            return False, reason or "lost the initializer before it gave the verdict"
+        return bool(verdict.get("ok")) and ok, reason or verdict.get("reason")
+
+    def _close_all(self, message: Optional[dict]) -> None:
+        assert self.membership is not None
+        with self._send_lock:
+            for _name, sock, _reader in self.membership.peers:
+                try:
+                    if message is not None:
+                        _send(sock, message)
                     sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass

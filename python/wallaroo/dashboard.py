@@ -55,7 +55,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "dashboard_static"
 TOP_N = 10
 #: Recent events kept per repository (the application keeps 3).
 MAX_RECENT_EVENTS = 3
-#: Seconds between SSE keep-alive comments when nothing changes.
+#: Seconds between SSE keep-alive pings when nothing changes.
 SSE_PING_INTERVAL = 15.0
 #: Least seconds between two SSE pushes to one client (changes in between coalesce).
 SSE_MIN_PUSH_INTERVAL = 0.1
@@ -106,10 +106,6 @@ class BadMessage(ValueError):
     """A ``leaderboard`` message that is not JSON or not of the expected shape."""
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _event_url(event: Mapping[str, Any]) -> str | None:
     """The GitHub page of a pull request or of the fork, when the event names it."""
     payload = event.get("payload")
@@ -136,11 +132,13 @@ def normalize_event(event: Mapping[str, Any]) -> RecentEvent:
         actor = actor.get("login") or actor.get("display_login")
     created_at = event.get("created_at")
     event_id = event.get("id")
+    if isinstance(event_id, bool) or not isinstance(event_id, (int, str)):
+        event_id = None
     return {
         "type": kind if isinstance(kind, str) and kind else "Event",
         "actor": actor if isinstance(actor, str) and actor else None,
         "created_at": created_at if isinstance(created_at, str) else None,
-        "id": str(event_id) if _is_int(event_id) or isinstance(event_id, str) else None,
+        "id": None if event_id is None else str(event_id),
         "url": _event_url(event),
     }
 
@@ -162,7 +160,8 @@ def parse_message(value: bytes | str | None) -> tuple[int, list[Leader]]:
     if not isinstance(message, dict):
         raise BadMessage(f"expected a JSON object, got {type(message).__name__}")
     partition = message.get("partition")
-    if not _is_int(partition) or partition < 0:
+    # bool is an int in Python, but JSON true is no number.
+    if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
         raise BadMessage(f"'partition' must be a non-negative integer, got {partition!r}")
     raw_leaders = message.get("leaders")
     if not isinstance(raw_leaders, list):
@@ -174,7 +173,7 @@ def parse_message(value: bytes | str | None) -> tuple[int, list[Leader]]:
         repo, stars = raw.get("repo"), raw.get("stars")
         if not isinstance(repo, str) or not repo:
             raise BadMessage(f"leaders[{index}].repo must be a non-empty string")
-        if not _is_int(stars):
+        if not isinstance(stars, int) or isinstance(stars, bool):
             raise BadMessage(f"leaders[{index}].stars must be an integer")
         events = raw.get("recent_events") or []
         if not isinstance(events, list):
@@ -208,6 +207,7 @@ def merge_leaders(partitions: Mapping[int, Sequence[Leader]], limit: int = TOP_N
 
 
 def _iso(epoch: float | None) -> str | None:
+    """A Unix time as ISO 8601 UTC (``...Z``), None stays None."""
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -254,32 +254,37 @@ class Leaderboard:
         Returns the new global top 10 when it changed, otherwise None. Raises
         :class:`BadMessage` (after counting it) for a bad message.
         """
+        try:
+            partition, leaders = parse_message(value)  # outside the lock: readers go on
+        except BadMessage:
+            with self._cond:
+                self._messages += 1
+                self._bad += 1
+                self._changed()
+            raise
         with self._cond:
             self._messages += 1
-            self._version += 1
-            try:
-                partition, leaders = parse_message(value)
-            except BadMessage:
-                self._bad += 1
-                raise
-            finally:
-                self._cond.notify_all()
             self._partitions[partition] = leaders
             self._updates[partition] = self._updates.get(partition, 0) + 1
             self._last_update = time.time()
+            self._changed()
             top = merge_leaders(self._partitions, self._limit)
             if top == self._top:
                 return None
             self._top = top
             return list(top)
 
+    def _changed(self) -> None:
+        """Advance the version and wake the waiters (the lock is held)."""
+        self._version += 1
+        self._cond.notify_all()
+
     def set_status(self, status: str) -> None:
         """Record what the Kafka consumer is doing (shown in the page's header)."""
         with self._cond:
             if status != self._status:
                 self._status = status
-                self._version += 1
-                self._cond.notify_all()
+                self._changed()
 
     def snapshot(self) -> dict[str, Any]:
         """Everything ``/api/leaders`` reports, as a JSON-ready dict."""
@@ -379,6 +384,7 @@ class _ConsumerThread(threading.Thread):
             consumer.close()
 
     def _run(self, consumer: Any) -> None:
+        """Wait for the topic, assign its partitions, consume until stopped."""
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
         partitions = self._wait_for_partitions(consumer)
@@ -414,6 +420,7 @@ class _ConsumerThread(threading.Thread):
                 self.board.set_status(f"consuming {len(assigned)} partition(s)")
 
     def _handle(self, message: Any) -> None:
+        """Apply one consumed message; report a changed top 10."""
         error = message.error()
         if error is not None:
             self._on_kafka_error(error)
@@ -481,9 +488,11 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "wallaroo-dashboard"
 
     def log_message(self, format: str, *args: Any) -> None:
+        """Access log lines go to the logger at DEBUG level, not to stderr."""
         log.debug("%s %s", self.address_string(), format % args)
 
     def do_GET(self) -> None:
+        """Route: the API, the event stream, or one of the page's files."""
         path = urlsplit(self.path).path
         if path == "/api/leaders":
             self._send(HTTPStatus.OK, "application/json", self.server.board.snapshot_json()[1])
@@ -498,6 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.OK, _CONTENT_TYPES[static.suffix], static.read_bytes())
 
     def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
+        """A complete, uncached response."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -591,10 +601,11 @@ class Dashboard:
         """The page's address, e.g. ``http://127.0.0.1:8080/``."""
         if self._server is None:
             raise RuntimeError("the dashboard is not started")
-        host, port = self._server.server_address[:2]
+        address = self._server.server_address
+        host, port = str(address[0]), address[1]
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1" if host != "::" else "::1"
-        if ":" in str(host):
+        if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{port}/"
 
@@ -637,6 +648,7 @@ class Dashboard:
         self.stop()
 
     def _notify(self, leaders: list[Leader]) -> None:
+        """Call :attr:`on_change`, if set, logging what it raises."""
         callback = self.on_change
         if callback is None:
             return
@@ -662,6 +674,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A plain list, not an Event: a handler taking a lock the main thread may hold deadlocks.
+    received: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, _frame: received.append(signum))
     dashboard = Dashboard(args.brokers, args.topic, args.host, args.port)
     try:
         dashboard.start()
@@ -669,11 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     print(f"Dashboard: {dashboard.url}", flush=True)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
+    while not received:
+        time.sleep(0.2)
+    log.info("stopping (signal %s)", received[0])
     dashboard.stop()
     return 0
 

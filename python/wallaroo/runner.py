@@ -304,6 +304,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
             members.watch(
                 lambda name: _engine.abort(f"lost worker {name!r}"),
                 on_message=observer.on_peer_message,
+                on_failed=lambda name, why: _engine.abort(f"worker {name!r} failed: {why}"),
             )
     except (ValueError, _engine.ConfigError) as err:
         return _fail(EXIT_BAD_APP, str(err))
@@ -316,6 +317,8 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
             previous[signum] = signal.signal(signum, handler)
     companions = None
     log.info("running application %r (%d pipelines)", plan["name"], len(plan["pipelines"]))
+    summary = None
+    code, failure = EXIT_OK, None
     try:
         observer.start(members)
         if with_demo:
@@ -323,19 +326,23 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
             companions.start()
         summary = _engine.run(plan, options)
     except _engine.StepError as err:
-        return _fail(EXIT_RUN_FAILED, f"the application failed: {err}")
+        code, failure = EXIT_RUN_FAILED, f"the application failed: {err}"
     except _engine.ConfigError as err:
-        return _fail(EXIT_RUN_FAILED, str(err))
+        code, failure = EXIT_RUN_FAILED, str(err)
     except _engine.ClusterError as err:
-        return _fail(EXIT_RUN_FAILED, f"cluster: {err}")
+        code, failure = EXIT_RUN_FAILED, f"cluster: {err}"
     finally:
         if members is not None:
-            members.finish()
+            ok, reason = members.finish(failure is None, failure)
+            if not ok and failure is None:
+                code, failure = EXIT_RUN_FAILED, f"cluster: {reason}"
         observer.stop()
         if companions is not None:
             companions.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if failure is not None:
+        return _fail(code, failure)
     _report(summary)
     return EXIT_OK
 
