@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON_DIR, app_env
 
 EXAMPLE_DIR = PYTHON_DIR / "wallaroo" / "examples" / "star_leaders"
@@ -241,7 +240,8 @@ def test_one_command_demo_from_another_directory(tmp_path: Path) -> None:
         assert find_chromium(), "headless Chromium is missing: run `make browser`"
         shot = ARTIFACTS / "test_star_leaders" / "demo_dashboard.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
-        html = render(url, shot, wait_ms=1500, until="document.querySelectorAll('tbody tr').length > 0")
+        rows_shown = "document.querySelectorAll('tbody tr').length > 0"
+        html = render(url, shot, wait_ms=1500, until=rows_shown)
         assert any(name in html for name in leaders), "the dashboard shows none of the leaders"
         assert shot.stat().st_size > 10_000
     finally:

@@ -14,7 +14,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON_DIR
 
 REPO_ROOT = PYTHON_DIR.parent

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 log = logging.getLogger("wallaroo.cluster")
 
@@ -106,7 +106,7 @@ class _Lines:
     def __init__(self, sock: socket.socket) -> None:
         self.file = sock.makefile("rb")
 
-    def read(self) -> Optional[dict]:
+    def read(self) -> dict | None:
         line = self.file.readline()
         if not line:
             return None
@@ -133,7 +133,7 @@ def _watch(
     reader: _Lines,
     on_lost: Callable[[str], None],
     done: threading.Event,
-    on_message: Optional[Callable[[str, dict], None]] = None,
+    on_message: Callable[[str, dict], None] | None = None,
 ) -> None:
     while True:
         try:
@@ -148,7 +148,7 @@ def _watch(
         _pass_on(on_message, name, message)
 
 
-def _pass_on(on_message: Optional[Callable[[str, dict], None]], name: str, message: dict) -> None:
+def _pass_on(on_message: Callable[[str, dict], None] | None, name: str, message: dict) -> None:
     """Hand a peer's message on (e.g. its metrics); a failure there never
     stops the liveness watch."""
     if on_message is None:
@@ -166,9 +166,9 @@ class Cluster:
         self.opts = opts
         self.app_name = app_name
         self.done = threading.Event()
-        self.membership: Optional[Membership] = None
+        self.membership: Membership | None = None
         self._send_lock = threading.Lock()
-        self._report: Optional[Callable[[], dict]] = None
+        self._report: Callable[[], dict] | None = None
         # What each peer said at the end: its result, the verdict, or "lost".
         self._results: dict = {}
         self._answered: dict = {}
@@ -200,7 +200,7 @@ class Cluster:
         server.listen(16)
         return server
 
-    def _check_join(self, message: Optional[dict]) -> Optional[str]:
+    def _check_join(self, message: dict | None) -> str | None:
         if not message or message.get("type") != "join":
             return "expected a join message"
         if message.get("protocol") != PROTOCOL:
@@ -332,7 +332,7 @@ class Cluster:
 
     # -- both ----------------------------------------------------------------
 
-    def form(self, extra: Optional[dict] = None) -> Membership:
+    def form(self, extra: dict | None = None) -> Membership:
         """Wait until the cluster is complete; this process's membership.
 
         ``extra`` (initializer only) is shared with every worker.
@@ -346,8 +346,8 @@ class Cluster:
     def watch(
         self,
         on_lost: Callable[[str], None],
-        on_message: Optional[Callable[[str, dict], None]] = None,
-        on_failed: Optional[Callable[[str, str], None]] = None,
+        on_message: Callable[[str, dict], None] | None = None,
+        on_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         """Call ``on_lost(name)`` when a peer's control connection drops,
         ``on_failed(name, reason)`` when a peer reports that its run failed
@@ -403,7 +403,7 @@ class Cluster:
                     pass
 
     def finish(
-        self, ok: bool = True, reason: Optional[str] = None, timeout: float = 30.0
+        self, ok: bool = True, reason: str | None = None, timeout: float = 30.0
     ) -> tuple:
         """Agree on how the run went; ``(ok, reason)`` for the whole cluster.
 
@@ -443,7 +443,7 @@ class Cluster:
             return False, reason or "lost the initializer before it gave the verdict"
         return bool(verdict.get("ok")) and ok, reason or verdict.get("reason")
 
-    def _close_all(self, message: Optional[dict]) -> None:
+    def _close_all(self, message: dict | None) -> None:
         assert self.membership is not None
         with self._send_lock:
             for _name, sock, _reader in self.membership.peers:
@@ -470,7 +470,8 @@ def supervise(argv: list, workers: int) -> int:
         if index == 0:
             role = ["-t", "-w", str(workers), "-c", control, "-d", free_address(), "-n", "worker-0"]
         else:
-            role = ["-w", str(workers), "-c", control, "-y", free_address(), "-n", f"worker-{index}"]
+            name = f"worker-{index}"
+            role = ["-w", str(workers), "-c", control, "-y", free_address(), "-n", name]
         command = [sys.executable, "-m", "wallaroo", *base, *role]
         if index > 0:
             command += ["--no-demo"]

@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 log = logging.getLogger("wallaroo.demo")
 
@@ -89,7 +89,7 @@ class Companions:
         self.embedded = embedded
         self.stop_event = threading.Event()
         self.threads: list = []
-        self.dashboard: Optional[Any] = None
+        self.dashboard: Any | None = None
         self._last_line = ""
         self._last_print = 0.0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger("wallaroo.kafka")
 
@@ -80,7 +80,7 @@ class KafkaSetup:
         self.opts = opts
         self.source_config = _settings(opts.kafka_source_config, "--kafka-source-config")
         self.sink_config = _settings(opts.kafka_sink_config, "--kafka-sink-config")
-        self.embedded: Optional[Any] = None
+        self.embedded: Any | None = None
 
     def _embedded_bootstrap(self, topic: str) -> str:
         if self.embedded is None:
@@ -96,7 +96,7 @@ class KafkaSetup:
         log.info("embedded broker: topic %r ready", topic)
         return self.embedded.bootstrap_servers
 
-    def _connection(self, spec: dict, config: list, embedded_bootstrap: Optional[str]) -> None:
+    def _connection(self, spec: dict, config: list, embedded_bootstrap: str | None) -> None:
         brokers = spec.pop("brokers")
         if _configured(brokers):
             spec["bootstrap"] = ",".join(f"{host}:{port}" for host, port in brokers if host)
@@ -111,7 +111,7 @@ class KafkaSetup:
         spec["config"] = config
         spec["create_partitions"] = self.opts.kafka_partitions if create else None
 
-    def prepare(self, plan: dict, embedded_bootstrap: Optional[str] = None) -> None:
+    def prepare(self, plan: dict, embedded_bootstrap: str | None = None) -> None:
         """Complete every Kafka source and sink of ``plan`` in place.
 
         ``embedded_bootstrap``: the address of an embedded broker another
@@ -130,6 +130,6 @@ class KafkaSetup:
                 self._connection(sink, self.sink_config, embedded_bootstrap)
 
     @property
-    def bootstrap_servers(self) -> Optional[str]:
+    def bootstrap_servers(self) -> str | None:
         """The embedded broker's address, when one was started."""
         return self.embedded.bootstrap_servers if self.embedded is not None else None

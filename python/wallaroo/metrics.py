@@ -28,7 +28,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from wallaroo.progress import Progress
 
@@ -85,7 +85,7 @@ def is_local(host: str) -> bool:
     return False
 
 
-def bind_address(spec: Optional[str], flag: str = "-m/--metrics") -> str:
+def bind_address(spec: str | None, flag: str = "-m/--metrics") -> str:
     """Where to listen for ``spec``: itself when local, else its port on 127.0.0.1."""
     if not spec:
         return "127.0.0.1:0"
@@ -123,7 +123,7 @@ class Observer:
         self.opts = opts
         self.app_name = app_name
         self.urls: list = []
-        self.progress: Optional[Progress] = None
+        self.progress: Progress | None = None
         self.started = False
 
     @property
@@ -160,7 +160,7 @@ class Observer:
             self.progress = Progress(_engine.metrics_totals)
             self.progress.start()
 
-    def _serve(self, spec: Optional[str], everyone: bool, flag: str) -> None:
+    def _serve(self, spec: str | None, everyone: bool, flag: str) -> None:
         from wallaroo import _engine
 
         address = bind_address(spec, flag)

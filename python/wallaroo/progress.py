@@ -2,7 +2,7 @@
 
 One line, rewritten in place twice a second on standard error::
 
-    wallaroo ▸ 1,204,311 in  48,120/s │ 1,180,002 out │ 24,309 dropped │ 2 bad │ 0 errors │ 2 workers │ 0:25
+    wallaroo ▸ 1,204,311 in  48,120/s │ 1,180,002 out │ 24,309 dropped │ 2 bad │ 0 errors │ 0:25
 
 Only on a TTY (the runner checks) and not with ``--quiet``. Log lines go to
 the same terminal: a filter on the logging handlers clears the progress line
@@ -16,7 +16,7 @@ import shutil
 import sys
 import threading
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, TextIO
 
 #: Seconds between redraws.
 INTERVAL = 0.5
@@ -72,7 +72,7 @@ class Progress:
     def __init__(
         self,
         totals: Callable[[], dict],
-        stream: Optional[TextIO] = None,
+        stream: TextIO | None = None,
         interval: float = INTERVAL,
     ) -> None:
         self.totals = totals
@@ -81,11 +81,11 @@ class Progress:
         self._lock = threading.Lock()
         self._shown = False
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._filter = _ClearBeforeLogging(self)
         self._handlers: list = []
         self._started = time.monotonic()
-        self._last: Optional[tuple] = None  # (time, records_in)
+        self._last: tuple | None = None  # (time, records_in)
         self._rate = 0.0
 
     def start(self) -> Progress:
