@@ -27,11 +27,11 @@ run: develop-release ## Run the star leaders example on the embedded defaults
 lint: $(STAMP) ## cargo fmt --check, clippy -D warnings, ruff
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	$(BIN)/ruff check python tests benches star_leaders
+	$(BIN)/ruff check python tests benches
 
 fmt: $(STAMP) ## Format Rust and Python
 	cargo fmt
-	$(BIN)/ruff check --fix python tests benches star_leaders
+	$(BIN)/ruff check --fix python tests benches
 
 test-rust: ## Rust unit tests
 	cargo test --lib

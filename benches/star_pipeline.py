@@ -9,11 +9,15 @@ same functions with the wallaroo decorators.
 from __future__ import annotations
 
 import json
+import os
 import zlib
 
 import wallaroo
 
 PARTITIONS = list(range(10))
+#: Event types the filter keeps (env BENCH_KEEP, comma-separated; "*" keeps all).
+KEEP_TYPES = frozenset(os.environ.get("BENCH_KEEP", "WatchEvent").split(","))
+KEEP_ALL = "*" in KEEP_TYPES
 
 
 class RepoStars:
@@ -28,7 +32,7 @@ def decode(data: bytes) -> dict:
 
 
 def keep_watch_events(event: dict):
-    return event if event["type"] == "WatchEvent" else None
+    return event if KEEP_ALL or event["type"] in KEEP_TYPES else None
 
 
 def repo_partition(event: dict) -> int:

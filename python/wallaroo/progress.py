@@ -147,4 +147,3 @@ class Progress:
             handler.removeFilter(self._filter)
         self._handlers = []
         self.clear()
-
