@@ -4,12 +4,12 @@
 //! every one is appended to PATH as a JSON line (flushed at once, so a crash
 //! loses none of them).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -47,9 +47,18 @@ struct Inner {
     write_failed: bool,
 }
 
+/// Log lines per kind of bad input allowed in one [`LOG_WINDOW`].
+const LOG_BURST: u32 = 20;
+/// The window of the log throttle.
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Per kind: window start, lines logged in it, lines not logged.
+type LogWindows = HashMap<String, (Instant, u32, u64)>;
+
 /// The shared bad-input record of a run.
 #[derive(Default)]
 pub struct BadInput {
+    log_windows: Mutex<LogWindows>,
     inner: Mutex<Inner>,
 }
 
@@ -72,6 +81,7 @@ impl BadInput {
             })
             .transpose()?;
         Ok(BadInput {
+            log_windows: Mutex::default(),
             inner: Mutex::new(Inner {
                 file,
                 ..Inner::default()
@@ -81,10 +91,12 @@ impl BadInput {
 
     /// Count, log and keep one bad record.
     pub fn record(&self, pipeline: &str, position: &str, kind: &str, error: &str, payload: &[u8]) {
-        log::warn!(
-            "bad input ({kind}) in pipeline {pipeline:?} at {position}: {}",
-            shorten(error.lines().last().unwrap_or(error), 300)
-        );
+        if self.should_log(kind) {
+            log::warn!(
+                "bad input ({kind}) in pipeline {pipeline:?} at {position}: {}",
+                shorten(error.lines().last().unwrap_or(error), 300)
+            );
+        }
         let record = BadRecord {
             time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -122,6 +134,35 @@ impl BadInput {
             inner.recent.pop_front();
         }
         inner.recent.push_back(record);
+    }
+
+    /// Whether to log one more bad record of `kind`: at most
+    /// [`LOG_BURST`] lines per kind every [`LOG_WINDOW`], then one line
+    /// saying how many were not logged (all are counted and kept).
+    fn should_log(&self, kind: &str) -> bool {
+        let mut windows = match self.log_windows.lock() {
+            Ok(windows) => windows,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        let window = windows.entry(kind.to_owned()).or_insert((now, 0, 0));
+        if now.duration_since(window.0) >= LOG_WINDOW {
+            if window.2 > 0 {
+                log::warn!(
+                    "{} more bad input ({kind}) not logged in the last {}s (all counted and kept)",
+                    window.2,
+                    LOG_WINDOW.as_secs()
+                );
+            }
+            *window = (now, 0, 0);
+        }
+        if window.1 < LOG_BURST {
+            window.1 += 1;
+            true
+        } else {
+            window.2 += 1;
+            false
+        }
     }
 
     /// Bad records so far, by kind.

@@ -335,6 +335,9 @@ fn set_up_pipeline(
             stop: stop.clone(),
             worker,
             peers,
+            remaining: options
+                .max_records
+                .map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n))),
         };
         Some(sources::start(
             pipeline.source.kind,

@@ -92,6 +92,8 @@ pub struct WorkerPoint {
     pub bad: f64,
     /// Errors per second (skipped records and sink errors).
     pub errors: f64,
+    /// Python calls per second (decoders, steps and encoders): the work done.
+    pub calls: f64,
     /// Per pipeline.
     pub pipelines: BTreeMap<String, PipelinePoint>,
 }
@@ -186,6 +188,7 @@ fn worker_point(
                 },
             );
         }
+        point.calls += pp.steps.values().map(|s| s.rate).sum::<f64>();
         point.pipelines.insert(pipeline.name.clone(), pp);
     }
     (point, latencies)
@@ -234,6 +237,7 @@ fn tick() {
         total.dropped += wp.dropped;
         total.bad += wp.bad;
         total.errors += wp.errors;
+        total.calls += wp.calls;
         for (name, pp) in &wp.pipelines {
             let tp = total.pipelines.entry(name.clone()).or_default();
             tp.r#in += pp.r#in;

@@ -35,6 +35,12 @@ impl ClientSettings {
     pub fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
+        // Back after an outage within a second (librdkafka's default waits up to 10 s).
+        config.set("reconnect.backoff.max.ms", "1000");
+        if self.log_level == "Fine" {
+            // librdkafka writes debug lines only for the contexts named here.
+            config.set("debug", "generic,broker,topic,msg,consumer,cgrp");
+        }
         for (key, value) in defaults {
             config.set(*key, *value);
         }

@@ -202,6 +202,8 @@ pub struct Options {
     pub sink_connect_timeout_s: f64,
     /// This process's place in a cluster; None for a single process.
     pub cluster: Option<Membership>,
+    /// Each source ends after this many records (a bounded run).
+    pub max_records: Option<u64>,
 }
 
 /// This process's place in a timely cluster.
@@ -415,6 +417,9 @@ impl Options {
             max_frame_bytes: get_u64("max_frame_bytes", 16 << 20)?,
             sink_connect_timeout_s: optional(dict, "sink_connect_timeout_s")?
                 .map_or(Ok(30.0), |v| v.extract())?,
+            max_records: optional(dict, "max_records")?
+                .map(|v| v.extract())
+                .transpose()?,
             cluster: match optional(dict, "addresses")? {
                 Some(addresses) => Some(Membership {
                     index: item(dict, "process")?.extract()?,

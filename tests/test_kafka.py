@@ -598,12 +598,6 @@ def test_unknown_librdkafka_setting_fails_at_start(broker, run_app, flag, settin
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Fine only sets librdkafka's log_level to 7; librdkafka emits "
-    "debug lines only for the contexts named in its `debug` setting, which the engine "
-    "never sets (src/kafka.rs ClientSettings::config), so nothing appears",
-)
 def test_fine_log_level_shows_librdkafka_debug_lines(broker) -> None:
     in_topic, out_topic = new_topic("fine-in"), new_topic("fine-out")
     broker.create_topic(in_topic, partitions=1)
@@ -644,12 +638,6 @@ def test_librdkafka_debug_lines_reach_the_log(broker) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: the sink thread's write_loop (src/sinks/mod.rs) never calls "
-    "BatchWriter::finish, so KafkaWriter's final flush never runs; dropping the "
-    "BaseProducer purges every unacknowledged record (delivery_failed 'Purged in queue')",
-)
 def test_bounded_run_delivers_every_record_before_exit(broker, run_app, tmp_path) -> None:
     lines = [f"line {i}" for i in range(20000)]
     path = tmp_path / "lines.txt"

@@ -473,7 +473,8 @@ def test_progress_line_on_a_terminal_only(tmp_path: Path) -> None:
         os.close(slave)
         seen = b""
         deadline = time.monotonic() + 30
-        sent = False
+        sent = stopped = False
+        stop_at = 0.0
         try:
             while time.monotonic() < deadline:
                 ready, _, _ = select.select([master], [], [], 0.2)
@@ -490,8 +491,9 @@ def test_progress_line_on_a_terminal_only(tmp_path: Path) -> None:
                     send_messages(HOST, int(match.group(1)), numbers(500, 1))
                     sent = True
                     stop_at = time.monotonic() + 2.0
-                if sent and time.monotonic() > stop_at and proc.poll() is None:
+                if sent and not stopped and time.monotonic() > stop_at:
                     proc.send_signal(signal.SIGTERM)
+                    stopped = True
                 if proc.poll() is not None and not ready:
                     break
         finally:
@@ -558,3 +560,35 @@ def test_one_log_level_for_runner_and_engine(tmp_path: Path) -> None:
         rf"at tcp {HOST}:{in_port} connection 1 frame 11 \(byte \d+\)",
         app.stderr,
     ), app.stderr
+
+
+def test_progress_line_is_cleared_before_other_output() -> None:
+    import io
+    import logging
+
+    from wallaroo.progress import CLEAR, Progress
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    saved = sys.stderr
+    sys.stderr = stream
+    try:
+        progress = Progress(lambda: {"records_in": 5, "workers": 1}, stream=stream, interval=60)
+        progress.start()
+        progress.draw()
+        logging.getLogger("wallaroo.test").warning("a log line")
+        print("top: a print", file=sys.stderr)
+        progress.draw()
+        progress.stop()
+        assert sys.stderr is stream  # unwrapped again
+    finally:
+        sys.stderr = saved
+        root.removeHandler(handler)
+    text = stream.getvalue()
+    line = "wallaroo ▸ 5 in  0/s │ 0 out │ 0 dropped │ 0 bad │ 0 errors │ 0:00"
+    assert text == (
+        f"{CLEAR}{line}{CLEAR}WARNING a log line\ntop: a print\n{CLEAR}{line}{CLEAR}"
+    ), repr(text)

@@ -4,9 +4,11 @@ One line, rewritten in place twice a second on standard error::
 
     wallaroo ▸ 1,204,311 in  48,120/s │ 1,180,002 out │ 24,309 dropped │ 2 bad │ 0 errors │ 0:25
 
-Only on a TTY (the runner checks) and not with ``--quiet``. Log lines go to
-the same terminal: a filter on the logging handlers clears the progress line
-before each record is written, and the next tick draws it again below.
+Only on a TTY (the runner checks) and not with ``--quiet``. Log lines and
+other output (``print(..., file=sys.stderr)``, tracebacks) go to the same
+terminal: a filter on the logging handlers and a wrapper around
+``sys.stderr`` clear the progress line before anything else is written, and
+the next tick draws it again below.
 """
 
 from __future__ import annotations
@@ -66,6 +68,21 @@ class _ClearBeforeLogging(logging.Filter):
         return True
 
 
+class _ClearingStream:
+    """``sys.stderr`` while the line is shown: clears it before other writes."""
+
+    def __init__(self, stream: TextIO, progress: Progress) -> None:
+        self._stream = stream
+        self._progress = progress
+
+    def write(self, text: str) -> int:
+        self._progress.clear()
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
 class Progress:
     """Redraws the progress line on a thread until :meth:`stop`."""
 
@@ -84,6 +101,7 @@ class Progress:
         self._thread: threading.Thread | None = None
         self._filter = _ClearBeforeLogging(self)
         self._handlers: list = []
+        self._wrapped = False
         self._started = time.monotonic()
         self._last: tuple | None = None  # (time, records_in)
         self._rate = 0.0
@@ -93,6 +111,9 @@ class Progress:
             if getattr(handler, "stream", None) is self.stream:
                 handler.addFilter(self._filter)
                 self._handlers.append(handler)
+        if sys.stderr is self.stream:
+            sys.stderr = _ClearingStream(self.stream, self)  # type: ignore[assignment]
+            self._wrapped = True
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
         self._thread.start()
         return self
@@ -146,4 +167,7 @@ class Progress:
         for handler in self._handlers:
             handler.removeFilter(self._filter)
         self._handlers = []
+        if self._wrapped:
+            sys.stderr = self.stream
+            self._wrapped = False
         self.clear()

@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--batch-size", type=int, default=1000, help="records per batch (default 1000)"
     )
+    run.add_argument(
+        "--max-records",
+        type=int,
+        metavar="N",
+        help="each source ends after N records (a bounded run, e.g. of a Kafka topic)",
+    )
     run.add_argument("--epoch-ms", type=int, default=100, help="epoch length in ms (default 100)")
     run.add_argument(
         "--max-frame-bytes",
@@ -284,6 +290,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
         "epoch_ms": opts.epoch_ms,
         "max_frame_bytes": opts.max_frame_bytes,
         "sink_connect_timeout_s": opts.sink_connect_timeout,
+        "max_records": opts.max_records,
     }
     members = cluster.Cluster(opts, plan["name"]) if cluster.Cluster.wanted(opts) else None
     observer = metrics.Observer(opts, plan["name"])

@@ -146,7 +146,7 @@ fn write_loop(rx: Receiver<Vec<Output>>, mut writer: Box<dyn BatchWriter>, ctx: 
             }
         }
     }
-    if let Err(e) = writer.flush() {
+    if let Err(e) = writer.finish() {
         log::error!(
             "pipeline {:?}: {}: final flush failed: {e}",
             ctx.pipeline,

@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Sender};
@@ -72,7 +71,7 @@ fn read_file(
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut batch = Vec::with_capacity(ctx.batch_size);
     loop {
-        if ctx.stop.load(Ordering::Relaxed) {
+        if ctx.finished() {
             log::info!("{}: stopped before the end of the file", info.label);
             break;
         }

@@ -4,7 +4,6 @@
 //! handed over under the group id so lag tools see progress.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
@@ -90,7 +89,7 @@ fn wait_for_partitions(
 ) -> Option<Vec<i32>> {
     let mut delay = Duration::from_millis(200);
     let mut throttle = Throttle::default();
-    while !ctx.stop.load(Ordering::Relaxed) {
+    while !ctx.finished() {
         match consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
             Ok(metadata) => {
                 let partitions: Vec<i32> = metadata
@@ -264,7 +263,7 @@ fn consume(
     let mut errors = Throttle::default();
     let mut gaps = Throttle::default();
     let mut last_commit = Instant::now();
-    while !ctx.stop.load(Ordering::Relaxed) {
+    while !ctx.finished() {
         let timeout = if batch.is_empty() {
             POLL
         } else {

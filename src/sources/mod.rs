@@ -107,6 +107,19 @@ pub struct SourceContext {
     pub worker: usize,
     /// Workers in the cluster.
     pub peers: usize,
+    /// Records this source may still hand over (`--max-records`); None: no limit.
+    pub remaining: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl SourceContext {
+    /// Whether this source should end: the run stops or its record limit is reached.
+    pub fn finished(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .remaining
+                .as_ref()
+                .is_some_and(|r| r.load(std::sync::atomic::Ordering::Relaxed) == 0)
+    }
 }
 
 /// A running source.
@@ -346,8 +359,25 @@ pub fn drain_parser(
 }
 
 /// Count a batch and hand it to the worker (blocking while the worker is
-/// behind). False when the run no longer takes input.
+/// behind), cut at the source's `--max-records` limit. False when the run no
+/// longer takes input (the batch was not accepted).
 pub fn send_batch(tx: &Sender<Vec<Frame>>, mut batch: Vec<Frame>, ctx: &SourceContext) -> bool {
+    if let Some(remaining) = &ctx.remaining {
+        use std::sync::atomic::Ordering;
+        let left = remaining.load(Ordering::Relaxed);
+        if batch.len() as u64 >= left {
+            batch.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+            remaining.store(0, Ordering::Relaxed);
+            if !batch.is_empty() {
+                log::info!(
+                    "pipeline {:?}: --max-records reached, the source ends",
+                    ctx.pipeline
+                );
+            }
+        } else {
+            remaining.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        }
+    }
     if batch.is_empty() {
         return true;
     }

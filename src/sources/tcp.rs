@@ -4,7 +4,6 @@
 
 use std::io::{ErrorKind, Read};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,7 +68,7 @@ fn accept_loop(
 ) {
     let mut connections = Vec::new();
     let mut next_id = 0u32;
-    while !ctx.stop.load(Ordering::Relaxed) {
+    while !ctx.finished() {
         match listener.accept() {
             Ok((stream, peer)) => {
                 next_id += 1;
@@ -135,7 +134,7 @@ fn read_connection(
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
                 // Nothing pending: when stopping, everything sent so far is in.
-                if ctx.stop.load(Ordering::Relaxed) {
+                if ctx.finished() {
                     if let Some(parsed) = parser.finish() {
                         handle_parsed(parsed, &mut batch, &ctx, &info);
                         send_batch(&tx, batch, &ctx);

@@ -206,6 +206,12 @@ function workerNames() {
   return [...names];
 }
 
+// A pipeline's steps in chain order (from /status), when known.
+function stepOrder(pipeline) {
+  const known = lastStatus && lastStatus.pipelines.find((p) => p.name === pipeline);
+  return known ? known.steps.map((s) => s.name) : [];
+}
+
 function drawCharts() {
   lineChart(
     document.getElementById("chart-throughput"),
@@ -240,7 +246,7 @@ function drawCharts() {
     workerNames().map((name, i) => ({
       name,
       color: COLORS[i % COLORS.length],
-      values: seriesOf((p) => (p.workers[name] ? p.workers[name].in : null)),
+      values: seriesOf((p) => (p.workers[name] ? p.workers[name].calls : null)),
     })),
     fmtRate,
   );
@@ -248,7 +254,7 @@ function drawCharts() {
   const steps = [];
   let i = 0;
   for (const pipeline of pipelineNames()) {
-    const names = new Set();
+    const names = new Set(stepOrder(pipeline));
     for (const p of points) {
       const pp = p.total.pipelines[pipeline];
       if (pp) for (const s of Object.keys(pp.steps || {})) names.add(s);
@@ -285,16 +291,17 @@ function renderTables(status) {
   status.pipelines.forEach((pipeline, pi) => {
     const sources = pipeline.sources.join(", ") || "—";
     const sinks = pipeline.sinks.join(", ") || "—";
+    const facts = [
+      `${fmtCount(pipeline.records_in)} read`,
+      `${fmtRate(pipeline.in_per_second)}/s`,
+      `latency p50 ${fmtSeconds(pipeline.latency_seconds.p50)}, p99 ${fmtSeconds(pipeline.latency_seconds.p99)}`,
+      `${fmtCount(pipeline.bad_input)} bad input`,
+      `${fmtCount(pipeline.sink_errors)} sink errors`,
+    ];
+    if (pipeline.kafka_lag) facts.push(`Kafka lag ${fmtCount(pipeline.kafka_lag)}`);
     rows.push(el("tr", { class: "pipeline", "data-pipeline": pipeline.name },
-      el("td", {}, `${pipeline.name}`, el("span", { class: "muted" }, `  ${sources} → ${sinks}`)),
-      el("td", { class: "num" }, fmtCount(pipeline.records_in)),
-      el("td", { class: "num" }, fmtCount(pipeline.records_out)),
-      el("td", { class: "num" }, fmtCount(pipeline.dropped)),
-      el("td", { class: "num" }, fmtRate(pipeline.in_per_second)),
-      el("td", {}, ""),
-      el("td", { class: "num", colSpan: 3 },
-         `latency p50 ${fmtSeconds(pipeline.latency_seconds.p50)} · p99 ${fmtSeconds(pipeline.latency_seconds.p99)}`),
-      el("td", { class: "num" }, pipeline.bad_input ? `${fmtCount(pipeline.bad_input)} bad` : ""),
+      el("td", { colSpan: 10 }, pipeline.name,
+         el("span", { class: "muted" }, `  ${sources} → ${sinks} · ${facts.join(" · ")}`)),
     ));
     for (const step of pipeline.steps) {
       rows.push(el("tr", {
