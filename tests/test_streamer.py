@@ -596,7 +596,9 @@ def test_stop_event_ends_an_endless_stream(kafka, topic):
     streamer = Streamer(kafka.bootstrap_servers, topic, speedup=24, progress=False)
     thread = threading.Thread(target=streamer.run, args=(stop,), daemon=True)
     thread.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 15
+    while streamer.stats.events_sent <= 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
     stop.set()
     thread.join(timeout=5)
     assert not thread.is_alive()

