@@ -592,3 +592,34 @@ def test_progress_line_is_cleared_before_other_output() -> None:
     assert text == (
         f"{CLEAR}{line}{CLEAR}WARNING a log line\ntop: a print\n{CLEAR}{line}{CLEAR}"
     ), repr(text)
+
+
+def test_kafka_source_reports_lag_per_partition() -> None:
+    from kafka_broker import TansuBroker
+
+    with TansuBroker() as broker:
+        source, sink = f"lag-in-{os.getpid()}", f"lag-out-{os.getpid()}"
+        broker.create_topic(source, partitions=2)
+        broker.create_topic(sink, partitions=1)
+        broker.produce(source, [b"a%d" % i for i in range(300)], partition=0)
+        broker.produce(source, [b"b%d" % i for i in range(200)], partition=1)
+        flags = [
+            "--kafka_source_topic", source, "--kafka_source_brokers", broker.bootstrap,
+            "--kafka_sink_topic", sink, "--kafka_sink_brokers", broker.bootstrap,
+        ]  # fmt: skip
+        with running(APPS_DIR / "kafka_echo.py", *flags, sources=0) as app:
+            base = metrics_url(app, timeout=30)
+
+            def caught_up() -> object:
+                s = scrape(base)
+                lag = {
+                    x.labels["partition"]: x.value
+                    for x in s.samples("wallaroo_kafka_consumer_lag_messages", topic=source)
+                }
+                read = s.total("wallaroo_source_records_total")
+                return s if read == 500 and lag == {"0": 0.0, "1": 0.0} else None
+
+            s = wait_for(caught_up, 30, "every message read, lag 0 on both partitions")
+            assert s.total("wallaroo_sink_records_total") == 500  # type: ignore[union-attr]
+            source_labels = {x.labels["source"] for x in s.samples("wallaroo_source_records_total")}  # type: ignore[union-attr]
+            assert source_labels == {f"kafka topic {source}"}
