@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -37,10 +37,12 @@ use timely::worker::Worker;
 use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::dataflow::{
-    run_guarded, send_to_sink, worker_main, FailureSlot, PipelineInput, PipelineParts, Summary,
+    run_generation, run_guarded, send_to_sink, FailureSlot, GenerationEnd, PipelineInput,
+    PipelineParts, Resources, Summary,
 };
 use crate::errors::{format_py_err, Error, StepFailure};
 use crate::plan::{Membership, Options, Plan};
+use crate::routing::RoutingTable;
 use crate::sinks::Output;
 use crate::sources::Frame;
 use crate::steps::{Chain, Emitted, Kind, SortKey};
@@ -113,7 +115,7 @@ impl PipelineInput for ClusterInput {
 
 /// How records cross workers: one pickle per batch, and the application's
 /// own `serialize` / `deserialize` for each value when it defines them.
-struct Codec {
+pub(crate) struct Codec {
     dumps: Py<PyAny>,
     loads: Py<PyAny>,
     own: Option<(Py<PyAny>, Py<PyAny>)>,
@@ -121,6 +123,14 @@ struct Codec {
 
 impl Codec {
     fn new(py: Python<'_>, chain: &Chain) -> PyResult<Codec> {
+        Codec::with(py, chain.serialize.as_ref(), chain.deserialize.as_ref())
+    }
+
+    pub(crate) fn with(
+        py: Python<'_>,
+        serialize: Option<&Py<PyAny>>,
+        deserialize: Option<&Py<PyAny>>,
+    ) -> PyResult<Codec> {
         let pickle = py.import("pickle")?;
         let highest = pyo3::types::PyDict::new(py);
         highest.set_item("protocol", pickle.getattr("HIGHEST_PROTOCOL")?)?;
@@ -129,7 +139,7 @@ impl Codec {
             .getattr("partial")?
             .call((pickle.getattr("dumps")?,), Some(&highest))?
             .unbind();
-        let own = match (&chain.serialize, &chain.deserialize) {
+        let own = match (serialize, deserialize) {
             (Some(s), Some(d)) => Some((s.clone_ref(py), d.clone_ref(py))),
             _ => None,
         };
@@ -171,6 +181,40 @@ impl Codec {
                 .unwrap_or(0);
             (culprit, err)
         })
+    }
+
+    /// A key and its state, serialized to move to another worker.
+    pub(crate) fn encode_state(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        state: &Bound<'_, PyAny>,
+    ) -> PyResult<(Vec<u8>, Vec<u8>)> {
+        let key = self.dumps.bind(py).call1((key,))?;
+        let state = match &self.own {
+            Some((serialize, _)) => serialize.bind(py).call1((state,))?,
+            None => self.dumps.bind(py).call1((state,))?,
+        };
+        Ok((
+            key.cast::<PyBytes>()?.as_bytes().to_vec(),
+            state.cast::<PyBytes>()?.as_bytes().to_vec(),
+        ))
+    }
+
+    /// The inverse of [`Codec::encode_state`].
+    pub(crate) fn decode_state<'py>(
+        &self,
+        py: Python<'py>,
+        key: &[u8],
+        state: &[u8],
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let key = self.loads.bind(py).call1((PyBytes::new(py, key),))?;
+        let loads = match &self.own {
+            Some((_, deserialize)) => deserialize.bind(py),
+            None => self.loads.bind(py),
+        };
+        let state = loads.call1((PyBytes::new(py, state),))?;
+        Ok((key, state))
     }
 
     /// The `(key, value)` pairs of a batch from another worker.
@@ -574,14 +618,75 @@ fn exit_on_lost_peer() {
     }));
 }
 
-/// Run this process's worker of the cluster; the calling (main) thread waits,
-/// watching for signals.
+/// Run this process's worker of the cluster, one timely instance per
+/// generation (the membership changes when a worker joins or leaves); the
+/// calling (main) thread waits, watching for signals.
 pub fn execute(
     plan: Plan,
     options: Options,
     membership: Membership,
     stop: Arc<AtomicBool>,
 ) -> Result<Summary, Error> {
+    exit_on_lost_peer();
+    let peers = membership.addresses.len();
+    let resources = Arc::new(Resources::new(
+        plan,
+        &options,
+        membership.index,
+        peers,
+        stop.clone(),
+    )?);
+    let options = Arc::new(options);
+    let mut current = membership;
+    let outcome = loop {
+        match run_instance(&resources, &options, &current, &stop) {
+            Ok(GenerationEnd::Finished(interrupted)) => break Ok(interrupted),
+            Ok(GenerationEnd::Reconfigure(next)) => match next.index {
+                Some(index) => {
+                    log::info!(
+                        "the cluster now has {} workers ({}); this is worker {index}",
+                        next.names.len(),
+                        next.names.join(", ")
+                    );
+                    current = Membership {
+                        index,
+                        addresses: next.addresses,
+                        names: next.names,
+                    };
+                }
+                None => {
+                    log::info!("left the cluster: this worker's keys were handed over");
+                    break Ok(false);
+                }
+            },
+            Err(error) => break Err(error),
+        }
+    };
+    // The worker thread of the last instance may still be dropping its
+    // reference for a moment.
+    let mut resources = resources;
+    for _ in 0..50 {
+        match Arc::try_unwrap(resources) {
+            Ok(owned) => return owned.finish(outcome, current.index, current.addresses.len()),
+            Err(shared) => {
+                resources = shared;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    outcome.and(Err(Error::Cluster(
+        "the worker did not release the run's resources".to_owned(),
+    )))
+}
+
+/// One timely instance: connect to the generation's workers, run the
+/// generation, disconnect.
+fn run_instance(
+    resources: &Arc<Resources>,
+    options: &Arc<Options>,
+    membership: &Membership,
+    stop: &Arc<AtomicBool>,
+) -> Result<GenerationEnd, Error> {
     let config = timely::Config {
         communication: CommunicationConfig::Cluster {
             threads: 1,
@@ -593,17 +698,11 @@ pub fn execute(
         },
         worker: WorkerConfig::default(),
     };
-    exit_on_lost_peer();
-    let plan = Arc::new(Mutex::new(Some(plan)));
-    let options = Arc::new(options);
     let (result_tx, result_rx) = crossbeam_channel::bounded(1);
-    let worker_stop = stop.clone();
+    let (resources, options) = (resources.clone(), options.clone());
+    let names = membership.names.clone();
     let guards = timely::execute(config, move |worker| {
-        let plan = plan.lock().ok().and_then(|mut slot| slot.take());
-        let result = match plan {
-            Some(plan) => worker_main(worker, plan, &options, worker_stop.clone(), false),
-            None => Err(Error::Config("the plan was already taken".to_owned())),
-        };
+        let result = run_generation(worker, &resources, &options, &names, false);
         let _ = result_tx.send(result);
     })
     .map_err(|e| Error::Cluster(format!("cannot connect the cluster: {e}")))?;
@@ -624,10 +723,10 @@ pub fn execute(
         }
     };
     match result {
-        Ok(summary) => {
+        Ok(end) => {
             // A clean end on every worker: the connections close in order.
             drop(guards);
-            Ok(summary)
+            Ok(end)
         }
         Err(error) => {
             // Peers may be gone; joining the network threads could wait forever.
@@ -635,4 +734,93 @@ pub fn execute(
             Err(error)
         }
     }
+}
+
+/// A key's state on its way to its new owner.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MovedState {
+    /// The worker (index in this instance) that owns the key from now on.
+    pub dest: u32,
+    /// The state name.
+    pub store: String,
+    /// The pickled key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The serialized state (the application's `serialize`, else pickle).
+    #[serde(with = "serde_bytes")]
+    pub state: Vec<u8>,
+}
+
+/// At the start of a generation: every key this worker holds but no longer
+/// owns goes to its owner.
+pub(crate) fn hand_over<A: Allocate>(
+    worker: &mut Worker<A>,
+    resources: &Resources,
+    tables: &std::collections::HashMap<String, Arc<RoutingTable>>,
+    names: &[String],
+    _owners: &[String],
+) -> Result<(), Error> {
+    let me = names.get(worker.index()).cloned().unwrap_or_default();
+    let moves = Python::attach(|py| resources.take_moves(py, tables, names, names, &me, false))?;
+    exchange_states(worker, resources, moves)
+}
+
+/// At the end of a generation: a worker that leaves sends all its keys to
+/// their owners in the next generation (identified by name).
+pub(crate) fn hand_over_leaving<A: Allocate>(
+    worker: &mut Worker<A>,
+    resources: &Resources,
+    next_tables: &std::collections::HashMap<String, Arc<RoutingTable>>,
+    names: &[String],
+    next_names: &[String],
+    leaving: &[String],
+) -> Result<(), Error> {
+    let me = names.get(worker.index()).cloned().unwrap_or_default();
+    let moves = if leaving.contains(&me) {
+        Python::attach(|py| resources.take_moves(py, next_tables, next_names, names, &me, true))?
+    } else {
+        Vec::new()
+    };
+    exchange_states(worker, resources, moves)
+}
+
+/// Run a small dataflow that delivers `moves` to their workers and installs
+/// what this worker receives. Every worker of the instance takes part.
+fn exchange_states<A: Allocate>(
+    worker: &mut Worker<A>,
+    resources: &Resources,
+    moves: Vec<MovedState>,
+) -> Result<(), Error> {
+    let mut input = InputHandleCore::<u64, CapacityContainerBuilder<Vec<MovedState>>>::new();
+    let received: std::rc::Rc<std::cell::RefCell<Vec<MovedState>>> = Default::default();
+    let inbox = received.clone();
+    worker.dataflow::<u64, _, _>(|scope| {
+        input.to_stream(scope).sink(
+            Exchange::new(|moved: &MovedState| u64::from(moved.dest)),
+            "hand over state",
+            move |(input, _frontier)| {
+                input.for_each(|_time, data| inbox.borrow_mut().append(data));
+            },
+        );
+    });
+    let sent = moves.len();
+    for moved in moves {
+        input.send(moved);
+    }
+    drop(input);
+    while worker.step_or_park(Some(Duration::from_millis(20))) {
+        if crate::dataflow::peek_abort().is_some() {
+            return Err(Error::Cluster(
+                crate::dataflow::peek_abort().unwrap_or_default(),
+            ));
+        }
+    }
+    let received = std::mem::take(&mut *received.borrow_mut());
+    if sent > 0 || !received.is_empty() {
+        log::info!(
+            "handed over the state of {sent} keys, took over {} keys",
+            received.len()
+        );
+    }
+    Python::attach(|py| resources.install(py, received))
 }

@@ -33,7 +33,7 @@ use crate::bad_input::BadInput;
 use crate::cluster;
 use crate::errors::{Error, StepFailure};
 use crate::metrics::PipelineMetrics;
-use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StepKind};
+use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StartOffset, StepKind};
 use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::{self, Output, SinkContext};
 use crate::sources::{self, Frame, SourceContext, SourceHandle};
@@ -131,6 +131,7 @@ impl Summary {
 /// fails under the stop policy.
 pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
     take_abort();
+    take_reconfigure();
     STOP_REQUEST.store(false, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     match options.cluster.clone() {
@@ -140,39 +141,89 @@ pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
                 Thread::default(),
                 Some(Instant::now()),
             );
-            worker_main(&mut worker, plan, &options, stop, true)
+            let resources = Resources::new(plan, &options, 0, 1, stop)?;
+            let outcome = run_generation(&mut worker, &resources, &options, &[], true);
+            resources.finish(outcome.map(|end| end.interrupted()), 0, 1)
         }
         Some(membership) => cluster::execute(plan, options, membership, stop),
     }
 }
 
-/// One pipeline ready to be built into the dataflow.
-pub(crate) struct PipelineParts {
-    /// The pipeline name.
-    pub name: String,
-    /// Its Python side.
-    pub chain: Rc<Chain>,
-    /// Where its encoded records go on this worker, if anywhere.
-    pub sink_tx: Option<Sender<Vec<Output>>>,
-    /// Whether its sink runs on every worker (Kafka) rather than on worker 0.
-    pub sink_everywhere: bool,
-    /// Its source on this worker, if it reads here.
-    pub source: Option<SourceHandle>,
+/// A cluster membership announced while the application runs (a worker
+/// joins or leaves): the current generation ends and the next one starts.
+#[derive(Debug, Clone)]
+pub struct NextMembership {
+    /// This process's index in the next generation; None when it leaves.
+    pub index: Option<usize>,
+    /// Data addresses of the next generation, by index.
+    pub addresses: Vec<String>,
+    /// Worker names of the next generation, by index.
+    pub names: Vec<String>,
 }
 
-/// Everything a worker needs to join when the run ends.
-struct Running {
-    parts: Vec<PipelineParts>,
-    metrics: Vec<(String, Arc<PipelineMetrics>)>,
-    sink_threads: Vec<std::thread::JoinHandle<()>>,
-    stores: HashMap<String, Rc<StateStore>>,
+static RECONFIGURE: Mutex<Option<NextMembership>> = Mutex::new(None);
+
+/// Announce the next membership to the running worker.
+pub fn reconfigure(next: NextMembership) {
+    if let Ok(mut slot) = RECONFIGURE.lock() {
+        *slot = Some(next);
+    }
 }
 
-fn routing_tables(
-    py: Python<'_>,
-    plan: &Plan,
-    peers: usize,
-) -> Result<HashMap<String, Rc<RoutingTable>>, Error> {
+fn take_reconfigure() -> Option<NextMembership> {
+    RECONFIGURE.lock().ok().and_then(|mut slot| slot.take())
+}
+
+/// A step as the plan gave it, kept to make each generation's chains.
+struct StepTemplate {
+    name: String,
+    func: Py<PyAny>,
+    kind: StepKind,
+}
+
+/// What a pipeline keeps for the whole run, across cluster generations.
+pub(crate) struct PipelineResources {
+    name: String,
+    metrics: Arc<PipelineMetrics>,
+    sink_tx: Option<Sender<Vec<Output>>>,
+    sink_everywhere: bool,
+    /// The source this worker reads for the whole run (taken out while a
+    /// generation runs).
+    source: Mutex<Option<SourceHandle>>,
+    /// A Kafka source of a cluster: made again in each generation, with that
+    /// generation's share of the partitions.
+    kafka: Option<crate::plan::KafkaSourcePlan>,
+    source_info: sources::SourceInfo,
+    decode: Py<PyAny>,
+    steps: Vec<StepTemplate>,
+    encode: Option<Py<PyAny>>,
+}
+
+/// Everything a worker keeps for the whole run: state, sinks, sources,
+/// counters. Shared (read-only) with the worker thread of each generation.
+pub(crate) struct Resources {
+    pipelines: Vec<PipelineResources>,
+    stores: HashMap<String, Arc<StateStore>>,
+    declared: HashMap<String, Vec<Vec<u8>>>,
+    sink_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    bad: Arc<BadInput>,
+    serialize: Option<Py<PyAny>>,
+    deserialize: Option<Py<PyAny>>,
+    stop: Arc<AtomicBool>,
+    cluster: bool,
+    options: SourceOptions,
+    started: Instant,
+}
+
+/// The options sources are made with.
+#[derive(Clone)]
+struct SourceOptions {
+    batch_size: usize,
+    max_frame_bytes: u64,
+    max_records: Option<u64>,
+}
+
+fn declared_keys(py: Python<'_>, plan: &Plan) -> Result<HashMap<String, Vec<Vec<u8>>>, Error> {
     let mut declared: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
     for pipeline in &plan.pipelines {
         for step in &pipeline.steps {
@@ -195,186 +246,368 @@ fn routing_tables(
             }
         }
     }
-    Ok(declared
-        .into_iter()
-        .map(|(name, keys)| (name, Rc::new(RoutingTable::new(peers, &keys))))
-        .collect())
+    Ok(declared)
 }
 
-/// Start sinks and sources and make the chains of this worker.
-fn set_up(
-    plan: Plan,
-    options: &Options,
-    bad: &Arc<BadInput>,
-    stop: &Arc<AtomicBool>,
-    worker: usize,
-    peers: usize,
-) -> Result<Running, Error> {
-    let cluster = options.cluster.is_some();
-    let (stores, tables) = Python::attach(|py| -> Result<_, Error> {
-        let stores: HashMap<String, Rc<StateStore>> = plan
-            .states
-            .iter()
-            .map(|(name, class)| {
-                let store = StateStore::new(py, name.clone(), class.clone_ref(py));
-                (name.clone(), Rc::new(store))
-            })
-            .collect();
-        let tables = if cluster {
-            routing_tables(py, &plan, peers)?
-        } else {
-            HashMap::new()
-        };
-        Ok((stores, tables))
-    })?;
-    let mut running = Running {
-        parts: Vec::new(),
-        metrics: Vec::new(),
-        sink_threads: Vec::new(),
-        stores,
-    };
-    for pipeline in plan.pipelines {
-        let codecs = Python::attach(|py| {
-            let own = |f: &Option<Py<PyAny>>| f.as_ref().map(|f| f.clone_ref(py));
-            (own(&plan.serialize), own(&plan.deserialize))
-        });
-        let part = set_up_pipeline(
-            pipeline,
-            options,
+impl Resources {
+    /// Start the sinks and the sources this worker runs for the whole run.
+    pub(crate) fn new(
+        plan: Plan,
+        options: &Options,
+        worker: usize,
+        peers: usize,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Resources, Error> {
+        let bad = Arc::new(BadInput::new(options.dead_letter.as_deref())?);
+        crate::metrics::begin_run(worker, peers, &bad);
+        let cluster = options.cluster.is_some();
+        let (stores, declared) = Python::attach(|py| -> Result<_, Error> {
+            let stores = plan
+                .states
+                .iter()
+                .map(|(name, class)| {
+                    let store = StateStore::new(py, name.clone(), class.clone_ref(py));
+                    (name.clone(), Arc::new(store))
+                })
+                .collect();
+            Ok((stores, declared_keys(py, &plan)?))
+        })?;
+        let mut resources = Resources {
+            pipelines: Vec::new(),
+            stores,
+            declared,
+            sink_threads: Mutex::new(Vec::new()),
             bad,
+            serialize: plan.serialize,
+            deserialize: plan.deserialize,
+            stop,
+            cluster,
+            options: SourceOptions {
+                batch_size: options.batch_size,
+                max_frame_bytes: options.max_frame_bytes,
+                max_records: options.max_records,
+            },
+            started: Instant::now(),
+        };
+        for pipeline in plan.pipelines {
+            let part = resources.pipeline(pipeline, options, worker, peers)?;
+            resources.pipelines.push(part);
+        }
+        Ok(resources)
+    }
+
+    fn source_context(
+        &self,
+        pipeline: &str,
+        metrics: &Arc<PipelineMetrics>,
+        stop: Arc<AtomicBool>,
+        worker: usize,
+        peers: usize,
+    ) -> SourceContext {
+        SourceContext {
+            pipeline: pipeline.to_owned(),
+            bad: self.bad.clone(),
+            metrics: metrics.clone(),
+            batch_size: self.options.batch_size,
+            max_frame_bytes: self.options.max_frame_bytes,
             stop,
             worker,
             peers,
-            &tables,
-            codecs,
-            &mut running,
-        )?;
-        running.parts.push(part);
-    }
-    Ok(running)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn set_up_pipeline(
-    pipeline: PipelinePlan,
-    options: &Options,
-    bad: &Arc<BadInput>,
-    stop: &Arc<AtomicBool>,
-    worker: usize,
-    peers: usize,
-    tables: &HashMap<String, Rc<RoutingTable>>,
-    codecs: (Option<Py<PyAny>>, Option<Py<PyAny>>),
-    running: &mut Running,
-) -> Result<PipelineParts, Error> {
-    let metrics = crate::metrics::register_pipeline(
-        &pipeline.name,
-        pipeline.steps.iter().map(|s| s.name.as_str()),
-    );
-    running
-        .metrics
-        .push((pipeline.name.clone(), metrics.clone()));
-    let mut sink_everywhere = false;
-    let (encode, sink_tx) = match pipeline.sink {
-        Some(sink) => {
-            sink_everywhere = matches!(sink.kind, SinkKind::Kafka(_));
-            let tx = if sink_everywhere || worker == 0 {
-                let ctx = SinkContext {
-                    pipeline: pipeline.name.clone(),
-                    bad: bad.clone(),
-                    metrics: metrics.clone(),
-                    connect_timeout_s: options.sink_connect_timeout_s,
-                };
-                let handle = sinks::start(sink.kind, ctx)?;
-                running.sink_threads.push(handle.thread);
-                Some(handle.tx)
-            } else {
-                None
-            };
-            (Some(sink.encode), tx)
-        }
-        None => (None, None),
-    };
-    let steps = pipeline
-        .steps
-        .into_iter()
-        .map(|step| {
-            let kind = match step.kind {
-                StepKind::Map => Kind::Map,
-                StepKind::Multi => Kind::Multi,
-                StepKind::State {
-                    state_name,
-                    partition,
-                    u64_keys,
-                    multi,
-                    keys: _,
-                } => Kind::State {
-                    store: running.stores.get(&state_name).cloned().ok_or_else(|| {
-                        Error::Config(format!("state {state_name:?} has no state class"))
-                    })?,
-                    routing: tables.get(&state_name).cloned(),
-                    partition,
-                    u64_keys,
-                    multi,
-                },
-            };
-            Ok(Step {
-                name: step.name,
-                func: step.func,
-                kind,
-            })
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let reads_here = worker == 0 || matches!(pipeline.source.kind, SourceKind::Kafka(_));
-    let source = if reads_here {
-        let ctx = SourceContext {
-            pipeline: pipeline.name.clone(),
-            bad: bad.clone(),
-            metrics: metrics.clone(),
-            batch_size: options.batch_size,
-            max_frame_bytes: options.max_frame_bytes,
-            stop: stop.clone(),
-            worker,
-            peers,
-            remaining: options
+            remaining: self
+                .options
                 .max_records
                 .map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n))),
+        }
+    }
+
+    fn pipeline(
+        &mut self,
+        pipeline: PipelinePlan,
+        options: &Options,
+        worker: usize,
+        peers: usize,
+    ) -> Result<PipelineResources, Error> {
+        let metrics = crate::metrics::register_pipeline(
+            &pipeline.name,
+            pipeline.steps.iter().map(|s| s.name.as_str()),
+        );
+        let mut sink_everywhere = false;
+        let (encode, sink_tx) = match pipeline.sink {
+            Some(sink) => {
+                sink_everywhere = matches!(sink.kind, SinkKind::Kafka(_));
+                let tx = if sink_everywhere || worker == 0 {
+                    let ctx = SinkContext {
+                        pipeline: pipeline.name.clone(),
+                        bad: self.bad.clone(),
+                        metrics: metrics.clone(),
+                        connect_timeout_s: options.sink_connect_timeout_s,
+                    };
+                    let handle = sinks::start(sink.kind, ctx)?;
+                    lock(&self.sink_threads).push(handle.thread);
+                    Some(handle.tx)
+                } else {
+                    None
+                };
+                (Some(sink.encode), tx)
+            }
+            None => (None, None),
         };
-        Some(sources::start(
-            pipeline.source.kind,
-            pipeline.source.framing,
-            ctx,
-        )?)
-    } else {
-        None
-    };
-    let info = source
-        .as_ref()
-        .map(|s| s.info.clone())
-        .unwrap_or_else(|| sources::SourceInfo {
+        let kafka = matches!(pipeline.source.kind, SourceKind::Kafka(_));
+        let mut source_info = sources::SourceInfo {
             label: format!("pipeline {} source", pipeline.name),
             style: sources::PosStyle::Frames,
+        };
+        let (source, kafka_plan) = match pipeline.source.kind {
+            SourceKind::Kafka(plan) if self.cluster => {
+                source_info = sources::SourceInfo {
+                    label: format!("kafka topic {}", plan.topic),
+                    style: sources::PosStyle::Partitions,
+                };
+                (None, Some(plan))
+            }
+            kind if worker == 0 || kafka => {
+                let ctx =
+                    self.source_context(&pipeline.name, &metrics, self.stop.clone(), worker, peers);
+                let handle = sources::start(kind, pipeline.source.framing, ctx)?;
+                source_info = handle.info.clone();
+                (Some(handle), None)
+            }
+            _ => (None, None),
+        };
+        Ok(PipelineResources {
+            name: pipeline.name,
+            metrics,
+            sink_tx,
+            sink_everywhere,
+            source: Mutex::new(source),
+            kafka: kafka_plan,
+            source_info,
+            decode: pipeline.source.decode,
+            steps: pipeline
+                .steps
+                .into_iter()
+                .map(|s| StepTemplate {
+                    name: s.name,
+                    func: s.func,
+                    kind: s.kind,
+                })
+                .collect(),
+            encode,
+        })
+    }
+
+    /// The routing tables for a generation of `peers` workers.
+    fn tables(&self, peers: usize) -> HashMap<String, Arc<RoutingTable>> {
+        self.declared
+            .iter()
+            .map(|(name, keys)| (name.clone(), Arc::new(RoutingTable::new(peers, keys))))
+            .collect()
+    }
+
+    /// A pipeline's Python chain for a generation.
+    fn chain(
+        &self,
+        py: Python<'_>,
+        pipeline: &PipelineResources,
+        tables: &HashMap<String, Arc<RoutingTable>>,
+        on_error: crate::plan::OnError,
+    ) -> Result<Chain, Error> {
+        let steps = pipeline
+            .steps
+            .iter()
+            .map(|step| {
+                let kind = match &step.kind {
+                    StepKind::Map => Kind::Map,
+                    StepKind::Multi => Kind::Multi,
+                    StepKind::State {
+                        state_name,
+                        partition,
+                        u64_keys,
+                        multi,
+                        keys: _,
+                    } => Kind::State {
+                        store: self.stores.get(state_name).cloned().ok_or_else(|| {
+                            Error::Config(format!("state {state_name:?} has no state class"))
+                        })?,
+                        routing: tables.get(state_name).cloned(),
+                        partition: partition.as_ref().map(|p| p.clone_ref(py)),
+                        u64_keys: *u64_keys,
+                        multi: *multi,
+                    },
+                };
+                Ok(Step {
+                    name: step.name.clone(),
+                    func: step.func.clone_ref(py),
+                    kind,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let own = |f: &Option<Py<PyAny>>| f.as_ref().map(|f| f.clone_ref(py));
+        Ok(Chain {
+            pipeline: pipeline.name.clone(),
+            source: pipeline.source_info.clone(),
+            decode: pipeline.decode.clone_ref(py),
+            steps,
+            encode: own(&pipeline.encode),
+            on_error,
+            bad: self.bad.clone(),
+            metrics: pipeline.metrics.clone(),
+            batch_counts: Default::default(),
+            cluster: self.cluster,
+            serialize: own(&self.serialize),
+            deserialize: own(&self.deserialize),
+        })
+    }
+
+    /// Take out of the stores the keys whose owner (by `tables` over the
+    /// worker names `owners`) is not `me` -- or every key with `all` --
+    /// serialized for the owner's index among `instance` (this timely
+    /// instance's worker names).
+    pub(crate) fn take_moves(
+        &self,
+        py: Python<'_>,
+        tables: &HashMap<String, Arc<RoutingTable>>,
+        owners: &[String],
+        instance: &[String],
+        me: &str,
+        all: bool,
+    ) -> Result<Vec<cluster::MovedState>, Error> {
+        let codec = cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
+        let mut moves = Vec::new();
+        for (name, store) in &self.stores {
+            let Some(table) = tables.get(name) else {
+                continue;
+            };
+            for (key, state) in store.items(py) {
+                let (key, state) = (key.bind(py), state.bind(py));
+                let canonical = canonical_key(key).ok_or_else(|| {
+                    Error::Config(format!("state {name:?}: key {key} cannot be routed"))
+                })?;
+                let owner = owners
+                    .get(table.owner(&canonical))
+                    .map(String::as_str)
+                    .unwrap_or(me);
+                if !all && owner == me {
+                    continue;
+                }
+                let dest = instance.iter().position(|n| n == owner).ok_or_else(|| {
+                    Error::Cluster(format!("worker {owner:?} is not in this generation"))
+                })?;
+                let (key_bytes, state_bytes) = codec.encode_state(py, key, state).map_err(|e| {
+                    Error::Config(format!(
+                        "state {name:?}: cannot serialize the state of key {key} to hand it \
+                         over: {}",
+                        crate::errors::format_py_err(py, &e)
+                    ))
+                })?;
+                store.remove(py, key)?;
+                moves.push(cluster::MovedState {
+                    dest: u32::try_from(dest).unwrap_or(u32::MAX),
+                    store: name.clone(),
+                    key: key_bytes,
+                    state: state_bytes,
+                });
+            }
+        }
+        Ok(moves)
+    }
+
+    /// Put states handed over by other workers into the stores.
+    pub(crate) fn install(
+        &self,
+        py: Python<'_>,
+        received: Vec<cluster::MovedState>,
+    ) -> Result<(), Error> {
+        let codec = cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
+        for moved in received {
+            let store = self.stores.get(&moved.store).ok_or_else(|| {
+                Error::Cluster(format!(
+                    "state {:?} handed over is unknown here",
+                    moved.store
+                ))
+            })?;
+            let (key, state) = codec.decode_state(py, &moved.key, &moved.state)?;
+            store.insert(py, &key, &state)?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the sinks' last flush and the sources' threads; the summary.
+    pub(crate) fn finish(
+        self,
+        outcome: Result<bool, Error>,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Summary, Error> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut pipelines = Vec::new();
+        let mut sources = Vec::new();
+        for pipeline in self.pipelines {
+            pipelines.push((pipeline.name, pipeline.metrics));
+            drop(pipeline.sink_tx);
+            if let Some(source) = lock(&pipeline.source).take() {
+                sources.push(source);
+            }
+        }
+        for thread in lock(&self.sink_threads).drain(..) {
+            let _ = thread.join();
+        }
+        for source in sources {
+            drop(source.rx);
+            for thread in source.threads {
+                let _ = thread.join();
+            }
+        }
+        let interrupted = outcome?;
+        let state_keys = Python::attach(|py| {
+            self.stores
+                .values()
+                .map(|store| (store.name.clone(), store.len(py)))
+                .collect()
         });
-    let chain = Chain {
-        pipeline: pipeline.name.clone(),
-        source: info,
-        decode: pipeline.source.decode,
-        steps,
-        encode,
-        on_error: options.on_error,
-        bad: bad.clone(),
-        metrics,
-        batch_counts: Default::default(),
-        cluster: options.cluster.is_some(),
-        serialize: codecs.0,
-        deserialize: codecs.1,
-    };
-    Ok(PipelineParts {
-        name: pipeline.name,
-        chain: Rc::new(chain),
-        sink_tx,
-        sink_everywhere,
-        source,
-    })
+        Ok(Summary {
+            pipelines,
+            bad_input: self.bad.counts(),
+            state_keys,
+            interrupted,
+            seconds: self.started.elapsed().as_secs_f64(),
+            worker,
+            workers,
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// One pipeline of one generation, ready to be built into the dataflow.
+pub(crate) struct PipelineParts {
+    /// The pipeline name.
+    pub name: String,
+    /// Its Python side.
+    pub chain: Rc<Chain>,
+    /// Where its encoded records go on this worker, if anywhere.
+    pub sink_tx: Option<Sender<Vec<Output>>>,
+    /// Whether its sink runs on every worker (Kafka) rather than on worker 0.
+    pub sink_everywhere: bool,
+}
+
+/// How a generation ended.
+pub(crate) enum GenerationEnd {
+    /// The sources ended (or the run was stopped); `true` when by a signal.
+    Finished(bool),
+    /// The membership changes; the next generation starts.
+    Reconfigure(NextMembership),
+}
+
+impl GenerationEnd {
+    fn interrupted(&self) -> bool {
+        matches!(self, GenerationEnd::Finished(true))
+    }
 }
 
 /// The shared slot where an operator reports a failure of user code.
@@ -401,33 +634,79 @@ impl PipelineInput for FrameInput {
     }
 }
 
-/// The worker's life: set up, build the dataflow, drive it, tear down.
-pub(crate) fn worker_main<A: Allocate>(
+/// A source as one generation sees it.
+pub(crate) struct GenerationSource {
+    handle: SourceHandle,
+    /// Made for this generation (a cluster's Kafka source): stopped and
+    /// joined when the generation ends. Otherwise it goes back to the
+    /// pipeline's resources.
+    own: Option<Arc<AtomicBool>>,
+}
+
+/// One generation of the worker: (in a cluster) take over the keys this
+/// worker now owns, build the dataflow, drive it, and end it. `names` are the
+/// generation's worker names (empty on one process).
+pub(crate) fn run_generation<A: Allocate>(
     worker: &mut Worker<A>,
-    plan: Plan,
+    resources: &Resources,
     options: &Options,
-    stop: Arc<AtomicBool>,
+    names: &[String],
     check_signals: bool,
-) -> Result<Summary, Error> {
-    let started = Instant::now();
+) -> Result<GenerationEnd, Error> {
     let (index, peers) = (worker.index(), worker.peers());
-    let bad = Arc::new(BadInput::new(options.dead_letter.as_deref())?);
-    crate::metrics::begin_run(index, peers, &bad);
-    let mut running = set_up(plan, options, &bad, &stop, index, peers)?;
+    let tables = if resources.cluster {
+        let tables = resources.tables(peers);
+        cluster::hand_over(worker, resources, &tables, names, names)?;
+        tables
+    } else {
+        HashMap::new()
+    };
     let failure: FailureSlot = Rc::new(RefCell::new(None));
     let probe = ProbeHandle::new();
     let mut inputs: Vec<Option<Box<dyn PipelineInput>>> = Vec::new();
-    let mut sources = Vec::new();
-    for part in running.parts.drain(..) {
-        let input: Box<dyn PipelineInput> = if options.cluster.is_some() {
+    let mut sources: Vec<Option<GenerationSource>> = Vec::new();
+    for pipeline in &resources.pipelines {
+        let chain = Python::attach(|py| resources.chain(py, pipeline, &tables, options.on_error))?;
+        let part = PipelineParts {
+            name: pipeline.name.clone(),
+            chain: Rc::new(chain),
+            sink_tx: pipeline.sink_tx.clone(),
+            sink_everywhere: pipeline.sink_everywhere,
+        };
+        let source = match &pipeline.kafka {
+            Some(plan) => {
+                let stop = Arc::new(AtomicBool::new(resources.stop.load(Ordering::Relaxed)));
+                let ctx = resources.source_context(
+                    &pipeline.name,
+                    &pipeline.metrics,
+                    stop.clone(),
+                    index,
+                    peers,
+                );
+                let mut plan = plan.clone();
+                if resources.cluster && !names.is_empty() && index < names.len() {
+                    // Later generations go on from what the last one committed.
+                    plan.start_offset = StartOffset::Committed;
+                }
+                let handle = sources::kafka::start(plan, ctx)?;
+                Some(GenerationSource {
+                    handle,
+                    own: Some(stop),
+                })
+            }
+            None => lock(&pipeline.source)
+                .take()
+                .map(|handle| GenerationSource { handle, own: None }),
+        };
+        let input: Box<dyn PipelineInput> = if resources.cluster {
             cluster::build_pipeline(worker, &part, failure.clone(), &probe)
         } else {
             build_pipeline(worker, &part, failure.clone(), &probe)
         };
         // A worker without this source closes its input at once, so the
         // epochs of the others are not held back.
-        inputs.push(part.source.is_some().then_some(input));
-        sources.push(part.source);
+        inputs.push(source.is_some().then_some(input));
+        sources.push(source);
     }
     let outcome = drive(
         worker,
@@ -435,11 +714,13 @@ pub(crate) fn worker_main<A: Allocate>(
         &sources,
         &failure,
         options,
-        &stop,
+        &resources.stop,
         &probe,
         check_signals,
     );
-    stop.store(true, Ordering::Relaxed);
+    if !matches!(outcome, Ok(DriveEnd::Reconfigure(_))) {
+        resources.stop.store(true, Ordering::Relaxed);
+    }
     inputs.clear();
     while worker.step_or_park(Some(IDLE_WAIT)) {
         if pending_abort() {
@@ -451,35 +732,45 @@ pub(crate) fn worker_main<A: Allocate>(
             break;
         }
     }
-    for thread in running.sink_threads.drain(..) {
-        let _ = thread.join();
-    }
-    for source in sources.into_iter().flatten() {
-        drop(source.rx);
-        for thread in source.threads {
-            let _ = thread.join();
+    for (pipeline, source) in resources.pipelines.iter().zip(sources) {
+        let Some(source) = source else { continue };
+        match source.own {
+            Some(stop) => {
+                stop.store(true, Ordering::Relaxed);
+                drop(source.handle.rx);
+                for thread in source.handle.threads {
+                    let _ = thread.join();
+                }
+            }
+            None => *lock(&pipeline.source) = Some(source.handle),
         }
     }
-    let interrupted = outcome?;
+    let end = match outcome? {
+        DriveEnd::Finished(interrupted) => GenerationEnd::Finished(interrupted),
+        DriveEnd::Reconfigure(next) => {
+            // A worker that leaves hands its keys to their next owners while
+            // every worker of this generation is still here.
+            let next_tables = resources.tables(next.names.len());
+            let leaving: Vec<String> = if next.index.is_none() {
+                vec![names.get(index).cloned().unwrap_or_default()]
+            } else {
+                Vec::new()
+            };
+            cluster::hand_over_leaving(
+                worker,
+                resources,
+                &next_tables,
+                names,
+                &next.names,
+                &leaving,
+            )?;
+            GenerationEnd::Reconfigure(next)
+        }
+    };
     if let Some(failure) = failure.borrow_mut().take() {
         return Err(Error::Step(failure));
     }
-    let state_keys = Python::attach(|py| {
-        running
-            .stores
-            .values()
-            .map(|store| (store.name.clone(), store.len(py)))
-            .collect()
-    });
-    Ok(Summary {
-        pipelines: running.metrics,
-        bad_input: bad.counts(),
-        state_keys,
-        interrupted,
-        seconds: started.elapsed().as_secs_f64(),
-        worker: index,
-        workers: peers,
-    })
+    Ok(end)
 }
 
 /// Run a batch through a chain, recording a failure instead of raising.
@@ -550,19 +841,28 @@ fn build_pipeline<A: Allocate>(
     Box::new(input)
 }
 
-/// The worker loop; returns whether the run was interrupted by a signal.
+/// How the worker loop ended.
+enum DriveEnd {
+    /// Every input closed; `true` when a signal stopped the run.
+    Finished(bool),
+    /// A new membership was announced; every input is closed.
+    Reconfigure(NextMembership),
+}
+
+/// The worker loop of one generation.
 #[allow(clippy::too_many_arguments)]
 fn drive<A: Allocate>(
     worker: &mut Worker<A>,
     inputs: &mut [Option<Box<dyn PipelineInput>>],
-    sources: &[Option<SourceHandle>],
+    sources: &[Option<GenerationSource>],
     failure: &FailureSlot,
     options: &Options,
     stop: &AtomicBool,
     probe: &ProbeHandle<u64>,
     check_signals: bool,
-) -> Result<bool, Error> {
+) -> Result<DriveEnd, Error> {
     let epoch_length = Duration::from_millis(options.epoch_ms);
+    let mut next_membership: Option<NextMembership> = None;
     let mut epoch = 0u64;
     let mut epoch_records = 0usize;
     let mut last_epoch = Instant::now();
@@ -570,7 +870,7 @@ fn drive<A: Allocate>(
     let mut last_signal_check = Instant::now();
     let mut interrupted = false;
     loop {
-        let behind = probe.less_than(&epoch.saturating_sub(exp_inflight()));
+        let behind = probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
         let mut received = false;
         let mut records = 0usize;
         for (slot, source) in inputs.iter_mut().zip(sources) {
@@ -581,7 +881,7 @@ fn drive<A: Allocate>(
                 break;
             }
             for _ in 0..BATCHES_PER_ROUND {
-                match source.rx.try_recv() {
+                match source.handle.rx.try_recv() {
                     Ok(batch) => {
                         records += batch.len();
                         input.send(batch);
@@ -596,7 +896,7 @@ fn drive<A: Allocate>(
             }
         }
         epoch_records += records;
-        if last_epoch.elapsed() >= epoch_length || epoch_records >= exp_records() {
+        if last_epoch.elapsed() >= epoch_length || epoch_records >= MAX_EPOCH_RECORDS {
             epoch += 1;
             epoch_records = 0;
             for input in inputs.iter_mut().flatten() {
@@ -614,10 +914,27 @@ fn drive<A: Allocate>(
         }
         if failure.borrow().is_some() {
             stop.store(true, Ordering::Relaxed);
-            return Ok(interrupted);
+            return Ok(DriveEnd::Finished(interrupted));
+        }
+        if next_membership.is_none() {
+            if let Some(next) = take_reconfigure() {
+                log::info!("the cluster changes: ending this generation at the current epoch");
+                // Sources made for this generation end (and commit); the
+                // others stay open for the next generation.
+                for (slot, source) in inputs.iter_mut().zip(sources) {
+                    match source.as_ref().and_then(|s| s.own.as_ref()) {
+                        Some(own) => own.store(true, Ordering::Relaxed),
+                        None => *slot = None,
+                    }
+                }
+                next_membership = Some(next);
+            }
         }
         if inputs.iter().all(Option::is_none) {
-            return Ok(interrupted);
+            return Ok(match next_membership {
+                Some(next) => DriveEnd::Reconfigure(next),
+                None => DriveEnd::Finished(interrupted),
+            });
         }
         if check_signals && !interrupted && last_signal_check.elapsed() >= SIGNAL_CHECK {
             last_signal_check = Instant::now();
@@ -633,6 +950,9 @@ fn drive<A: Allocate>(
         }
         if stop.load(Ordering::Relaxed) {
             interrupted = true;
+            for own in sources.iter().flatten().filter_map(|s| s.own.as_ref()) {
+                own.store(true, Ordering::Relaxed);
+            }
         }
         if !received {
             if behind {
@@ -642,23 +962,10 @@ fn drive<A: Allocate>(
             let mut select = Select::new();
             for (slot, source) in inputs.iter().zip(sources) {
                 if let (Some(_), Some(source)) = (slot, source) {
-                    select.recv(&source.rx);
+                    select.recv(&source.handle.rx);
                 }
             }
             let _ = select.ready_timeout(IDLE_WAIT);
         }
     }
-}
-
-fn exp_inflight() -> u64 {
-    std::env::var("EXP_INFLIGHT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MAX_EPOCHS_IN_FLIGHT)
-}
-fn exp_records() -> usize {
-    std::env::var("EXP_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MAX_EPOCH_RECORDS)
 }

@@ -71,6 +71,19 @@ fn abort(reason: String) {
     dataflow::abort(reason);
 }
 
+/// Announce the cluster's next membership to the running worker (a worker
+/// joined or leaves): the current generation ends, the keys move, and the
+/// next generation starts. `index` is None for a worker that leaves.
+#[pyfunction]
+#[pyo3(signature = (index, addresses, names))]
+fn reconfigure(index: Option<usize>, addresses: Vec<String>, names: Vec<String>) {
+    dataflow::reconfigure(dataflow::NextMembership {
+        index,
+        addresses,
+        names,
+    });
+}
+
 /// Ask the running worker to finish what its sources have read and end
 /// (what the runner's Ctrl-C / SIGTERM handlers call).
 #[pyfunction]
@@ -98,6 +111,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(abort, m)?)?;
     m.add_function(wrap_pyfunction!(request_stop, m)?)?;
+    m.add_function(wrap_pyfunction!(reconfigure, m)?)?;
     m.add_class::<kafka::EmbeddedKafka>()?;
     m.add_function(wrap_pyfunction!(native_length_format, m)?)?;
     http::register(m)?;

@@ -55,6 +55,7 @@ pub enum StartOffset {
 }
 
 /// A Kafka source.
+#[derive(Clone)]
 pub struct KafkaSourcePlan {
     /// The topic.
     pub topic: String,
@@ -213,6 +214,8 @@ pub struct Membership {
     pub index: usize,
     /// Every process's data address, by index.
     pub addresses: Vec<String>,
+    /// Every process's worker name, by index.
+    pub names: Vec<String>,
 }
 
 fn item<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -421,10 +424,20 @@ impl Options {
                 .map(|v| v.extract())
                 .transpose()?,
             cluster: match optional(dict, "addresses")? {
-                Some(addresses) => Some(Membership {
-                    index: item(dict, "process")?.extract()?,
-                    addresses: addresses.extract()?,
-                }),
+                Some(addresses) => {
+                    let addresses: Vec<String> = addresses.extract()?;
+                    let names = match optional(dict, "names")? {
+                        Some(names) => names.extract()?,
+                        None => (0..addresses.len())
+                            .map(|i| format!("worker-{i}"))
+                            .collect(),
+                    };
+                    Some(Membership {
+                        index: item(dict, "process")?.extract()?,
+                        addresses,
+                        names,
+                    })
+                }
                 None => None,
             },
         })

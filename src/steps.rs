@@ -5,7 +5,6 @@
 //! aliases state is encoded before later records change that state.
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
@@ -46,6 +45,36 @@ impl StateStore {
     /// Number of keys with a state.
     pub fn len(&self, py: Python<'_>) -> usize {
         self.states.bind(py).len()
+    }
+
+    /// Every key and its state.
+    pub fn items(&self, py: Python<'_>) -> Vec<(Py<PyAny>, Py<PyAny>)> {
+        self.states
+            .bind(py)
+            .iter()
+            .map(|(key, state)| (key.unbind(), state.unbind()))
+            .collect()
+    }
+
+    /// Forget a key (its state moved to another worker).
+    pub fn remove(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.states.bind(py).del_item(key)?;
+        self.keys.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Take over a key's state from another worker.
+    pub fn insert(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        state: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let states = self.states.bind(py);
+        if !states.contains(key)? {
+            self.keys.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        states.set_item(key, state)
     }
 
     /// Whether no key has a state yet.
@@ -137,7 +166,7 @@ pub enum Kind {
     /// `compute(data, state)` / `compute_multi(data, state)`.
     State {
         /// Where the states live.
-        store: Rc<StateStore>,
+        store: Arc<StateStore>,
         /// The partition function; None for one state object.
         partition: Option<Py<PyAny>>,
         /// Keys must be non-negative ints.
@@ -146,7 +175,7 @@ pub enum Kind {
         multi: bool,
         /// In a cluster: where keys live. A record reaching this step is then
         /// handed over (as a [`KeyedRecord`]) instead of running the step here.
-        routing: Option<Rc<RoutingTable>>,
+        routing: Option<Arc<RoutingTable>>,
     },
 }
 
