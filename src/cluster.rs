@@ -698,6 +698,7 @@ fn run_instance(
         },
         worker: WorkerConfig::default(),
     };
+    crate::dataflow::begin_generation();
     let (result_tx, result_rx) = crossbeam_channel::bounded(1);
     let (resources, options) = (resources.clone(), options.clone());
     let names = membership.names.clone();
@@ -782,6 +783,45 @@ pub(crate) fn hand_over_leaving<A: Allocate>(
         Vec::new()
     };
     exchange_states(worker, resources, moves)
+}
+
+/// The next generation's data addresses and worker names, by index.
+pub(crate) type NextWorkers = (Vec<String>, Vec<String>);
+
+/// The initializer's decision at the end of a generation, delivered to every
+/// worker: the next membership (data addresses and names), or None when the
+/// run ends. `proposal` is only given on worker 0.
+pub(crate) fn decide<A: Allocate>(
+    worker: &mut Worker<A>,
+    proposal: Option<crate::dataflow::NextMembership>,
+) -> Result<Option<NextWorkers>, Error> {
+    type Decision = (u32, Option<NextWorkers>);
+    let mut input = InputHandleCore::<u64, CapacityContainerBuilder<Vec<Decision>>>::new();
+    let received: std::rc::Rc<std::cell::RefCell<Vec<Decision>>> = Default::default();
+    let inbox = received.clone();
+    worker.dataflow::<u64, _, _>(|scope| {
+        input.to_stream(scope).sink(
+            Exchange::new(|decision: &Decision| u64::from(decision.0)),
+            "decide the next generation",
+            move |(input, _frontier)| {
+                input.for_each(|_time, data| inbox.borrow_mut().append(data));
+            },
+        );
+    });
+    if worker.index() == 0 {
+        let next = proposal.map(|next| (next.addresses, next.names));
+        for peer in 0..worker.peers() {
+            input.send((u32::try_from(peer).unwrap_or(u32::MAX), next.clone()));
+        }
+    }
+    drop(input);
+    while worker.step_or_park(Some(Duration::from_millis(20))) {
+        if let Some(reason) = crate::dataflow::peek_abort() {
+            return Err(Error::Cluster(reason));
+        }
+    }
+    let decision = received.borrow_mut().pop();
+    Ok(decision.and_then(|(_, next)| next))
 }
 
 /// Run a small dataflow that delivers `moves` to their workers and installs

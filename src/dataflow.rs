@@ -132,6 +132,7 @@ impl Summary {
 pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
     take_abort();
     take_reconfigure();
+    GENERATION.store(0, Ordering::Relaxed);
     STOP_REQUEST.store(false, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     match options.cluster.clone() {
@@ -162,6 +163,19 @@ pub struct NextMembership {
 }
 
 static RECONFIGURE: Mutex<Option<NextMembership>> = Mutex::new(None);
+
+/// Generations this process has started (a cluster's membership changes).
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many generations this process has started in this run.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// A new generation begins: this process connects to its workers.
+pub(crate) fn begin_generation() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Announce the next membership to the running worker.
 pub fn reconfigure(next: NextMembership) {
@@ -745,32 +759,49 @@ pub(crate) fn run_generation<A: Allocate>(
             None => *lock(&pipeline.source) = Some(source.handle),
         }
     }
-    let end = match outcome? {
-        DriveEnd::Finished(interrupted) => GenerationEnd::Finished(interrupted),
-        DriveEnd::Reconfigure(next) => {
-            // A worker that leaves hands its keys to their next owners while
+    let (interrupted, proposal) = match outcome? {
+        DriveEnd::Finished(interrupted) => (interrupted, take_reconfigure()),
+        DriveEnd::Reconfigure(next) => (false, Some(next)),
+    };
+    if failure.borrow().is_some() || !resources.cluster {
+        take_reconfigure();
+        if let Some(failure) = failure.borrow_mut().take() {
+            return Err(Error::Step(failure));
+        }
+        return Ok(GenerationEnd::Finished(interrupted));
+    }
+    // Whether the run goes on with another membership is the initializer's
+    // word, for every worker alike (a worker without sources of its own sees
+    // its dataflow end either way).
+    let decided = cluster::decide(worker, proposal.filter(|_| index == 0))?;
+    take_reconfigure();
+    Ok(match decided {
+        None => GenerationEnd::Finished(interrupted),
+        Some((addresses, next_names)) => {
+            let me = names.get(index).cloned().unwrap_or_default();
+            let leaving: Vec<String> = names
+                .iter()
+                .filter(|name| !next_names.contains(name))
+                .cloned()
+                .collect();
+            // Workers that leave hand their keys to their next owners while
             // every worker of this generation is still here.
-            let next_tables = resources.tables(next.names.len());
-            let leaving: Vec<String> = if next.index.is_none() {
-                vec![names.get(index).cloned().unwrap_or_default()]
-            } else {
-                Vec::new()
-            };
+            let next_tables = resources.tables(next_names.len());
             cluster::hand_over_leaving(
                 worker,
                 resources,
                 &next_tables,
                 names,
-                &next.names,
+                &next_names,
                 &leaving,
             )?;
-            GenerationEnd::Reconfigure(next)
+            GenerationEnd::Reconfigure(NextMembership {
+                index: next_names.iter().position(|name| *name == me),
+                addresses,
+                names: next_names,
+            })
         }
-    };
-    if let Some(failure) = failure.borrow_mut().take() {
-        return Err(Error::Step(failure));
-    }
-    Ok(end)
+    })
 }
 
 /// Run a batch through a chain, recording a failure instead of raising.

@@ -84,6 +84,13 @@ fn reconfigure(index: Option<usize>, addresses: Vec<String>, names: Vec<String>)
     });
 }
 
+/// How many generations (timely instances) this process has started in the
+/// current run; a cluster starts a new one when its membership changes.
+#[pyfunction]
+fn generation() -> u64 {
+    dataflow::generation()
+}
+
 /// Ask the running worker to finish what its sources have read and end
 /// (what the runner's Ctrl-C / SIGTERM handlers call).
 #[pyfunction]
@@ -112,6 +119,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(abort, m)?)?;
     m.add_function(wrap_pyfunction!(request_stop, m)?)?;
     m.add_function(wrap_pyfunction!(reconfigure, m)?)?;
+    m.add_function(wrap_pyfunction!(generation, m)?)?;
     m.add_class::<kafka::EmbeddedKafka>()?;
     m.add_function(wrap_pyfunction!(native_length_format, m)?)?;
     http::register(m)?;

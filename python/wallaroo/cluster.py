@@ -172,11 +172,20 @@ class Cluster:
         # What each peer said at the end: its result, the verdict, or "lost".
         self._results: dict = {}
         self._answered: dict = {}
+        # Growing and shrinking while the application runs.
+        self._server: socket.socket | None = None
+        self._change_lock = threading.Lock()
+        self._left: set = set()
+        self.left = False
+        self._on_reconfigure: Callable[[int | None, list, list], None] | None = None
+        self._watch_args: tuple = ()
 
     @staticmethod
     def wanted(opts: argparse.Namespace) -> bool:
         """Whether the flags ask for a multi-process cluster."""
-        initializer = opts.cluster_initializer and (opts.worker_count or 1) > 1
+        initializer = opts.cluster_initializer and (
+            (opts.worker_count or 1) > 1 or bool(opts.control)
+        )
         member = not opts.cluster_initializer and bool(opts.join or opts.control)
         return bool(initializer or member)
 
@@ -225,6 +234,7 @@ class Cluster:
             "initializer: waiting for %d more worker(s) on %s", workers - 1, self.opts.control
         )
         deadline = time.monotonic() + self.opts.cluster_timeout
+        formed = False
         try:
             while len(addresses) < workers:
                 server.settimeout(max(0.1, deadline - time.monotonic()))
@@ -258,8 +268,11 @@ class Cluster:
                 addresses.append(message["data"])
                 peers.append((name, sock, reader))
                 log.info("worker %r joined from %s (data %s)", name, peer[0], message["data"])
+            formed = True
         finally:
-            server.close()
+            if not formed:
+                server.close()
+        self._server = server
         for index, (_name, sock, _reader) in enumerate(peers, start=1):
             _send(
                 sock,
@@ -357,6 +370,12 @@ class Cluster:
 
         def handle(name: str, message: dict) -> None:
             kind = message.get("type")
+            if kind == "reconfigure" and self._on_reconfigure is not None:
+                self._reconfigured(message)
+            elif kind == "leave" and self.opts.cluster_initializer:
+                threading.Thread(
+                    target=self.change, kwargs={"remove": name}, daemon=True
+                ).start()
             if kind in ("result", "verdict", "lost"):
                 self._results.setdefault(name, message)
                 self._answered.setdefault(name, threading.Event()).set()
@@ -366,14 +385,203 @@ class Cluster:
             if on_message is not None:
                 on_message(name, message)
 
+        self._watch_args = (on_lost, handle)
         for name, _sock, reader in self.membership.peers:
-            self._answered.setdefault(name, threading.Event())
-            threading.Thread(
-                target=_watch,
-                args=(name, reader, on_lost, self.done, handle),
-                name=f"watch {name}",
-                daemon=True,
-            ).start()
+            self._watch_peer(name, reader)
+        if self._server is not None:
+            threading.Thread(target=self._accept_joins, name="accept joins", daemon=True).start()
+
+    def _watch_peer(self, name: str, reader: _Lines) -> None:
+        on_lost, handle = self._watch_args
+        self._answered.setdefault(name, threading.Event())
+
+        def lost(who: str) -> None:
+            if who not in self._left:
+                on_lost(who)
+
+        threading.Thread(
+            target=_watch,
+            args=(name, reader, lost, self.done, handle),
+            name=f"watch {name}",
+            daemon=True,
+        ).start()
+
+    def on_reconfigure(self, callback: Callable[[int | None, list, list], None]) -> None:
+        """``callback(index, addresses, names)`` when the membership changes
+        (``index`` None: this worker leaves)."""
+        self._on_reconfigure = callback
+
+    def _reconfigured(self, message: dict) -> None:
+        assert self.membership is not None and self._on_reconfigure is not None
+        index = message.get("index")
+        addresses, names = list(message["addresses"]), list(message["names"])
+        if index is None:
+            self.left = True
+            log.info("leaving the cluster: handing this worker's keys over")
+        else:
+            self.membership.index = int(index)
+        self.membership.addresses, self.membership.names = addresses, names
+        self._on_reconfigure(index, addresses, names)
+
+    # -- growing and shrinking (initializer) ---------------------------------
+
+    def _accept_joins(self) -> None:
+        """Workers that join the running cluster (``--join``): grow."""
+        assert self._server is not None
+        self._server.settimeout(0.5)
+        while not self.done.is_set():
+            try:
+                sock, peer = self._server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            sock.settimeout(10)
+            reader = _Lines(sock)
+            try:
+                message = reader.read()
+            except OSError:
+                message = None
+            problem = self._check_join(message)
+            if problem or message is None:
+                log.warning("refused a worker from %s:%s: %s", peer[0], peer[1], problem)
+                try:
+                    _send(sock, {"type": "refused", "reason": problem})
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            sock.settimeout(None)
+            self.change(add=(str(message.get("name") or "worker"), message["data"], sock, reader))
+
+    def change(self, add: tuple | None = None, remove: str | None = None) -> str:
+        """Grow by ``add`` (name, data address, socket, reader) or shrink by the
+        worker named ``remove``; every worker moves to the new membership at its
+        next epoch. Returns what was done (or why not)."""
+        with self._change_lock:
+            assert self.membership is not None and self._on_reconfigure is not None
+            if self.done.is_set():
+                if add is not None:
+                    _send(add[2], {"type": "refused", "reason": "the run is ending"})
+                return "the run is ending"
+            names, addresses = list(self.membership.names), list(self.membership.addresses)
+            if remove is not None:
+                if remove not in names[1:]:
+                    return f"no worker {remove!r} to remove (the initializer cannot leave)"
+                position = names.index(remove)
+                del names[position], addresses[position]
+                self._left.add(remove)
+            if add is not None:
+                name, data, sock, reader = add
+                if name in names:
+                    name = f"{name}-{len(self.membership.names)}"
+                names.append(name)
+                addresses.append(data)
+            with self._send_lock:
+                for name_, sock_, _reader in self.membership.peers:
+                    index = names.index(name_) if name_ in names else None
+                    try:
+                        _send(
+                            sock_,
+                            {"type": "reconfigure", "index": index,
+                             "addresses": addresses, "names": names},
+                        )
+                    except OSError:
+                        pass
+
+            self.membership.names, self.membership.addresses = names, addresses
+            self.membership.peers = [p for p in self.membership.peers if p[0] not in self._left]
+            if add is not None:
+                self.membership.peers.append((names[-1], sock, reader))
+                self._watch_peer(names[-1], reader)
+            generation = self._generation()
+            self._on_reconfigure(0, addresses, names)
+            # One change at a time: wait (holding the lock) until this worker
+            # has finished the current generation; only then does a new worker
+            # start (so its first connection attempts find us).
+            self._wait_for_generation(generation)
+            if add is not None:
+                start = {"type": "start", "index": len(names) - 1, "addresses": addresses,
+                         "names": names, "extra": self.membership.extra}
+                with self._send_lock:
+                    try:
+                        _send(sock, start)
+                    except OSError:
+                        pass
+            what = f"grew to {len(names)} workers" if add else f"shrank to {len(names)} workers"
+            log.info("cluster %s: %s", what, ", ".join(names))
+            return what
+
+    def serve_external(self, address: str) -> None:
+        """The external channel (``-e``) of the initializer: one command per
+        connection, ``shrink NAME`` (that worker hands its keys over and
+        leaves) or ``status``; the answer is one JSON line."""
+        host, port = split_address(address, "-e/--external")
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            server.bind((host, port))
+        except OSError as err:
+            log.warning("external channel: cannot listen on %s: %s", address, err)
+            return
+        server.listen(4)
+        server.settimeout(0.5)
+        log.info("external channel on %s (commands: status, shrink NAME)", address)
+
+        def serve() -> None:
+            with server:
+                while not self.done.is_set():
+                    try:
+                        sock, _peer = server.accept()
+                    except socket.timeout:
+                        continue
+                    except OSError:
+                        return
+                    with sock:
+                        sock.settimeout(5)
+                        try:
+                            words = _Lines(sock).file.readline().decode().split()
+                        except (OSError, UnicodeDecodeError):
+                            continue
+                        answer = self._command(words)
+                        try:
+                            _send(sock, answer)
+                        except OSError:
+                            pass
+
+        threading.Thread(target=serve, name="external channel", daemon=True).start()
+
+    def _command(self, words: list) -> dict:
+        assert self.membership is not None
+        if words[:1] == ["status"]:
+            return {"ok": True, "workers": self.membership.names}
+        if words[:1] == ["shrink"] and len(words) == 2:
+            what = self.change(remove=words[1])
+            return {"ok": what.startswith("shrank"), "message": what}
+        return {"ok": False, "message": "commands: status, shrink NAME"}
+
+    @staticmethod
+    def _generation() -> int:
+        from wallaroo import _engine
+
+        return _engine.generation()
+
+    def _wait_for_generation(self, generation: int) -> None:
+        while self._generation() <= generation and not self.done.is_set():
+            time.sleep(0.05)
+
+    def request_leave(self) -> bool:
+        """Ask the initializer to let this worker leave (its keys move first)."""
+        if self.membership is None or self.opts.cluster_initializer:
+            return False
+        with self._send_lock:
+            for _name, sock, _reader in self.membership.peers:
+                try:
+                    _send(sock, {"type": "leave"})
+                except OSError:
+                    return False
+        log.info("asked the initializer to let this worker leave")
+        return True
 
     def report(self, message: Callable[[], dict], interval: float = 1.0) -> None:
         """Send ``message()`` to the peers every ``interval`` seconds until
@@ -416,6 +624,8 @@ class Cluster:
             return ok, reason
         if self._report is not None:
             self._send_to_peers(self._report)
+        if self._server is not None:
+            self._server.close()
         names = [name for name, _sock, _reader in self.membership.peers]
         if self.opts.cluster_initializer:
             failures = [] if ok else [f"worker {self.membership.names[0]!r}: {reason}"]
@@ -433,9 +643,13 @@ class Cluster:
         with self._send_lock:
             for _name, sock, _reader in self.membership.peers:
                 try:
-                    _send(sock, {"type": "result", "ok": ok, "reason": reason})
+                    _send(sock, {"type": "result", "ok": ok, "reason": reason, "left": self.left})
                 except OSError:
                     pass
+        if self.left:
+            # Left the cluster: the others go on; nobody owes this worker a verdict.
+            self._close_all(None)
+            return ok, reason
         self._answered[names[0]].wait(timeout)
         verdict = self._results.get(names[0]) or {"type": "lost"}
         self._close_all(None)

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from wallaroo import cluster, demo, kafka, metrics
 from wallaroo.loader import AppNotFound, load_app
@@ -189,14 +189,21 @@ class _StopOnSignal:
     """Ctrl-C / SIGTERM: ask the engine to drain and stop (a flag, never an
     exception inside application code); a second signal stops at once."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, leave: Callable[[], bool] | None = None) -> None:
         self.engine = engine
+        self.leave = leave
         self.count = 0
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.count += 1
         if self.count > 1:
             raise KeyboardInterrupt(signal.Signals(signum).name)
+        if self.leave is not None and self.leave():
+            log.info(
+                "%s: leaving the cluster once this worker's keys are handed over",
+                signal.Signals(signum).name,
+            )
+            return
         log.info("%s: stopping after what was read (again to stop at once)",
                  signal.Signals(signum).name)
         self.engine.request_stop()
@@ -325,6 +332,10 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
                 kafka_setup.prepare(plan, embedded_bootstrap=membership.extra.get("embedded_kafka"))
             options["process"] = membership.index
             options["addresses"] = membership.addresses
+            options["names"] = membership.names
+            members.on_reconfigure(_engine.reconfigure)
+            if opts.cluster_initializer and opts.external:
+                members.serve_external(opts.external)
             members.watch(
                 lambda name: _engine.abort(f"lost worker {name!r}"),
                 on_message=observer.on_peer_message,
@@ -336,7 +347,8 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
         return _fail(EXIT_RUN_FAILED, f"cluster: {err}")
     previous: dict = {}
     if threading_is_main():
-        handler = _StopOnSignal(_engine)
+        member = members is not None and not opts.cluster_initializer
+        handler = _StopOnSignal(_engine, members.request_leave if member else None)
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, handler)
     companions = None
