@@ -763,18 +763,20 @@ pub(crate) fn run_generation<A: Allocate>(
         DriveEnd::Finished(interrupted) => (interrupted, take_reconfigure()),
         DriveEnd::Reconfigure(next) => (false, Some(next)),
     };
-    if failure.borrow().is_some() || !resources.cluster {
-        take_reconfigure();
-        if let Some(failure) = failure.borrow_mut().take() {
-            return Err(Error::Step(failure));
-        }
-        return Ok(GenerationEnd::Finished(interrupted));
-    }
+    let failed = failure.borrow_mut().take();
     // Whether the run goes on with another membership is the initializer's
     // word, for every worker alike (a worker without sources of its own sees
-    // its dataflow end either way).
-    let decided = cluster::decide(worker, proposal.filter(|_| index == 0))?;
+    // its dataflow end either way); a worker that failed still takes part.
+    let decided = if resources.cluster {
+        let proposal = proposal.filter(|_| index == 0 && failed.is_none());
+        cluster::decide(worker, proposal)?
+    } else {
+        None
+    };
     take_reconfigure();
+    if let Some(failure) = failed {
+        return Err(Error::Step(failure));
+    }
     Ok(match decided {
         None => GenerationEnd::Finished(interrupted),
         Some((addresses, next_names)) => {
