@@ -329,6 +329,25 @@ fn give<G: Scope<Timestamp = u64>>(
     }
 }
 
+/// Route what a chain produced and give it to the operator's outputs; a
+/// serialization failure is recorded like a step failure.
+fn route_and_give<G: Scope<Timestamp = u64>>(
+    chain: &Chain,
+    codec: &Codec,
+    me: usize,
+    emitted: Emitted,
+    failure: &FailureSlot,
+    ports: &mut Ports<G>,
+    caps: &[Capability<u64>; 3],
+) {
+    match Python::attach(|py| route(py, chain, codec, me, emitted)) {
+        Ok(routed) => give::<G>(ports, caps, routed),
+        Err(step_failure) => {
+            failure.borrow_mut().get_or_insert(step_failure);
+        }
+    }
+}
+
 /// The three output streams of a chain operator.
 struct ChainStreams<G: Scope<Timestamp = u64>> {
     outputs: StreamCore<G, Vec<Output>>,
@@ -361,7 +380,6 @@ fn prefix_operator<G: Scope<Timestamp = u64>>(
                     cap.delayed_for_output(cap.time(), 1),
                     cap.delayed_for_output(cap.time(), 2),
                 ];
-                let mut routed = None;
                 let emitted = run_guarded(&failure, |py, out| {
                     for batch in batches.iter_mut() {
                         chain.process(py, batch.reader, &mut batch.frames, out)?;
@@ -369,15 +387,7 @@ fn prefix_operator<G: Scope<Timestamp = u64>>(
                     Ok(())
                 });
                 batches.clear();
-                Python::attach(|py| match route(py, &chain, &codec, me, emitted) {
-                    Ok(r) => routed = Some(r),
-                    Err(f) => {
-                        failure.borrow_mut().get_or_insert(f);
-                    }
-                });
-                if let Some(routed) = routed {
-                    give::<G>(&mut ports, &caps, routed);
-                }
+                route_and_give::<G>(&chain, &codec, me, emitted, &failure, &mut ports, &caps);
             });
         }
     });
@@ -444,7 +454,6 @@ fn state_operator<G: Scope<Timestamp = u64>>(
                     continue;
                 };
                 let caps = epoch.caps;
-                let mut routed = None;
                 let emitted = run_guarded(&failure, |py, out| {
                     let mut records = Vec::with_capacity(epoch.local.len() + epoch.remote.len());
                     for record in epoch.local {
@@ -470,15 +479,7 @@ fn state_operator<G: Scope<Timestamp = u64>>(
                     records.sort_by(|a, b| a.0.cmp(&b.0));
                     chain.process_keyed(py, records, out)
                 });
-                Python::attach(|py| match route(py, &chain, &codec, me, emitted) {
-                    Ok(r) => routed = Some(r),
-                    Err(f) => {
-                        failure.borrow_mut().get_or_insert(f);
-                    }
-                });
-                if let Some(routed) = routed {
-                    give::<G>(&mut ports, &caps, routed);
-                }
+                route_and_give::<G>(&chain, &codec, me, emitted, &failure, &mut ports, &caps);
             }
         }
     });

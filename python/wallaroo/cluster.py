@@ -223,6 +223,26 @@ class Cluster:
             return "no data address"
         return None
 
+    def _read_join(self, sock: socket.socket, peer: tuple) -> tuple:
+        """A worker's join request: ``(reader, message)``, or ``(None, None)``
+        after refusing it (the reason is sent and logged)."""
+        sock.settimeout(10)
+        reader = _Lines(sock)
+        try:
+            message = reader.read()
+        except OSError:
+            message = None
+        problem = self._check_join(message)
+        if problem is None:
+            return reader, message
+        log.warning("refused a worker from %s:%s: %s", peer[0], peer[1], problem)
+        try:
+            _send(sock, {"type": "refused", "reason": problem})
+        except OSError:
+            pass
+        sock.close()
+        return None, None
+
     def _initialize(self, extra: dict) -> Membership:
         workers = self.opts.worker_count or 1
         my_data = self.opts.data or free_address()
@@ -245,22 +265,9 @@ class Cluster:
                         f"only {len(addresses)} of {workers} workers joined within "
                         f"{self.opts.cluster_timeout:g} s"
                     ) from None
-                sock.settimeout(10)
-                reader = _Lines(sock)
-                try:
-                    message = reader.read()
-                except OSError:
-                    message = None
-                problem = self._check_join(message)
-                if problem:
-                    log.warning("refused a worker from %s:%s: %s", peer[0], peer[1], problem)
-                    try:
-                        _send(sock, {"type": "refused", "reason": problem})
-                    except OSError:
-                        pass
-                    sock.close()
+                reader, message = self._read_join(sock, peer)
+                if message is None:
                     continue
-                assert message is not None
                 name = str(message.get("name") or f"worker-{len(addresses)}")
                 if name in names:
                     name = f"{name}-{len(addresses)}"
@@ -436,20 +443,8 @@ class Cluster:
                 continue
             except OSError:
                 return
-            sock.settimeout(10)
-            reader = _Lines(sock)
-            try:
-                message = reader.read()
-            except OSError:
-                message = None
-            problem = self._check_join(message)
-            if problem or message is None:
-                log.warning("refused a worker from %s:%s: %s", peer[0], peer[1], problem)
-                try:
-                    _send(sock, {"type": "refused", "reason": problem})
-                except OSError:
-                    pass
-                sock.close()
+            reader, message = self._read_join(sock, peer)
+            if message is None:
                 continue
             sock.settimeout(None)
             self.change(add=(str(message.get("name") or "worker"), message["data"], sock, reader))
