@@ -209,8 +209,16 @@ def test_one_command_demo_from_another_directory(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("PYTHONPATH", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wallaroo", "star_leaders", "--dashboard-port", "0",
-         "--demo-speedup", "600"],
+        [
+            sys.executable,
+            "-m",
+            "wallaroo",
+            "star_leaders",
+            "--dashboard-port",
+            "0",
+            "--demo-speedup",
+            "600",
+        ],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -252,3 +260,110 @@ def test_one_command_demo_from_another_directory(tmp_path: Path) -> None:
             proc.kill()
             raise
     assert proc.returncode == 0, "".join(lines)[-3000:]
+
+
+@pytest.mark.timeout(180)
+def test_bounded_run_streamer_engine_dashboard_on_the_test_broker(tmp_path: Path) -> None:
+    """streamer -> gharchive -> engine -> leaderboard -> dashboard, all apart,
+    on a real Kafka-protocol broker; the run ends by itself (--max-records)."""
+    import urllib.request
+
+    from confluent_kafka import Consumer, TopicPartition
+    from kafka_broker import TansuBroker, free_port
+
+    events = 3000
+    with TansuBroker() as broker:
+        broker.create_topic("gharchive", partitions=1)
+        broker.create_topic("leaderboard", partitions=1)
+        streamer = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wallaroo.streamer",
+                "--brokers",
+                broker.bootstrap,
+                "--topic",
+                "gharchive",
+                "--limit",
+                str(events),
+                "--speedup",
+                "0",
+                "-q",
+            ],
+            env=app_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert streamer.returncode == 0, streamer.stderr
+        port = free_port()
+        dashboard = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "wallaroo.dashboard",
+                "--brokers",
+                broker.bootstrap,
+                "--topic",
+                "leaderboard",
+                "--port",
+                str(port),
+            ],
+            env=app_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            app = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "wallaroo",
+                    "star_leaders",
+                    "--no-demo",
+                    "--kafka_source_brokers",
+                    broker.bootstrap,
+                    "--kafka_sink_brokers",
+                    broker.bootstrap,
+                    "--max-records",
+                    str(events),
+                ],
+                cwd=tmp_path,
+                env=app_env(),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert app.returncode == 0, app.stderr
+            assert f"{events} in" in app.stderr
+            consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "check"})
+            consumer.assign([TopicPartition("leaderboard", 0, 0)])
+            latest: dict = {}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None:
+                    if latest:
+                        break
+                    continue
+                if not message.error():
+                    board = json.loads(message.value())
+                    latest[board["partition"]] = board["leaders"]
+            consumer.close()
+            assert latest, "no leaderboard came out"
+            merged = sorted(
+                (leader for leaders in latest.values() for leader in leaders),
+                key=lambda leader: (-leader["stars"], leader["repo"]),
+            )[:10]
+            expected = [(leader["repo"], leader["stars"]) for leader in merged]
+            shown: list = []
+            deadline = time.monotonic() + 30
+            while shown != expected and time.monotonic() < deadline:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/leaders") as answer:
+                    snapshot = json.loads(answer.read())
+                shown = [(leader["repo"], leader["stars"]) for leader in snapshot["leaders"]]
+                time.sleep(0.2)
+            assert shown == expected
+        finally:
+            dashboard.send_signal(signal.SIGTERM)
+            dashboard.wait(timeout=15)
