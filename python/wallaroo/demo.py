@@ -162,10 +162,28 @@ class Companions:
         self._last_line, self._last_print = line, now
         print(line, file=sys.stderr, flush=True)
 
+    def _settle(self, timeout: float = 3.0) -> None:
+        """Let the dashboard catch up with the last leaderboards of the run,
+        then print the final top on the terminal."""
+        assert self.dashboard is not None
+        deadline = time.monotonic() + timeout
+        consumed, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.dashboard.board.snapshot()["messages_consumed"]
+            if now != consumed:
+                consumed, quiet_since = now, time.monotonic()
+            elif consumed > 0 and time.monotonic() - quiet_since > 0.5:
+                break
+            time.sleep(0.1)
+        leaders = self.dashboard.board.snapshot()["leaders"]
+        if leaders:
+            print("final " + _summary(leaders), file=sys.stderr, flush=True)
+
     def stop(self) -> None:
         """Stop everything this object started."""
         self.stop_event.set()
         if self.dashboard is not None:
+            self._settle()
             self.dashboard.stop()
         for thread in self.threads:
             thread.join(timeout=10)
