@@ -653,3 +653,39 @@ def test_bounded_run_delivers_every_record_before_exit(broker, run_app, tmp_path
     assert "delivery_failed" not in result.stderr, result.stderr[-2000:]
     got = broker.consume(out_topic, len(lines), timeout=10)
     assert [r.value.decode() for r in got] == lines
+
+
+@pytest.mark.timeout(120)
+def test_partitions_split_over_two_workers(broker, run_app) -> None:
+    """A 4-partition topic read by a cluster of 2 worker processes: each
+    worker reads its share of the partitions (assigned by the engine, no group
+    rebalancing), every record comes out exactly once, in order per partition."""
+    in_topic, out_topic = new_topic("split-in"), new_topic("split-out")
+    broker.create_topic(in_topic, partitions=4)
+    broker.create_topic(out_topic, partitions=1)
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    sent: dict = {}
+    for i in range(2000):
+        partition = i % 4
+        value = f"p{partition}-{i:05d}"
+        sent.setdefault(partition, []).append(value.upper().encode())
+        producer.produce(in_topic, value.encode(), partition=partition)
+    assert producer.flush(30) == 0
+    result = run_app(
+        ECHO_APP,
+        *kafka_flags(broker.bootstrap, in_topic, out_topic),
+        "--max-records",
+        "1000",
+        "--workers",
+        "2",
+        timeout=90,
+    )
+    result.check()
+    reads = re.findall(r"reading partitions \[([\d, ]+)\]", result.stderr)
+    assert sorted(reads) == ["0, 2", "1, 3"], result.stderr
+    got = values(broker.consume(out_topic, 2001, timeout=15))
+    assert sorted(got) == sorted(v for vs in sent.values() for v in vs)
+    for partition, expected in sent.items():
+        assert [v for v in got if v.startswith(f"P{partition}-".encode())] == expected
