@@ -57,7 +57,7 @@ def _count(bootstrap: str, topic: str, expected: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--messages", type=int, default=500_000)
     parser.add_argument("--repeat", type=int, default=2)
     opts = parser.parse_args()
     sys.path.insert(0, TESTS)
