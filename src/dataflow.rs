@@ -698,7 +698,7 @@ pub(crate) fn run_generation<A: Allocate>(
                     peers,
                 );
                 let mut plan = plan.clone();
-                if resources.cluster && !names.is_empty() && index < names.len() {
+                if generation() > 1 {
                     // Later generations go on from what the last one committed.
                     plan.start_offset = StartOffset::Committed;
                 }
