@@ -760,7 +760,6 @@ pub(crate) fn hand_over<A: Allocate>(
     resources: &Resources,
     tables: &std::collections::HashMap<String, Arc<RoutingTable>>,
     names: &[String],
-    _owners: &[String],
 ) -> Result<(), Error> {
     let me = names.get(worker.index()).cloned().unwrap_or_default();
     let moves = Python::attach(|py| resources.take_moves(py, tables, names, names, &me, false))?;

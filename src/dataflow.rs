@@ -670,7 +670,7 @@ pub(crate) fn run_generation<A: Allocate>(
     let (index, peers) = (worker.index(), worker.peers());
     let tables = if resources.cluster {
         let tables = resources.tables(peers);
-        cluster::hand_over(worker, resources, &tables, names, names)?;
+        cluster::hand_over(worker, resources, &tables, names)?;
         tables
     } else {
         HashMap::new()

@@ -98,13 +98,6 @@ fn request_stop() {
     dataflow::request_stop();
 }
 
-/// Parse a struct length format such as ">I"; None when it is not a plain
-/// unsigned or signed integer the engine can read natively.
-#[pyfunction]
-fn native_length_format(fmt: &str) -> Option<usize> {
-    framing::LengthFormat::parse(fmt).map(|f| f.size())
-}
-
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
@@ -121,7 +114,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reconfigure, m)?)?;
     m.add_function(wrap_pyfunction!(generation, m)?)?;
     m.add_class::<kafka::EmbeddedKafka>()?;
-    m.add_function(wrap_pyfunction!(native_length_format, m)?)?;
     http::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -42,9 +42,6 @@ def reconfigure(index: int | None, addresses: list[str], names: list[str]) -> No
 def generation() -> int:
     """How many generations (timely instances) this process started in the run."""
 
-def native_length_format(fmt: str) -> int | None:
-    """The header size of a struct format the engine reads natively, else None."""
-
 def metrics_configure(enabled: bool, name: str, app: str) -> None:
     """Turn metrics on or off and name this worker and the application."""
 
