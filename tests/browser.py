@@ -263,3 +263,20 @@ def render(
         html = browser.dom()
         browser.screenshot(screenshot_path)
         return html
+
+
+def require_chromium() -> str:
+    """The headless Chromium binary. Without it the calling test fails (not an
+    error in a fixture, not a silent skip), unless WALLAROO_SKIP_BROWSER=1."""
+    import pytest
+
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("WALLAROO_SKIP_BROWSER") == "1":
+            pytest.skip("no Chromium and WALLAROO_SKIP_BROWSER=1")
+        pytest.fail(
+            "headless Chromium is not installed: run `make browser` "
+            "(or set WALLAROO_SKIP_BROWSER=1 to skip the UI tests)",
+            pytrace=False,
+        )
+    return binary

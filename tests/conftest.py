@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -237,3 +238,12 @@ def run_app() -> Callable[..., AppResult]:
 def tcp_app() -> Callable[..., contextlib.AbstractContextManager]:
     """``with tcp_app(app, *args, sources=1) as running:`` (see :func:`_tcp_app`)."""
     return _tcp_app
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """``artifacts/<test name>/``, created empty (screenshots of UI tests)."""
+    path = TESTS_DIR.parent / "artifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path

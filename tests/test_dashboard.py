@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from browser import require_chromium
 from confluent_kafka import Producer
 from wallaroo._engine import EmbeddedKafka
 from wallaroo.dashboard import (
@@ -45,7 +46,6 @@ from wallaroo.dashboard import (
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
-ARTIFACTS = REPO_ROOT / "artifacts"
 PARTITIONS = 10
 
 pytestmark = pytest.mark.timeout(60)
@@ -182,30 +182,6 @@ def dashboard(kafka: EmbeddedKafka, topic: str) -> Iterator[Dashboard]:
     board.stop()
 
 
-def require_chromium() -> str:
-    """The headless Chromium binary. Without it the calling test fails (not an
-    error in a fixture, not a silent skip), unless WALLAROO_SKIP_BROWSER=1."""
-    from browser import find_chromium
-
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("WALLAROO_SKIP_BROWSER") == "1":
-            pytest.skip("no Chromium and WALLAROO_SKIP_BROWSER=1")
-        pytest.fail(
-            "headless Chromium is not installed: run `make browser` "
-            "(or set WALLAROO_SKIP_BROWSER=1 to skip the UI tests)",
-            pytrace=False,
-        )
-    return binary
-
-
-@pytest.fixture
-def artifacts(request: pytest.FixtureRequest) -> Path:
-    """``artifacts/<test name>/``, created empty."""
-    path = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
 
 
 # --------------------------------------------------------------------------- merge and parsing

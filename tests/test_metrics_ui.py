@@ -10,9 +10,6 @@ Without Chromium these tests fail, unless ``WALLAROO_SKIP_BROWSER=1``.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import struct
 import threading
 from collections.abc import Iterator
@@ -20,37 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from browser import require_chromium
 from test_metrics import APP, HOST, metrics_url, numbers, running
 from wallaroo.sender import send_messages
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO_ROOT / "artifacts"
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def require_chromium() -> str:
-    from browser import find_chromium
-
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("WALLAROO_SKIP_BROWSER") == "1":
-            pytest.skip("no Chromium and WALLAROO_SKIP_BROWSER=1")
-        pytest.fail(
-            "headless Chromium is not installed: run `make browser` "
-            "(or set WALLAROO_SKIP_BROWSER=1 to skip the UI tests)",
-            pytrace=False,
-        )
-    return binary
-
-
-@pytest.fixture
-def artifacts(request: pytest.FixtureRequest) -> Path:
-    """``artifacts/<test name>/``, created empty."""
-    path = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
 
 
 @contextmanager

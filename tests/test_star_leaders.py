@@ -204,7 +204,7 @@ def _read_lines(stream, lines: list) -> None:
 def test_one_command_demo_from_another_directory(tmp_path: Path) -> None:
     """``python -m wallaroo star_leaders`` with nothing else: embedded Kafka,
     built-in streamer, terminal leaderboard, dashboard in a real browser."""
-    from browser import find_chromium, render
+    from browser import render, require_chromium
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("PYTHONPATH", None)
@@ -243,9 +243,7 @@ def test_one_command_demo_from_another_directory(tmp_path: Path) -> None:
         assert "started an embedded broker at 127.0.0.1:" in text
         assert text.count("top: 1.") >= 3, text
         leaders = re.findall(r"top: 1\. (\S+) \d+\*", text)
-        if find_chromium() is None and os.environ.get("WALLAROO_SKIP_BROWSER") == "1":
-            pytest.skip("no browser (WALLAROO_SKIP_BROWSER=1)")
-        assert find_chromium(), "headless Chromium is missing: run `make browser`"
+        require_chromium()
         shot = ARTIFACTS / "test_star_leaders" / "demo_dashboard.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         rows_shown = "document.querySelectorAll('tbody tr').length > 0"
