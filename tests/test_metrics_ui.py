@@ -21,7 +21,6 @@ from browser import require_chromium
 from test_metrics import APP, HOST, metrics_url, numbers, running
 from wallaroo.sender import send_messages
 
-
 pytestmark = pytest.mark.timeout(120)
 
 
