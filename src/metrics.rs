@@ -1310,13 +1310,18 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
                 .collect(),
         )?;
 
+        // A value labelled with the pipeline's source or sink (when it has one).
+        let endpoint =
+            |s: &WorkerSnapshot, p: &PipelineSnapshot, kind: &'static str, name: &str, v: u64| {
+                if name.is_empty() {
+                    return None;
+                }
+                let mut labels = wp(s, p);
+                labels.push((kind, name.to_owned()));
+                Some((labels, v as f64))
+            };
         let source = |s: &WorkerSnapshot, p: &PipelineSnapshot, v: u64| {
-            if p.source.is_empty() {
-                return None;
-            }
-            let mut labels = wp(s, p);
-            labels.push(("source", p.source.clone()));
-            Some((labels, v as f64))
+            endpoint(s, p, "source", &p.source, v)
         };
         counter(
             e,
@@ -1461,14 +1466,8 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
                 .collect(),
         )?;
 
-        let sink = |s: &WorkerSnapshot, p: &PipelineSnapshot, v: u64| {
-            if p.sink.is_empty() {
-                return None;
-            }
-            let mut labels = wp(s, p);
-            labels.push(("sink", p.sink.clone()));
-            Some((labels, v as f64))
-        };
+        let sink =
+            |s: &WorkerSnapshot, p: &PipelineSnapshot, v: u64| endpoint(s, p, "sink", &p.sink, v);
         counter(
             e,
             "sink_records",
