@@ -614,9 +614,42 @@ fn exit_on_lost_peer() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("connection lost");
         let reason = lost_peer_reason(&format!("lost the connection to another worker ({detail})"));
+        if RESTART_ON_LOST.load(Ordering::Relaxed) {
+            restart_process(&reason);
+        }
         eprintln!("error: cluster: {reason}");
         std::process::exit(1);
     }));
+}
+
+/// With crash recovery, a worker that loses a peer starts again (same
+/// process, same command line) and the cluster recovers from the last
+/// complete snapshot once the lost worker is back.
+static RESTART_ON_LOST: AtomicBool = AtomicBool::new(false);
+
+/// Replace this process by a fresh start of the same command line.
+pub fn restart_process(reason: &str) -> ! {
+    use std::os::unix::process::CommandExt;
+    eprintln!(
+        "warning: cluster: {reason}; restarting this worker to recover from the last complete \
+         snapshot"
+    );
+    let args: Vec<std::ffi::OsString> = std::fs::read("/proc/self/cmdline")
+        .map(|bytes| {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| {
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(arg).to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(args.iter().skip(1))
+        .exec();
+    eprintln!("error: cluster: cannot restart this worker: {err}");
+    std::process::exit(1);
 }
 
 /// Run this process's worker of the cluster, one timely instance per
@@ -629,6 +662,7 @@ pub fn execute(
     stop: Arc<AtomicBool>,
 ) -> Result<Summary, Error> {
     exit_on_lost_peer();
+    RESTART_ON_LOST.store(options.resilience.is_some(), Ordering::Relaxed);
     let peers = membership.addresses.len();
     let resources = Arc::new(Resources::new(
         plan,

@@ -34,6 +34,7 @@ use crate::cluster;
 use crate::errors::{Error, StepFailure};
 use crate::metrics::PipelineMetrics;
 use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StartOffset, StepKind};
+use crate::resilience::{self, SourcePosition};
 use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::{self, Output, SinkContext};
 use crate::sources::{self, Frame, SourceContext, SourceHandle};
@@ -208,6 +209,9 @@ pub(crate) struct PipelineResources {
     /// generation's share of the partitions.
     kafka: Option<crate::plan::KafkaSourcePlan>,
     source_info: sources::SourceInfo,
+    /// Where this worker's source stands (crash recovery): updated as
+    /// batches enter the dataflow, written with each snapshot.
+    position: Mutex<SourcePosition>,
     decode: Py<PyAny>,
     steps: Vec<StepTemplate>,
     encode: Option<Py<PyAny>>,
@@ -227,6 +231,22 @@ pub(crate) struct Resources {
     cluster: bool,
     options: SourceOptions,
     started: Instant,
+    resilience: Option<ResilienceRun>,
+    /// The snapshot this run went on from, if any.
+    recovered: Option<u64>,
+}
+
+/// Crash recovery for one run: the snapshot writer and where the run began.
+pub(crate) struct ResilienceRun {
+    interval: Duration,
+    writer: resilience::Writer,
+    /// The next snapshot's id (the same sequence on every worker).
+    next_id: std::sync::atomic::AtomicU64,
+    /// The run's lineage, written with each snapshot.
+    tag: String,
+    /// The run's workers, by index.
+    members: Vec<String>,
+    stats: Arc<resilience::WriterStats>,
 }
 
 /// The options sources are made with.
@@ -235,6 +255,39 @@ struct SourceOptions {
     batch_size: usize,
     max_frame_bytes: u64,
     max_records: Option<u64>,
+}
+
+/// Find what to recover, open this worker's store and start its writer.
+fn start_resilience(
+    settings: &crate::plan::ResilienceOptions,
+    names: &[String],
+    worker: usize,
+) -> Result<(ResilienceRun, Option<resilience::Recovered>), Error> {
+    let me = names
+        .get(worker)
+        .cloned()
+        .unwrap_or_else(|| settings.worker.clone());
+    let recovered = resilience::recover(&settings.dir, &settings.app, &me, names)?;
+    let identity = resilience::Identity {
+        app: settings.app.clone(),
+        worker: me,
+    };
+    let mut store = resilience::Store::open(&settings.dir, &identity)?;
+    let base = recovered.as_ref().map_or(0, |r| r.id);
+    // Snapshots after the one recovered were never complete: a new lineage
+    // starts from it.
+    store.truncate_after(base)?;
+    let tag = serde_json::json!({ "base": base, "members": names }).to_string();
+    let stats = Arc::new(resilience::WriterStats::default());
+    let run = ResilienceRun {
+        interval: Duration::from_millis(settings.interval_ms),
+        writer: resilience::Writer::start(store, stats.clone())?,
+        stats,
+        next_id: std::sync::atomic::AtomicU64::new(base + 1),
+        tag,
+        members: names.to_vec(),
+    };
+    Ok((run, recovered))
 }
 
 fn declared_keys(py: Python<'_>, plan: &Plan) -> Result<HashMap<String, Vec<Vec<u8>>>, Error> {
@@ -276,16 +329,31 @@ impl Resources {
         crate::metrics::begin_run(worker, peers, &bad);
         let cluster = options.cluster.is_some();
         let (stores, declared) = Python::attach(|py| -> Result<_, Error> {
-            let stores = plan
-                .states
-                .iter()
-                .map(|(name, class)| {
-                    let store = StateStore::new(py, name.clone(), class.clone_ref(py));
-                    (name.clone(), Arc::new(store))
-                })
-                .collect();
+            let mut stores = HashMap::new();
+            for (name, class) in &plan.states {
+                let mut store = StateStore::new(py, name.clone(), class.clone_ref(py));
+                if options.resilience.is_some() {
+                    store.track_changes(py)?;
+                }
+                stores.insert(name.clone(), Arc::new(store));
+            }
             Ok((stores, declared_keys(py, &plan)?))
         })?;
+        let names = match &options.cluster {
+            Some(membership) => membership.names.clone(),
+            None => vec![options
+                .resilience
+                .as_ref()
+                .map(|r| r.worker.clone())
+                .unwrap_or_default()],
+        };
+        let (resilience, recovered) = match &options.resilience {
+            Some(settings) => {
+                let (run, recovered) = start_resilience(settings, &names, worker)?;
+                (Some(run), recovered)
+            }
+            None => (None, None),
+        };
         let mut resources = Resources {
             pipelines: Vec::new(),
             stores,
@@ -302,12 +370,147 @@ impl Resources {
                 max_records: options.max_records,
             },
             started: Instant::now(),
+            resilience,
+            recovered: recovered.as_ref().map(|r| r.id),
+        };
+        let positions = match &recovered {
+            Some(recovered) => {
+                resources.restore(recovered)?;
+                recovered.positions.clone()
+            }
+            None => BTreeMap::new(),
         };
         for pipeline in plan.pipelines {
-            let part = resources.pipeline(pipeline, options, worker, peers)?;
+            let resume = positions.get(&pipeline.name).cloned();
+            let part = resources.pipeline(pipeline, options, worker, peers, resume)?;
             resources.pipelines.push(part);
         }
         Ok(resources)
+    }
+
+    /// Put the recovered states into the stores.
+    fn restore(&self, recovered: &resilience::Recovered) -> Result<(), Error> {
+        Python::attach(|py| -> Result<(), Error> {
+            let codec =
+                cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
+            for row in &recovered.rows {
+                let store = self.stores.get(&row.store).ok_or_else(|| {
+                    Error::Config(format!(
+                        "the snapshot has state {:?}, which this application does not declare",
+                        row.store
+                    ))
+                })?;
+                let value = row.value.as_deref().unwrap_or_default();
+                let (key, state) = codec.decode_state(py, &row.pykey, value).map_err(|e| {
+                    Error::Config(format!(
+                        "state {:?}: cannot load a state from the snapshot: {}",
+                        row.store,
+                        crate::errors::format_py_err(py, &e)
+                    ))
+                })?;
+                let canonical = canonical_key(&key);
+                if canonical.as_deref() == Some(row.key.as_slice()) && recovered.adopted == 0 {
+                    store.restore(py, &key, &state)?;
+                } else {
+                    // From another worker's store: written to this one next time.
+                    store.insert(py, &key, &state)?;
+                }
+            }
+            Ok(())
+        })?;
+        log::info!(
+            "recovered snapshot {} (written by {}): {} keys{}",
+            recovered.id,
+            recovered.members.join(", "),
+            recovered.rows.len(),
+            if recovered.adopted > 0 {
+                format!(
+                    ", {} of them from workers no longer in the cluster",
+                    recovered.adopted
+                )
+            } else {
+                String::new()
+            }
+        );
+        for (pipeline, lost) in &recovered.lost {
+            log::warn!(
+                "pipeline {pipeline:?}: its TCP source cannot replay: {lost} records it had \
+                 received after snapshot {} are lost (their effect on state was rolled back); \
+                 the sender must send them again",
+                recovered.id
+            );
+        }
+        Ok(())
+    }
+
+    /// Write a snapshot: the keys changed since the last one and where the
+    /// sources stand. Called when the epochs before it are complete on
+    /// every worker and none after it has started.
+    pub(crate) fn snapshot(&self) -> Result<(), Error> {
+        let Some(run) = &self.resilience else {
+            return Ok(());
+        };
+        let id = run.next_id.fetch_add(1, Ordering::Relaxed);
+        let rows = Python::attach(|py| -> Result<Vec<resilience::StateRow>, Error> {
+            let codec =
+                cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
+            let mut rows = Vec::new();
+            for (name, store) in &self.stores {
+                for (key, state) in store.take_changes(py)? {
+                    let key = key.bind(py);
+                    let canonical = canonical_key(key).ok_or_else(|| {
+                        Error::Config(format!("state {name:?}: key {key} cannot be stored"))
+                    })?;
+                    let encoded = match &state {
+                        Some(state) => codec.encode_state(py, key, state.bind(py)),
+                        None => codec.encode_state(py, key, &py.None().into_bound(py)),
+                    }
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "state {name:?}: cannot serialize the state of key {key} for a \
+                             snapshot: {}",
+                            crate::errors::format_py_err(py, &e)
+                        ))
+                    })?;
+                    rows.push(resilience::StateRow {
+                        store: name.clone(),
+                        key: canonical,
+                        pykey: encoded.0,
+                        value: state.map(|_| encoded.1),
+                    });
+                }
+            }
+            Ok(rows)
+        })?;
+        let positions = self
+            .pipelines
+            .iter()
+            .map(|p| (p.name.clone(), lock(&p.position).clone()))
+            .collect();
+        run.writer.snapshot(resilience::Snapshot {
+            id,
+            tag: run.tag.clone(),
+            members: run.members.clone(),
+            rows,
+            positions,
+        });
+        Ok(())
+    }
+
+    /// Note how many records each non-replayable source has handed over.
+    fn note_progress(&self) {
+        let Some(run) = &self.resilience else { return };
+        let sent: BTreeMap<String, u64> = self
+            .pipelines
+            .iter()
+            .filter_map(|p| {
+                let position = lock(&p.position);
+                (position.kind == "tcp").then(|| (p.name.clone(), position.sent))
+            })
+            .collect();
+        if !sent.is_empty() {
+            run.writer.progress(sent);
+        }
     }
 
     fn source_context(
@@ -317,6 +520,7 @@ impl Resources {
         stop: Arc<AtomicBool>,
         worker: usize,
         peers: usize,
+        sent: u64,
     ) -> SourceContext {
         SourceContext {
             pipeline: pipeline.to_owned(),
@@ -330,7 +534,7 @@ impl Resources {
             remaining: self
                 .options
                 .max_records
-                .map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n))),
+                .map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n.saturating_sub(sent)))),
         }
     }
 
@@ -340,7 +544,14 @@ impl Resources {
         options: &Options,
         worker: usize,
         peers: usize,
+        resume: Option<SourcePosition>,
     ) -> Result<PipelineResources, Error> {
+        let kind = match &pipeline.source.kind {
+            SourceKind::File { .. } => "file",
+            SourceKind::Tcp { .. } => "tcp",
+            SourceKind::Kafka(_) => "kafka",
+        };
+        let position = resume.unwrap_or_else(|| SourcePosition::new(kind));
         let metrics = crate::metrics::register_pipeline(
             &pipeline.name,
             pipeline.steps.iter().map(|s| s.name.as_str()),
@@ -355,6 +566,7 @@ impl Resources {
                         bad: self.bad.clone(),
                         metrics: metrics.clone(),
                         connect_timeout_s: options.sink_connect_timeout_s,
+                        append: self.recovered.is_some(),
                     };
                     let handle = sinks::start(sink.kind, ctx)?;
                     lock(&self.sink_threads).push(handle.thread);
@@ -380,9 +592,16 @@ impl Resources {
                 (None, Some(plan))
             }
             kind if worker == 0 || kafka => {
-                let ctx =
-                    self.source_context(&pipeline.name, &metrics, self.stop.clone(), worker, peers);
-                let handle = sources::start(kind, pipeline.source.framing, ctx)?;
+                let ctx = self.source_context(
+                    &pipeline.name,
+                    &metrics,
+                    self.stop.clone(),
+                    worker,
+                    peers,
+                    position.sent,
+                );
+                let resume = self.resilience.as_ref().map(|_| &position);
+                let handle = sources::start(kind, pipeline.source.framing, ctx, resume)?;
                 source_info = handle.info.clone();
                 (Some(handle), None)
             }
@@ -396,6 +615,7 @@ impl Resources {
             source: Mutex::new(source),
             kafka: kafka_plan,
             source_info,
+            position: Mutex::new(position),
             decode: pipeline.source.decode,
             steps: pipeline
                 .steps
@@ -554,6 +774,19 @@ impl Resources {
         workers: usize,
     ) -> Result<Summary, Error> {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(run) = &self.resilience {
+            run.writer.finish();
+            let failed = run.stats.failed.load(Ordering::Relaxed);
+            log::info!(
+                "{} snapshots written{}",
+                run.stats.written.load(Ordering::Relaxed),
+                if failed > 0 {
+                    format!(", {failed} failed (see the errors above)")
+                } else {
+                    String::new()
+                }
+            );
+        }
         let mut pipelines = Vec::new();
         let mut sources = Vec::new();
         for pipeline in self.pipelines {
@@ -591,7 +824,7 @@ impl Resources {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
@@ -690,14 +923,19 @@ pub(crate) fn run_generation<A: Allocate>(
         let source = match &pipeline.kafka {
             Some(plan) => {
                 let stop = Arc::new(AtomicBool::new(resources.stop.load(Ordering::Relaxed)));
+                let position = lock(&pipeline.position).clone();
                 let ctx = resources.source_context(
                     &pipeline.name,
                     &pipeline.metrics,
                     stop.clone(),
                     index,
                     peers,
+                    position.sent,
                 );
                 let mut plan = plan.clone();
+                if resources.resilience.is_some() {
+                    plan.resume = position.partitions;
+                }
                 if generation() > 1 {
                     // Later generations go on from what the last one committed.
                     plan.start_offset = StartOffset::Committed;
@@ -718,17 +956,18 @@ pub(crate) fn run_generation<A: Allocate>(
             build_pipeline(worker, &part, failure.clone(), &probe)
         };
         // A worker without this source closes its input at once, so the
-        // epochs of the others are not held back.
-        inputs.push(source.is_some().then_some(input));
+        // epochs of the others are not held back (with snapshots, it waits
+        // at the next cut instead: see SnapshotClock).
+        inputs.push((source.is_some() || resources.resilience.is_some()).then_some(input));
         sources.push(source);
     }
     let outcome = drive(
         worker,
+        resources,
         &mut inputs,
         &sources,
         &failure,
         options,
-        &resources.stop,
         &probe,
         check_signals,
     );
@@ -758,6 +997,15 @@ pub(crate) fn run_generation<A: Allocate>(
             }
             None => *lock(&pipeline.source) = Some(source.handle),
         }
+    }
+    if resources.resilience.is_some()
+        && matches!(outcome, Ok(DriveEnd::Finished(_)))
+        && failure.borrow().is_none()
+        && !pending_abort()
+    {
+        // The final state and positions: started again, the run goes on
+        // from where this one ended.
+        resources.snapshot()?;
     }
     let (interrupted, proposal) = match outcome? {
         DriveEnd::Finished(interrupted) => (interrupted, take_reconfigure()),
@@ -882,19 +1130,94 @@ enum DriveEnd {
     Reconfigure(NextMembership),
 }
 
+/// Crash recovery in the worker loop. Snapshot `k` is cut at epoch
+/// `k << 32`: when its time comes every source input moves to that epoch and
+/// the worker stops feeding records until the probe shows every earlier
+/// epoch complete on every worker (no epoch after it has started anywhere,
+/// since it needs this worker's input); then the snapshot is written and
+/// feeding resumes. A worker without a live source waits at the next cut, so
+/// it never holds the others back. Inputs stay open until every worker's
+/// sources have ended (the `alive` dataflow's frontier tells).
+pub(crate) struct SnapshotClock<'a> {
+    resources: &'a Resources,
+    interval: Duration,
+    next_at: Instant,
+    cut: u64,
+    pausing: bool,
+    alive: Option<InputHandleCore<u64, CapacityContainerBuilder<Vec<()>>>>,
+    alive_probe: ProbeHandle<u64>,
+    last_progress: Instant,
+}
+
+impl<'a> SnapshotClock<'a> {
+    fn new<A: Allocate>(worker: &mut Worker<A>, resources: &'a Resources) -> Option<Self> {
+        let run = resources.resilience.as_ref()?;
+        let mut alive = InputHandleCore::new();
+        let alive_probe = ProbeHandle::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            alive.to_stream(scope).probe_with(&alive_probe);
+        });
+        Some(SnapshotClock {
+            resources,
+            interval: run.interval,
+            next_at: Instant::now() + run.interval,
+            cut: 1,
+            pausing: false,
+            alive: Some(alive),
+            alive_probe,
+            last_progress: Instant::now(),
+        })
+    }
+
+    /// The epoch of the next cut.
+    fn cut_epoch(&self) -> u64 {
+        self.cut << 32
+    }
+
+    /// Whether to move to the next cut now.
+    fn due(&self, any_live: bool) -> bool {
+        !self.pausing && (!any_live || Instant::now() >= self.next_at)
+    }
+
+    /// After a step: snapshot once the cut is complete everywhere; notice
+    /// when every worker's sources have ended (then the inputs close).
+    fn after_step(&mut self, probe: &ProbeHandle<u64>, any_live: bool) -> Result<bool, Error> {
+        if self.pausing && !probe.less_than(&self.cut_epoch()) {
+            self.resources.snapshot()?;
+            self.cut += 1;
+            self.next_at = Instant::now() + self.interval;
+            self.pausing = false;
+        }
+        if self.last_progress.elapsed() >= PROGRESS_EVERY {
+            self.last_progress = Instant::now();
+            self.resources.note_progress();
+        }
+        if !any_live {
+            self.alive = None;
+        }
+        Ok(self.alive.is_none() && self.alive_probe.done())
+    }
+}
+
+/// How often the count of records from non-replayable sources is stored.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
 /// The worker loop of one generation.
 #[allow(clippy::too_many_arguments)]
 fn drive<A: Allocate>(
     worker: &mut Worker<A>,
+    resources: &Resources,
     inputs: &mut [Option<Box<dyn PipelineInput>>],
     sources: &[Option<GenerationSource>],
     failure: &FailureSlot,
     options: &Options,
-    stop: &AtomicBool,
     probe: &ProbeHandle<u64>,
     check_signals: bool,
 ) -> Result<DriveEnd, Error> {
+    let stop = &resources.stop;
     let epoch_length = Duration::from_millis(options.epoch_ms);
+    let mut clock = SnapshotClock::new(worker, resources);
+    let mut live: Vec<bool> = sources.iter().map(Option::is_some).collect();
     let mut next_membership: Option<NextMembership> = None;
     let mut epoch = 0u64;
     let mut epoch_records = 0usize;
@@ -903,11 +1226,12 @@ fn drive<A: Allocate>(
     let mut last_signal_check = Instant::now();
     let mut interrupted = false;
     loop {
-        let behind = probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
+        let pausing = clock.as_ref().is_some_and(|c| c.pausing);
+        let behind = pausing || probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
         let mut received = false;
         let mut records = 0usize;
-        for (slot, source) in inputs.iter_mut().zip(sources) {
-            let (Some(input), Some(source)) = (slot.as_mut(), source) else {
+        for (i, (slot, source)) in inputs.iter_mut().zip(sources).enumerate() {
+            let (Some(input), Some(source), true) = (slot.as_mut(), source, live[i]) else {
                 continue;
             };
             if behind {
@@ -917,20 +1241,36 @@ fn drive<A: Allocate>(
                 match source.handle.rx.try_recv() {
                     Ok(batch) => {
                         records += batch.len();
+                        if clock.is_some() {
+                            lock(&resources.pipelines[i].position).advance(&batch);
+                        }
                         input.send(batch);
                         received = true;
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
-                        *slot = None;
+                        live[i] = false;
+                        if clock.is_none() {
+                            *slot = None;
+                        }
                         break;
                     }
                 }
             }
         }
         epoch_records += records;
-        if last_epoch.elapsed() >= epoch_length || epoch_records >= MAX_EPOCH_RECORDS {
-            epoch += 1;
+        let any_live = live.iter().any(|l| *l);
+        let mut advance = None;
+        if let Some(clock) = clock.as_mut().filter(|c| c.due(any_live)) {
+            clock.pausing = true;
+            advance = Some(clock.cut_epoch());
+        } else if !pausing
+            && (last_epoch.elapsed() >= epoch_length || epoch_records >= MAX_EPOCH_RECORDS)
+        {
+            advance = Some(epoch + 1);
+        }
+        if let Some(next) = advance {
+            epoch = next;
             epoch_records = 0;
             for input in inputs.iter_mut().flatten() {
                 input.advance_to(epoch);
@@ -940,6 +1280,12 @@ fn drive<A: Allocate>(
         }
         worker.step();
         epochs.observe(probe);
+        if let Some(clock) = clock.as_mut() {
+            if clock.after_step(probe, any_live)? {
+                // Every worker's sources have ended: close the inputs.
+                inputs.iter_mut().for_each(|slot| *slot = None);
+            }
+        }
         if let Some(reason) = take_abort() {
             stop.store(true, Ordering::Relaxed);
             abort(reason.clone());
@@ -988,15 +1334,17 @@ fn drive<A: Allocate>(
             }
         }
         if !received {
-            if behind {
+            let mut select = Select::new();
+            let mut watched = 0;
+            for ((slot, source), live) in inputs.iter().zip(sources).zip(&live) {
+                if let (Some(_), Some(source), true) = (slot, source, live) {
+                    select.recv(&source.handle.rx);
+                    watched += 1;
+                }
+            }
+            if behind || watched == 0 {
                 worker.step_or_park(Some(IDLE_WAIT));
                 continue;
-            }
-            let mut select = Select::new();
-            for (slot, source) in inputs.iter().zip(sources) {
-                if let (Some(_), Some(source)) = (slot, source) {
-                    select.recv(&source.handle.rx);
-                }
             }
             let _ = select.ready_timeout(IDLE_WAIT);
         }

@@ -32,6 +32,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod plan;
 pub mod pycall;
+pub mod resilience;
 pub mod routing;
 pub mod sinks;
 pub mod sources;
@@ -98,6 +99,14 @@ fn request_stop() {
     dataflow::request_stop();
 }
 
+/// Replace this process by a fresh start of its own command line (crash
+/// recovery: a cluster worker that lost a peer starts again and recovers
+/// from the last complete snapshot). Never returns.
+#[pyfunction]
+fn restart(reason: String) {
+    cluster::restart_process(&reason);
+}
+
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
@@ -113,6 +122,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(request_stop, m)?)?;
     m.add_function(wrap_pyfunction!(reconfigure, m)?)?;
     m.add_function(wrap_pyfunction!(generation, m)?)?;
+    m.add_function(wrap_pyfunction!(restart, m)?)?;
     m.add_class::<kafka::EmbeddedKafka>()?;
     http::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -67,6 +67,9 @@ pub struct KafkaSourcePlan {
     pub start_offset: StartOffset,
     /// Create the topic with this many partitions when it is missing.
     pub create_partitions: Option<i32>,
+    /// Crash recovery: the next offset to read per partition (overrides
+    /// `start_offset` for the partitions it names).
+    pub resume: std::collections::BTreeMap<i32, i64>,
 }
 
 /// A Kafka sink.
@@ -205,6 +208,21 @@ pub struct Options {
     pub cluster: Option<Membership>,
     /// Each source ends after this many records (a bounded run).
     pub max_records: Option<u64>,
+    /// Crash recovery: where snapshots are kept, and how.
+    pub resilience: Option<ResilienceOptions>,
+}
+
+/// `--resilience-dir` and its settings.
+#[derive(Debug, Clone)]
+pub struct ResilienceOptions {
+    /// The directory of the workers' stores.
+    pub dir: PathBuf,
+    /// Time between snapshots.
+    pub interval_ms: u64,
+    /// This worker's name (its store's name).
+    pub worker: String,
+    /// The application's fingerprint: a store of another application is refused.
+    pub app: String,
 }
 
 /// This process's place in a timely cluster.
@@ -274,6 +292,7 @@ impl SourcePlan {
                 create_partitions: optional(dict, "create_partitions")?
                     .map(|v| v.extract())
                     .transpose()?,
+                resume: Default::default(),
             }),
             other => return Err(Error::Config(format!("unknown source kind {other:?}")).into()),
         };
@@ -423,6 +442,16 @@ impl Options {
             max_records: optional(dict, "max_records")?
                 .map(|v| v.extract())
                 .transpose()?,
+            resilience: match optional(dict, "resilience_dir")? {
+                Some(dir) => Some(ResilienceOptions {
+                    dir: dir.extract()?,
+                    interval_ms: get_u64("snapshot_ms", 1000)?.max(1),
+                    worker: optional(dict, "worker_name")?
+                        .map_or(Ok("initializer".to_owned()), |v| v.extract())?,
+                    app: string(dict, "app_fingerprint")?,
+                }),
+                None => None,
+            },
             cluster: match optional(dict, "addresses")? {
                 Some(addresses) => {
                     let addresses: Vec<String> = addresses.extract()?;

@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyString, PyTuple};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PySet, PyString, PyTuple};
 
 use crate::bad_input::BadInput;
 use crate::errors::{format_py_err, short_repr, StepFailure};
@@ -29,7 +29,19 @@ pub struct StateStore {
     states: Py<PyDict>,
     /// Keys held, for the metrics (bumped when a key's state is created).
     keys: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// With crash recovery: the keys whose state ran or arrived since the
+    /// last snapshot, and those that left this worker.
+    changes: Option<Changes>,
 }
+
+/// Keys changed since the last snapshot (Python sets: one `add` per record).
+struct Changes {
+    dirty: Py<PySet>,
+    removed: Py<PySet>,
+}
+
+/// A key's change since the last snapshot: its state, or None when it left.
+pub type Change = (Py<PyAny>, Option<Py<PyAny>>);
 
 impl StateStore {
     /// An empty store whose states are made by calling `class()`.
@@ -39,7 +51,51 @@ impl StateStore {
             name,
             class,
             states: PyDict::new(py).unbind(),
+            changes: None,
         }
+    }
+
+    /// Track changed keys from now on (crash recovery takes snapshots).
+    pub fn track_changes(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.changes = Some(Changes {
+            dirty: PySet::empty(py)?.unbind(),
+            removed: PySet::empty(py)?.unbind(),
+        });
+        Ok(())
+    }
+
+    /// The keys changed since the last call, with their states (None: the
+    /// key left this worker); tracking starts afresh.
+    pub fn take_changes(&self, py: Python<'_>) -> PyResult<Vec<Change>> {
+        let Some(changes) = &self.changes else {
+            return Ok(Vec::new());
+        };
+        let states = self.states.bind(py);
+        let mut out = Vec::new();
+        for key in changes.dirty.bind(py).iter() {
+            if let Some(state) = states.get_item(&key)? {
+                out.push((key.unbind(), Some(state.unbind())));
+            }
+        }
+        for key in changes.removed.bind(py).iter() {
+            out.push((key.unbind(), None));
+        }
+        changes.dirty.bind(py).clear();
+        changes.removed.bind(py).clear();
+        Ok(out)
+    }
+
+    fn mark(&self, py: Python<'_>, key: &Bound<'_, PyAny>, present: bool) -> PyResult<()> {
+        if let Some(changes) = &self.changes {
+            let (add, discard) = if present {
+                (&changes.dirty, &changes.removed)
+            } else {
+                (&changes.removed, &changes.dirty)
+            };
+            discard.bind(py).discard(key)?;
+            add.bind(py).add(key)?;
+        }
+        Ok(())
     }
 
     /// Number of keys with a state.
@@ -60,11 +116,23 @@ impl StateStore {
     pub fn remove(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
         self.states.bind(py).del_item(key)?;
         self.keys.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        self.mark(py, key, false)
     }
 
-    /// Take over a key's state from another worker.
+    /// Take over a key's state from another worker (or another worker's
+    /// snapshot): it is written at this worker's next snapshot.
     pub fn insert(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        state: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.restore(py, key, state)?;
+        self.mark(py, key, true)
+    }
+
+    /// Put back a key's state from this worker's own snapshot.
+    pub fn restore(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
@@ -84,6 +152,25 @@ impl StateStore {
 
     /// The state of `key`, created on first use. Err(detail) for a bad key.
     fn get_or_create<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        u64_keys: bool,
+    ) -> Result<Bound<'py, PyAny>, String> {
+        let state = self.find_or_create(py, key, u64_keys)?;
+        if let Some(changes) = &self.changes {
+            // Every key whose computation runs is snapshotted: `state_changed`
+            // is advisory (apps change state and return False).
+            changes
+                .dirty
+                .bind(py)
+                .add(key)
+                .map_err(|e| format_py_err(py, &e))?;
+        }
+        Ok(state)
+    }
+
+    fn find_or_create<'py>(
         &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,

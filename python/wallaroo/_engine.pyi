@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 __version__: str
 
 class EngineError(Exception):
@@ -41,6 +43,10 @@ def reconfigure(index: int | None, addresses: list[str], names: list[str]) -> No
 
 def generation() -> int:
     """How many generations (timely instances) this process started in the run."""
+
+def restart(reason: str) -> NoReturn:
+    """Replace this process by a fresh start of its own command line (crash
+    recovery: a worker that lost a peer starts again and recovers)."""
 
 def metrics_configure(enabled: bool, name: str, app: str) -> None:
     """Turn metrics on or off and name this worker and the application."""

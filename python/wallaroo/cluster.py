@@ -38,6 +38,10 @@ from typing import Any, Callable
 log = logging.getLogger("wallaroo.cluster")
 
 SECRET_ENV = "WALLAROO_CLUSTER_SECRET"
+GROW_WITH_RESILIENCE = (
+    "a cluster with --resilience-dir does not grow or shrink while it runs; stop it and start "
+    "it with the new worker count: the snapshot's state is spread over the new workers"
+)
 PROTOCOL = 1
 
 
@@ -179,6 +183,9 @@ class Cluster:
         self.left = False
         self._on_reconfigure: Callable[[int | None, list, list], None] | None = None
         self._watch_args: tuple = ()
+        self._reader: _Lines | None = None
+        # Crash recovery: a member that registers again was restarted.
+        self.on_restarted: Callable[[str], None] | None = None
 
     @staticmethod
     def wanted(opts: argparse.Namespace) -> bool:
@@ -305,7 +312,6 @@ class Cluster:
         while True:
             try:
                 sock = socket.create_connection((host, port), timeout=5)
-                break
             except OSError as err:
                 if time.monotonic() > deadline:
                     raise ClusterSetupError(
@@ -313,25 +319,17 @@ class Cluster:
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        _send(
-            sock,
-            {
-                "type": "join",
-                "protocol": PROTOCOL,
-                "name": self.opts.name,
-                "data": my_data,
-                "app": self.app_name,
-                "secret": self.opts.cluster_secret,
-            },
-        )
-        sock.settimeout(max(1.0, deadline - time.monotonic()))
-        reader = _Lines(sock)
-        try:
-            message = reader.read()
-        except OSError:
-            message = None
-        if not message:
-            raise ClusterSetupError(f"the initializer at {target} closed the connection")
+                continue
+            message = self._ask_to_join(sock, my_data, deadline)
+            if message is not None:
+                break
+            # The initializer closed the connection without an answer: it is
+            # starting again (crash recovery); try again until the deadline.
+            sock.close()
+            if time.monotonic() > deadline:
+                raise ClusterSetupError(f"the initializer at {target} closed the connection")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
         if message.get("type") == "refused":
             raise ClusterSetupError(f"the initializer refused this worker: {message.get('reason')}")
         if message.get("type") != "start":
@@ -346,9 +344,29 @@ class Cluster:
             index,
             list(message["addresses"]),
             list(message["names"]),
-            [("initializer", sock, reader)],
+            [("initializer", sock, self._reader)],
             dict(message.get("extra") or {}),
         )
+
+    def _ask_to_join(self, sock: socket.socket, my_data: str, deadline: float) -> dict | None:
+        """Send the join request; the initializer's answer, None if it closed."""
+        try:
+            _send(
+                sock,
+                {
+                    "type": "join",
+                    "protocol": PROTOCOL,
+                    "name": self.opts.name,
+                    "data": my_data,
+                    "app": self.app_name,
+                    "secret": self.opts.cluster_secret,
+                },
+            )
+            sock.settimeout(max(1.0, deadline - time.monotonic()))
+            self._reader = _Lines(sock)
+            return self._reader.read() or None
+        except OSError:
+            return None
 
     # -- both ----------------------------------------------------------------
 
@@ -446,8 +464,19 @@ class Cluster:
             reader, message = self._read_join(sock, peer)
             if message is None:
                 continue
+            name = str(message.get("name") or "worker")
+            if self.on_restarted is not None:
+                if self.membership is not None and name in self.membership.names:
+                    # Its crash may not have been noticed yet: start again
+                    # with it (it retries its request meanwhile).
+                    sock.close()
+                    self.on_restarted(name)
+                    continue
+                _send(sock, {"type": "refused", "reason": GROW_WITH_RESILIENCE})
+                sock.close()
+                continue
             sock.settimeout(None)
-            self.change(add=(str(message.get("name") or "worker"), message["data"], sock, reader))
+            self.change(add=(name, message["data"], sock, reader))
 
     def change(self, add: tuple | None = None, remove: str | None = None) -> str:
         """Grow by ``add`` (name, data address, socket, reader) or shrink by the
@@ -455,6 +484,10 @@ class Cluster:
         next epoch. Returns what was done (or why not)."""
         with self._change_lock:
             assert self.membership is not None and self._on_reconfigure is not None
+            if self.on_restarted is not None:
+                if add is not None:
+                    _send(add[2], {"type": "refused", "reason": GROW_WITH_RESILIENCE})
+                return GROW_WITH_RESILIENCE
             if self.done.is_set():
                 if add is not None:
                     _send(add[2], {"type": "refused", "reason": "the run is ending"})
@@ -673,8 +706,10 @@ def supervise(argv: list, workers: int) -> int:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
     base = _without_flag(argv, "--workers")
+    resilient = any(arg in ("-r", "--resilience-dir") or arg.startswith("--resilience-dir=")
+                    for arg in base)
     control = free_address()
-    children: list = []
+    commands: list = []
     for index in range(workers):
         if index == 0:
             role = ["-t", "-w", str(workers), "-c", control, "-d", free_address(), "-n", "worker-0"]
@@ -684,10 +719,13 @@ def supervise(argv: list, workers: int) -> int:
         command = [sys.executable, "-m", "wallaroo", *base, *role]
         if index > 0:
             command += ["--no-demo"]
-        children.append(subprocess.Popen(command))
+        commands.append(command)
+    children = [subprocess.Popen(command) for command in commands]
     log.info("supervising %d workers (control %s)", workers, control)
+    stopping = threading.Event()
 
     def forward(signum: int, frame: Any) -> None:
+        stopping.set()
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -698,6 +736,14 @@ def supervise(argv: list, workers: int) -> int:
         while any(child.poll() is None for child in children):
             for index, child in enumerate(children):
                 status = child.poll()
+                if status is not None and status < 0 and resilient and not stopping.is_set():
+                    # Killed: with crash recovery it starts again, and the
+                    # cluster recovers from the last complete snapshot.
+                    log.warning(
+                        "worker %d was killed (signal %d); starting it again", index, -status
+                    )
+                    children[index] = subprocess.Popen(commands[index])
+                    continue
                 if status not in (None, 0) and code == 0:
                     code = status if status > 0 else 1
                     log.error("worker %d exited with status %s; stopping the others", index, status)

@@ -58,7 +58,6 @@ Pony runtime flags of 0.4.2 scripts (--ponythreads=1, --ponynoblock, ...) and
 -f, -l, --log-rotation, -u/--stop-pause, --spike-* are accepted and ignored.
 """
 
-_NOT_YET = "is not supported yet by this version"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a TCP sink waits for its receiver (default 30)",
     )
+    run.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with -r/--resilience-dir: time between snapshots (default 1; independent of "
+        "--epoch-ms)",
+    )
     kafka.add_arguments(parser)
     demo.add_arguments(parser)
     cluster.add_arguments(parser)
@@ -141,7 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     legacy.add_argument("-n", "--name", help="this worker's name")
     legacy.add_argument("-j", "--join", metavar="HOST:PORT", help="join a running cluster")
     legacy.add_argument(
-        "-r", "--resilience-dir", metavar="DIR", help="directory for state snapshots"
+        "-r",
+        "--resilience-dir",
+        metavar="DIR",
+        help="crash recovery: each worker keeps snapshots of its state and source positions "
+        "in DIR; started again with the same DIR, the run goes on from the last snapshot "
+        "complete on every worker",
     )
     legacy.add_argument(
         "-x", "--my-control", metavar="HOST:PORT", help="this worker's control address"
@@ -210,9 +222,23 @@ class _StopOnSignal:
 
 
 def _check_runner_flags(opts: argparse.Namespace) -> str | None:
-    if opts.resilience_dir:
-        return f"--resilience-dir: crash recovery {_NOT_YET}; refusing to run without it"
+    if opts.snapshot_interval <= 0:
+        return "--snapshot-interval must be positive"
+    if opts.resilience_dir and opts.join:
+        return f"-j/--join: {cluster.GROW_WITH_RESILIENCE}"
     return None
+
+
+def _app_fingerprint(plan: dict) -> str:
+    """What a snapshot store must have been written by: the application's
+    name, its states and its pipelines (not its code, which may be fixed
+    between a crash and the restart)."""
+    states = sorted(
+        {step["state_name"] for p in plan["pipelines"] for step in p["steps"]
+         if step.get("state_name")}
+    )
+    pipelines = [p["name"] for p in plan["pipelines"]]
+    return f"app {plan['name']!r}, states {states}, pipelines {pipelines}"
 
 
 def main(argv: list | None = None) -> int:
@@ -316,6 +342,13 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
         "sink_connect_timeout_s": opts.sink_connect_timeout,
         "max_records": opts.max_records,
     }
+    if opts.resilience_dir:
+        options.update(
+            resilience_dir=opts.resilience_dir,
+            snapshot_ms=max(1, round(opts.snapshot_interval * 1000)),
+            worker_name=opts.name or "initializer",
+            app_fingerprint=_app_fingerprint(plan),
+        )
     members = cluster.Cluster(opts, plan["name"]) if cluster.Cluster.wanted(opts) else None
     observer = metrics.Observer(opts, plan["name"])
     kafka_setup = kafka.KafkaSetup(opts)
@@ -333,11 +366,18 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
             options["process"] = membership.index
             options["addresses"] = membership.addresses
             options["names"] = membership.names
+            options["worker_name"] = membership.names[membership.index]
             members.on_reconfigure(_engine.reconfigure)
+            if opts.resilience_dir:
+                members.on_restarted = lambda name: _engine.restart(
+                    f"worker {name!r} started again"
+                )
             if opts.cluster_initializer and opts.external:
                 members.serve_external(opts.external)
             members.watch(
-                lambda name: _engine.abort(f"lost worker {name!r}"),
+                (lambda name: _engine.restart(f"lost worker {name!r}"))
+                if opts.resilience_dir
+                else (lambda name: _engine.abort(f"lost worker {name!r}")),
                 on_message=observer.on_peer_message,
                 on_failed=lambda name, why: _engine.abort(f"worker {name!r} failed: {why}"),
             )
@@ -348,7 +388,8 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
     previous: dict = {}
     if threading_is_main():
         member = members is not None and not opts.cluster_initializer
-        handler = _StopOnSignal(_engine, members.request_leave if member else None)
+        leave = members.request_leave if member and not opts.resilience_dir else None
+        handler = _StopOnSignal(_engine, leave)
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, handler)
     companions = None

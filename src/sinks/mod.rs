@@ -47,6 +47,9 @@ pub struct SinkContext {
     pub metrics: Arc<PipelineMetrics>,
     /// How long a TCP sink tries to connect before giving up.
     pub connect_timeout_s: f64,
+    /// The run goes on from a snapshot: a file sink appends to what the
+    /// crashed run wrote instead of starting the file again.
+    pub append: bool,
 }
 
 /// A running sink.

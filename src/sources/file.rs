@@ -2,7 +2,7 @@
 //! The source ends at end of file; the run ends when every source has.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,21 +23,55 @@ pub fn start(
     path: PathBuf,
     framing: Arc<Framing>,
     ctx: SourceContext,
+    after: Option<(u64, u64)>,
 ) -> Result<SourceHandle, Error> {
-    let file = File::open(&path).map_err(|e| {
+    let mut file = File::open(&path).map_err(|e| {
         Error::Config(format!(
             "pipeline {:?}: cannot open input file {}: {e}",
             ctx.pipeline,
             path.display()
         ))
     })?;
-    let reader: Box<dyn Read + Send> = if path.extension().is_some_and(|ext| ext == "gz") {
+    let gzip = path.extension().is_some_and(|ext| ext == "gz");
+    if let (Some((offset, _)), false) = (after, gzip) {
+        file.seek(SeekFrom::Start(offset)).map_err(|e| {
+            Error::Config(format!(
+                "pipeline {:?}: cannot seek to byte {offset} of {}: {e}",
+                ctx.pipeline,
+                path.display()
+            ))
+        })?;
+    }
+    let mut reader: Box<dyn Read + Send> = if gzip {
         Box::new(MultiGzDecoder::new(BufReader::with_capacity(
             READ_CHUNK, file,
         )))
     } else {
         Box::new(file)
     };
+    if let (Some((offset, _)), true) = (after, gzip) {
+        // A compressed stream cannot seek: read up to the position.
+        let skipped = std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())
+            .map_err(|e| {
+                Error::Config(format!(
+                    "pipeline {:?}: cannot read {} up to byte {offset}: {e}",
+                    ctx.pipeline,
+                    path.display()
+                ))
+            })?;
+        if skipped < offset {
+            log::warn!(
+                "{}: shorter than the recovered position (byte {offset}); nothing left to read",
+                path.display()
+            );
+        }
+    }
+    if let Some((offset, index)) = after {
+        log::info!(
+            "{}: going on after record {index} (byte {offset})",
+            path.display()
+        );
+    }
     let style = if matches!(*framing, Framing::Lines) {
         PosStyle::Lines
     } else {
@@ -51,7 +85,7 @@ pub fn start(
     let thread_info = info.clone();
     let thread = std::thread::Builder::new()
         .name(format!("source {}", ctx.pipeline))
-        .spawn(move || read_file(reader, framing, ctx, thread_info, tx))
+        .spawn(move || read_file(reader, framing, ctx, thread_info, tx, after))
         .map_err(|e| Error::Config(format!("cannot start a source thread: {e}")))?;
     Ok(SourceHandle {
         rx,
@@ -66,8 +100,15 @@ fn read_file(
     ctx: SourceContext,
     info: SourceInfo,
     tx: Sender<Vec<Frame>>,
+    after: Option<(u64, u64)>,
 ) {
     let mut parser = Parser::new(framing, ctx.max_frame_bytes, 0);
+    // Going on after a recovered record: read from its start and drop it.
+    let mut skip = None;
+    if let Some((offset, index)) = after {
+        parser.start_at(offset, index);
+        skip = Some(index);
+    }
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut batch = Vec::with_capacity(ctx.batch_size);
     loop {
@@ -79,6 +120,7 @@ fn read_file(
             Ok(0) => {
                 if let Some(parsed) = parser.finish() {
                     handle_parsed(parsed, &mut batch, &ctx, &info);
+                    skip_recovered(&mut batch, &mut skip);
                 }
                 break;
             }
@@ -90,7 +132,9 @@ fn read_file(
             }
         };
         parser.feed(&chunk[..n]);
-        if !drain_parser(&mut parser, &mut batch, &ctx, &info) {
+        let drained = drain_parser(&mut parser, &mut batch, &ctx, &info);
+        skip_recovered(&mut batch, &mut skip);
+        if !drained {
             log::error!(
                 "{}: cannot find the next frame, the source ends here",
                 info.label
@@ -106,4 +150,14 @@ fn read_file(
     }
     send_batch(&tx, batch, &ctx);
     log::debug!("{}: end of input", info.label);
+}
+
+/// Drop the record numbered `skip` (already handed over before a crash).
+fn skip_recovered(batch: &mut Vec<Frame>, skip: &mut Option<u64>) {
+    if let Some(index) = *skip {
+        if let Some(at) = batch.iter().position(|f| f.pos.index == index) {
+            batch.remove(at);
+            *skip = None;
+        }
+    }
 }

@@ -154,6 +154,13 @@ fn starting_offsets(
     };
     let mut start = TopicPartitionList::new();
     for &partition in partitions {
+        if let Some(&next) = plan.resume.get(&partition) {
+            if let Err(e) = start.add_partition_offset(&plan.topic, partition, Offset::Offset(next))
+            {
+                log::error!("{label}: partition {partition}: {e}");
+            }
+            continue;
+        }
         let offset = committed
             .as_ref()
             .and_then(|c| c.find_partition(&plan.topic, partition))

@@ -133,17 +133,28 @@ pub struct SourceHandle {
 }
 
 /// Start the source of a pipeline.
+/// With `resume` (crash recovery) a file source goes on after the last
+/// record it handed over and a Kafka source from the stored offsets.
 pub fn start(
     kind: SourceKind,
     framing: Framing,
     ctx: SourceContext,
+    resume: Option<&crate::resilience::SourcePosition>,
 ) -> Result<SourceHandle, Error> {
     let framing = Arc::new(framing);
     let metrics = ctx.metrics.clone();
     let handle = match kind {
-        SourceKind::File { path } => file::start(path, framing, ctx),
+        SourceKind::File { path } => {
+            let after = resume.filter(|r| r.index > 0).map(|r| (r.offset, r.index));
+            file::start(path, framing, ctx, after)
+        }
         SourceKind::Tcp { host, port } => tcp::start(&host, port, framing, ctx),
-        SourceKind::Kafka(plan) => kafka::start(plan, ctx),
+        SourceKind::Kafka(mut plan) => {
+            if let Some(resume) = resume {
+                plan.resume = resume.partitions.clone();
+            }
+            kafka::start(plan, ctx)
+        }
     }?;
     metrics.set_source_label(&handle.info.label);
     Ok(handle)
@@ -195,6 +206,13 @@ impl Parser {
             index: 0,
             offset: 0,
         }
+    }
+
+    /// Start at byte `offset` of the stream, where record number `index`
+    /// (from 1) begins.
+    pub fn start_at(&mut self, offset: u64, index: u64) {
+        self.offset = offset;
+        self.index = index.saturating_sub(1);
     }
 
     /// Append bytes read from the stream.
