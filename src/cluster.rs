@@ -31,14 +31,14 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::{Capability, Concatenate, Probe};
+use timely::dataflow::operators::{Capability, Concatenate};
 use timely::dataflow::{InputHandleCore, ProbeHandle, Scope, StreamCore};
 use timely::worker::Worker;
 use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::dataflow::{
-    run_generation, run_guarded, send_to_sink, FailureSlot, GenerationEnd, PipelineInput,
-    PipelineParts, Resources, Summary,
+    run_generation, run_guarded, FailureSlot, GenerationEnd, PipelineInput, PipelineParts,
+    Resources, SinkAndProbe, Summary,
 };
 use crate::errors::{format_py_err, Error, StepFailure};
 use crate::plan::{Membership, Options, Plan};
@@ -564,13 +564,7 @@ pub(crate) fn build_pipeline<A: Allocate>(
                 },
             )
         };
-        to_sink.probe_with(probe).sink(
-            Pipeline,
-            &format!("sink {name}"),
-            move |(input, _frontier)| {
-                input.for_each(|_time, batch| send_to_sink(&sink_tx, batch));
-            },
-        );
+        to_sink.sink_and_probe(&name, sink_tx, probe);
     });
     Box::new(ClusterInput {
         handle,
@@ -645,7 +639,13 @@ pub fn restart_process(reason: &str) -> ! {
                 .collect()
         })
         .unwrap_or_default();
-    let err = std::process::Command::new("/proc/self/exe")
+    // The original argv[0] (not /proc/self/exe): Python finds its virtual
+    // environment from it.
+    let program = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| std::ffi::OsString::from("/proc/self/exe"));
+    let err = std::process::Command::new(program)
         .args(args.iter().skip(1))
         .exec();
     eprintln!("error: cluster: cannot restart this worker: {err}");

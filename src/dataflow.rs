@@ -36,7 +36,7 @@ use crate::metrics::PipelineMetrics;
 use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StartOffset, StepKind};
 use crate::resilience::{self, SourcePosition};
 use crate::routing::{canonical_key, RoutingTable};
-use crate::sinks::{self, Output, SinkContext};
+use crate::sinks::{self, Output, SinkContext, SinkMessage};
 use crate::sources::{self, Frame, SourceContext, SourceHandle};
 use crate::steps::{Chain, Emitted, Kind, StateStore, Step};
 
@@ -200,7 +200,7 @@ struct StepTemplate {
 pub(crate) struct PipelineResources {
     name: String,
     metrics: Arc<PipelineMetrics>,
-    sink_tx: Option<Sender<Vec<Output>>>,
+    sink_tx: Option<Sender<SinkMessage>>,
     sink_everywhere: bool,
     /// The source this worker reads for the whole run (taken out while a
     /// generation runs).
@@ -487,13 +487,25 @@ impl Resources {
             .iter()
             .map(|p| (p.name.clone(), lock(&p.position).clone()))
             .collect();
-        run.writer.snapshot(resilience::Snapshot {
-            id,
-            tag: run.tag.clone(),
-            members: run.members.clone(),
-            rows,
-            positions,
-        });
+        // Every output before the cut is with the sinks (the probe is after
+        // them); the snapshot is stored once they have pushed it out.
+        let mut acks = Vec::new();
+        for tx in self.pipelines.iter().filter_map(|p| p.sink_tx.as_ref()) {
+            let (ack, acked) = crossbeam_channel::bounded(1);
+            if tx.send(SinkMessage::Barrier(ack)).is_ok() {
+                acks.push(acked);
+            }
+        }
+        run.writer.snapshot(
+            resilience::Snapshot {
+                id,
+                tag: run.tag.clone(),
+                members: run.members.clone(),
+                rows,
+                positions,
+            },
+            acks,
+        );
         Ok(())
     }
 
@@ -838,7 +850,7 @@ pub(crate) struct PipelineParts {
     /// Its Python side.
     pub chain: Rc<Chain>,
     /// Where its encoded records go on this worker, if anywhere.
-    pub sink_tx: Option<Sender<Vec<Output>>>,
+    pub sink_tx: Option<Sender<SinkMessage>>,
     /// Whether its sink runs on every worker (Kafka) rather than on worker 0.
     pub sink_everywhere: bool,
 }
@@ -1054,6 +1066,39 @@ pub(crate) fn run_generation<A: Allocate>(
     })
 }
 
+/// The end of a pipeline's dataflow: hand batches to the sink thread, then
+/// the probe, so an epoch is complete only once its output is with the sink.
+pub(crate) trait SinkAndProbe {
+    fn sink_and_probe(
+        &self,
+        name: &str,
+        sink_tx: Option<Sender<SinkMessage>>,
+        probe: &ProbeHandle<u64>,
+    );
+}
+
+impl<G: timely::dataflow::Scope<Timestamp = u64>> SinkAndProbe
+    for timely::dataflow::StreamCore<G, Vec<Output>>
+{
+    fn sink_and_probe(
+        &self,
+        name: &str,
+        sink_tx: Option<Sender<SinkMessage>>,
+        probe: &ProbeHandle<u64>,
+    ) {
+        self.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Pipeline,
+            &format!("sink {name}"),
+            move |_capability, _info| {
+                move |input, _output| {
+                    input.for_each(|_time, batch| send_to_sink(&sink_tx, batch));
+                }
+            },
+        )
+        .probe_with(probe);
+    }
+}
+
 /// Run a batch through a chain, recording a failure instead of raising.
 pub(crate) fn run_guarded(
     failure: &FailureSlot,
@@ -1071,11 +1116,11 @@ pub(crate) fn run_guarded(
 }
 
 /// The sink end of a pipeline: blocking sends to the sink thread.
-pub(crate) fn send_to_sink(tx: &Option<Sender<Vec<Output>>>, batch: &mut Vec<Output>) {
+pub(crate) fn send_to_sink(tx: &Option<Sender<SinkMessage>>, batch: &mut Vec<Output>) {
     let batch = std::mem::take(batch);
     if let Some(tx) = tx {
         // Blocks while the sink is behind: back-pressure.
-        if tx.send(batch).is_err() {
+        if tx.send(SinkMessage::Batch(batch)).is_err() {
             log::error!("the sink thread has stopped; output is lost");
         }
     }
@@ -1110,14 +1155,7 @@ fn build_pipeline<A: Allocate>(
                     }
                 },
             )
-            .probe_with(probe)
-            .sink(
-                Pipeline,
-                &format!("sink {name}"),
-                move |(input, _frontier)| {
-                    input.for_each(|_time, batch| send_to_sink(&sink_tx, batch));
-                },
-            );
+            .sink_and_probe(&name, sink_tx, probe);
     });
     Box::new(input)
 }

@@ -769,8 +769,24 @@ fn merge_position(
 
 /// What the writer thread is given.
 enum Message {
-    Snapshot(Box<Snapshot>),
+    /// A snapshot, stored once every sink acknowledged the output before it.
+    Snapshot(Box<Snapshot>, Vec<crossbeam_channel::Receiver<()>>),
     Progress(BTreeMap<String, u64>),
+}
+
+/// Store `snapshot` once every sink acknowledged the output before it.
+fn write_after(
+    store: &mut Store,
+    snapshot: &Snapshot,
+    acks: &[crossbeam_channel::Receiver<()>],
+) -> Result<(), Error> {
+    if acks.iter().all(|ack| ack.recv().is_ok()) {
+        store.write(snapshot)
+    } else {
+        Err(Error::Config(
+            "a sink could not push out the output before it".into(),
+        ))
+    }
 }
 
 /// The thread that writes a worker's snapshots, so the worker only pays for
@@ -803,31 +819,33 @@ impl Writer {
             .spawn(move || {
                 for message in rx {
                     match message {
-                        Message::Snapshot(snapshot) => match store.write(&snapshot) {
-                            Ok(()) => {
-                                let first = stats.written.fetch_add(1, Ordering::Relaxed) == 0;
-                                stats.last_id.store(snapshot.id, Ordering::Relaxed);
-                                let say = format!(
-                                    "snapshot {} written ({} changed keys) to {}",
-                                    snapshot.id,
-                                    snapshot.rows.len(),
-                                    store.path.display()
-                                );
-                                if first {
-                                    log::info!("{say}");
-                                } else {
-                                    log::debug!("{say}");
+                        Message::Snapshot(snapshot, acks) => {
+                            match write_after(&mut store, &snapshot, &acks) {
+                                Ok(()) => {
+                                    let first = stats.written.fetch_add(1, Ordering::Relaxed) == 0;
+                                    stats.last_id.store(snapshot.id, Ordering::Relaxed);
+                                    let say = format!(
+                                        "snapshot {} written ({} changed keys) to {}",
+                                        snapshot.id,
+                                        snapshot.rows.len(),
+                                        store.path.display()
+                                    );
+                                    if first {
+                                        log::info!("{say}");
+                                    } else {
+                                        log::debug!("{say}");
+                                    }
+                                }
+                                Err(e) => {
+                                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                                    log::error!(
+                                        "snapshot {} not written, recovery would use an earlier \
+                                     one: {e}",
+                                        snapshot.id
+                                    );
                                 }
                             }
-                            Err(e) => {
-                                stats.failed.fetch_add(1, Ordering::Relaxed);
-                                log::error!(
-                                    "snapshot {} not written, recovery would use an earlier \
-                                     one: {e}",
-                                    snapshot.id
-                                );
-                            }
-                        },
+                        }
                         Message::Progress(sent) => {
                             if let Err(e) = store.progress(&sent) {
                                 log::debug!("progress not written: {e}");
@@ -851,9 +869,10 @@ impl Writer {
         }
     }
 
-    /// Hand a snapshot to the writer.
-    pub fn snapshot(&self, snapshot: Snapshot) {
-        self.send(Message::Snapshot(Box::new(snapshot)));
+    /// Hand a snapshot to the writer, to be stored once every receiver in
+    /// `acks` answered (the sinks pushed out the output before it).
+    pub fn snapshot(&self, snapshot: Snapshot, acks: Vec<crossbeam_channel::Receiver<()>>) {
+        self.send(Message::Snapshot(Box::new(snapshot), acks));
     }
 
     /// Note how far non-replayable sources got (best effort, never blocks).

@@ -4,6 +4,11 @@
 //! the end of the run waits for every accepted record to be acknowledged.
 
 use std::sync::Arc;
+/// How long one wait for the brokers' acknowledgements before a snapshot lasts.
+const SYNC_WAIT: Duration = Duration::from_secs(5);
+/// When a snapshot stops waiting for them (and is not stored).
+const SYNC_GIVE_UP: Duration = Duration::from_secs(300);
+
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -169,6 +174,27 @@ impl BatchWriter for KafkaWriter {
                 "{left} records not acknowledged by the brokers after {FINAL_FLUSH:?}: {e}"
             ))),
         }
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        // Until the brokers acknowledged everything: a snapshot must not be
+        // stored while output before it could still be lost.
+        let mut waited = Duration::ZERO;
+        while self.producer.flush(SYNC_WAIT).is_err() {
+            waited += SYNC_WAIT;
+            if waited >= SYNC_GIVE_UP {
+                return Err(std::io::Error::other(format!(
+                    "{} records not acknowledged by the brokers after {waited:?}",
+                    self.producer.in_flight_count()
+                )));
+            }
+            log::warn!(
+                "{}: {} records not yet acknowledged; the snapshot waits",
+                self.label(),
+                self.producer.in_flight_count()
+            );
+        }
+        Ok(())
     }
 
     fn label(&self) -> String {

@@ -36,6 +36,16 @@ pub struct Output {
     pub read_ns: u64,
 }
 
+/// What the worker hands a sink thread.
+pub enum SinkMessage {
+    /// Records to write.
+    Batch(Vec<Output>),
+    /// A snapshot is being written: push out everything before this (for
+    /// Kafka: until the brokers acknowledged it), then answer. The snapshot
+    /// is stored only after every sink answered, so output is at-least-once.
+    Barrier(Sender<()>),
+}
+
 /// What the sink threads share with the run.
 #[derive(Clone)]
 pub struct SinkContext {
@@ -55,7 +65,7 @@ pub struct SinkContext {
 /// A running sink.
 pub struct SinkHandle {
     /// Where the worker sends batches; dropping it ends the sink.
-    pub tx: Sender<Vec<Output>>,
+    pub tx: Sender<SinkMessage>,
     /// The sink's thread; joining it waits for the final flush.
     pub thread: JoinHandle<()>,
 }
@@ -70,6 +80,11 @@ pub trait BatchWriter: Send {
     fn label(&self) -> String;
     /// The last flush at the end of the run: everything accepted must be out.
     fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
+    /// Before a snapshot: everything accepted must be out (Kafka: retried
+    /// until the brokers acknowledge it; the snapshot waits).
+    fn sync(&mut self) -> std::io::Result<()> {
         self.flush()
     }
 }
@@ -116,9 +131,26 @@ pub fn start(kind: SinkKind, ctx: SinkContext) -> Result<SinkHandle, Error> {
     Ok(SinkHandle { tx, thread })
 }
 
-fn write_loop(rx: Receiver<Vec<Output>>, mut writer: Box<dyn BatchWriter>, ctx: SinkContext) {
+fn write_loop(rx: Receiver<SinkMessage>, mut writer: Box<dyn BatchWriter>, ctx: SinkContext) {
     let mut failing = false;
-    for batch in rx.iter() {
+    for message in rx.iter() {
+        let batch = match message {
+            SinkMessage::Batch(batch) => batch,
+            SinkMessage::Barrier(ack) => {
+                match writer.sync() {
+                    Ok(()) => {
+                        let _ = ack.send(());
+                    }
+                    Err(e) => log::error!(
+                        "pipeline {:?}: {}: cannot push output out before a snapshot; the \
+                         snapshot is not stored: {e}",
+                        ctx.pipeline,
+                        writer.label()
+                    ),
+                }
+                continue;
+            }
+        };
         let bytes: usize = batch.iter().map(|r| r.value.len()).sum();
         match writer.write_batch(&batch) {
             Ok(()) => {
