@@ -665,6 +665,12 @@ pub fn recover(
                     dir.display()
                 );
             }
+            for (pipeline, sent) in views.get(me).map(|v| &v.progress).into_iter().flatten() {
+                log::warn!(
+                    "pipeline {pipeline:?}: its TCP source cannot replay: {sent} records it had \
+                     received before the crash are lost (there was no complete snapshot yet)"
+                );
+            }
             return Ok(None);
         };
         let loads: Vec<&String> = members

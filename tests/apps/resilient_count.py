@@ -3,17 +3,25 @@
     python -m wallaroo resilient_count.py --input keys.txt --output counts.txt
     python -m wallaroo resilient_count.py --kafka_source_topic keys \
         --kafka_source_brokers HOST:PORT --output counts.txt
+    python -m wallaroo resilient_count.py --in 127.0.0.1:7000 --output counts.txt
 
-Input records are keys (one per line in a file, one per Kafka message).
+Input records are keys (one per line in a file, one per Kafka message, one
+per length-framed TCP message).
 Each key's count lives in its own state (dynamic keys); every record emits
 ``key count`` (the key's count so far). With at-least-once output a key's
 line may repeat after a recovery, but its highest count is its exact number
 of records when state counted each record once.
+
+``--pause-every N --pause-ms MS`` sleeps MS milliseconds every N records (per
+process), so a test can kill the run at many moments of a known length.
 """
 
 import argparse
+import time
 
 import wallaroo
+
+PAUSE = {"every": 0, "seconds": 0.0, "seen": 0}
 
 
 def application_setup(args):
@@ -21,10 +29,17 @@ def application_setup(args):
     parser.add_argument("--input")
     parser.add_argument("--output", required=True)
     parser.add_argument("--kafka_source_topic")
+    parser.add_argument("--in", dest="tcp_in", help="host:port of a TCP source")
+    parser.add_argument("--pause-every", type=int, default=0)
+    parser.add_argument("--pause-ms", type=float, default=0.0)
     opts, _ = parser.parse_known_args(args)
+    PAUSE.update(every=opts.pause_every, seconds=opts.pause_ms / 1000.0)
 
     ab = wallaroo.ApplicationBuilder("Resilient Count")
-    if opts.kafka_source_topic:
+    if opts.tcp_in:
+        host, port = opts.tcp_in.rsplit(":", 1)
+        source = wallaroo.TCPSourceConfig(host, port, line_decoder)
+    elif opts.kafka_source_topic:
         topic, brokers, log_level = wallaroo.kafka_parse_source_options(args)
         source = wallaroo.KafkaSourceConfig(topic, brokers, log_level, kafka_decoder)
     else:
@@ -57,6 +72,10 @@ def by_key(key):
 
 @wallaroo.state_computation(name="count")
 def count(key, counter):
+    if PAUSE["every"]:
+        PAUSE["seen"] += 1
+        if PAUSE["seen"] % PAUSE["every"] == 0:
+            time.sleep(PAUSE["seconds"])
     counter.count += 1
     return ((key, counter.count), True)
 

@@ -1,0 +1,500 @@
+"""Crash recovery with ``-r/--resilience-dir``: kill -9 at random moments,
+start again, and nothing is lost or counted twice.
+
+The counting app (``tests/apps/resilient_count.py``) emits ``key count`` for
+every record; output is at-least-once (lines after the last snapshot come
+again), so a key's highest count is its number of records exactly when state
+counted each record once. Kafka runs use a tansu broker that runs apart from
+the engine (``tests/kafka_broker.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import APPS_DIR, RunningApp, app_env
+
+COUNT_APP = APPS_DIR / "resilient_count.py"
+LINE = re.compile(r"^(k\d+) (\d+)$")
+#: The counting app sleeps 10 ms every 1000 records: at most 100k records/s per
+#: process, so a run lasts long enough to be killed many times.
+SLOW = ["--pause-every", "1000", "--pause-ms", "10"]
+
+
+def write_keys(path: Path, n: int, keys: int, seed: int) -> collections.Counter:
+    rng = random.Random(seed)
+    lines = [f"k{rng.randrange(keys)}" for _ in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return collections.Counter(lines)
+
+
+def final_counts(path: Path, expected: collections.Counter) -> tuple:
+    """``({key: highest count}, lines that are not records)``: a record cut by
+    a kill stays as it was in the file, the next run appends after it."""
+    got: dict = {}
+    torn = 0
+    with open(path, errors="replace") as lines:
+        for line in lines:
+            match = LINE.match(line.rstrip("\n"))
+            if not match or match.group(1) not in expected:
+                torn += 1
+                continue
+            key, n = match.group(1), int(match.group(2))
+            got[key] = max(got.get(key, 0), n)
+    return got, torn
+
+
+def assert_exact(got: dict, expected: collections.Counter) -> None:
+    wrong = {k: (n, got.get(k)) for k, n in expected.items() if got.get(k) != n}
+    assert not wrong, f"{len(wrong)} keys wrong (expected, got), e.g. {list(wrong.items())[:5]}"
+
+
+def children_of(pid: int) -> list:
+    """Live child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+class Chaos:
+    """Runs a command and kills it (or one of its workers) with SIGKILL at
+    random moments, ``kills`` times, starting it again each time."""
+
+    def __init__(self, argv: list, cwd: Path, seed: int, log: Path) -> None:
+        self.argv = [sys.executable, "-m", "wallaroo", *argv]
+        self.cwd = cwd
+        self.rng = random.Random(seed)
+        self.log = log
+        self.kills = 0
+
+    def _start(self) -> subprocess.Popen:
+        with open(self.log, "ab") as log:
+            return subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=app_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+
+    def single(self, kills: int, timeout: float = 240) -> int:
+        """One process: kill it, start it again by hand (as a user would)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self._start()
+            if self.kills < kills:
+                time.sleep(self.rng.uniform(0.4, 1.6))
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                    self.kills += 1
+                    continue
+            try:
+                return proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                pytest.fail(f"the run did not finish\n{self.output()}")
+
+    def workers(self, kills: int, timeout: float = 300) -> int:
+        """``--workers N``: kill a random worker; the supervisor starts it
+        again and the others start again by themselves."""
+        deadline = time.monotonic() + timeout
+        supervisor = self._start()
+        try:
+            while self.kills < kills and supervisor.poll() is None:
+                time.sleep(self.rng.uniform(0.8, 2.0))
+                workers = children_of(supervisor.pid)
+                if len(workers) < 2:
+                    continue
+                os.kill(self.rng.choice(workers), signal.SIGKILL)
+                self.kills += 1
+            return supervisor.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not finish\n{self.output()}")
+        finally:
+            if supervisor.poll() is None:
+                supervisor.send_signal(signal.SIGTERM)
+                try:
+                    supervisor.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    supervisor.kill()
+            for child in children_of(supervisor.pid):
+                os.kill(child, signal.SIGKILL)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+
+# ---------------------------------------------------------------------------
+# kill -9, file source
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_nine_file_source_counts_every_record_once(tmp_path: Path, workers: int) -> None:
+    keys = tmp_path / "keys.txt"
+    expected = write_keys(keys, 800_000 * workers, 20_000, seed=workers)
+    output = tmp_path / "counts.txt"
+    argv = [str(COUNT_APP), "--input", str(keys), "--output", str(output), *SLOW,
+            "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
+            "--workers", str(workers)]  # fmt: skip
+    chaos = Chaos(argv, tmp_path, seed=40 + workers, log=tmp_path / "run.log")
+    if workers == 1:
+        code = chaos.single(kills=10)
+    else:
+        code = chaos.workers(kills=10)
+    log = chaos.output()
+    assert code == 0, log
+    assert chaos.kills >= 10, f"the run ended after {chaos.kills} kills\n{log}"
+    got, torn = final_counts(output, expected)
+    assert torn <= chaos.kills
+    assert_exact(got, expected)
+    assert "recovered snapshot" in chaos.log.read_text()
+
+
+# ---------------------------------------------------------------------------
+# kill -9, Kafka source
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker():
+    from kafka_broker import TansuBroker
+
+    with TansuBroker() as b:
+        yield b
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_nine_kafka_source_counts_every_record_once(
+    tmp_path: Path, broker, workers: int
+) -> None:
+    topic = f"keys-{workers}-{os.getpid()}"
+    broker.create_topic(topic, partitions=4)
+    from confluent_kafka import Producer
+
+    per_partition = 200_000
+    rng = random.Random(7 + workers)
+    expected: collections.Counter = collections.Counter()
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50})
+    for partition in range(4):
+        for _ in range(per_partition):
+            key = f"k{rng.randrange(20_000)}"
+            expected[key] += 1
+            producer.produce(topic, key.encode(), partition=partition)
+            if len(producer) > 50_000:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+    output = tmp_path / "counts.txt"
+    # Each worker reads its share of the 4 partitions; --max-records bounds
+    # the run (per worker source).
+    argv = [str(COUNT_APP), "--kafka_source_topic", topic,
+            "--kafka_source_brokers", broker.bootstrap, "--output", str(output), *SLOW,
+            "--max-records", str(4 * per_partition // workers),
+            "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
+            "--workers", str(workers)]  # fmt: skip
+    chaos = Chaos(argv, tmp_path, seed=50 + workers, log=tmp_path / "run.log")
+    code = chaos.single(kills=10) if workers == 1 else chaos.workers(kills=10)
+    log = chaos.output()
+    assert code == 0, log
+    assert chaos.kills >= 10, f"the run ended after {chaos.kills} kills\n{log}"
+    got, torn = final_counts(output, expected)
+    assert torn <= chaos.kills
+    assert_exact(got, expected)
+
+
+# ---------------------------------------------------------------------------
+# damaged snapshots, other applications, rescale, TCP
+# ---------------------------------------------------------------------------
+
+
+def run_count(tmp_path: Path, keys: Path, output: Path, *extra: str, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "-m", "wallaroo", str(COUNT_APP), "--input", str(keys),
+         "--output", str(output), "-r", str(tmp_path / "snapshots"), *extra],
+        cwd=tmp_path, env=app_env(), capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_damaged_newest_snapshot_falls_back_to_the_previous_one(
+    tmp_path: Path, damage: str
+) -> None:
+    keys = tmp_path / "keys.txt"
+    expected = write_keys(keys, 20_000, 500, seed=3)
+    first = run_count(tmp_path, keys, tmp_path / "a.txt", "--max-records", "10000")
+    assert first.returncode == 0, first.stderr
+    # A second bounded stretch: the newest snapshot now holds the keys that
+    # changed in it, the previous one is still there.
+    second = run_count(tmp_path, keys, tmp_path / "b.txt", "--max-records", "15000")
+    assert second.returncode == 0, second.stderr
+    store = tmp_path / "snapshots" / "initializer.sqlite"
+    with sqlite3.connect(store) as db:
+        # The newest snapshot that changed state (the last ones of a run that
+        # ended may have nothing to write).
+        (newest,) = db.execute("SELECT MAX(snap) FROM state").fetchone()
+        if damage == "truncated":
+            db.execute(
+                "UPDATE state SET value = substr(value, 1, length(value) / 2) WHERE snap = ?",
+                (newest,),
+            )
+        else:
+            db.execute(
+                "UPDATE state SET value = randomblob(length(value)) WHERE snap = ?", (newest,)
+            )
+    third = run_count(tmp_path, keys, tmp_path / "c.txt")
+    assert third.returncode == 0, third.stderr
+    assert re.search(rf"snapshot \d+ is damaged \(.*snapshot {newest}", third.stderr) or (
+        f"snapshot {newest} is damaged" in third.stderr
+    ), third.stderr
+    assert "recovering from an earlier snapshot" in third.stderr
+    recovered = re.search(r"recovered snapshot (\d+)", third.stderr)
+    assert recovered and int(recovered.group(1)) < newest
+    # The earlier snapshot's positions and state go together: still exact.
+    got: dict = {}
+    for name in ("a.txt", "b.txt", "c.txt"):
+        for key, n in final_counts(tmp_path / name, expected)[0].items():
+            got[key] = max(got.get(key, 0), n)
+    # Counts from the damaged stretch were produced again from the older
+    # state: the highest count per key is still exact.
+    assert_exact(got, expected)
+
+
+def test_store_of_another_application_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    write_keys(keys, 1000, 10, seed=1)
+    assert run_count(tmp_path, keys, tmp_path / "a.txt").returncode == 0
+    other = subprocess.run(
+        [sys.executable, "-m", "wallaroo", str(APPS_DIR / "word_count.py"),
+         "--input", str(keys), "--output", str(tmp_path / "w.txt"),
+         "-r", str(tmp_path / "snapshots")],
+        cwd=tmp_path, env=app_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert other.returncode == 1, other.stderr
+    assert "written by another application" in other.stderr
+    assert "Resilient Count" in other.stderr
+
+
+def test_store_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    write_keys(keys, 1000, 10, seed=1)
+    assert run_count(tmp_path, keys, tmp_path / "a.txt").returncode == 0
+    store = tmp_path / "snapshots" / "initializer.sqlite"
+    for extra in ("-wal", "-shm"):
+        Path(str(store) + extra).unlink(missing_ok=True)
+    store.write_bytes(os.urandom(8192))
+    result = run_count(tmp_path, keys, tmp_path / "b.txt")
+    assert result.returncode == 1
+    assert "initializer.sqlite" in result.stderr
+    assert "move the file away" in result.stderr
+
+
+def test_finished_run_started_again_produces_nothing_twice(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    write_keys(keys, 5000, 50, seed=2)
+    output = tmp_path / "out.txt"
+    assert run_count(tmp_path, keys, output).returncode == 0
+    lines = output.read_text().count("\n")
+    again = run_count(tmp_path, keys, output)
+    assert again.returncode == 0, again.stderr
+    assert "going on after record 5000" in again.stderr
+    assert output.read_text().count("\n") == lines == 5000
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("after", [1, 3])
+def test_rescale_from_a_two_worker_snapshot(tmp_path: Path, after: int) -> None:
+    keys = tmp_path / "keys.txt"
+    expected = write_keys(keys, 40_000, 2_000, seed=after)
+    half = run_count(tmp_path, keys, tmp_path / "a.txt", "--workers", "2",
+                     "--max-records", "25000")  # fmt: skip
+    assert half.returncode == 0, half.stderr
+    stores = sorted(p.name for p in (tmp_path / "snapshots").glob("*.sqlite"))
+    assert stores == ["worker-0.sqlite", "worker-1.sqlite"]
+    rest = run_count(tmp_path, keys, tmp_path / "b.txt",
+                     *(["--workers", str(after)] if after > 1 else []))  # fmt: skip
+    assert rest.returncode == 0, rest.stderr
+    assert "going on after record 25000" in rest.stderr
+    got: dict = {}
+    for name in ("a.txt", "b.txt"):
+        for key, n in final_counts(tmp_path / name, expected)[0].items():
+            got[key] = max(got.get(key, 0), n)
+    assert_exact(got, expected)
+    # Every key's state went somewhere: the new workers' stores hold them all.
+    assert "recovered snapshot" in rest.stderr
+
+
+def test_growing_a_resilient_cluster_is_refused_with_a_reason(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "wallaroo", str(COUNT_APP), "--input", "x", "--output", "y",
+         "-r", str(tmp_path / "s"), "-j", "127.0.0.1:1", "-n", "late"],
+        cwd=tmp_path, env=app_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "does not grow or shrink while it runs" in result.stderr
+
+
+def test_tcp_source_loss_is_counted_after_a_crash(tmp_path: Path, tcp_app) -> None:
+    """TCP input cannot be replayed: what was received after the last
+    snapshot is lost, and the log after recovery says how much."""
+    from wallaroo.sender import connect, frame
+
+    out = tmp_path / "out.txt"
+    args = ["--in", "127.0.0.1:0", "--output", str(out), "-r", str(tmp_path / "snapshots"),
+            "--snapshot-interval", "4"]  # fmt: skip
+
+    def send(address: tuple, n: int, lines: int) -> None:
+        with connect(*address) as conn:
+            conn.sendall(b"".join(frame(b"k1") for _ in range(n)))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and out.read_text().count("\n") < lines:
+            time.sleep(0.05)
+
+    crashing = RunningApp([sys.executable, "-m", "wallaroo", str(COUNT_APP), *args],
+                          app_env(), str(tmp_path))  # fmt: skip
+    try:
+        ((_pipeline, host, port),) = crashing.wait_listening(1, 15)
+        address = (host, int(port))
+        send(address, 1000, 1000)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "snapshot 1 written" not in crashing.stderr:
+            time.sleep(0.05)
+        send(address, 2000, 3000)
+        time.sleep(0.6)  # the progress row is written every 200 ms
+    finally:
+        crashing.proc.kill()
+        crashing.proc.wait()
+    with tcp_app(COUNT_APP, *args, sources=1) as running:
+        text = running.stderr
+    found = re.search(r"(\d+) records it had received after snapshot 1 are lost", text)
+    assert found, text
+    assert int(found.group(1)) == 2000
+
+
+# ---------------------------------------------------------------------------
+# star leaders through a broker apart from the engine
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_nine_star_leaders_publishes_every_leaderboard(
+    tmp_path: Path, broker, workers: int
+) -> None:
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from test_star_leaders import _partitioner, reference
+    from wallaroo.gharchive import generate_events
+
+    events = list(
+        generate_events(seed=21, count=20_000, repos=300, rate=0.1, start="2017-01-01T00")
+    )
+    expected = reference(events)
+    source, sink = f"gharchive-{workers}", f"leaderboard-{workers}"
+    # Events of one state partition stay in order in one Kafka partition.
+    broker.create_topic(source, partitions=2)
+    broker.create_topic(sink, partitions=1)
+    partitioner = _partitioner()
+
+    def produce() -> None:
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
+        for i, event in enumerate(events):
+            partition = partitioner.partition_of(event["repo"]["name"]) % 2
+            producer.produce(source, json.dumps(event).encode(), partition=partition)
+            if i % 500 == 499:
+                producer.flush(10)
+                time.sleep(0.25)  # about 20 s of stream
+        producer.flush(30)
+
+    feeder = threading.Thread(target=produce, daemon=True)
+    feeder.start()
+    argv = ["star_leaders", "--kafka_source_topic", source, "--kafka_source_brokers",
+            broker.bootstrap, "--kafka_sink_topic", sink, "--kafka_sink_brokers",
+            broker.bootstrap, "--no-demo", "-r", str(tmp_path / "snapshots"),
+            "--snapshot-interval", "0.5"]  # fmt: skip
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    chaos = Chaos(argv, tmp_path, seed=60 + workers, log=tmp_path / "run.log")
+    supervisor = None
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"t{workers}"})
+    consumer.assign([TopicPartition(sink, 0, 0)])
+    published: dict = collections.defaultdict(list)
+
+    def drain(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            message = consumer.poll(0.2)
+            if message is not None and not message.error():
+                body = json.loads(message.value())
+                published[body["partition"]].append(body["leaders"])
+
+    try:
+        if workers == 1:
+            while chaos.kills < 10:
+                proc = chaos._start()
+                drain(chaos.rng.uniform(0.8, 2.0))
+                proc.kill()
+                proc.wait()
+                chaos.kills += 1
+            supervisor = chaos._start()
+        else:
+            supervisor = chaos._start()
+            while chaos.kills < 10:
+                drain(chaos.rng.uniform(1.0, 2.2))
+                kids = children_of(supervisor.pid)
+                if kids:
+                    os.kill(chaos.rng.choice(kids), signal.SIGKILL)
+                    chaos.kills += 1
+        feeder.join(timeout=120)
+        finals = {p: json.dumps(v[-1]) for p, v in expected.items()}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            drain(1.0)
+            last = {p: json.dumps(v[-1]) for p, v in published.items() if v}
+            if last == finals:
+                break
+    finally:
+        consumer.close()
+        if supervisor is not None:
+            supervisor.send_signal(signal.SIGTERM)
+            try:
+                supervisor.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                supervisor.kill()
+            for child in children_of(supervisor.pid):
+                os.kill(child, signal.SIGKILL)
+    log = chaos.output()
+    assert chaos.kills >= 10
+    for partition, boards in expected.items():
+        seen = {json.dumps(b) for b in published.get(partition, [])}
+        wanted = [json.dumps(b) for b in boards]
+        missing = [b for b in wanted if b not in seen]
+        assert not missing, f"partition {partition}: {len(missing)} never published\n{log}"
+        extra = seen - set(wanted)
+        assert not extra, f"partition {partition}: leaderboards no uninterrupted run publishes"
+        assert json.dumps(published[partition][-1]) == wanted[-1], log
