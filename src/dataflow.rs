@@ -257,6 +257,13 @@ struct SourceOptions {
     max_records: Option<u64>,
 }
 
+/// A stable 64-bit FNV-1a hash (names Kafka transactional ids).
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Find what to recover, open this worker's store and start its writer.
 fn start_resilience(
     settings: &crate::plan::ResilienceOptions,
@@ -579,6 +586,15 @@ impl Resources {
                         metrics: metrics.clone(),
                         connect_timeout_s: options.sink_connect_timeout_s,
                         append: self.recovered.is_some(),
+                        transactional_id: match (&sink.kind, &options.resilience) {
+                            (SinkKind::Kafka(plan), Some(r)) if plan.transactions => Some(format!(
+                                "wallaroo.{:016x}.{}.{}",
+                                fingerprint(&r.app),
+                                pipeline.name,
+                                r.worker
+                            )),
+                            _ => None,
+                        },
                     };
                     let handle = sinks::start(sink.kind, ctx)?;
                     lock(&self.sink_threads).push(handle.thread);

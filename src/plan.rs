@@ -84,6 +84,10 @@ pub struct KafkaSinkPlan {
     pub max_message_size: usize,
     /// Create the topic with this many partitions when it is missing.
     pub create_partitions: Option<i32>,
+    /// Transactional mode (`--kafka-sink-transactions`): output is
+    /// committed at each snapshot. The engine completes the transactional id
+    /// with the worker's name.
+    pub transactions: bool,
 }
 
 /// A pipeline's source and decoder.
@@ -342,6 +346,7 @@ impl SinkPlan {
                 create_partitions: optional(dict, "create_partitions")?
                     .map(|v| v.extract())
                     .transpose()?,
+                transactions: optional(dict, "transactions")?.map_or(Ok(false), |v| v.extract())?,
             }),
             other => return Err(Error::Config(format!("unknown sink kind {other:?}")).into()),
         };

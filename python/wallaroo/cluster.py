@@ -323,10 +323,10 @@ class Cluster:
             message = self._ask_to_join(sock, my_data, deadline)
             if message is not None:
                 break
-            # The initializer closed the connection without an answer: it is
-            # starting again (crash recovery); try again until the deadline.
+            # The initializer closed the connection without an answer. With
+            # crash recovery it is starting again: try again until the deadline.
             sock.close()
-            if time.monotonic() > deadline:
+            if not getattr(self.opts, "resilience_dir", None) or time.monotonic() > deadline:
                 raise ClusterSetupError(f"the initializer at {target} closed the connection")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)

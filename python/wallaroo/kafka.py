@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="create missing topics instead of failing at start-up",
     )
     group.add_argument(
+        "--kafka-sink-transactions",
+        action="store_true",
+        help="with -r/--resilience-dir: Kafka sinks write the output between two snapshots "
+        "as one transaction, committed at the snapshot (for read_committed consumers)",
+    )
+    group.add_argument(
         "--kafka-partitions",
         type=int,
         default=1,
@@ -128,6 +134,7 @@ class KafkaSetup:
             sink = pipeline["sink"]
             if sink is not None and sink["kind"] == "kafka":
                 self._connection(sink, self.sink_config, embedded_bootstrap)
+                sink["transactions"] = bool(self.opts.kafka_sink_transactions)
 
     @property
     def bootstrap_servers(self) -> str | None:

@@ -224,6 +224,11 @@ class _StopOnSignal:
 def _check_runner_flags(opts: argparse.Namespace) -> str | None:
     if opts.snapshot_interval <= 0:
         return "--snapshot-interval must be positive"
+    if opts.kafka_sink_transactions and not opts.resilience_dir:
+        return (
+            "--kafka-sink-transactions commits output at each snapshot: it needs "
+            "-r/--resilience-dir"
+        )
     if opts.resilience_dir and opts.join:
         return f"-j/--join: {cluster.GROW_WITH_RESILIENCE}"
     return None

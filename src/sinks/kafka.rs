@@ -2,6 +2,14 @@
 //! `max_message_size` and records librdkafka finally fails to deliver (after
 //! its own retries) are counted, logged and kept in the dead-letter record;
 //! the end of the run waits for every accepted record to be acknowledged.
+//!
+//! In transactional mode (with crash recovery) the output between two
+//! snapshots is one transaction, committed when the snapshot is taken; a
+//! restarted worker's producer (same transactional id) aborts what its
+//! crashed predecessor left open, and that output is produced again from the
+//! snapshot. Consumers reading with `isolation.level=read_committed` see each
+//! record once, except when the crash falls between a transaction's commit
+//! and the snapshot's write (milliseconds), when one interval comes twice.
 
 use std::sync::Arc;
 /// How long one wait for the brokers' acknowledgements before a snapshot lasts.
@@ -23,6 +31,9 @@ use crate::kafka::check_topic;
 use crate::metrics::PipelineMetrics;
 use crate::plan::KafkaSinkPlan;
 use crate::sources::kafka::Throttle;
+
+/// How long transaction calls wait for the brokers.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the end of the run waits for outstanding deliveries.
 const FINAL_FLUSH: Duration = Duration::from_secs(60);
@@ -63,6 +74,7 @@ pub struct KafkaWriter {
     bad: Arc<BadInput>,
     metrics: Arc<PipelineMetrics>,
     queue_full: Throttle,
+    transactional: bool,
 }
 
 impl KafkaWriter {
@@ -79,15 +91,31 @@ impl KafkaWriter {
             bad: ctx.bad.clone(),
             metrics: ctx.metrics.clone(),
         };
-        let producer = plan
+        let mut settings = vec![
+            ("enable.idempotence", "true"),
+            ("linger.ms", linger.as_str()),
+            ("message.max.bytes", max_bytes.as_str()),
+        ];
+        if let Some(id) = &ctx.transactional_id {
+            settings.push(("transactional.id", id.as_str()));
+        }
+        let producer: BaseProducer<DeliveryReports> = plan
             .settings
-            .config(&[
-                ("enable.idempotence", "true"),
-                ("linger.ms", linger.as_str()),
-                ("message.max.bytes", max_bytes.as_str()),
-            ])
+            .config(&settings)
             .create_with_context(context)
             .map_err(|e| Error::Config(format!("{what}: cannot create the Kafka producer: {e}")))?;
+        if let Some(id) = &ctx.transactional_id {
+            // Fences a crashed predecessor and aborts what it left open.
+            producer
+                .init_transactions(TRANSACTION_TIMEOUT)
+                .and_then(|()| producer.begin_transaction())
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "{what}: cannot start transactions (transactional.id {id}): {e}"
+                    ))
+                })?;
+            log::info!("{what}: transactional producer {id}: output is committed at each snapshot");
+        }
         Ok(KafkaWriter {
             producer,
             topic: plan.topic,
@@ -96,7 +124,44 @@ impl KafkaWriter {
             bad: ctx.bad.clone(),
             metrics: ctx.metrics.clone(),
             queue_full: Throttle::default(),
+            transactional: ctx.transactional_id.is_some(),
         })
+    }
+
+    /// Commit the open transaction and open the next one. A failed commit
+    /// stops the run: its output was aborted, and only a restart from the
+    /// last snapshot produces it again.
+    fn commit(&mut self, next: bool) -> std::io::Result<()> {
+        let started = Instant::now();
+        let result = self
+            .producer
+            .commit_transaction(TRANSACTION_TIMEOUT)
+            .and_then(|()| {
+                if next {
+                    self.producer.begin_transaction()
+                } else {
+                    Ok(())
+                }
+            });
+        match result {
+            Ok(()) => {
+                log::debug!(
+                    "{}: transaction committed in {:?}",
+                    self.label(),
+                    started.elapsed()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!(
+                    "{}: Kafka transaction commit failed ({e}); start the run again to \
+                     recover from the last snapshot",
+                    self.label()
+                );
+                crate::dataflow::abort(reason.clone());
+                Err(std::io::Error::other(reason))
+            }
+        }
     }
 
     fn send(&mut self, record: &Output) {
@@ -162,6 +227,9 @@ impl BatchWriter for KafkaWriter {
     }
 
     fn finish(&mut self) -> std::io::Result<()> {
+        if self.transactional {
+            return self.commit(false);
+        }
         let started = Instant::now();
         let result = self.producer.flush(FINAL_FLUSH);
         let left = self.producer.in_flight_count();
@@ -177,6 +245,9 @@ impl BatchWriter for KafkaWriter {
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
+        if self.transactional {
+            return self.commit(true);
+        }
         // Until the brokers acknowledged everything: a snapshot must not be
         // stored while output before it could still be lost.
         let mut waited = Duration::ZERO;

@@ -60,6 +60,8 @@ pub struct SinkContext {
     /// The run goes on from a snapshot: a file sink appends to what the
     /// crashed run wrote instead of starting the file again.
     pub append: bool,
+    /// A Kafka sink in transactional mode: its transactional id.
+    pub transactional_id: Option<String>,
 }
 
 /// A running sink.

@@ -27,7 +27,8 @@ PAUSE = {"every": 0, "seconds": 0.0, "seen": 0}
 def application_setup(args):
     parser = argparse.ArgumentParser("resilient count")
     parser.add_argument("--input")
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output")
+    parser.add_argument("--kafka_sink_topic")
     parser.add_argument("--kafka_source_topic")
     parser.add_argument("--in", dest="tcp_in", help="host:port of a TCP source")
     parser.add_argument("--pause-every", type=int, default=0)
@@ -46,7 +47,13 @@ def application_setup(args):
         source = wallaroo.FileSourceConfig(opts.input, line_decoder)
     ab.new_pipeline("count", source)
     ab.to_state_partition(count, Counter, "counts", by_key)
-    ab.to_sink(wallaroo.FileSinkConfig(opts.output, encoder))
+    if opts.kafka_sink_topic:
+        (topic, brokers, log_level, buffer_ms,
+         max_size) = wallaroo.kafka_parse_sink_options(args)
+        ab.to_sink(wallaroo.KafkaSinkConfig(topic, brokers, log_level, buffer_ms, max_size,
+                                            encoder))
+    else:
+        ab.to_sink(wallaroo.FileSinkConfig(opts.output, encoder))
     return ab.build()
 
 
