@@ -53,6 +53,7 @@ test: lint test-rust test-python ## Everything CI runs
 bench: develop-release ## Benchmarks: engine against a bare Python loop, same run
 	$(BIN)/python benches/run.py
 	$(BIN)/python benches/cluster.py
+	$(BIN)/python benches/resilience.py
 	$(BIN)/python benches/kafka.py
 
 clean: ## Remove build products and the venv

@@ -666,7 +666,8 @@ impl ChainStats {
 /// Epoch progress of one worker.
 #[derive(Debug)]
 pub struct EpochMetrics {
-    /// The epoch sources are in now.
+    /// Epochs the sources have begun (with snapshots, epoch timestamps jump at
+    /// each cut: this counts them instead).
     pub current: AtomicU64,
     /// Epochs complete on this worker (every record of them went through).
     pub completed: AtomicU64,
@@ -711,7 +712,7 @@ impl EpochTracker {
     /// The sources moved on to `epoch`.
     pub fn advanced(&mut self, epoch: u64) {
         if let Some(run) = &self.metrics {
-            run.epochs.current.store(epoch, Ordering::Relaxed);
+            run.epochs.current.fetch_add(1, Ordering::Relaxed);
             self.open.push_back((epoch, Instant::now()));
         }
     }
