@@ -400,7 +400,8 @@ impl Resources {
         Python::attach(|py| -> Result<(), Error> {
             let codec =
                 cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
-            for row in &recovered.rows {
+            let own = recovered.rows.iter().map(|row| (row, false));
+            for (row, adopted) in own.chain(recovered.adopted.iter().map(|row| (row, true))) {
                 let store = self.stores.get(&row.store).ok_or_else(|| {
                     Error::Config(format!(
                         "the snapshot has state {:?}, which this application does not declare",
@@ -415,12 +416,11 @@ impl Resources {
                         crate::errors::format_py_err(py, &e)
                     ))
                 })?;
-                let canonical = canonical_key(&key);
-                if canonical.as_deref() == Some(row.key.as_slice()) && recovered.adopted == 0 {
-                    store.restore(py, &key, &state)?;
-                } else {
+                if adopted {
                     // From another worker's store: written to this one next time.
                     store.insert(py, &key, &state)?;
+                } else {
+                    store.restore(py, &key, &state)?;
                 }
             }
             Ok(())
@@ -429,11 +429,11 @@ impl Resources {
             "recovered snapshot {} (written by {}): {} keys{}",
             recovered.id,
             recovered.members.join(", "),
-            recovered.rows.len(),
-            if recovered.adopted > 0 {
+            recovered.rows.len() + recovered.adopted.len(),
+            if !recovered.adopted.is_empty() {
                 format!(
                     ", {} of them from workers no longer in the cluster",
-                    recovered.adopted
+                    recovered.adopted.len()
                 )
             } else {
                 String::new()

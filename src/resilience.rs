@@ -569,12 +569,11 @@ pub struct Recovered {
     pub id: u64,
     /// The workers that wrote it.
     pub members: Vec<String>,
-    /// The state rows this worker loads (its own store's, and those of
-    /// workers no longer in the cluster when it is worker 0).
+    /// The state rows this worker loads from its own store.
     pub rows: Vec<StateRow>,
-    /// Rows that came from another worker's store (to be written to this
-    /// worker's store at its next snapshot).
-    pub adopted: usize,
+    /// Rows worker 0 takes from the stores of workers no longer in the
+    /// cluster (written to its own store at its next snapshot).
+    pub adopted: Vec<StateRow>,
     /// Source positions of every worker, merged by pipeline.
     pub positions: BTreeMap<String, SourcePosition>,
     /// Records of non-replayable sources lost by the crash, by pipeline.
@@ -696,13 +695,14 @@ pub fn recover(
                 break;
             }
             if loads.contains(&member) {
-                let before = recovered.rows.len();
-                if let Err(d) = view.load(id, &mut recovered.rows) {
+                let rows = if member == me {
+                    &mut recovered.rows
+                } else {
+                    &mut recovered.adopted
+                };
+                if let Err(d) = view.load(id, rows) {
                     damage = Some((view, d));
                     break;
-                }
-                if member != me {
-                    recovered.adopted += recovered.rows.len() - before;
                 }
             }
         }
@@ -989,8 +989,8 @@ mod tests {
         assert_eq!(values(&got), BTreeMap::from([("a".into(), "1".into())]));
         // Alone, worker 0 also takes over the keys of the worker that is gone.
         let got = recover(&dir, "app", "w0", &["w0".into()]).unwrap().unwrap();
-        assert_eq!(got.adopted, 1);
-        assert_eq!(values(&got).len(), 2);
+        assert_eq!(got.adopted.len(), 1);
+        assert_eq!(got.rows.len(), 1);
     }
 
     #[test]
