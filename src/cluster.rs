@@ -116,7 +116,9 @@ impl PipelineInput for ClusterInput {
 /// How records cross workers: one pickle per batch, and the application's
 /// own `serialize` / `deserialize` for each value when it defines them.
 pub(crate) struct Codec {
+    /// `pickle.dumps`, called with the highest protocol.
     dumps: Py<PyAny>,
+    protocol: Py<PyAny>,
     loads: Py<PyAny>,
     own: Option<(Py<PyAny>, Py<PyAny>)>,
 }
@@ -132,22 +134,21 @@ impl Codec {
         deserialize: Option<&Py<PyAny>>,
     ) -> PyResult<Codec> {
         let pickle = py.import("pickle")?;
-        let highest = pyo3::types::PyDict::new(py);
-        highest.set_item("protocol", pickle.getattr("HIGHEST_PROTOCOL")?)?;
-        let dumps = py
-            .import("functools")?
-            .getattr("partial")?
-            .call((pickle.getattr("dumps")?,), Some(&highest))?
-            .unbind();
         let own = match (serialize, deserialize) {
             (Some(s), Some(d)) => Some((s.clone_ref(py), d.clone_ref(py))),
             _ => None,
         };
         Ok(Codec {
-            dumps,
+            dumps: pickle.getattr("dumps")?.unbind(),
+            protocol: pickle.getattr("HIGHEST_PROTOCOL")?.unbind(),
             loads: pickle.getattr("loads")?.unbind(),
             own,
         })
+    }
+
+    /// `pickle.dumps(obj, HIGHEST_PROTOCOL)`.
+    fn dump<'py>(&self, py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.dumps.bind(py).call1((obj, self.protocol.bind(py)))
     }
 
     /// Serialize `(key, value)` pairs for another worker; on failure, the
@@ -171,16 +172,45 @@ impl Codec {
             items.push(pair.map_err(|err| (index, err))?);
         }
         let pickled = pyo3::types::PyList::new(py, items)
-            .and_then(|list| self.dumps.bind(py).call1((list,)))
+            .and_then(|list| self.dump(py, list.as_any()))
             .and_then(|data| Ok(data.cast::<PyBytes>()?.as_bytes().to_vec()));
         pickled.map_err(|err| {
             // Find the record pickle refused, for the message.
             let culprit = pairs
                 .iter()
-                .position(|(key, value)| self.dumps.bind(py).call1(((key, value),)).is_err())
+                .position(|(key, value)| {
+                    let pair = pyo3::types::PyTuple::new(py, [key, value]);
+                    pair.and_then(|pair| self.dump(py, pair.as_any())).is_err()
+                })
                 .unwrap_or(0);
             (culprit, err)
         })
+    }
+
+    /// Serialize a state for a snapshot (the app's `serialize`, else pickle).
+    pub(crate) fn encode_value(
+        &self,
+        py: Python<'_>,
+        state: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<u8>> {
+        let bytes = match &self.own {
+            Some((serialize, _)) => serialize.bind(py).call1((state,))?,
+            None => self.dump(py, state)?,
+        };
+        Ok(bytes.cast::<PyBytes>()?.as_bytes().to_vec())
+    }
+
+    /// The inverse of [`Codec::encode_value`].
+    pub(crate) fn decode_value<'py>(
+        &self,
+        py: Python<'py>,
+        bytes: &[u8],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let loads = match &self.own {
+            Some((_, deserialize)) => deserialize.bind(py),
+            None => self.loads.bind(py),
+        };
+        loads.call1((PyBytes::new(py, bytes),))
     }
 
     /// A key and its state, serialized to move to another worker.
@@ -190,10 +220,10 @@ impl Codec {
         key: &Bound<'_, PyAny>,
         state: &Bound<'_, PyAny>,
     ) -> PyResult<(Vec<u8>, Vec<u8>)> {
-        let key = self.dumps.bind(py).call1((key,))?;
+        let key = self.dump(py, key)?;
         let state = match &self.own {
             Some((serialize, _)) => serialize.bind(py).call1((state,))?,
-            None => self.dumps.bind(py).call1((state,))?,
+            None => self.dump(py, state)?,
         };
         Ok((
             key.cast::<PyBytes>()?.as_bytes().to_vec(),

@@ -409,9 +409,15 @@ impl Resources {
                     ))
                 })?;
                 let value = row.value.as_deref().unwrap_or_default();
-                let (key, state) = codec.decode_state(py, &row.pykey, value).map_err(|e| {
+                let key = crate::routing::key_from_canonical(py, &row.key).ok_or_else(|| {
                     Error::Config(format!(
-                        "state {:?}: cannot load a state from the snapshot: {}",
+                        "state {:?}: a key in the snapshot is not a key this engine writes",
+                        row.store
+                    ))
+                })?;
+                let state = codec.decode_value(py, value).map_err(|e| {
+                    Error::Config(format!(
+                        "state {:?}: cannot load the state of key {key} from the snapshot: {}",
                         row.store,
                         crate::errors::format_py_err(py, &e)
                     ))
@@ -458,6 +464,7 @@ impl Resources {
             return Ok(());
         };
         let id = run.next_id.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let rows = Python::attach(|py| -> Result<Vec<resilience::StateRow>, Error> {
             let codec =
                 cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
@@ -468,27 +475,32 @@ impl Resources {
                     let canonical = canonical_key(key).ok_or_else(|| {
                         Error::Config(format!("state {name:?}: key {key} cannot be stored"))
                     })?;
-                    let encoded = match &state {
-                        Some(state) => codec.encode_state(py, key, state.bind(py)),
-                        None => codec.encode_state(py, key, &py.None().into_bound(py)),
-                    }
-                    .map_err(|e| {
-                        Error::Config(format!(
-                            "state {name:?}: cannot serialize the state of key {key} for a \
-                             snapshot: {}",
-                            crate::errors::format_py_err(py, &e)
-                        ))
-                    })?;
+                    let value = match &state {
+                        Some(state) => {
+                            Some(codec.encode_value(py, state.bind(py)).map_err(|e| {
+                                Error::Config(format!(
+                                "state {name:?}: cannot serialize the state of key {key} for a \
+                                 snapshot: {}",
+                                crate::errors::format_py_err(py, &e)
+                            ))
+                            })?)
+                        }
+                        None => None,
+                    };
                     rows.push(resilience::StateRow {
                         store: name.clone(),
                         key: canonical,
-                        pykey: encoded.0,
-                        value: state.map(|_| encoded.1),
+                        value,
                     });
                 }
             }
             Ok(rows)
         })?;
+        log::debug!(
+            "snapshot {id}: {} changed keys serialized in {:?}",
+            rows.len(),
+            started.elapsed()
+        );
         let positions = self
             .pipelines
             .iter()
@@ -1228,9 +1240,15 @@ impl<'a> SnapshotClock<'a> {
         self.cut << 32
     }
 
-    /// Whether to move to the next cut now.
+    /// Whether to move to the next cut now (not while the last snapshot
+    /// is still being written: a slow disk lengthens the interval).
     fn due(&self, any_live: bool) -> bool {
-        !self.pausing && (!any_live || Instant::now() >= self.next_at)
+        let writing = self
+            .resources
+            .resilience
+            .as_ref()
+            .is_some_and(|run| run.writer.busy());
+        !self.pausing && (!any_live || (Instant::now() >= self.next_at && !writing))
     }
 
     /// After a step: snapshot once the cut is complete everywhere; notice

@@ -88,10 +88,9 @@ impl SourcePosition {
 pub struct StateRow {
     /// The state name.
     pub store: String,
-    /// The key's canonical bytes (identity across snapshots).
+    /// The key's canonical bytes ([`crate::routing::canonical_key`]): its
+    /// identity across snapshots, and how it is made again.
     pub key: Vec<u8>,
-    /// The key, pickled.
-    pub pykey: Vec<u8>,
     /// The state, serialized; None: the key left this worker.
     pub value: Option<Vec<u8>>,
 }
@@ -102,8 +101,6 @@ impl StateRow {
         crc.update(self.store.as_bytes());
         crc.update(&[0]);
         crc.update(&self.key);
-        crc.update(&[0]);
-        crc.update(&self.pykey);
         match &self.value {
             Some(value) => {
                 crc.update(&[1]);
@@ -233,6 +230,7 @@ impl Store {
         )?;
         let setup = "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
+             PRAGMA cache_size = -65536;
              CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS snapshots (
                  id INTEGER PRIMARY KEY, tag TEXT NOT NULL, members TEXT NOT NULL,
@@ -240,7 +238,7 @@ impl Store {
                  written REAL NOT NULL);
              CREATE TABLE IF NOT EXISTS state (
                  store TEXT NOT NULL, key BLOB NOT NULL, snap INTEGER NOT NULL,
-                 pykey BLOB NOT NULL, value BLOB, crc INTEGER NOT NULL,
+                 value BLOB, crc INTEGER NOT NULL,
                  PRIMARY KEY (store, key, snap)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS progress (
                  pipeline TEXT PRIMARY KEY, sent INTEGER NOT NULL);";
@@ -289,11 +287,14 @@ impl Store {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO state (store, key, snap, pykey, value, crc) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR REPLACE INTO state (store, key, snap, value, crc) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(fail)?;
-            for row in &snapshot.rows {
+            // In key order: the B-tree fills in order instead of at random.
+            let mut order: Vec<&StateRow> = snapshot.rows.iter().collect();
+            order.sort_unstable_by(|a, b| (&a.store, &a.key).cmp(&(&b.store, &b.key)));
+            for row in order {
                 let crc = row.crc();
                 digest = digest.wrapping_add(u64::from(crc));
                 insert
@@ -301,7 +302,6 @@ impl Store {
                         row.store,
                         row.key,
                         to_sql(snapshot.id),
-                        row.pykey,
                         row.value,
                         i64::from(crc)
                     ])
@@ -482,7 +482,7 @@ impl StoreView {
         let result: rusqlite::Result<(u64, u64, Option<String>)> = (|| {
             let mut query = self
                 .conn
-                .prepare("SELECT store, key, pykey, value, crc FROM state WHERE snap = ?1")?;
+                .prepare("SELECT store, key, value, crc FROM state WHERE snap = ?1")?;
             let mut rows = query.query([to_sql(id)])?;
             let (mut count, mut digest, mut bad) = (0u64, 0u64, None);
             while let Some(row) = rows.next()? {
@@ -516,7 +516,7 @@ impl StoreView {
     fn load(&self, id: u64, out: &mut Vec<StateRow>) -> Result<(), Damage> {
         let result: rusqlite::Result<Option<(u64, String)>> = (|| {
             let mut query = self.conn.prepare(
-                "SELECT store, key, pykey, value, crc, snap FROM state AS s WHERE snap <= ?1 \
+                "SELECT store, key, value, crc, snap FROM state AS s WHERE snap <= ?1 \
                  AND snap = (SELECT MAX(snap) FROM state WHERE store = s.store AND key = s.key \
                  AND snap <= ?1)",
             )?;
@@ -524,7 +524,7 @@ impl StoreView {
             while let Some(row) = rows.next()? {
                 let (state_row, crc) = state_row(row)?;
                 if u64::from(state_row.crc()) != crc {
-                    let snap = from_sql(row.get(5)?);
+                    let snap = from_sql(row.get(4)?);
                     return Ok(Some((
                         snap,
                         format!(
@@ -555,10 +555,9 @@ fn state_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(StateRow, u64)> {
         StateRow {
             store: row.get(0)?,
             key: row.get(1)?,
-            pykey: row.get(2)?,
-            value: row.get(3)?,
+            value: row.get(2)?,
         },
-        from_sql(row.get(4)?),
+        from_sql(row.get(3)?),
     ))
 }
 
@@ -785,14 +784,26 @@ fn write_after(
     store: &mut Store,
     snapshot: &Snapshot,
     acks: &[crossbeam_channel::Receiver<()>],
+    stats: &WriterStats,
 ) -> Result<(), Error> {
-    if acks.iter().all(|ack| ack.recv().is_ok()) {
-        store.write(snapshot)
+    let result = if acks.iter().all(|ack| ack.recv().is_ok()) {
+        let started = std::time::Instant::now();
+        let result = store.write(snapshot);
+        log::debug!(
+            "snapshot {}: stored in {:?}",
+            snapshot.id,
+            started.elapsed()
+        );
+        result
     } else {
         Err(Error::Config(
             "a sink could not push out the output before it".into(),
         ))
-    }
+    };
+    stats
+        .queued
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    result
 }
 
 /// The thread that writes a worker's snapshots, so the worker only pays for
@@ -800,6 +811,7 @@ fn write_after(
 pub struct Writer {
     tx: Mutex<Option<Sender<Message>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    stats: std::sync::Arc<WriterStats>,
 }
 
 /// How the store is doing, for logs and metrics.
@@ -811,6 +823,8 @@ pub struct WriterStats {
     pub failed: std::sync::atomic::AtomicU64,
     /// Id of the newest snapshot written.
     pub last_id: std::sync::atomic::AtomicU64,
+    /// Snapshots handed to the writer and not yet written (or failed).
+    pub queued: std::sync::atomic::AtomicU64,
 }
 
 impl Writer {
@@ -820,13 +834,14 @@ impl Writer {
         // One snapshot queued while one is written: a worker never gets more
         // than two snapshots ahead of its disk.
         let (tx, rx) = bounded::<Message>(1);
+        let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("snapshot writer".into())
             .spawn(move || {
                 for message in rx {
                     match message {
                         Message::Snapshot(snapshot, acks) => {
-                            match write_after(&mut store, &snapshot, &acks) {
+                            match write_after(&mut store, &snapshot, &acks, &stats) {
                                 Ok(()) => {
                                     let first = stats.written.fetch_add(1, Ordering::Relaxed) == 0;
                                     stats.last_id.store(snapshot.id, Ordering::Relaxed);
@@ -864,6 +879,7 @@ impl Writer {
         Ok(Writer {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            stats: thread_stats,
         })
     }
 
@@ -878,7 +894,17 @@ impl Writer {
     /// Hand a snapshot to the writer, to be stored once every receiver in
     /// `acks` answered (the sinks pushed out the output before it).
     pub fn snapshot(&self, snapshot: Snapshot, acks: Vec<crossbeam_channel::Receiver<()>>) {
+        self.stats
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.send(Message::Snapshot(Box::new(snapshot), acks));
+    }
+
+    /// Whether a snapshot is still being written: the next cut waits for
+    /// it (its changed keys accumulate), so a slow disk lengthens the
+    /// interval instead of stalling the worker.
+    pub fn busy(&self) -> bool {
+        self.stats.queued.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// Note how far non-replayable sources got (best effort, never blocks).
@@ -913,7 +939,6 @@ mod tests {
         StateRow {
             store: "counts".into(),
             key: key.as_bytes().to_vec(),
-            pykey: key.as_bytes().to_vec(),
             value: value.map(|v| v.as_bytes().to_vec()),
         }
     }

@@ -40,16 +40,19 @@ fn encode(key: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> bool {
         out.extend_from_slice(&(bytes.as_bytes().len() as u64).to_le_bytes());
         out.extend_from_slice(bytes.as_bytes());
     } else if key.is_instance_of::<PyBool>() || key.is_instance_of::<PyInt>() {
-        out.push(b'i');
         match key.extract::<i64>() {
-            Ok(small) => out.extend_from_slice(&small.to_le_bytes()),
+            Ok(small) => {
+                out.push(b'i');
+                out.extend_from_slice(&small.to_le_bytes());
+            }
             Err(_) => {
                 let Ok(text) = key.str() else { return false };
                 let Ok(text) = text.to_cow() else {
                     return false;
                 };
+                out.push(b'I');
+                out.extend_from_slice(&(text.len() as u64).to_le_bytes());
                 out.extend_from_slice(text.as_bytes());
-                out.push(0);
             }
         }
     } else if let Ok(tuple) = key.cast::<PyTuple>() {
@@ -64,6 +67,60 @@ fn encode(key: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> bool {
         return false;
     }
     true
+}
+
+/// The key whose [`canonical_key`] is `bytes` (a bool comes back as an
+/// int, which is the same dict key). None if `bytes` is not one.
+pub fn key_from_canonical<'py>(py: Python<'py>, bytes: &[u8]) -> Option<Bound<'py, PyAny>> {
+    let mut rest = bytes;
+    let key = decode(py, &mut rest)?;
+    rest.is_empty().then_some(key)
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if rest.len() < n {
+        return None;
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Some(head)
+}
+
+fn take_len(rest: &mut &[u8]) -> Option<usize> {
+    let bytes: [u8; 8] = take(rest, 8)?.try_into().ok()?;
+    usize::try_from(u64::from_le_bytes(bytes)).ok()
+}
+
+fn decode<'py>(py: Python<'py>, rest: &mut &[u8]) -> Option<Bound<'py, PyAny>> {
+    let tag = *take(rest, 1)?.first()?;
+    Some(match tag {
+        b'n' => py.None().into_bound(py),
+        b's' => {
+            let n = take_len(rest)?;
+            PyString::new(py, std::str::from_utf8(take(rest, n)?).ok()?).into_any()
+        }
+        b'b' => {
+            let n = take_len(rest)?;
+            PyBytes::new(py, take(rest, n)?).into_any()
+        }
+        b'i' => {
+            let bytes: [u8; 8] = take(rest, 8)?.try_into().ok()?;
+            i64::from_le_bytes(bytes).into_pyobject(py).ok()?.into_any()
+        }
+        b'I' => {
+            let n = take_len(rest)?;
+            let text = std::str::from_utf8(take(rest, n)?).ok()?;
+            py.get_type::<PyInt>().call1((text,)).ok()?
+        }
+        b't' => {
+            let n = take_len(rest)?;
+            let items = (0..n)
+                .map(|_| decode(py, rest))
+                .collect::<Option<Vec<_>>>()?;
+            PyTuple::new(py, items).ok()?.into_any()
+        }
+        _ => return None,
+    })
 }
 
 /// A hash that is the same in every process and every run.
@@ -164,6 +221,30 @@ mod tests {
             assert!(canonical_key(&big).is_some());
             let list = py.eval(c"[1]", None, None).unwrap();
             assert!(canonical_key(&list).is_none());
+        });
+    }
+
+    #[test]
+    fn canonical_keys_decode_to_equal_keys() {
+        Python::initialize();
+        Python::attach(|py| {
+            for text in [
+                c"'a'",
+                c"b'\\x00b'",
+                c"-7",
+                c"10**30",
+                c"-(10**30)",
+                c"(1, ('x', b'y'), None)",
+                c"()",
+            ] {
+                let key = py.eval(text, None, None).unwrap();
+                let bytes = canonical_key(&key).unwrap();
+                let back = key_from_canonical(py, &bytes).unwrap();
+                assert!(back.eq(&key).unwrap(), "{text:?}");
+                assert_eq!(canonical_key(&back).unwrap(), bytes);
+            }
+            assert!(key_from_canonical(py, b"s\x05\0\0\0\0\0\0\0ab").is_none());
+            assert!(key_from_canonical(py, b"q").is_none());
         });
     }
 }
