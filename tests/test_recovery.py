@@ -77,6 +77,19 @@ def children_of(pid: int) -> list:
     return found
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM ``proc`` (a run or a supervisor) if it still runs, then make
+    sure no worker of it is left."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for child in children_of(proc.pid):
+        os.kill(child, signal.SIGKILL)
+
+
 class Chaos:
     """Runs a command and kills it (or one of its workers) with SIGKILL at
     random moments, ``kills`` times, starting it again each time."""
@@ -134,14 +147,7 @@ class Chaos:
         except subprocess.TimeoutExpired:
             pytest.fail(f"the run did not finish\n{self.output()}")
         finally:
-            if supervisor.poll() is None:
-                supervisor.send_signal(signal.SIGTERM)
-                try:
-                    supervisor.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    supervisor.kill()
-            for child in children_of(supervisor.pid):
-                os.kill(child, signal.SIGKILL)
+            stop(supervisor)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
@@ -530,13 +536,7 @@ def test_kill_nine_star_leaders_publishes_every_leaderboard(
     finally:
         consumer.close()
         if supervisor is not None:
-            supervisor.send_signal(signal.SIGTERM)
-            try:
-                supervisor.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                supervisor.kill()
-            for child in children_of(supervisor.pid):
-                os.kill(child, signal.SIGKILL)
+            stop(supervisor)
     log = chaos.output()
     assert chaos.kills >= 10
     assert chaos.recoveries() >= chaos.kills // 2, log

@@ -39,12 +39,12 @@ def application_setup(args):
     ab = wallaroo.ApplicationBuilder("Resilient Count")
     if opts.tcp_in:
         host, port = opts.tcp_in.rsplit(":", 1)
-        source = wallaroo.TCPSourceConfig(host, port, line_decoder)
+        source = wallaroo.TCPSourceConfig(host, port, decoder)
     elif opts.kafka_source_topic:
         topic, brokers, log_level = wallaroo.kafka_parse_source_options(args)
-        source = wallaroo.KafkaSourceConfig(topic, brokers, log_level, kafka_decoder)
+        source = wallaroo.KafkaSourceConfig(topic, brokers, log_level, decoder)
     else:
-        source = wallaroo.FileSourceConfig(opts.input, line_decoder)
+        source = wallaroo.FileSourceConfig(opts.input, decoder)
     ab.new_pipeline("count", source)
     ab.to_state_partition(count, Counter, "counts", by_key)
     if opts.kafka_sink_topic:
@@ -63,12 +63,7 @@ class Counter:
 
 
 @wallaroo.decoder(header_length=4, length_fmt=">I")
-def line_decoder(bs):
-    return bs.decode("utf-8")
-
-
-@wallaroo.decoder(header_length=4, length_fmt=">I")
-def kafka_decoder(bs):
+def decoder(bs):
     return bs.decode("utf-8")
 
 
