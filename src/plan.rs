@@ -70,6 +70,10 @@ pub struct KafkaSourcePlan {
     /// Crash recovery: the next offset to read per partition (overrides
     /// `start_offset` for the partitions it names).
     pub resume: std::collections::BTreeMap<i32, i64>,
+    /// Commit offsets to the group as records are read. Off with crash
+    /// recovery: the snapshots hold the offsets, and a partition no
+    /// snapshot has read yet must start where the run first started.
+    pub commit: bool,
 }
 
 /// A Kafka sink.
@@ -297,6 +301,7 @@ impl SourcePlan {
                     .map(|v| v.extract())
                     .transpose()?,
                 resume: Default::default(),
+                commit: true,
             }),
             other => return Err(Error::Config(format!("unknown source kind {other:?}")).into()),
         };

@@ -260,11 +260,21 @@ fn consume(
         log::error!("{label}: cannot assign partitions {partitions:?}: {e}");
         return;
     }
-    log::info!(
-        "{label}: reading partitions {partitions:?} (start: {:?}, group {:?})",
-        plan.start_offset,
-        plan.group_id
-    );
+    if plan.resume.is_empty() {
+        log::info!(
+            "{label}: reading partitions {partitions:?} (start: {:?}, group {:?})",
+            plan.start_offset,
+            plan.group_id
+        );
+    } else {
+        log::info!(
+            "{label}: reading partitions {partitions:?} from the snapshot's offsets {:?} \
+             (others: {:?}, group {:?})",
+            plan.resume,
+            plan.start_offset,
+            plan.group_id
+        );
+    }
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut batch = Vec::with_capacity(ctx.batch_size);
     let mut errors = Throttle::default();
@@ -312,12 +322,16 @@ fn consume(
             return;
         }
         if last_commit.elapsed() >= COMMIT_EVERY {
-            commit(&consumer, &plan.topic, &next, CommitMode::Async, &label);
+            if plan.commit {
+                commit(&consumer, &plan.topic, &next, CommitMode::Async, &label);
+            }
             report_lag(&consumer, &plan.topic, &partitions, &next, &ctx);
             last_commit = Instant::now();
         }
     }
     send_batch(&tx, batch, &ctx);
-    commit(&consumer, &plan.topic, &next, CommitMode::Sync, &label);
+    if plan.commit {
+        commit(&consumer, &plan.topic, &next, CommitMode::Sync, &label);
+    }
     log::info!("{label}: stopped at {next:?} (next offset per partition)");
 }

@@ -152,6 +152,7 @@ pub fn start(
         SourceKind::Kafka(mut plan) => {
             if let Some(resume) = resume {
                 plan.resume = resume.partitions.clone();
+                plan.commit = false;
             }
             kafka::start(plan, ctx)
         }
