@@ -355,6 +355,17 @@ def test_store_of_another_application_is_refused(tmp_path: Path) -> None:
     assert "Resilient Count" in other.stderr
 
 
+def test_store_of_another_format_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    write_keys(keys, 1000, 10, seed=1)
+    assert run_count(tmp_path, keys, tmp_path / "a.txt").returncode == 0
+    with sqlite3.connect(tmp_path / "snapshots" / "initializer.sqlite") as db:
+        db.execute("UPDATE meta SET v = '99' WHERE k = 'format'")
+    result = run_count(tmp_path, keys, tmp_path / "b.txt")
+    assert result.returncode == 1
+    assert "written in store format 99; this engine reads format 1" in result.stderr
+
+
 def test_store_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     write_keys(keys, 1000, 10, seed=1)
