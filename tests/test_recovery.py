@@ -28,9 +28,9 @@ from conftest import APPS_DIR, RunningApp, app_env
 
 COUNT_APP = APPS_DIR / "resilient_count.py"
 LINE = re.compile(r"^(k\d+) (\d+)$")
-#: The counting app sleeps 10 ms every 1000 records: at most 100k records/s per
+#: The counting app sleeps 15 ms every 1000 records: at most 66k records/s per
 #: process, so a run lasts long enough to be killed many times.
-SLOW = ["--pause-every", "1000", "--pause-ms", "10"]
+SLOW = ["--pause-every", "1000", "--pause-ms", "15"]
 
 
 def write_keys(path: Path, n: int, keys: int, seed: int) -> collections.Counter:
