@@ -185,6 +185,52 @@ def test_kill_nine_file_source_counts_every_record_once(tmp_path: Path, workers:
     assert chaos.recoveries() >= chaos.kills // 2, log
 
 
+@pytest.mark.timeout(240)
+def test_worker_killed_and_restarted_by_hand_with_its_flags(tmp_path: Path) -> None:
+    """No supervisor: a member is killed and started again by hand with its
+    original flags; the initializer restarts by itself and the cluster goes
+    on from the last complete snapshot."""
+    from conftest import _free_port
+
+    keys = tmp_path / "keys.txt"
+    expected = write_keys(keys, 1_200_000, 5_000, seed=11)
+    output = tmp_path / "counts.txt"
+    control, data, member_data = (f"127.0.0.1:{_free_port()}" for _ in range(3))
+    common = [sys.executable, "-m", "wallaroo", str(COUNT_APP), "--input", str(keys),
+              "--output", str(output), *SLOW, "-r", str(tmp_path / "snapshots"),
+              "--snapshot-interval", "0.3", "-w", "2", "-c", control]  # fmt: skip
+    initializer_argv = [*common, "-t", "-d", data, "-n", "first"]
+    member_argv = [*common, "-y", member_data, "-n", "second"]
+    logs = {name: open(tmp_path / f"{name}.log", "ab") for name in ("first", "second")}
+
+    def start(argv: list, name: str) -> subprocess.Popen:
+        return subprocess.Popen(argv, cwd=tmp_path, env=app_env(), stdin=subprocess.DEVNULL,
+                                stdout=logs[name], stderr=logs[name])  # fmt: skip
+
+    initializer = start(initializer_argv, "first")
+    member = start(member_argv, "second")
+    try:
+        for _ in range(3):
+            time.sleep(2.0)
+            assert member.poll() is None and initializer.poll() is None
+            member.kill()
+            member.wait()
+            member = start(member_argv, "second")
+        assert initializer.wait(timeout=180) == 0
+        assert member.wait(timeout=30) == 0
+    finally:
+        stop(initializer)
+        stop(member)
+        for log in logs.values():
+            log.close()
+    first = (tmp_path / "first.log").read_text(errors="replace")
+    assert "restarting this worker to recover" in first, first[-3000:]
+    assert first.count("recovered snapshot") >= 2, first[-3000:]
+    got, torn = final_counts(output, expected)
+    assert torn <= 3
+    assert_exact(got, expected)
+
+
 # ---------------------------------------------------------------------------
 # kill -9, Kafka source
 # ---------------------------------------------------------------------------
