@@ -98,6 +98,12 @@ class KafkaSetup:
                 "(in this process; it keeps about 5 MiB per partition)",
                 self.embedded.bootstrap_servers,
             )
+            if getattr(self.opts, "resilience_dir", None):
+                log.warning(
+                    "-r/--resilience-dir with the embedded broker: its topics live in this "
+                    "process and do not survive a crash; give --kafka_source_brokers / "
+                    "--kafka_sink_brokers for recovery that keeps Kafka data"
+                )
         self.embedded.create_topic(topic, self.opts.kafka_partitions)
         log.info("embedded broker: topic %r ready", topic)
         return self.embedded.bootstrap_servers
