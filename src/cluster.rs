@@ -37,8 +37,8 @@ use timely::worker::Worker;
 use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::dataflow::{
-    run_generation, run_guarded, FailureSlot, GenerationEnd, PipelineInput, PipelineParts,
-    Resources, SinkAndProbe, Summary,
+    run_generation, run_guarded, sink_and_probe, FailureSlot, GenerationEnd, PipelineInput,
+    PipelineParts, Resources, Summary,
 };
 use crate::errors::{format_py_err, Error, StepFailure};
 use crate::plan::{Membership, Options, Plan};
@@ -594,7 +594,7 @@ pub(crate) fn build_pipeline<A: Allocate>(
                 },
             )
         };
-        to_sink.sink_and_probe(&name, sink_tx, probe);
+        sink_and_probe(&to_sink, &name, sink_tx, probe);
     });
     Box::new(ClusterInput {
         handle,

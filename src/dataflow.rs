@@ -257,13 +257,6 @@ struct SourceOptions {
     max_records: Option<u64>,
 }
 
-/// A stable 64-bit FNV-1a hash (names Kafka transactional ids).
-fn fingerprint(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Find what to recover, open this worker's store and start its writer.
 fn start_resilience(
     settings: &crate::plan::ResilienceOptions,
@@ -601,7 +594,7 @@ impl Resources {
                         transactional_id: match (&sink.kind, &options.resilience) {
                             (SinkKind::Kafka(plan), Some(r)) if plan.transactions => Some(format!(
                                 "wallaroo.{:016x}.{}.{}",
-                                fingerprint(&r.app),
+                                crate::routing::stable_hash(r.app.as_bytes()),
                                 pipeline.name,
                                 r.worker
                             )),
@@ -1097,25 +1090,14 @@ pub(crate) fn run_generation<A: Allocate>(
 
 /// The end of a pipeline's dataflow: hand batches to the sink thread, then
 /// the probe, so an epoch is complete only once its output is with the sink.
-pub(crate) trait SinkAndProbe {
-    fn sink_and_probe(
-        &self,
-        name: &str,
-        sink_tx: Option<Sender<SinkMessage>>,
-        probe: &ProbeHandle<u64>,
-    );
-}
-
-impl<G: timely::dataflow::Scope<Timestamp = u64>> SinkAndProbe
-    for timely::dataflow::StreamCore<G, Vec<Output>>
-{
-    fn sink_and_probe(
-        &self,
-        name: &str,
-        sink_tx: Option<Sender<SinkMessage>>,
-        probe: &ProbeHandle<u64>,
-    ) {
-        self.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+pub(crate) fn sink_and_probe<G: timely::dataflow::Scope<Timestamp = u64>>(
+    stream: &timely::dataflow::StreamCore<G, Vec<Output>>,
+    name: &str,
+    sink_tx: Option<Sender<SinkMessage>>,
+    probe: &ProbeHandle<u64>,
+) {
+    stream
+        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
             Pipeline,
             &format!("sink {name}"),
             move |_capability, _info| {
@@ -1125,7 +1107,6 @@ impl<G: timely::dataflow::Scope<Timestamp = u64>> SinkAndProbe
             },
         )
         .probe_with(probe);
-    }
 }
 
 /// Run a batch through a chain, recording a failure instead of raising.
@@ -1166,7 +1147,7 @@ fn build_pipeline<A: Allocate>(
     let sink_tx = part.sink_tx.clone();
     let name = part.name.clone();
     worker.dataflow::<u64, _, _>(|scope| {
-        input
+        let outputs = input
             .to_stream(scope)
             .unary::<CapacityContainerBuilder<Vec<Output>>, _, _, _>(
                 Pipeline,
@@ -1183,8 +1164,8 @@ fn build_pipeline<A: Allocate>(
                         });
                     }
                 },
-            )
-            .sink_and_probe(&name, sink_tx, probe);
+            );
+        sink_and_probe(&outputs, &name, sink_tx, probe);
     });
     Box::new(input)
 }
