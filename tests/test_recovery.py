@@ -157,6 +157,22 @@ class Chaos:
         return self.log.read_text(errors="replace").count("recovered snapshot")
 
 
+def kill_ten_times_and_check_counts(
+    chaos: Chaos, workers: int, output: Path, expected: collections.Counter
+) -> None:
+    """Kill the counting app ten times (one process, or a worker of the
+    cluster), let it finish, and check that every key's count is exact and
+    that the restarts went on from snapshots."""
+    code = chaos.single(kills=10) if workers == 1 else chaos.workers(kills=10)
+    log = chaos.output()
+    assert code == 0, log
+    assert chaos.kills >= 10, f"the run ended after {chaos.kills} kills\n{log}"
+    got, torn = final_counts(output, expected)
+    assert torn <= chaos.kills
+    assert_exact(got, expected)
+    assert chaos.recoveries() >= chaos.kills // 2, log
+
+
 # ---------------------------------------------------------------------------
 # kill -9, file source
 # ---------------------------------------------------------------------------
@@ -172,17 +188,7 @@ def test_kill_nine_file_source_counts_every_record_once(tmp_path: Path, workers:
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
             "--workers", str(workers)]  # fmt: skip
     chaos = Chaos(argv, tmp_path, seed=40 + workers, log=tmp_path / "run.log")
-    if workers == 1:
-        code = chaos.single(kills=10)
-    else:
-        code = chaos.workers(kills=10)
-    log = chaos.output()
-    assert code == 0, log
-    assert chaos.kills >= 10, f"the run ended after {chaos.kills} kills\n{log}"
-    got, torn = final_counts(output, expected)
-    assert torn <= chaos.kills
-    assert_exact(got, expected)
-    assert chaos.recoveries() >= chaos.kills // 2, log
+    kill_ten_times_and_check_counts(chaos, workers, output, expected)
 
 
 @pytest.mark.timeout(240)
@@ -274,14 +280,7 @@ def test_kill_nine_kafka_source_counts_every_record_once(
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
             "--workers", str(workers)]  # fmt: skip
     chaos = Chaos(argv, tmp_path, seed=50 + workers, log=tmp_path / "run.log")
-    code = chaos.single(kills=10) if workers == 1 else chaos.workers(kills=10)
-    log = chaos.output()
-    assert code == 0, log
-    assert chaos.kills >= 10, f"the run ended after {chaos.kills} kills\n{log}"
-    got, torn = final_counts(output, expected)
-    assert torn <= chaos.kills
-    assert_exact(got, expected)
-    assert chaos.recoveries() >= chaos.kills // 2, log
+    kill_ten_times_and_check_counts(chaos, workers, output, expected)
 
 
 @pytest.mark.timeout(300)
