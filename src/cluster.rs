@@ -18,7 +18,9 @@
 //! records only once the epoch is complete, sorted by source position, so
 //! per-key order is source order whatever worker decoded a record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::DerefMut;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,15 +28,18 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use serde::{Deserialize, Serialize};
+use timely::communication::allocator::zero_copy::bytes_slab::BytesRefill;
+use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::{GenericBuilder, Process};
 use timely::communication::Allocate;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::{Capability, Concatenate};
+use timely::dataflow::operators::{Capability, Concatenate, InputCapability};
 use timely::dataflow::{InputHandleCore, ProbeHandle, Scope, StreamCore};
 use timely::worker::Worker;
-use timely::{CommunicationConfig, WorkerConfig};
+use timely::WorkerConfig;
 
 use crate::dataflow::{
     run_generation, run_guarded, sink_and_probe, FailureSlot, GenerationEnd, PipelineInput,
@@ -47,26 +52,41 @@ use crate::sinks::Output;
 use crate::sources::Frame;
 use crate::steps::{Chain, Emitted, Kind, SortKey};
 
+/// A source batch, named across the cluster: the worker that read it and
+/// its number there. Every operator handles a reader's batches in number
+/// order, so per-key order is source order wherever a record was decoded.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct BatchId {
+    /// The reading worker.
+    pub reader: u32,
+    /// Batch number at the reading worker, from 0 (also spreads batches
+    /// round-robin over the workers that decode them).
+    pub seq: u64,
+}
+
 /// A batch read by one worker's source, on its way to the worker that decodes it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FrameBatch {
-    /// Batch number at the reading worker (spreads batches round-robin).
-    pub seq: u64,
-    /// The reading worker.
-    pub reader: u32,
+    /// Which batch this is.
+    pub id: BatchId,
     /// The records.
     pub frames: Vec<Frame>,
 }
 
-/// Records for state steps on another worker, serialized together.
+/// The records of one batch for state steps on another worker, serialized
+/// together. Sent even when empty: the owner counts the parts of a batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RemoteBatch {
+pub struct RemotePart {
     /// The worker that owns the keys.
     pub owner: u32,
+    /// The batch the records belong to.
+    pub batch: BatchId,
     /// Where each record came from, and the state step it goes to.
     pub records: Vec<(SortKey, u32)>,
     /// `pickle.dumps([(key, value), ...])`; with the application's own
-    /// `serialize`, each value is its bytes.
+    /// `serialize`, each value is its bytes. Empty when there are no records.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
@@ -89,23 +109,38 @@ pub struct LocalRecord {
     value: PyObject,
 }
 
+/// The records of one batch for state steps on this worker (sent even when
+/// empty, like [`RemotePart`]).
+#[derive(Clone)]
+pub struct LocalPart {
+    batch: BatchId,
+    records: Vec<LocalRecord>,
+}
+
 type BatchInput = InputHandleCore<u64, CapacityContainerBuilder<Vec<FrameBatch>>>;
 
-/// The input of a cluster pipeline: numbers batches for the round-robin spread.
+/// The input of a cluster pipeline: numbers its batches.
 struct ClusterInput {
     handle: BatchInput,
-    reader: u32,
-    seq: u64,
+    /// The next batch's id.
+    next: BatchId,
+}
+
+impl ClusterInput {
+    fn new(handle: BatchInput, reader: usize) -> ClusterInput {
+        let reader = u32::try_from(reader).unwrap_or(u32::MAX);
+        ClusterInput {
+            handle,
+            next: BatchId { reader, seq: 0 },
+        }
+    }
 }
 
 impl PipelineInput for ClusterInput {
     fn send(&mut self, frames: Vec<Frame>) {
-        self.seq += 1;
-        self.handle.send(FrameBatch {
-            seq: self.seq,
-            reader: self.reader,
-            frames,
-        });
+        let id = self.next;
+        self.next.seq += 1;
+        self.handle.send(FrameBatch { id, frames });
     }
 
     fn advance_to(&mut self, epoch: u64) {
@@ -269,65 +304,111 @@ type OutgoingBatch = (Vec<(SortKey, u32)>, Vec<(Py<PyAny>, Py<PyAny>)>);
 /// The three kinds of output of a chain operator.
 struct Routed {
     outputs: Vec<Output>,
-    local: Vec<LocalRecord>,
-    remote: Vec<RemoteBatch>,
+    local: Vec<LocalPart>,
+    remote: Vec<RemotePart>,
 }
 
-/// Split what a chain produced into sink output, records for this worker and
-/// records for others (serialized here, under the GIL of the batch).
+/// Where a chain operator sends the records it hands to the next state step.
+#[derive(Clone, Copy)]
+struct Fanout {
+    /// This worker.
+    me: usize,
+    /// Workers in the cluster.
+    peers: usize,
+    /// A state step follows: every batch sends one part to every worker.
+    downstream: bool,
+}
+
+/// Split what a chain produced for `batch` into sink output, the part for
+/// this worker and the parts for the others (serialized here, under the GIL
+/// of the batch). With a state step downstream every worker gets a part,
+/// empty or not, so it knows when it has the whole batch: a part that cannot
+/// be serialized goes empty, with the failure that stops the run.
 fn route(
     py: Python<'_>,
     chain: &Chain,
     codec: &Codec,
-    me: usize,
+    fanout: Fanout,
+    batch: BatchId,
     emitted: Emitted,
-) -> Result<Routed, StepFailure> {
+) -> (Routed, Option<StepFailure>) {
     let mut routed = Routed {
         outputs: emitted.outputs,
         local: Vec::new(),
         remote: Vec::new(),
     };
-    let mut remote: BTreeMap<usize, OutgoingBatch> = BTreeMap::new();
+    let mut failure = None;
+    if !fanout.downstream {
+        return (routed, failure);
+    }
+    let mut local = Vec::new();
+    let mut remote: Vec<OutgoingBatch> = (0..fanout.peers).map(|_| Default::default()).collect();
     for record in emitted.keyed {
         let step = u32::try_from(record.step).unwrap_or(u32::MAX);
-        if record.owner == me {
-            routed.local.push(LocalRecord {
+        if record.owner == fanout.me {
+            local.push(LocalRecord {
                 order: record.order,
                 step,
                 key: PyObject(record.key),
                 value: PyObject(record.value),
             });
+        } else if let Some(entry) = remote.get_mut(record.owner) {
+            entry.0.push((record.order, step));
+            entry.1.push((record.key, record.value));
+        }
+    }
+    routed.local.push(LocalPart {
+        batch,
+        records: local,
+    });
+    for (owner, (mut records, pairs)) in remote.into_iter().enumerate() {
+        if owner == fanout.me {
             continue;
         }
-        let entry = remote.entry(record.owner).or_default();
-        entry.0.push((record.order, step));
-        entry.1.push((record.key, record.value));
-    }
-    for (owner, (records, pairs)) in remote {
-        let data = codec.encode(py, &pairs).map_err(|(index, err)| {
-            let order = records.get(index).map(|r| r.0.clone()).unwrap_or_default();
-            StepFailure {
-                pipeline: chain.pipeline.clone(),
-                step: "serialize (records crossing workers)".to_owned(),
-                record: pairs
-                    .get(index)
-                    .map(|(_, value)| crate::errors::short_repr(value.bind(py), 200))
-                    .unwrap_or_default(),
-                position: chain.source.describe(&crate::sources::Pos {
-                    stream: order.stream,
-                    index: order.index,
-                    offset: order.offset,
-                }),
-                detail: format_py_err(py, &err),
+        let mut data = Vec::new();
+        if !pairs.is_empty() {
+            match codec.encode(py, &pairs) {
+                Ok(encoded) => data = encoded,
+                Err((index, err)) => {
+                    failure.get_or_insert(encode_failure(py, chain, &records, &pairs, index, &err));
+                    records.clear();
+                }
             }
-        })?;
-        routed.remote.push(RemoteBatch {
+        }
+        routed.remote.push(RemotePart {
             owner: u32::try_from(owner).unwrap_or(u32::MAX),
+            batch,
             records,
             data,
         });
     }
-    Ok(routed)
+    (routed, failure)
+}
+
+/// The failure for a record pickle (or the app's `serialize`) refused.
+fn encode_failure(
+    py: Python<'_>,
+    chain: &Chain,
+    records: &[(SortKey, u32)],
+    pairs: &[(Py<PyAny>, Py<PyAny>)],
+    index: usize,
+    err: &PyErr,
+) -> StepFailure {
+    let order = records.get(index).map(|r| r.0.clone()).unwrap_or_default();
+    StepFailure {
+        pipeline: chain.pipeline.clone(),
+        step: "serialize (records crossing workers)".to_owned(),
+        record: pairs
+            .get(index)
+            .map(|(_, value)| crate::errors::short_repr(value.bind(py), 200))
+            .unwrap_or_default(),
+        position: chain.source.describe(&crate::sources::Pos {
+            stream: order.stream,
+            index: order.index,
+            offset: order.offset,
+        }),
+        detail: format_py_err(py, err),
+    }
 }
 
 type Outputs<G, D> = timely::dataflow::channels::pushers::Output<
@@ -335,11 +416,11 @@ type Outputs<G, D> = timely::dataflow::channels::pushers::Output<
     Vec<D>,
 >;
 
-/// The output ports of a chain operator: sink output, local and remote records.
+/// The output ports of a chain operator: sink output, local and remote parts.
 type Ports<G> = (
     Outputs<G, Output>,
-    Outputs<G, LocalRecord>,
-    Outputs<G, RemoteBatch>,
+    Outputs<G, LocalPart>,
+    Outputs<G, RemotePart>,
 );
 
 /// Give the three kinds of output at `caps` (one capability per output port).
@@ -359,65 +440,75 @@ fn give<G: Scope<Timestamp = u64>>(
     }
 }
 
-/// Route what a chain produced and give it to the operator's outputs; a
-/// serialization failure is recorded like a step failure.
-fn route_and_give<G: Scope<Timestamp = u64>>(
-    chain: &Chain,
-    codec: &Codec,
-    me: usize,
-    emitted: Emitted,
-    failure: &FailureSlot,
-    ports: &mut Ports<G>,
-    caps: &[Capability<u64>; 3],
-) {
-    match Python::attach(|py| route(py, chain, codec, me, emitted)) {
-        Ok(routed) => give::<G>(ports, caps, routed),
-        Err(step_failure) => {
-            failure.borrow_mut().get_or_insert(step_failure);
+/// What a chain operator needs: the chain, how records cross workers, where
+/// they go next, and where a failure is recorded.
+#[derive(Clone)]
+struct Stage {
+    chain: Rc<Chain>,
+    codec: Rc<Codec>,
+    fanout: Fanout,
+    failure: FailureSlot,
+}
+
+impl Stage {
+    /// Route what the chain produced for `batch` and give it to the
+    /// operator's outputs; a serialization failure is recorded like a step
+    /// failure.
+    fn route_and_give<G: Scope<Timestamp = u64>>(
+        &self,
+        batch: BatchId,
+        emitted: Emitted,
+        ports: &mut Ports<G>,
+        caps: &[Capability<u64>; 3],
+    ) {
+        let (routed, failed) =
+            Python::attach(|py| route(py, &self.chain, &self.codec, self.fanout, batch, emitted));
+        if let Some(step_failure) = failed {
+            self.failure.borrow_mut().get_or_insert(step_failure);
         }
+        give::<G>(ports, caps, routed);
     }
 }
 
 /// The three output streams of a chain operator.
 struct ChainStreams<G: Scope<Timestamp = u64>> {
     outputs: StreamCore<G, Vec<Output>>,
-    local: StreamCore<G, Vec<LocalRecord>>,
-    remote: StreamCore<G, Vec<RemoteBatch>>,
+    local: StreamCore<G, Vec<LocalPart>>,
+    remote: StreamCore<G, Vec<RemotePart>>,
+}
+
+/// Capabilities for the three outputs of a chain operator at `cap`'s time.
+fn output_caps(cap: &InputCapability<u64>) -> [Capability<u64>; 3] {
+    [0, 1, 2].map(|port| cap.delayed_for_output(cap.time(), port))
 }
 
 /// Decode and the steps up to the first state step, wherever the batch landed.
 fn prefix_operator<G: Scope<Timestamp = u64>>(
     batches: &StreamCore<G, Vec<FrameBatch>>,
-    chain: std::rc::Rc<Chain>,
-    codec: std::rc::Rc<Codec>,
-    failure: FailureSlot,
-    me: usize,
+    stage: Stage,
 ) -> ChainStreams<G> {
-    let mut builder = OperatorBuilder::new(format!("decode {}", chain.pipeline), batches.scope());
+    let name = format!("decode {}", stage.chain.pipeline);
+    let mut builder = OperatorBuilder::new(name, batches.scope());
     let spread =
-        Exchange::new(|batch: &FrameBatch| batch.seq.wrapping_add(u64::from(batch.reader)));
+        Exchange::new(|batch: &FrameBatch| batch.id.seq.wrapping_add(u64::from(batch.id.reader)));
     let mut input = builder.new_input(batches, spread);
     let (out0, outputs) = builder.new_output::<Vec<Output>>();
-    let (out1, local) = builder.new_output::<Vec<LocalRecord>>();
-    let (out2, remote) = builder.new_output::<Vec<RemoteBatch>>();
+    let (out1, local) = builder.new_output::<Vec<LocalPart>>();
+    let (out2, remote) = builder.new_output::<Vec<RemotePart>>();
     builder.set_notify(false);
     builder.build(move |_capabilities| {
         let mut ports = (out0, out1, out2);
         move |_frontiers| {
             input.for_each(|cap, batches| {
-                let caps = [
-                    cap.delayed_for_output(cap.time(), 0),
-                    cap.delayed_for_output(cap.time(), 1),
-                    cap.delayed_for_output(cap.time(), 2),
-                ];
-                let emitted = run_guarded(&failure, |py, out| {
-                    for batch in batches.iter_mut() {
-                        chain.process(py, batch.reader, &mut batch.frames, out)?;
-                    }
-                    Ok(())
-                });
+                let caps = output_caps(&cap);
+                for batch in batches.iter_mut() {
+                    let chain = &stage.chain;
+                    let emitted = run_guarded(&stage.failure, |py, out| {
+                        chain.process(py, batch.id.reader, &mut batch.frames, out)
+                    });
+                    stage.route_and_give::<G>(batch.id, emitted, &mut ports, &caps);
+                }
                 batches.clear();
-                route_and_give::<G>(&chain, &codec, me, emitted, &failure, &mut ports, &caps);
             });
         }
     });
@@ -428,88 +519,120 @@ fn prefix_operator<G: Scope<Timestamp = u64>>(
     }
 }
 
-/// Records of one epoch waiting for the epoch to complete.
-struct Pending {
-    caps: [Capability<u64>; 3],
+/// The parts of one batch gathered at a state step so far.
+struct Gathered {
+    parts: usize,
+    /// Output capabilities at the earliest time among the parts.
+    caps: Option<[Capability<u64>; 3]>,
     local: Vec<LocalRecord>,
-    remote: Vec<RemoteBatch>,
+    remote: Vec<RemotePart>,
 }
 
-/// The records of the epoch of `cap`, created with capabilities for all three outputs.
-fn pending_at<'a>(
-    pending: &'a mut BTreeMap<u64, Pending>,
-    cap: &timely::dataflow::operators::InputCapability<u64>,
-) -> &'a mut Pending {
-    let time = *cap.time();
-    pending.entry(time).or_insert_with(|| Pending {
-        caps: [
-            cap.delayed_for_output(&time, 0),
-            cap.delayed_for_output(&time, 1),
-            cap.delayed_for_output(&time, 2),
-        ],
-        local: Vec::new(),
-        remote: Vec::new(),
-    })
+/// Puts the parts arriving at a state step back in batch order: a batch is
+/// applied as soon as all its parts are in and every earlier batch of its
+/// reader has been applied. Records are applied on arrival, not held until
+/// their epoch completes (held records cost cache misses and GC work).
+struct Sequencer {
+    /// Parts per batch: 1 after the decoding worker, one per worker after an
+    /// earlier state step.
+    expected: usize,
+    /// Per reader: the next batch to apply, and the batches waiting.
+    readers: HashMap<u32, (u64, BTreeMap<u64, Gathered>)>,
+}
+
+impl Sequencer {
+    fn new(expected: usize) -> Sequencer {
+        Sequencer {
+            expected,
+            readers: HashMap::new(),
+        }
+    }
+
+    /// The gathering for `batch`, counting one more part that arrived at `cap`.
+    fn part(&mut self, batch: BatchId, cap: &InputCapability<u64>) -> &mut Gathered {
+        let (_, waiting) = self.readers.entry(batch.reader).or_default();
+        let gathered = waiting.entry(batch.seq).or_insert_with(|| Gathered {
+            parts: 0,
+            caps: None,
+            local: Vec::new(),
+            remote: Vec::new(),
+        });
+        gathered.parts += 1;
+        let earlier = gathered
+            .caps
+            .as_ref()
+            .is_none_or(|caps| cap.time() < caps[0].time());
+        if earlier {
+            gathered.caps = Some(output_caps(cap));
+        }
+        gathered
+    }
+
+    /// The batches ready to apply, in order per reader. `ended`: no more
+    /// parts can come (the inputs are closed), so every batch waiting is
+    /// applied; one can be incomplete only after a worker failed.
+    fn ready(&mut self, ended: bool) -> Vec<(BatchId, Gathered)> {
+        let mut ready = Vec::new();
+        for (reader, (next, waiting)) in &mut self.readers {
+            while let Some(entry) = waiting.first_entry() {
+                let complete = *entry.key() == *next && entry.get().parts >= self.expected;
+                if !complete && !ended {
+                    break;
+                }
+                *next = *entry.key();
+                let batch = BatchId {
+                    reader: *reader,
+                    seq: *next,
+                };
+                ready.push((batch, entry.remove()));
+                *next += 1;
+            }
+        }
+        ready
+    }
 }
 
 /// A state step at the owners of its keys, and the steps after it.
 fn state_operator<G: Scope<Timestamp = u64>>(
     upstream: &ChainStreams<G>,
-    chain: std::rc::Rc<Chain>,
-    codec: std::rc::Rc<Codec>,
-    failure: FailureSlot,
-    me: usize,
+    stage: Stage,
+    expected: usize,
     step_name: &str,
 ) -> ChainStreams<G> {
     let mut builder = OperatorBuilder::new(format!("state {step_name}"), upstream.local.scope());
     let mut local_in = builder.new_input(&upstream.local, Pipeline);
-    let by_owner = Exchange::new(|record: &RemoteBatch| u64::from(record.owner));
+    let by_owner = Exchange::new(|part: &RemotePart| u64::from(part.owner));
     let mut remote_in = builder.new_input(&upstream.remote, by_owner);
     let (out0, outputs) = builder.new_output::<Vec<Output>>();
-    let (out1, local) = builder.new_output::<Vec<LocalRecord>>();
-    let (out2, remote) = builder.new_output::<Vec<RemoteBatch>>();
+    let (out1, local) = builder.new_output::<Vec<LocalPart>>();
+    let (out2, remote) = builder.new_output::<Vec<RemotePart>>();
     builder.build(move |_capabilities| {
         let mut ports = (out0, out1, out2);
-        let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+        let mut sequencer = Sequencer::new(expected);
         move |frontiers| {
-            local_in.for_each(|cap, data| pending_at(&mut pending, &cap).local.append(data));
-            remote_in.for_each(|cap, data| pending_at(&mut pending, &cap).remote.append(data));
-            let complete: Vec<u64> = pending
-                .keys()
-                .copied()
-                .filter(|t| !frontiers[0].less_equal(t) && !frontiers[1].less_equal(t))
-                .collect();
-            for time in complete {
-                let Some(epoch) = pending.remove(&time) else {
+            local_in.for_each(|cap, parts| {
+                for part in parts.drain(..) {
+                    let gathered = sequencer.part(part.batch, &cap);
+                    gathered.local.extend(part.records);
+                }
+            });
+            remote_in.for_each(|cap, parts| {
+                for part in parts.drain(..) {
+                    sequencer.part(part.batch, &cap).remote.push(part);
+                }
+            });
+            let ended = frontiers.iter().all(|f| f.is_empty());
+            for (batch, gathered) in sequencer.ready(ended) {
+                let Some(caps) = gathered.caps else {
                     continue;
                 };
-                let caps = epoch.caps;
-                let emitted = run_guarded(&failure, |py, out| {
-                    let mut records = Vec::with_capacity(epoch.local.len() + epoch.remote.len());
-                    for record in epoch.local {
-                        records.push((
-                            record.order,
-                            record.step as usize,
-                            record.key.0,
-                            record.value.0,
-                        ));
-                    }
-                    for batch in epoch.remote {
-                        let pairs = codec.decode(py, &batch.data).map_err(|err| StepFailure {
-                            pipeline: chain.pipeline.clone(),
-                            step: "deserialize (records crossing workers)".to_owned(),
-                            record: format!("{} bytes from another worker", batch.data.len()),
-                            position: format!("{} records", batch.records.len()),
-                            detail: format_py_err(py, &err),
-                        })?;
-                        for ((order, step), (key, value)) in batch.records.into_iter().zip(pairs) {
-                            records.push((order, step as usize, key, value));
-                        }
-                    }
-                    records.sort_by(|a, b| a.0.cmp(&b.0));
+                let chain = &stage.chain;
+                let codec = &stage.codec;
+                let emitted = run_guarded(&stage.failure, |py, out| {
+                    let records = merge_parts(py, chain, codec, gathered.local, gathered.remote)?;
                     chain.process_keyed(py, records, out)
                 });
-                route_and_give::<G>(&chain, &codec, me, emitted, &failure, &mut ports, &caps);
+                stage.route_and_give::<G>(batch, emitted, &mut ports, &caps);
             }
         }
     });
@@ -520,6 +643,43 @@ fn state_operator<G: Scope<Timestamp = u64>>(
     }
 }
 
+/// The records of a batch's parts (remote ones deserialized), in source order.
+fn merge_parts(
+    py: Python<'_>,
+    chain: &Chain,
+    codec: &Codec,
+    local: Vec<LocalRecord>,
+    remote: Vec<RemotePart>,
+) -> Result<Vec<(SortKey, usize, Py<PyAny>, Py<PyAny>)>, StepFailure> {
+    let mut records =
+        Vec::with_capacity(local.len() + remote.iter().map(|p| p.records.len()).sum::<usize>());
+    for record in local {
+        records.push((
+            record.order,
+            record.step as usize,
+            record.key.0,
+            record.value.0,
+        ));
+    }
+    let from_others = !remote.iter().all(|part| part.records.is_empty());
+    for part in remote.into_iter().filter(|part| !part.records.is_empty()) {
+        let pairs = codec.decode(py, &part.data).map_err(|err| StepFailure {
+            pipeline: chain.pipeline.clone(),
+            step: "deserialize (records crossing workers)".to_owned(),
+            record: format!("{} bytes from another worker", part.data.len()),
+            position: format!("{} records", part.records.len()),
+            detail: format_py_err(py, &err),
+        })?;
+        for ((order, step), (key, value)) in part.records.into_iter().zip(pairs) {
+            records.push((order, step as usize, key, value));
+        }
+    }
+    if from_others {
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    Ok(records)
+}
+
 /// Build one pipeline of a cluster worker; returns its input.
 pub(crate) fn build_pipeline<A: Allocate>(
     worker: &mut Worker<A>,
@@ -528,10 +688,11 @@ pub(crate) fn build_pipeline<A: Allocate>(
     probe: &ProbeHandle<u64>,
 ) -> Box<dyn PipelineInput> {
     let me = worker.index();
+    let peers = worker.peers();
     let mut handle = BatchInput::new();
     let chain = part.chain.clone();
     let codec = match Python::attach(|py| Codec::new(py, &chain)) {
-        Ok(codec) => std::rc::Rc::new(codec),
+        Ok(codec) => Rc::new(codec),
         Err(err) => {
             let detail = Python::attach(|py| format_py_err(py, &err));
             failure.borrow_mut().get_or_insert(StepFailure {
@@ -541,35 +702,39 @@ pub(crate) fn build_pipeline<A: Allocate>(
                 position: String::new(),
                 detail,
             });
-            return Box::new(ClusterInput {
-                handle,
-                reader: me as u32,
-                seq: 0,
-            });
+            return Box::new(ClusterInput::new(handle, me));
         }
+    };
+    let state_steps: Vec<String> = chain
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::State { .. }))
+        .map(|s| s.name.clone())
+        .collect();
+    let stage = |downstream: bool| Stage {
+        chain: chain.clone(),
+        codec: codec.clone(),
+        fanout: Fanout {
+            me,
+            peers,
+            downstream,
+        },
+        failure: failure.clone(),
     };
     let sink_tx = part.sink_tx.clone();
     let everywhere = part.sink_everywhere;
     let name = part.name.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         let batches = handle.to_stream(scope);
-        let mut streams =
-            prefix_operator(&batches, chain.clone(), codec.clone(), failure.clone(), me);
+        let mut streams = prefix_operator(&batches, stage(!state_steps.is_empty()));
         let mut outputs = Vec::new();
-        for step in chain
-            .steps
-            .iter()
-            .filter(|s| matches!(s.kind, Kind::State { .. }))
-        {
+        for (i, step_name) in state_steps.iter().enumerate() {
             outputs.push(streams.outputs.clone());
-            streams = state_operator(
-                &streams,
-                chain.clone(),
-                codec.clone(),
-                failure.clone(),
-                me,
-                &step.name,
-            );
+            // A batch is decoded on one worker; after a state step every
+            // worker sends its part.
+            let expected = if i == 0 { 1 } else { peers };
+            let downstream = i + 1 < state_steps.len();
+            streams = state_operator(&streams, stage(downstream), expected, step_name);
         }
         outputs.push(streams.outputs.clone());
         let all = scope.concatenate(outputs);
@@ -596,11 +761,7 @@ pub(crate) fn build_pipeline<A: Allocate>(
         };
         sink_and_probe(&to_sink, &name, sink_tx, probe);
     });
-    Box::new(ClusterInput {
-        handle,
-        reader: me as u32,
-        seq: 0,
-    })
+    Box::new(ClusterInput::new(handle, me))
 }
 
 /// Why the cluster broke: the reason the control channel gave (it names the
@@ -649,6 +810,9 @@ fn exit_on_lost_peer() {
 /// With crash recovery, a worker that loses a peer starts again (same
 /// process, same command line) and the cluster recovers from the last
 /// complete snapshot once the lost worker is back.
+/// How long the processes of a new generation may take to connect to each other.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 static RESTART_ON_LOST: AtomicBool = AtomicBool::new(false);
 
 /// Replace this process by a fresh start of the same command line.
@@ -752,25 +916,33 @@ fn run_instance(
     membership: &Membership,
     stop: &Arc<AtomicBool>,
 ) -> Result<GenerationEnd, Error> {
-    let config = timely::Config {
-        communication: CommunicationConfig::Cluster {
-            threads: 1,
-            process: membership.index,
-            addresses: membership.addresses.clone(),
-            report: false,
-            zerocopy: false,
-            log_fn: Arc::new(|_| None),
-        },
-        worker: WorkerConfig::default(),
-    };
     crate::dataflow::begin_generation();
+    let sockets = crate::peers::connect(&membership.addresses, membership.index, CONNECT_TIMEOUT)?;
+    let refill = BytesRefill {
+        logic: Arc::new(|size| Box::new(vec![0_u8; size]) as Box<dyn DerefMut<Target = [u8]>>),
+        limit: None,
+    };
+    let (builders, network) = initialize_networking_from_sockets::<_, Process>(
+        sockets,
+        membership.index,
+        1,
+        refill,
+        Arc::new(|_| None),
+    )
+    .map_err(|e| Error::Cluster(format!("cannot connect the cluster: {e}")))?;
+    let builders = builders.into_iter().map(GenericBuilder::ZeroCopy).collect();
     let (result_tx, result_rx) = crossbeam_channel::bounded(1);
     let (resources, options) = (resources.clone(), options.clone());
     let names = membership.names.clone();
-    let guards = timely::execute(config, move |worker| {
-        let result = run_generation(worker, &resources, &options, &names, false);
-        let _ = result_tx.send(result);
-    })
+    let guards = timely::execute::execute_from(
+        builders,
+        Box::new(network),
+        WorkerConfig::default(),
+        move |worker| {
+            let result = run_generation(worker, &resources, &options, &names, false);
+            let _ = result_tx.send(result);
+        },
+    )
     .map_err(|e| Error::Cluster(format!("cannot connect the cluster: {e}")))?;
     let result = loop {
         match result_rx.recv_timeout(Duration::from_millis(100)) {

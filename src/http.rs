@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -734,7 +733,8 @@ struct Server {
 }
 
 struct Ticker {
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the thread (it wakes at once).
+    stop: crossbeam_channel::Sender<()>,
     thread: JoinHandle<()>,
 }
 
@@ -747,17 +747,17 @@ fn start_ticker() -> std::io::Result<()> {
         return Ok(());
     }
     *lock(&HISTORY) = History::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread_stop = stop.clone();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let thread = std::thread::Builder::new()
         .name("metrics history".to_owned())
         .spawn(move || {
             let mut next = Instant::now();
-            while !thread_stop.load(Ordering::Relaxed) {
+            loop {
                 tick();
                 next += Duration::from_secs(1);
-                while !thread_stop.load(Ordering::Relaxed) && Instant::now() < next {
-                    std::thread::sleep(Duration::from_millis(50));
+                let wait = next.saturating_duration_since(Instant::now());
+                if stopped.recv_timeout(wait) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+                    return;
                 }
             }
         })?;
@@ -829,7 +829,7 @@ pub fn stop_all() {
         }
     }
     if let Some(ticker) = lock(&TICKER).take() {
-        ticker.stop.store(true, Ordering::Relaxed);
+        drop(ticker.stop);
         let _ = ticker.thread.join();
     }
 }

@@ -30,6 +30,7 @@ pub mod framing;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod peers;
 pub mod plan;
 pub mod pycall;
 pub mod resilience;

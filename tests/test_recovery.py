@@ -273,9 +273,11 @@ def test_kill_nine_kafka_source_counts_every_record_once(
     assert producer.flush(60) == 0
     output = tmp_path / "counts.txt"
     # Each worker reads its share of the 4 partitions; --max-records bounds
-    # the run (per worker source).
+    # the run (per worker source). A worker reading a smaller share pauses
+    # longer, so the run lasts as long whatever the worker count.
+    paced = ["--pause-every", "1000", "--pause-ms", str(15 * workers)]
     argv = [str(COUNT_APP), "--kafka_source_topic", topic,
-            "--kafka_source_brokers", broker.bootstrap, "--output", str(output), *SLOW,
+            "--kafka_source_brokers", broker.bootstrap, "--output", str(output), *paced,
             "--max-records", str(4 * per_partition // workers),
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
             "--workers", str(workers)]  # fmt: skip

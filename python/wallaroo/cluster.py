@@ -100,6 +100,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _no_delay(sock: socket.socket) -> socket.socket:
+    """Send small control messages at once (Nagle would hold one for 40 ms)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def _send(sock: socket.socket, message: dict) -> None:
     sock.sendall(json.dumps(message).encode() + b"\n")
 
@@ -267,6 +273,7 @@ class Cluster:
                 server.settimeout(max(0.1, deadline - time.monotonic()))
                 try:
                     sock, peer = server.accept()
+                    _no_delay(sock)
                 except socket.timeout:
                     raise ClusterSetupError(
                         f"only {len(addresses)} of {workers} workers joined within "
@@ -311,7 +318,7 @@ class Cluster:
         delay = 0.1
         while True:
             try:
-                sock = socket.create_connection((host, port), timeout=5)
+                sock = _no_delay(socket.create_connection((host, port), timeout=5))
             except OSError as err:
                 if time.monotonic() > deadline:
                     raise ClusterSetupError(
@@ -335,9 +342,6 @@ class Cluster:
         if message.get("type") != "start":
             raise ClusterSetupError(f"unexpected answer from the initializer: {message}")
         sock.settimeout(None)
-        # Give the initializer a head start binding its data address, so the
-        # engine's first connection attempt succeeds (timely retries after 1 s).
-        time.sleep(0.2)
         index = int(message["index"])
         log.info("joined the cluster as worker %d of %d", index, len(message["addresses"]))
         return Membership(
@@ -457,6 +461,7 @@ class Cluster:
         while not self.done.is_set():
             try:
                 sock, peer = self._server.accept()
+                _no_delay(sock)
             except socket.timeout:
                 continue
             except OSError:
@@ -750,7 +755,7 @@ def supervise(argv: list, workers: int) -> int:
                     for other in children:
                         if other.poll() is None:
                             other.terminate()
-            time.sleep(0.1)
+            time.sleep(0.02)
         for child in children:
             if child.returncode not in (0, None) and code == 0:
                 code = child.returncode if child.returncode > 0 else 1
