@@ -224,6 +224,26 @@ impl Store {
             ))
         })?;
         let path = store_path(dir, &identity.worker);
+        if !path.exists() {
+            // Made under another name and renamed when ready: the other
+            // workers, reading every store at start, never see it half made.
+            let fresh = path.with_extension("sqlite-new");
+            let _ = std::fs::remove_file(&fresh);
+            drop(Store::initialize(&fresh, identity)?);
+            std::fs::rename(&fresh, &path).map_err(|e| store_error(&path, e))?;
+        }
+        let (conn, path) = Store::initialize(&path, identity)?;
+        Ok(Store {
+            conn,
+            path,
+            written: 0,
+        })
+    }
+
+    /// Open the store at `path` (creating its tables when new), check whose
+    /// it is and record ours.
+    fn initialize(path: &Path, identity: &Identity) -> Result<(Connection, PathBuf), Error> {
+        let path = path.to_path_buf();
         let conn = open(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
@@ -255,11 +275,7 @@ impl Store {
         put("format", &FORMAT.to_string())?;
         put("app", &identity.app)?;
         put("worker", &identity.worker)?;
-        Ok(Store {
-            conn,
-            path,
-            written: 0,
-        })
+        Ok((conn, path))
     }
 
     /// Forget every snapshot after `id` (written by a run that crashed

@@ -293,6 +293,8 @@ class Cluster:
         finally:
             if not formed:
                 server.close()
+        # Joins are accepted by a thread that checks now and then whether the run ended.
+        server.settimeout(0.5)
         self._server = server
         for index, (_name, sock, _reader) in enumerate(peers, start=1):
             _send(
@@ -457,7 +459,6 @@ class Cluster:
     def _accept_joins(self) -> None:
         """Workers that join the running cluster (``--join``): grow."""
         assert self._server is not None
-        self._server.settimeout(0.5)
         while not self.done.is_set():
             try:
                 sock, peer = self._server.accept()
