@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::exceptions::PyValueError;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde::{Deserialize, Serialize};
 use timely::communication::allocator::zero_copy::bytes_slab::BytesRefill;
 use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
@@ -150,12 +151,61 @@ impl PipelineInput for ClusterInput {
 
 /// How records cross workers: one pickle per batch, and the application's
 /// own `serialize` / `deserialize` for each value when it defines them.
+///
+/// A batch made only of plain data (dict, list, tuple, str, bytes, int,
+/// float, bool, None: what a JSON or msgpack decoder returns) goes with
+/// `marshal` instead, which writes and reads it two to three times faster
+/// and gives back the same types; anything else, a subclass included, goes
+/// with pickle. The first byte of a batch says which.
 pub(crate) struct Codec {
     /// `pickle.dumps`, called with the highest protocol.
     dumps: Py<PyAny>,
     protocol: Py<PyAny>,
     loads: Py<PyAny>,
+    marshal_dumps: Py<PyAny>,
+    marshal_loads: Py<PyAny>,
     own: Option<(Py<PyAny>, Py<PyAny>)>,
+}
+
+/// First byte of a batch of records written with pickle.
+const PICKLED: u8 = b'P';
+/// First byte of a batch of records written with marshal.
+const MARSHALLED: u8 = b'M';
+/// The marshal format version used (Python 3.4 and later read it).
+const MARSHAL_VERSION: u8 = 4;
+/// Containers nested deeper than this go with pickle (and a cycle cannot
+/// make the check run forever).
+const PLAIN_DEPTH: usize = 24;
+
+/// Whether `obj` is plain data that marshal gives back as the same types:
+/// exact dict, list, tuple, str, bytes, int, float, bool or None, nested at
+/// most [`PLAIN_DEPTH`] deep. (marshal would turn a bytearray or any other
+/// buffer into bytes, and refuses other types.)
+fn plain(obj: &Bound<'_, PyAny>, depth: usize) -> bool {
+    if obj.is_exact_instance_of::<PyString>()
+        || obj.is_exact_instance_of::<PyInt>()
+        || obj.is_none()
+        || obj.is_exact_instance_of::<PyBool>()
+        || obj.is_exact_instance_of::<PyFloat>()
+        || obj.is_exact_instance_of::<PyBytes>()
+    {
+        return true;
+    }
+    if depth == 0 {
+        return false;
+    }
+    if let Ok(dict) = obj.cast_exact::<PyDict>() {
+        return dict
+            .iter()
+            .all(|(key, value)| plain(&key, depth - 1) && plain(&value, depth - 1));
+    }
+    if let Ok(list) = obj.cast_exact::<PyList>() {
+        return list.iter().all(|item| plain(&item, depth - 1));
+    }
+    if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
+        return tuple.iter().all(|item| plain(&item, depth - 1));
+    }
+    false
 }
 
 impl Codec {
@@ -169,6 +219,7 @@ impl Codec {
         deserialize: Option<&Py<PyAny>>,
     ) -> PyResult<Codec> {
         let pickle = py.import("pickle")?;
+        let marshal = py.import("marshal")?;
         let own = match (serialize, deserialize) {
             (Some(s), Some(d)) => Some((s.clone_ref(py), d.clone_ref(py))),
             _ => None,
@@ -177,6 +228,8 @@ impl Codec {
             dumps: pickle.getattr("dumps")?.unbind(),
             protocol: pickle.getattr("HIGHEST_PROTOCOL")?.unbind(),
             loads: pickle.getattr("loads")?.unbind(),
+            marshal_dumps: marshal.getattr("dumps")?.unbind(),
+            marshal_loads: marshal.getattr("loads")?.unbind(),
             own,
         })
     }
@@ -206,10 +259,20 @@ impl Codec {
             let pair = pyo3::types::PyTuple::new(py, [key.clone_ref(py), value]);
             items.push(pair.map_err(|err| (index, err))?);
         }
-        let pickled = pyo3::types::PyList::new(py, items)
-            .and_then(|list| self.dump(py, list.as_any()))
-            .and_then(|data| Ok(data.cast::<PyBytes>()?.as_bytes().to_vec()));
-        pickled.map_err(|err| {
+        let written = PyList::new(py, items).and_then(|list| {
+            let (tag, data) = if plain(list.as_any(), PLAIN_DEPTH) {
+                let dumps = self.marshal_dumps.bind(py);
+                (MARSHALLED, dumps.call1((list, MARSHAL_VERSION))?)
+            } else {
+                (PICKLED, self.dump(py, list.as_any())?)
+            };
+            let data = data.cast::<PyBytes>()?.as_bytes();
+            let mut bytes = Vec::with_capacity(data.len() + 1);
+            bytes.push(tag);
+            bytes.extend_from_slice(data);
+            Ok(bytes)
+        });
+        written.map_err(|err| {
             // Find the record pickle refused, for the message.
             let culprit = pairs
                 .iter()
@@ -284,7 +347,12 @@ impl Codec {
 
     /// The `(key, value)` pairs of a batch from another worker.
     fn decode(&self, py: Python<'_>, data: &[u8]) -> PyResult<Vec<(Py<PyAny>, Py<PyAny>)>> {
-        let list = self.loads.bind(py).call1((PyBytes::new(py, data),))?;
+        let loads = match data.first() {
+            Some(&MARSHALLED) => self.marshal_loads.bind(py),
+            Some(&PICKLED) => self.loads.bind(py),
+            _ => return Err(PyValueError::new_err("a batch of records without its format byte")),
+        };
+        let list = loads.call1((PyBytes::new(py, &data[1..]),))?;
         let mut pairs = Vec::new();
         for item in list.try_iter()? {
             let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
