@@ -1,22 +1,27 @@
 //! Several worker processes as one timely dataflow cluster.
 //!
-//! Membership comes from the runner's rendezvous (`wallaroo.cluster`); here
-//! timely connects the processes and the pipelines are cut at their state
-//! steps:
+//! Membership comes from the runner's rendezvous (`wallaroo.cluster`); the
+//! processes connect to each other ([`crate::peers`]) and timely runs over
+//! those connections. The pipelines are cut at their state steps:
 //!
 //! ```text
 //! source (reading worker) -> batches spread round-robin over all workers
 //!   -> decode + stateless steps -> partition key -> owner of the key
-//!        same worker: the Python object as is; other worker: pickled
-//!   -> state step at the owner: each epoch's records in source order
+//!        same worker: the Python object as is; other worker: serialized
+//!   -> state step at the owner: a reader's batches in order, each as soon
+//!      as all its parts are in
 //!   -> the steps after it -> (next state step: same again) -> encode
 //!   -> sink (file / TCP / stdout on worker 0; Kafka on every worker)
 //! ```
 //!
-//! Records are pickled (or serialized with the application's own
-//! `serialize`) only when they cross workers. A state step applies an epoch's
-//! records only once the epoch is complete, sorted by source position, so
-//! per-key order is source order whatever worker decoded a record.
+//! Records are serialized only when they cross workers: a batch of plain
+//! data with `marshal`, anything else with pickle (or the application's own
+//! `serialize`). Every batch sends one part, empty or not, to every worker
+//! with a state step downstream, so an owner knows when it has a batch whole
+//! and applies it at once, its records sorted by source position: per-key
+//! order is source order whatever worker decoded a record, and records do
+//! not wait for their epoch to complete (held records cost cache misses and
+//! garbage-collector work).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::DerefMut;
@@ -25,8 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::prelude::*;
 use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde::{Deserialize, Serialize};
 use timely::communication::allocator::zero_copy::bytes_slab::BytesRefill;
@@ -51,7 +56,7 @@ use crate::plan::{Membership, Options, Plan};
 use crate::routing::RoutingTable;
 use crate::sinks::Output;
 use crate::sources::Frame;
-use crate::steps::{Chain, Emitted, Kind, SortKey};
+use crate::steps::{Chain, Emitted, Keyed, Kind, SortKey};
 
 /// A source batch, named across the cluster: the worker that read it and
 /// its number there. Every operator handles a reader's batches in number
@@ -350,7 +355,11 @@ impl Codec {
         let loads = match data.first() {
             Some(&MARSHALLED) => self.marshal_loads.bind(py),
             Some(&PICKLED) => self.loads.bind(py),
-            _ => return Err(PyValueError::new_err("a batch of records without its format byte")),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "a batch of records without its format byte",
+                ))
+            }
         };
         let list = loads.call1((PyBytes::new(py, &data[1..]),))?;
         let mut pairs = Vec::new();
@@ -718,7 +727,7 @@ fn merge_parts(
     codec: &Codec,
     local: Vec<LocalRecord>,
     remote: Vec<RemotePart>,
-) -> Result<Vec<(SortKey, usize, Py<PyAny>, Py<PyAny>)>, StepFailure> {
+) -> Result<Vec<Keyed>, StepFailure> {
     let mut records =
         Vec::with_capacity(local.len() + remote.iter().map(|p| p.records.len()).sum::<usize>());
     for record in local {

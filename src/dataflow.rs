@@ -49,8 +49,9 @@ const BATCHES_PER_ROUND: usize = 4;
 /// Epochs that may be open at once before sources wait (back-pressure).
 const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 /// An epoch also ends after this many records, so a fast source cannot put
-/// an unbounded number of records into one epoch (state steps in a cluster
-/// hold an epoch's records until it completes).
+/// an unbounded number of records into one epoch: the epochs in flight bound
+/// the records in flight (and in a cluster, the batches a state step may
+/// hold while an earlier batch of the same reader is still on its way).
 const MAX_EPOCH_RECORDS: usize = 4096;
 
 /// Set by the runner's signal handlers (Ctrl-C, SIGTERM): finish what the

@@ -326,6 +326,10 @@ pub struct SortKey {
     pub read_ns: u64,
 }
 
+/// A record handed to a state step on its owner: where it came from, the
+/// index of the state step, the partition key and the record.
+pub type Keyed = (SortKey, usize, Py<PyAny>, Py<PyAny>);
+
 /// A record on its way to the state step `step`, owned by worker `owner`.
 pub struct KeyedRecord {
     /// Where it came from, for ordering and messages.
@@ -450,7 +454,7 @@ impl Chain {
     pub fn process_keyed(
         &self,
         py: Python<'_>,
-        records: Vec<(SortKey, usize, Py<PyAny>, Py<PyAny>)>,
+        records: Vec<Keyed>,
         out: &mut Emitted,
     ) -> Result<(), StepFailure> {
         let mut result = Ok(());
