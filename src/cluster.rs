@@ -91,7 +91,8 @@ pub struct RemotePart {
     pub batch: BatchId,
     /// Where each record came from, and the state step it goes to.
     pub records: Vec<(SortKey, u32)>,
-    /// `pickle.dumps([(key, value), ...])`; with the application's own
+    /// A format byte, then `marshal.dumps` or `pickle.dumps` of
+    /// `[(key, value), ...]` (see [`Codec`]); with the application's own
     /// `serialize`, each value is its bytes. Empty when there are no records.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
@@ -154,8 +155,9 @@ impl PipelineInput for ClusterInput {
     }
 }
 
-/// How records cross workers: one pickle per batch, and the application's
-/// own `serialize` / `deserialize` for each value when it defines them.
+/// How records cross workers: one serialized list per batch and destination,
+/// and the application's own `serialize` / `deserialize` for each value when
+/// it defines them.
 ///
 /// A batch made only of plain data (dict, list, tuple, str, bytes, int,
 /// float, bool, None: what a JSON or msgpack decoder returns) goes with
@@ -429,7 +431,14 @@ fn route(
                 key: PyObject(record.key),
                 value: PyObject(record.value),
             });
-        } else if let Some(entry) = remote.get_mut(record.owner) {
+        } else {
+            // The routing table is made for this generation's workers, so
+            // the owner is one of them; the vector grows rather than drop a
+            // record if that ever changed.
+            if remote.len() <= record.owner {
+                remote.resize_with(record.owner + 1, Default::default);
+            }
+            let entry = &mut remote[record.owner];
             entry.0.push((record.order, step));
             entry.1.push((record.key, record.value));
         }
