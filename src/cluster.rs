@@ -967,6 +967,7 @@ pub fn execute(
                         index,
                         addresses: next.addresses,
                         names: next.names,
+                        token: current.token,
                     };
                 }
                 None => {
@@ -1003,7 +1004,12 @@ fn run_instance(
     stop: &Arc<AtomicBool>,
 ) -> Result<GenerationEnd, Error> {
     crate::dataflow::begin_generation();
-    let sockets = crate::peers::connect(&membership.addresses, membership.index, CONNECT_TIMEOUT)?;
+    let sockets = crate::peers::connect(
+        &membership.addresses,
+        membership.index,
+        membership.token,
+        CONNECT_TIMEOUT,
+    )?;
     let refill = BytesRefill {
         logic: Arc::new(|size| Box::new(vec![0_u8; size]) as Box<dyn DerefMut<Target = [u8]>>),
         limit: None,

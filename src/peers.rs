@@ -4,9 +4,11 @@
 //! worker that starts a moment before the process it connects to would lose
 //! a second at every start and every generation. Here each process listens
 //! on its data address, connects to every process with a lower index
-//! (retrying every few milliseconds) and accepts the higher ones; a
-//! connection that does not open with the handshake is dropped, not taken
-//! for a peer.
+//! (retrying every few milliseconds) and accepts the higher ones. Every
+//! connection opens with a handshake that carries the run's token, which the
+//! initializer hands out over the (secret-checked) control channel: a
+//! connection without it is dropped, never taken for a peer, so nobody who
+//! was not admitted to the cluster can feed records to a worker.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,10 +25,11 @@ const RETRY: Duration = Duration::from_millis(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One connection per other process, by index (`None` at `me`), connected
-/// within `timeout`.
+/// within `timeout`; `token` is the run's.
 pub fn connect(
     addresses: &[String],
     me: usize,
+    token: u64,
     timeout: Duration,
 ) -> Result<Vec<Option<TcpStream>>, Error> {
     let deadline = Instant::now() + timeout;
@@ -37,21 +40,27 @@ pub fn connect(
         .map_err(|e| Error::Cluster(format!("cannot listen on data address {mine}: {e}")))?;
     let mut sockets: Vec<Option<TcpStream>> = Vec::with_capacity(addresses.len());
     for (index, address) in addresses.iter().enumerate().take(me) {
-        sockets.push(Some(dial(address, index, me, deadline)?));
+        sockets.push(Some(dial(address, index, me, token, deadline)?));
     }
     sockets.push(None);
-    sockets.extend(accept(&listener, addresses, me, deadline)?);
+    sockets.extend(accept(&listener, addresses, me, token, deadline)?);
     Ok(sockets)
 }
 
 /// Connect to worker `index` at `address` and introduce ourselves as `me`.
-fn dial(address: &str, index: usize, me: usize, deadline: Instant) -> Result<TcpStream, Error> {
+fn dial(
+    address: &str,
+    index: usize,
+    me: usize,
+    token: u64,
+    deadline: Instant,
+) -> Result<TcpStream, Error> {
     loop {
         match TcpStream::connect(address) {
             Ok(mut stream) => {
                 stream
                     .set_nodelay(true)
-                    .and_then(|()| stream.write_all(&handshake(me)))
+                    .and_then(|()| stream.write_all(&handshake(token, me)))
                     .map_err(|e| Error::Cluster(format!("worker {index} at {address}: {e}")))?;
                 return Ok(stream);
             }
@@ -70,6 +79,7 @@ fn accept(
     listener: &TcpListener,
     addresses: &[String],
     me: usize,
+    token: u64,
     deadline: Instant,
 ) -> Result<Vec<Option<TcpStream>>, Error> {
     let later = addresses.len() - me - 1;
@@ -101,7 +111,7 @@ fn accept(
         let index = stream
             .set_nonblocking(false)
             .and_then(|()| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
-            .and_then(|()| read_handshake(&mut stream))
+            .and_then(|()| read_handshake(&mut stream, token))
             .ok()
             .flatten();
         let slot = index
@@ -122,28 +132,37 @@ fn accept(
     Ok(accepted)
 }
 
-fn handshake(me: usize) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&MAGIC.to_le_bytes());
-    bytes[8..].copy_from_slice(&(me as u64).to_le_bytes());
+/// Magic, token, index: three little-endian u64.
+const HANDSHAKE_BYTES: usize = 24;
+
+fn handshake(token: u64, me: usize) -> [u8; HANDSHAKE_BYTES] {
+    let mut bytes = [0u8; HANDSHAKE_BYTES];
+    for (chunk, word) in bytes.chunks_mut(8).zip([MAGIC, token, me as u64]) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
     bytes
 }
 
-/// The index a connection introduced itself with; None when it is not a worker.
-fn read_handshake(stream: &mut TcpStream) -> std::io::Result<Option<usize>> {
-    let mut bytes = [0u8; 16];
+/// The index a connection introduced itself with; None when it is not a
+/// worker of this run.
+fn read_handshake(stream: &mut TcpStream, token: u64) -> std::io::Result<Option<usize>> {
+    let mut bytes = [0u8; HANDSHAKE_BYTES];
     stream.read_exact(&mut bytes)?;
-    let (magic, index) = bytes.split_at(8);
-    let magic = u64::from_le_bytes(magic.try_into().unwrap_or_default());
-    let index = u64::from_le_bytes(index.try_into().unwrap_or_default());
-    Ok((magic == MAGIC)
-        .then(|| usize::try_from(index).ok())
-        .flatten())
+    let mut words = bytes
+        .chunks(8)
+        .map(|chunk| u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+    let (magic, theirs, index) = (words.next(), words.next(), words.next());
+    if magic != Some(MAGIC) || theirs != Some(token) {
+        return Ok(None);
+    }
+    Ok(index.and_then(|i| usize::try_from(i).ok()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TOKEN: u64 = 0x1234_5678_9abc_def0;
 
     fn free_address() -> String {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -158,7 +177,7 @@ mod tests {
             let addresses = addresses.clone();
             threads.push(std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(30 * (2 - me) as u64));
-                connect(&addresses, me, Duration::from_secs(10)).map(|s| (me, s))
+                connect(&addresses, me, TOKEN, Duration::from_secs(10)).map(|s| (me, s))
             }));
         }
         for thread in threads {
@@ -171,29 +190,39 @@ mod tests {
     }
 
     #[test]
-    fn a_stranger_is_dropped_and_the_worker_still_accepted() {
+    fn strangers_are_dropped_and_the_worker_still_accepted() {
         let addresses: Vec<String> = (0..2).map(|_| free_address()).collect();
         let first = {
             let addresses = addresses.clone();
-            std::thread::spawn(move || connect(&addresses, 0, Duration::from_secs(10)))
+            std::thread::spawn(move || connect(&addresses, 0, TOKEN, Duration::from_secs(10)))
         };
-        let stranger = loop {
+        let stranger = |hello: &[u8]| loop {
             if let Ok(mut stream) = TcpStream::connect(&addresses[0]) {
-                stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+                stream.write_all(hello).expect("write");
                 break stream;
             }
             std::thread::sleep(RETRY);
         };
-        let second = connect(&addresses, 1, Duration::from_secs(10)).expect("second");
-        let first = first.join().expect("thread").expect("first");
-        assert!(first[1].is_some() && second[0].is_some());
-        drop(stranger);
+        // Not the protocol; then a worker's handshake with another run's token.
+        let http = stranger(b"GET / HTTP/1.0\r\nHost: worker\r\n\r\n");
+        let impostor = stranger(&handshake(TOKEN + 1, 1));
+        let mut second = connect(&addresses, 1, TOKEN, Duration::from_secs(10)).expect("second");
+        let mut first = first.join().expect("thread").expect("first");
+        // The connection worker 0 kept is the real worker 1's.
+        let ours = second[0].as_mut().expect("to worker 0");
+        ours.write_all(b"hi").expect("write");
+        let mut got = [0u8; 2];
+        let theirs = first[1].as_mut().expect("from worker 1");
+        theirs.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"hi");
+        drop((http, impostor));
     }
 
     #[test]
     fn a_missing_worker_is_named_after_the_timeout() {
         let addresses: Vec<String> = (0..2).map(|_| free_address()).collect();
-        let err = connect(&addresses, 0, Duration::from_millis(100)).expect_err("nobody came");
+        let err =
+            connect(&addresses, 0, TOKEN, Duration::from_millis(100)).expect_err("nobody came");
         assert!(err.to_string().contains(&addresses[1]), "{err}");
     }
 }

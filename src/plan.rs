@@ -242,6 +242,9 @@ pub struct Membership {
     pub addresses: Vec<String>,
     /// Every process's worker name, by index.
     pub names: Vec<String>,
+    /// Handed out by the initializer over the control channel; the data
+    /// connections between workers must present it.
+    pub token: u64,
 }
 
 fn item<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -475,6 +478,7 @@ impl Options {
                         index: item(dict, "process")?.extract()?,
                         addresses,
                         names,
+                        token: get_u64("cluster_token", 0)?,
                     })
                 }
                 None => None,

@@ -1,15 +1,17 @@
 """Cluster membership: the initializer's rendezvous, workers joining it, the
 secret, liveness, and the ``--workers N`` supervisor.
 
-The data plane is timely dataflow's own cluster communication (in the
-engine); this module only finds out who is in the cluster. Protocol: JSON
+The data plane is timely dataflow's communication over connections the
+engine makes (``src/peers.rs``); this module only finds out who is in the
+cluster. Protocol: JSON
 lines over the control address.
 
 * A worker connects to the initializer's control address (``-c`` or ``-j``)
   and sends ``{"type": "join", "name", "data", "app", "secret"}``.
 * The initializer (``-t``) waits until ``--worker-count`` workers are there,
-  then sends each ``{"type": "start", "index", "addresses"}``; everyone
-  starts the engine with that membership.
+  then sends each ``{"type": "start", "index", "addresses", "token"}``;
+  everyone starts the engine with that membership. The workers' data
+  connections present the run's random token, which travels only here.
 * The control connections stay open while the application runs: if one
   closes without a ``{"type": "done"}`` first, the worker at the other end
   was lost, and the engine is told to stop with an error naming it (no hang).
@@ -26,6 +28,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -136,6 +139,9 @@ class Membership:
     names: list
     peers: list = field(default_factory=list)  # (name, socket, reader)
     extra: dict = field(default_factory=dict)  # what the initializer shares (embedded Kafka)
+    #: Drawn by the initializer for the run and sent over the control channel
+    #: only: the workers' data connections must present it.
+    token: int = 0
 
 
 def _watch(
@@ -296,6 +302,7 @@ class Cluster:
         # Joins are accepted by a thread that checks now and then whether the run ended.
         server.settimeout(0.5)
         self._server = server
+        token = secrets.randbits(64)
         for index, (_name, sock, _reader) in enumerate(peers, start=1):
             _send(
                 sock,
@@ -305,10 +312,11 @@ class Cluster:
                     "addresses": addresses,
                     "names": names,
                     "extra": extra,
+                    "token": token,
                 },
             )
             sock.settimeout(None)
-        return Membership(0, addresses, names, peers, extra)
+        return Membership(0, addresses, names, peers, extra, token)
 
     # -- member --------------------------------------------------------------
 
@@ -352,6 +360,7 @@ class Cluster:
             list(message["names"]),
             [("initializer", sock, self._reader)],
             dict(message.get("extra") or {}),
+            int(message.get("token") or 0),
         )
 
     def _ask_to_join(self, sock: socket.socket, my_data: str, deadline: float) -> dict | None:
@@ -536,7 +545,8 @@ class Cluster:
             self._wait_for_generation(generation)
             if add is not None:
                 start = {"type": "start", "index": len(names) - 1, "addresses": addresses,
-                         "names": names, "extra": self.membership.extra}
+                         "names": names, "extra": self.membership.extra,
+                         "token": self.membership.token}
                 with self._send_lock:
                     try:
                         _send(sock, start)

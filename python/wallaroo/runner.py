@@ -371,6 +371,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
             options["process"] = membership.index
             options["addresses"] = membership.addresses
             options["names"] = membership.names
+            options["cluster_token"] = membership.token
             options["worker_name"] = membership.names[membership.index]
             members.on_reconfigure(_engine.reconfigure)
             if opts.resilience_dir:
