@@ -3,8 +3,7 @@ secret, liveness, and the ``--workers N`` supervisor.
 
 The data plane is timely dataflow's communication over connections the
 engine makes (``src/peers.rs``); this module only finds out who is in the
-cluster. Protocol: JSON
-lines over the control address.
+cluster. Protocol: JSON lines over the control address.
 
 * A worker connects to the initializer's control address (``-c`` or ``-j``)
   and sends ``{"type": "join", "name", "data", "app", "secret"}``.
