@@ -199,6 +199,12 @@ def recovery(workdir: str, keys: int, repeat: int) -> None:
         return _wallaroo(COUNT_APP, "--input", source, "--output", output, "-r", directory,
                          "--snapshot-interval", "1", *extra)
 
+    def timed(kind: str, run: int, directory: str, finish: bool) -> dict:
+        """A run on the store in ``directory`` timed to its first output."""
+        output = os.path.join(workdir, f"{kind}-{keys}-{run}.txt")
+        log = os.path.join(workdir, f"log-{kind}-{keys}-{run}.txt")
+        return first_output(command(output, directory), output, log, finish=finish)
+
     first_run, _, _ = _run(
         command(os.path.join(workdir, f"first-{keys}.txt"), store, "--max-records", str(keys)),
         os.path.join(workdir, f"log-first-{keys}.txt"),
@@ -207,21 +213,11 @@ def recovery(workdir: str, keys: int, repeat: int) -> None:
     cold, restarts = [], []
     for run in range(repeat):
         empty = os.path.join(workdir, f"empty-{keys}-{run}")
-        cold.append(first_output(
-            command(os.path.join(workdir, f"cold-{keys}-{run}.txt"), empty),
-            os.path.join(workdir, f"cold-{keys}-{run}.txt"),
-            os.path.join(workdir, f"log-cold-{keys}-{run}.txt"),
-            finish=False,
-        ))
+        cold.append(timed("cold", run, empty, finish=False))
         shutil.rmtree(empty)
         copy = os.path.join(workdir, f"restart-{keys}-{run}")
         shutil.copytree(store, copy)
-        restarts.append(first_output(
-            command(os.path.join(workdir, f"restart-{keys}-{run}.txt"), copy),
-            os.path.join(workdir, f"restart-{keys}-{run}.txt"),
-            os.path.join(workdir, f"log-restart-{keys}-{run}.txt"),
-            finish=True,
-        ))
+        restarts.append(timed("restart", run, copy, finish=True))
         shutil.rmtree(copy)
     for result in restarts:
         if result["recovered"] != keys:

@@ -968,8 +968,7 @@ pub(crate) fn run_generation<A: Allocate>(
                 );
                 let mut plan = plan.clone();
                 if resources.resilience.is_some() {
-                    plan.resume = position.partitions;
-                    plan.commit = false;
+                    plan.resume_from(position.partitions);
                 }
                 if generation() > 1 {
                     // Later generations go on from what the last one committed.

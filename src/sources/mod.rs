@@ -151,8 +151,7 @@ pub fn start(
         SourceKind::Tcp { host, port } => tcp::start(&host, port, framing, ctx),
         SourceKind::Kafka(mut plan) => {
             if let Some(resume) = resume {
-                plan.resume = resume.partitions.clone();
-                plan.commit = false;
+                plan.resume_from(resume.partitions.clone());
             }
             kafka::start(plan, ctx)
         }
