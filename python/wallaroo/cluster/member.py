@@ -1,0 +1,125 @@
+"""A member's side of the control plane: joining the initializer (``-c`` or
+``-j``), moving to a new membership, and asking to leave."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import threading
+import time
+from typing import Callable
+
+from wallaroo.cluster.wire import (
+    PROTOCOL,
+    ClusterSetupError,
+    Lines,
+    Membership,
+    free_address,
+    no_delay,
+    send,
+    split_address,
+)
+
+log = logging.getLogger("wallaroo.cluster")
+
+
+class Member:
+    """What a member does (a part of :class:`wallaroo.cluster.Cluster`)."""
+
+    opts: argparse.Namespace
+    app_name: str
+    done: threading.Event
+    membership: Membership | None
+    left: bool
+    _reader: Lines | None
+    _send_lock: threading.Lock
+    _on_reconfigure: Callable[[int | None, list, list], None] | None
+
+    def _join(self) -> Membership:
+        target = self.opts.join or self.opts.control
+        host, port = split_address(target, "-c/--control or -j/--join")
+        my_data = self.opts.my_data or free_address()
+        deadline = time.monotonic() + self.opts.cluster_timeout
+        delay = 0.1
+        while True:
+            try:
+                sock = no_delay(socket.create_connection((host, port), timeout=5))
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    raise ClusterSetupError(
+                        f"cannot reach the initializer at {target}: {err}"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            message = self._ask_to_join(sock, my_data, deadline)
+            if message is not None:
+                break
+            # The initializer closed the connection without an answer. With
+            # crash recovery it is starting again: try again until the deadline.
+            sock.close()
+            if not getattr(self.opts, "resilience_dir", None) or time.monotonic() > deadline:
+                raise ClusterSetupError(f"the initializer at {target} closed the connection")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        if message.get("type") == "refused":
+            raise ClusterSetupError(f"the initializer refused this worker: {message.get('reason')}")
+        if message.get("type") != "start":
+            raise ClusterSetupError(f"unexpected answer from the initializer: {message}")
+        sock.settimeout(None)
+        index = int(message["index"])
+        log.info("joined the cluster as worker %d of %d", index, len(message["addresses"]))
+        return Membership(
+            index,
+            list(message["addresses"]),
+            list(message["names"]),
+            [("initializer", sock, self._reader)],
+            dict(message.get("extra") or {}),
+            int(message.get("token") or 0),
+        )
+
+    def _ask_to_join(self, sock: socket.socket, my_data: str, deadline: float) -> dict | None:
+        """Send the join request; the initializer's answer, None if it closed."""
+        try:
+            send(
+                sock,
+                {
+                    "type": "join",
+                    "protocol": PROTOCOL,
+                    "name": self.opts.name,
+                    "data": my_data,
+                    "app": self.app_name,
+                    "secret": self.opts.cluster_secret,
+                },
+            )
+            sock.settimeout(max(1.0, deadline - time.monotonic()))
+            self._reader = Lines(sock)
+            return self._reader.read() or None
+        except OSError:
+            return None
+
+    def _reconfigured(self, message: dict) -> None:
+        assert self.membership is not None and self._on_reconfigure is not None
+        index = message.get("index")
+        addresses, names = list(message["addresses"]), list(message["names"])
+        if index is None:
+            self.left = True
+            log.info("leaving the cluster: handing this worker's keys over")
+        else:
+            self.membership.index = int(index)
+        self.membership.addresses, self.membership.names = addresses, names
+        self._on_reconfigure(index, addresses, names)
+
+    def request_leave(self) -> bool:
+        """Ask the initializer to let this worker leave (its keys move first)."""
+        if self.membership is None or self.opts.cluster_initializer:
+            return False
+        with self._send_lock:
+            for _name, sock, _reader in self.membership.peers:
+                try:
+                    send(sock, {"type": "leave"})
+                except OSError:
+                    return False
+        log.info("asked the initializer to let this worker leave")
+        return True

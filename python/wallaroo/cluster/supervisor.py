@@ -1,0 +1,94 @@
+"""``--workers N``: start N worker processes on loopback and supervise them."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from wallaroo.cluster.wire import free_address
+
+log = logging.getLogger("wallaroo.cluster")
+
+
+def supervise(argv: list, workers: int) -> int:
+    """``--workers N``: start N worker processes on loopback and wait for them.
+
+    A worker that fails makes the others stop; Ctrl-C / SIGTERM are passed on.
+    """
+    if workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    base = _without_flag(argv, "--workers")
+    resilient = any(arg in ("-r", "--resilience-dir") or arg.startswith("--resilience-dir=")
+                    for arg in base)
+    control = free_address()
+    commands: list = []
+    for index in range(workers):
+        if index == 0:
+            role = ["-t", "-w", str(workers), "-c", control, "-d", free_address(), "-n", "worker-0"]
+        else:
+            name = f"worker-{index}"
+            role = ["-w", str(workers), "-c", control, "-y", free_address(), "-n", name]
+        command = [sys.executable, "-m", "wallaroo", *base, *role]
+        if index > 0:
+            command += ["--no-demo"]
+        commands.append(command)
+    children = [subprocess.Popen(command) for command in commands]
+    log.info("supervising %d workers (control %s)", workers, control)
+    stopping = threading.Event()
+
+    def forward(signum: int, frame: Any) -> None:
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = 0
+        while any(child.poll() is None for child in children):
+            for index, child in enumerate(children):
+                status = child.poll()
+                if status is not None and status < 0 and resilient and not stopping.is_set():
+                    # Killed: with crash recovery it starts again, and the
+                    # cluster recovers from the last complete snapshot.
+                    log.warning(
+                        "worker %d was killed (signal %d); starting it again", index, -status
+                    )
+                    children[index] = subprocess.Popen(commands[index])
+                    continue
+                if status not in (None, 0) and code == 0:
+                    code = status if status > 0 else 1
+                    log.error("worker %d exited with status %s; stopping the others", index, status)
+                    for other in children:
+                        if other.poll() is None:
+                            other.terminate()
+            time.sleep(0.02)
+        for child in children:
+            if child.returncode not in (0, None) and code == 0:
+                code = child.returncode if child.returncode > 0 else 1
+        return code
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _without_flag(argv: list, flag: str) -> list:
+    out = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == flag:
+            skip = True
+            continue
+        if arg.startswith(flag + "="):
+            continue
+        out.append(arg)
+    return out
