@@ -509,7 +509,7 @@ def test_star_leaders_per_partition_same_as_one_worker(run_app, tmp_path: Path) 
     events = tmp_path / "events.json"
     code = (
         "import json, sys\n"
-        "from wallaroo.gharchive import generate_events\n"
+        "from wallaroo.demo.generator import generate_events\n"
         "with open(sys.argv[1], 'w') as f:\n"
         "    for e in generate_events(seed=3, count=3000, repos=150):\n"
         "        f.write(json.dumps(e) + '\\n')\n"

@@ -174,8 +174,8 @@ def test_at_least_the_workers_streamer_and_dashboard_run_wallaroo_modules():
     by_service = dict(WALLAROO_COMMANDS)
     assert by_service.get("primary") == "wallaroo"
     assert by_service.get("secondary") == "wallaroo"
-    assert by_service.get("streamer") == "wallaroo.streamer"
-    assert by_service.get("dashboard") == "wallaroo.dashboard"
+    assert by_service.get("streamer") == "wallaroo.demo.streamer"
+    assert by_service.get("dashboard") == "wallaroo.demo.dashboard"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The star leaders dashboard (``wallaroo.dashboard``).
+"""The star leaders dashboard (``wallaroo.demo.dashboard``).
 
 * the merge of per-partition leaders and message parsing, as units;
 * the HTTP API, the SSE stream and the consumer against a real loopback
@@ -34,7 +34,7 @@ import pytest
 from browser import require_chromium
 from confluent_kafka import Producer
 from wallaroo._engine import EmbeddedKafka
-from wallaroo.dashboard import (
+from wallaroo.demo.dashboard import (
     STATIC_DIR,
     BadMessage,
     Dashboard,
@@ -473,7 +473,9 @@ def test_command_line_serves_until_sigterm(kafka: EmbeddedKafka, topic: str, fee
     port = free_port()
     paths = [str(REPO_ROOT / "python"), os.environ.get("PYTHONPATH", "")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths)))
-    command = [sys.executable, "-m", "wallaroo.dashboard", "--brokers", kafka.bootstrap_servers]
+    command = [
+        sys.executable, "-m", "wallaroo.demo.dashboard", "--brokers", kafka.bootstrap_servers
+    ]
     process = subprocess.Popen(
         [*command, "--topic", topic, "--port", str(port)],
         stdout=subprocess.PIPE,

@@ -521,7 +521,7 @@ def test_kill_nine_star_leaders_publishes_every_leaderboard(
 ) -> None:
     from confluent_kafka import Consumer, Producer, TopicPartition
     from test_star_leaders import _partitioner, reference
-    from wallaroo.gharchive import generate_events
+    from wallaroo.demo.generator import generate_events
 
     events = list(
         generate_events(seed=21, count=20_000, repos=300, rate=0.1, start="2017-01-01T00")

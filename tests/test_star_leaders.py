@@ -111,7 +111,7 @@ def by_partition(messages: list) -> dict:
 @pytest.fixture(scope="module")
 def events(tmp_path_factory) -> tuple:
     """Generated GitHub events over ~30 hours (so the window rolls over)."""
-    from wallaroo.gharchive import generate_events
+    from wallaroo.demo.generator import generate_events
 
     # Few repos and a high rate: stars concentrate, leaders change and roll.
     generated = list(
@@ -277,7 +277,7 @@ def test_bounded_run_streamer_engine_dashboard_on_the_test_broker(tmp_path: Path
             [
                 sys.executable,
                 "-m",
-                "wallaroo.streamer",
+                "wallaroo.demo.streamer",
                 "--brokers",
                 broker.bootstrap,
                 "--topic",
@@ -299,7 +299,7 @@ def test_bounded_run_streamer_engine_dashboard_on_the_test_broker(tmp_path: Path
             [
                 sys.executable,
                 "-m",
-                "wallaroo.dashboard",
+                "wallaroo.demo.dashboard",
                 "--brokers",
                 broker.bootstrap,
                 "--topic",

@@ -1,4 +1,5 @@
-"""The archive streamer (``wallaroo.streamer``) and its event sources (``wallaroo.gharchive``).
+"""The archive streamer (``wallaroo.demo.streamer``) and its event sources
+(``wallaroo.demo.gharchive``, ``wallaroo.demo.generator``).
 
 Kafka tests run against the engine's embedded broker (librdkafka's mock cluster on
 a loopback port, in this process); the end-to-end test also runs against a tansu
@@ -29,18 +30,18 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from wallaroo import gharchive
-from wallaroo.gharchive import (
+from wallaroo.demo import generator, gharchive
+from wallaroo.demo.generator import generate_events
+from wallaroo.demo.gharchive import (
     ArchiveUnavailable,
     ReadStats,
     archive_hours,
     archive_url,
     fetch_archive_lines,
-    generate_events,
     parse_created_at,
     read_events,
 )
-from wallaroo.streamer import BrokerUnavailable, Streamer
+from wallaroo.demo.streamer import BrokerUnavailable, Streamer
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
 START = parse_created_at("2017-01-01T00:00:00Z")
@@ -148,11 +149,11 @@ def free_port() -> int:
 
 
 def streamer_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    """``python -m wallaroo.streamer ARGS`` to completion."""
+    """``python -m wallaroo.demo.streamer ARGS`` to completion."""
     paths = [str(PYTHON_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     return subprocess.run(
-        [sys.executable, "-m", "wallaroo.streamer", *args],
+        [sys.executable, "-m", "wallaroo.demo.streamer", *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -283,7 +284,7 @@ def test_generated_type_mix_matches_the_archive(events):
 def test_star_popularity_is_zipf(events):
     stars = collections.Counter(e["repo"]["name"] for e in events if e["type"] == "WatchEvent")
     total = sum(stars.values())
-    top_1_percent = sum(n for _, n in stars.most_common(gharchive.DEFAULT_REPOS // 100))
+    top_1_percent = sum(n for _, n in stars.most_common(generator.DEFAULT_REPOS // 100))
     assert top_1_percent / total > 0.4, "the top 1% of repos get a large share of the stars"
     assert stars.most_common(1)[0][1] / total < 0.1, "no single runaway repository"
     assert len(stars) > 500, "and a long tail of repositories get a star or two"
@@ -297,7 +298,7 @@ def test_generated_time_advances_at_the_configured_rate():
     first = parse_created_at(flat[0]["created_at"])
     last = parse_created_at(flat[-1]["created_at"])
     assert START < first < parse_created_at("2017-06-01T12:00:05Z")
-    assert 4_800 / (last - first) == pytest.approx(gharchive.DEFAULT_RATE, rel=0.1)
+    assert 4_800 / (last - first) == pytest.approx(generator.DEFAULT_RATE, rel=0.1)
     busy = list(generate_events(3, "2017-06-01T12", 2_000, 500, rate=100.0, diurnal=0.0))
     span = parse_created_at(busy[-1]["created_at"]) - parse_created_at(busy[0]["created_at"])
     assert 2_000 / span == pytest.approx(100.0, rel=0.1)
@@ -726,7 +727,7 @@ def test_cli_exit_status_on_failures(kafka, topic, tmp_path):
 def test_cli_stops_on_sigterm_after_flushing(kafka, topic):
     paths = [str(PYTHON_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wallaroo.streamer", "--brokers", kafka.bootstrap_servers,
+        [sys.executable, "-m", "wallaroo.demo.streamer", "--brokers", kafka.bootstrap_servers,
          "--topic", topic, "--progress-interval", "0.1"],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -14,7 +14,7 @@ keeps the latest leaders of every partition, merges them into a global top 10
 * ``/api/leaders`` -- the current snapshot as JSON;
 * ``/events`` -- Server-Sent Events: the snapshot again on every change.
 
-Run it with ``python -m wallaroo.dashboard --brokers HOST:PORT``, or embed it::
+Run it with ``python -m wallaroo.demo.dashboard --brokers HOST:PORT``, or embed it::
 
     dashboard = Dashboard("127.0.0.1:9092")
     dashboard.on_change = lambda leaders: print(leaders[0]["repo"])
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, TypedDict
 from urllib.parse import urlsplit
 
-log = logging.getLogger("wallaroo.dashboard")
+log = logging.getLogger("wallaroo.demo.dashboard")
 
 #: Where the page's files live (shipped inside the package).
 STATIC_DIR = Path(__file__).resolve().parent / "dashboard_static"
@@ -372,7 +372,7 @@ class _ConsumerThread(threading.Thread):
                 "auto.offset.reset": "earliest",
                 "log.connection.close": False,  # idle disconnects are normal
                 "error_cb": self._on_kafka_error,
-                "logger": _LibrdkafkaLog(logging.getLogger("wallaroo.dashboard.librdkafka")),
+                "logger": _LibrdkafkaLog(logging.getLogger("wallaroo.demo.dashboard.librdkafka")),
             }
         )
         try:
@@ -659,9 +659,9 @@ class Dashboard:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m wallaroo.dashboard``: serve until SIGINT or SIGTERM."""
+    """``python -m wallaroo.demo.dashboard``: serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m wallaroo.dashboard",
+        prog="python -m wallaroo.demo.dashboard",
         description="Web dashboard of the star leaders example's 'leaderboard' topic.",
     )
     parser.add_argument("--brokers", required=True, metavar="HOST:PORT", help="Kafka brokers")

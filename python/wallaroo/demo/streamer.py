@@ -1,11 +1,11 @@
 """The archive streamer: replays GitHub Archive events into a Kafka topic.
 
-Run it as ``python -m wallaroo.streamer`` (``--help`` lists the flags) to feed the
+Run it as ``python -m wallaroo.demo.streamer`` (``--help`` lists the flags) to feed the
 star leaders example, or use :class:`Streamer` in-process (the runner's demo mode
 does). Events come from a source:
 
 ``generated`` (the default)
-    invented offline by :func:`wallaroo.gharchive.generate_events`, the same for
+    invented offline by :func:`wallaroo.generator.generate_events`, the same for
     the same ``--seed``; endless unless ``--limit`` or ``--hours`` ends it.
 ``FILE`` or ``DIR``
     a GitHub Archive hour file (``.json`` or ``.json.gz``, one event per line) or a
@@ -45,11 +45,11 @@ from typing import IO, Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from wallaroo import gharchive
+from wallaroo.demo import generator, gharchive
 
 __all__ = ["BrokerUnavailable", "Streamer", "StreamerStats", "main"]
 
-log = logging.getLogger("wallaroo.streamer")
+log = logging.getLogger("wallaroo.demo.streamer")
 
 #: Seed of generated events when none is given.
 DEFAULT_SEED = 1
@@ -238,7 +238,7 @@ class Streamer:
     ``rate_limit`` caps messages per wall second; ``limit`` stops after that many
     events, ``hours`` after that many simulated hours (for ``gharchive`` sources:
     that many hour files). ``seed``, ``start``, ``repos`` and ``event_rate`` shape
-    generated events (:func:`wallaroo.gharchive.generate_events`). ``max_lag`` with
+    generated events (:func:`wallaroo.generator.generate_events`). ``max_lag`` with
     ``lag_group`` pauses while that consumer group trails by more than ``max_lag``
     messages (it stays paused, logging a warning, while the group's offsets cannot
     be read). ``key`` is ``"repo"`` (the repository name) or ``"none"``.
@@ -263,8 +263,8 @@ class Streamer:
         start: str | datetime | float = gharchive.DEFAULT_START,
         hours: float | None = None,
         rate_limit: float | None = None,
-        repos: int = gharchive.DEFAULT_REPOS,
-        event_rate: float = gharchive.DEFAULT_RATE,
+        repos: int = generator.DEFAULT_REPOS,
+        event_rate: float = generator.DEFAULT_RATE,
         key: str = "repo",
         archive_url: str = gharchive.ARCHIVE_URL,
         producer_config: dict | None = None,
@@ -338,7 +338,7 @@ class Streamer:
         """``(created_at, value, key)`` of each valid event of the source."""
         with_key = self.key == "repo"
         if self.kind == "generated":
-            for event in gharchive.generate_events(
+            for event in generator.generate_events(
                 self.seed, self.start, None, self.repos, rate=self.event_rate
             ):
                 value = json.dumps(event, separators=(",", ":")).encode()
@@ -369,7 +369,7 @@ class Streamer:
     def _client_config(self) -> dict:
         return {
             "bootstrap.servers": self.bootstrap,
-            "logger": logging.getLogger("wallaroo.streamer.kafka"),
+            "logger": logging.getLogger("wallaroo.demo.streamer.kafka"),
             **self.producer_config,
         }
 
@@ -459,7 +459,7 @@ class Streamer:
         is set; flush and return the figures.
 
         Raises :class:`BrokerUnavailable` when the brokers do not answer within
-        ``connect_timeout`` seconds, and :class:`wallaroo.gharchive.ArchiveUnavailable`
+        ``connect_timeout`` seconds, and :class:`wallaroo.demo.gharchive.ArchiveUnavailable`
         (after flushing what was sent) when a download fails.
         """
         stop = stop if stop is not None else threading.Event()
@@ -569,9 +569,9 @@ def _settings(pairs: list[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m wallaroo.streamer``."""
+    """The command line of ``python -m wallaroo.demo.streamer``."""
     parser = argparse.ArgumentParser(
-        prog="python -m wallaroo.streamer",
+        prog="python -m wallaroo.demo.streamer",
         description="Replay GitHub Archive events into a Kafka topic, paced by their "
         "created_at times divided by a speed-up.",
         epilog="Exit status: 0 when the source ended (or on Ctrl-C / SIGTERM) and every "
@@ -626,14 +626,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--repos",
         type=int,
-        default=gharchive.DEFAULT_REPOS,
+        default=generator.DEFAULT_REPOS,
         metavar="N",
-        help=f"repositories of generated events (default {gharchive.DEFAULT_REPOS:,})",
+        help=f"repositories of generated events (default {generator.DEFAULT_REPOS:,})",
     )
     parser.add_argument(
         "--event-rate",
         type=float,
-        default=gharchive.DEFAULT_RATE,
+        default=generator.DEFAULT_RATE,
         metavar="EV/S",
         help="generated events per simulated second on average (default %(default)g)",
     )

@@ -4,7 +4,7 @@ With no Kafka given, the runner starts an embedded broker; this module then
 feeds it generated GitHub events (the archive streamer, at a speed-up), serves
 the live dashboard, and prints leaderboard changes on the terminal. With real
 brokers it only serves the dashboard (feed the topic with
-``python -m wallaroo.streamer``). Everything stops with the run.
+``python -m wallaroo.demo.streamer``). Everything stops with the run.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Companions:
             self._start_streamer(source)
 
     def _start_dashboard(self, bootstrap: str, topic: str) -> None:
-        from wallaroo.dashboard import Dashboard
+        from wallaroo.demo.dashboard import Dashboard
 
         dashboard = None
         for port in (self.opts.dashboard_port, 0):
@@ -124,7 +124,7 @@ class Companions:
         print(f"dashboard: {dashboard.url}", file=sys.stderr, flush=True)
 
     def _start_streamer(self, source: dict) -> None:
-        from wallaroo.streamer import Streamer
+        from wallaroo.demo.streamer import Streamer
 
         streamer = Streamer(
             source["bootstrap"],
