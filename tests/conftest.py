@@ -247,3 +247,16 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def apache_kafka():
+    """One Apache Kafka broker (tests/apache_kafka.py) for the session, started on
+    first use; with pytest-xdist, one per worker. Tests create their own topics."""
+    from apache_kafka import ApacheKafka
+
+    broker = ApacheKafka()
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()

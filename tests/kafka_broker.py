@@ -151,7 +151,150 @@ def _as_bytes(x: Bytesish | None) -> bytes | None:
     return str(x).encode()
 
 
-class TansuBroker:
+class BrokerClients:
+    """Client helpers (confluent-kafka) for a broker at :attr:`bootstrap`; each call
+    makes its own short-lived client. Shared by :class:`TansuBroker` and
+    ``apache_kafka.ApacheKafka``."""
+
+    bootstrap: str
+
+    def client_config(self, extra: dict | None = None) -> dict:
+        """confluent-kafka configuration for this broker: ``bootstrap.servers`` plus
+        ``extra`` (e.g. ``{"session.timeout.ms": 6000}``)."""
+        return {"bootstrap.servers": self.bootstrap, **(extra or {})}
+
+    def admin(self):
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient(self.client_config())
+
+    def create_topic(self, name: str, partitions: int = 1, timeout: float = 10.0) -> None:
+        """Create ``name`` with ``partitions`` partitions and wait until it is created."""
+        from confluent_kafka.admin import NewTopic
+
+        admin = self.admin()  # must outlive the future, or the request is cancelled
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        futures[name].result(timeout=timeout)
+        del admin
+
+    def topics(self, timeout: float = 10.0) -> dict[str, int]:
+        """Existing topics and their partition counts."""
+        md = self.admin().list_topics(timeout=timeout)
+        return {name: len(t.partitions) for name, t in md.topics.items()}
+
+    def produce(
+        self,
+        topic: str,
+        values: Iterable[Bytesish | None],
+        key: Bytesish | Sequence[Bytesish | None] | None = None,
+        partition: int | None = None,
+        timeout: float = 10.0,
+    ) -> int:
+        """Produce ``values`` in order and wait until all are acknowledged.
+
+        ``key`` is one key for every message, or a list/tuple with one key per value.
+        ``str`` values and keys are UTF-8 encoded. Returns the number of messages;
+        raises :class:`RuntimeError` if any delivery failed or was not confirmed in
+        ``timeout`` seconds.
+        """
+        from confluent_kafka import Producer
+
+        values = list(values)
+        if isinstance(key, (list, tuple)):
+            if len(key) != len(values):
+                raise ValueError(f"{len(key)} keys for {len(values)} values")
+            keys = [_as_bytes(k) for k in key]
+        else:
+            keys = [_as_bytes(key)] * len(values)
+        producer = Producer(self.client_config({"linger.ms": 5}))
+        errors: list[object] = []
+        delivered = 0
+
+        def on_delivery(err, _msg) -> None:
+            nonlocal delivered
+            if err is not None:
+                errors.append(err)
+            else:
+                delivered += 1
+
+        extra = {} if partition is None else {"partition": partition}
+        for k, v in zip(keys, values):
+            while True:
+                try:
+                    producer.produce(topic, _as_bytes(v), k, on_delivery=on_delivery, **extra)
+                    break
+                except BufferError:  # local queue full: let it drain
+                    producer.poll(0.1)
+            producer.poll(0)
+        left = producer.flush(timeout)
+        if errors or left:
+            raise RuntimeError(
+                f"produce to {topic}: {delivered} delivered, {len(errors)} failed "
+                f"({errors[:3]}), {left} unconfirmed after {timeout}s"
+            )
+        return len(values)
+
+    def consume(
+        self,
+        topic: str,
+        n: int,
+        timeout: float = 10.0,
+        partitions: Sequence[int] | None = None,
+        config: dict | None = None,
+    ) -> list[Record]:
+        """Read up to ``n`` records of ``topic`` from the beginning and return them.
+
+        Every partition (or those in ``partitions``) is ``assign``-ed at its first
+        offset: no group membership, nothing committed. Stops after ``n`` records or
+        after ``timeout`` seconds, whichever is first, so a test asserts the length
+        itself (and can ask for ``n + 1`` with a short timeout to check there is no
+        more). Records of one partition come in offset order. ``config`` adds consumer
+        settings (e.g. ``{"isolation.level": "read_committed"}``).
+        """
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        deadline = time.monotonic() + timeout
+        consumer = Consumer(
+            self.client_config(
+                {
+                    "group.id": f"test-{uuid.uuid4().hex}",  # required; never joined
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": False,
+                    **(config or {}),
+                }
+            )
+        )
+        try:
+            # Asking for metadata first also makes the first fetch start at once
+            # (assign alone waited 0.5 s for it).
+            md = consumer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic()))
+            t = md.topics.get(topic)
+            if t is None or t.error is not None or not t.partitions:
+                err = None if t is None else t.error
+                raise RuntimeError(f"topic {topic!r} not found: {err}")
+            if partitions is None:
+                partitions = sorted(t.partitions)
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            out: list[Record] = []
+            while len(out) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                batch = consumer.consume(min(n - len(out), 10000), timeout=min(left, 0.5))
+                for msg in batch:
+                    if msg.error() is not None:
+                        continue  # transient; a real loss shows as a short count
+                    out.append(Record(msg.key(), msg.value(), msg.partition(), msg.offset()))
+            return out[:n]
+        finally:
+            consumer.close()
+
+
+class TansuBroker(BrokerClients):
     """A tansu broker process on ``host``:``port`` (a free port when 0), memory storage.
 
     ``advertised`` (``(host, port)``) is the address the broker puts in metadata, by
@@ -282,137 +425,3 @@ class TansuBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    # -- clients ---------------------------------------------------------------
-
-    def client_config(self, extra: dict | None = None) -> dict:
-        """confluent-kafka configuration for this broker: ``bootstrap.servers`` plus
-        ``extra`` (e.g. ``{"session.timeout.ms": 6000}``)."""
-        return {"bootstrap.servers": self.bootstrap, **(extra or {})}
-
-    def admin(self):
-        from confluent_kafka.admin import AdminClient
-
-        return AdminClient(self.client_config())
-
-    def create_topic(self, name: str, partitions: int = 1, timeout: float = 10.0) -> None:
-        """Create ``name`` with ``partitions`` partitions and wait until it is created."""
-        from confluent_kafka.admin import NewTopic
-
-        admin = self.admin()  # must outlive the future, or the request is cancelled
-        futures = admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1)],
-            operation_timeout=timeout,
-            request_timeout=timeout,
-        )
-        futures[name].result(timeout=timeout)
-        del admin
-
-    def topics(self, timeout: float = 10.0) -> dict[str, int]:
-        """Existing topics and their partition counts."""
-        md = self.admin().list_topics(timeout=timeout)
-        return {name: len(t.partitions) for name, t in md.topics.items()}
-
-    def produce(
-        self,
-        topic: str,
-        values: Iterable[Bytesish | None],
-        key: Bytesish | Sequence[Bytesish | None] | None = None,
-        partition: int | None = None,
-        timeout: float = 10.0,
-    ) -> int:
-        """Produce ``values`` in order and wait until all are acknowledged.
-
-        ``key`` is one key for every message, or a list/tuple with one key per value.
-        ``str`` values and keys are UTF-8 encoded. Returns the number of messages;
-        raises :class:`RuntimeError` if any delivery failed or was not confirmed in
-        ``timeout`` seconds.
-        """
-        from confluent_kafka import Producer
-
-        values = list(values)
-        if isinstance(key, (list, tuple)):
-            if len(key) != len(values):
-                raise ValueError(f"{len(key)} keys for {len(values)} values")
-            keys = [_as_bytes(k) for k in key]
-        else:
-            keys = [_as_bytes(key)] * len(values)
-        producer = Producer(self.client_config({"linger.ms": 5}))
-        errors: list[object] = []
-        delivered = 0
-
-        def on_delivery(err, _msg) -> None:
-            nonlocal delivered
-            if err is not None:
-                errors.append(err)
-            else:
-                delivered += 1
-
-        extra = {} if partition is None else {"partition": partition}
-        for k, v in zip(keys, values):
-            while True:
-                try:
-                    producer.produce(topic, _as_bytes(v), k, on_delivery=on_delivery, **extra)
-                    break
-                except BufferError:  # local queue full: let it drain
-                    producer.poll(0.1)
-            producer.poll(0)
-        left = producer.flush(timeout)
-        if errors or left:
-            raise RuntimeError(
-                f"produce to {topic}: {delivered} delivered, {len(errors)} failed "
-                f"({errors[:3]}), {left} unconfirmed after {timeout}s"
-            )
-        return len(values)
-
-    def consume(
-        self,
-        topic: str,
-        n: int,
-        timeout: float = 10.0,
-        partitions: Sequence[int] | None = None,
-    ) -> list[Record]:
-        """Read up to ``n`` records of ``topic`` from the beginning and return them.
-
-        Every partition (or those in ``partitions``) is ``assign``-ed at its first
-        offset: no group membership, nothing committed. Stops after ``n`` records or
-        after ``timeout`` seconds, whichever is first, so a test asserts the length
-        itself (and can ask for ``n + 1`` with a short timeout to check there is no
-        more). Records of one partition come in offset order.
-        """
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        deadline = time.monotonic() + timeout
-        consumer = Consumer(
-            self.client_config(
-                {
-                    "group.id": f"test-{uuid.uuid4().hex}",  # required; never joined
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": False,
-                }
-            )
-        )
-        try:
-            # Asking for metadata first also makes the first fetch start at once
-            # (assign alone waited 0.5 s for it).
-            md = consumer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic()))
-            t = md.topics.get(topic)
-            if t is None or t.error is not None or not t.partitions:
-                err = None if t is None else t.error
-                raise RuntimeError(f"topic {topic!r} not found: {err}")
-            if partitions is None:
-                partitions = sorted(t.partitions)
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            out: list[Record] = []
-            while len(out) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                batch = consumer.consume(min(n - len(out), 10000), timeout=min(left, 0.5))
-                for msg in batch:
-                    if msg.error() is not None:
-                        continue  # transient; a real loss shows as a short count
-                    out.append(Record(msg.key(), msg.value(), msg.partition(), msg.offset()))
-            return out[:n]
-        finally:
-            consumer.close()
