@@ -9,6 +9,7 @@ imported from the example.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -365,3 +366,251 @@ def test_bounded_run_streamer_engine_dashboard_on_the_test_broker(tmp_path: Path
         finally:
             dashboard.send_signal(signal.SIGTERM)
             dashboard.wait(timeout=15)
+
+
+# -- a user's own copy: no demo --------------------------------------------------------
+
+USER_COPY = Path(__file__).resolve().parent / "py2apps" / "star_leaders"
+DIRECT = Path(__file__).resolve().parent / "star_leaders_direct.py"
+
+
+class Run:
+    """A runner process whose output (stdout and stderr) is collected line by line."""
+
+    def __init__(self, command: list, cwd: Path, env: dict) -> None:
+        self.proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.lines: list = []
+        self.reader = threading.Thread(
+            target=_read_lines, args=(self.proc.stdout, self.lines), daemon=True
+        )
+        self.reader.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
+        """The first match of ``pattern`` in the log, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.text)
+            if found:
+                return found
+            assert self.proc.poll() is None, f"the run ended early:\n{self.text[-3000:]}"
+            time.sleep(0.1)
+        raise AssertionError(f"no {pattern!r} in {timeout} s:\n{self.text[-3000:]}")
+
+    def stop(self, signum: int = signal.SIGINT, timeout: float = 30.0) -> int:
+        """Signal the runner and wait for it (killed if it does not end)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.reader.join(timeout=10)
+        return code
+
+
+def direct_run(app: Path, events_path: Path) -> dict:
+    """Partition -> the leaderboards the app's own functions make, in order."""
+    done = subprocess.run(
+        [sys.executable, str(DIRECT), str(app), "file", str(events_path)],
+        env=app_env(apps_on_path=False),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return by_partition([json.loads(line) for line in done.stdout.splitlines()])
+
+
+def consume(bootstrap: str, topic: str, count: int, timeout: float = 120.0) -> list:
+    """The first ``count`` messages of ``topic`` (partition 0), decoded."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    messages: list = []
+    deadline = time.monotonic() + timeout
+    while len(messages) < count and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            messages.append(json.loads(message.value()))
+    consumer.close()
+    return messages
+
+
+def produce(bootstrap: str, topic: str, events: list) -> None:
+    """Write ``events`` (JSON) to ``topic``, every one acknowledged."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for event in events:
+        while True:
+            try:
+                producer.produce(topic, json.dumps(event).encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("broker", ["embedded", "tansu"])
+def test_users_own_star_leaders_reads_only_what_it_is_sent(
+    events, tmp_path: Path, broker: str
+) -> None:
+    """A user's py2-era copy, run from its own directory (where it shadows the
+    bundled example): no injected events, no dashboard; every leaderboard is
+    what the app's own functions make of the N events, partition by partition."""
+    import shutil
+
+    from kafka_broker import TansuBroker
+
+    # The embedded broker keeps about 5 MiB per partition: 3,000 events fit.
+    generated = events[1][:3000]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(event) + "\n" for event in generated))
+    app_dir = tmp_path / "my_app"
+    shutil.copytree(USER_COPY, app_dir)
+    expected = direct_run(app_dir / "star_leaders.py", path)
+    total = sum(len(boards) for boards in expected.values())
+    assert total > 100
+    command = [
+        sys.executable, "-m", "wallaroo", "--application-module", "star_leaders",
+        "--kafka_source_topic", "gharchive", "--kafka_sink_topic", "leaderboard",
+        "--kafka_sink_max_message_size", "250000", "--kafka_sink_max_produce_buffer_ms", "10",
+    ]
+    with contextlib.ExitStack() as stack:
+        if broker == "tansu":
+            tansu = stack.enter_context(TansuBroker())
+            tansu.create_topic("gharchive", partitions=1)
+            tansu.create_topic("leaderboard", partitions=1)
+            command += ["--kafka_source_brokers", tansu.bootstrap]
+            command += ["--kafka_sink_brokers", tansu.bootstrap]
+        run = Run(command, app_dir, app_env(apps_on_path=False))
+        try:
+            if broker == "tansu":
+                bootstrap = tansu.bootstrap
+            else:
+                bootstrap = run.wait_for(r"started an embedded broker at (\S+) ").group(1)
+                hint = run.wait_for(r"nothing else writes to topic 'gharchive'.*")
+                assert "python -m wallaroo.demo.streamer --brokers" in hint.group(0)
+            run.wait_for(r"running application 'GitHub Star Leaders'")
+            produce(bootstrap, "gharchive", generated)
+            messages = consume(bootstrap, "leaderboard", total)
+        finally:
+            code = run.stop()
+    assert code == 0, run.text[-3000:]
+    assert by_partition(messages) == expected
+    assert f"'star leaders': {len(generated)} in" in run.text, run.text[-3000:]
+    assert "star leaders: gharchive -> leaderboard" in run.text  # the py2 print ran
+    for companion in ("dashboard:", "demo streamer", "feeding generated", "top: 1."):
+        assert companion not in run.text
+
+
+# -- the demo's companions are processes of their own ----------------------------------
+
+
+def _children(pid: int) -> dict:
+    """pid -> command line of the live child processes of ``pid``."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children[int(entry)] = [part.decode() for part in command if part]
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _listening_socket(port: int) -> str:
+    """The inode of the loopback TCP socket listening on ``port``."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.split(":")[1], 16) == port:
+                return inode
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def _holds(pid: int, inode: str) -> bool:
+    """Whether process ``pid`` has the socket ``inode`` open."""
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{fd}") == f"socket:[{inode}]":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _loads_confluent_kafka(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as maps:
+        return "confluent_kafka" in maps.read()
+
+
+@pytest.mark.timeout(180)
+def test_demo_companions_run_beside_the_engine_not_inside_it(tmp_path: Path) -> None:
+    """``python -m wallaroo star_leaders``: leaderboards appear; the streamer and
+    the dashboard are child processes (the engine's process serves no page and
+    has no Kafka client of theirs); a companion that dies is logged and the run
+    goes on; Ctrl-C stops everything, no child left behind."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    command = [sys.executable, "-m", "wallaroo", "star_leaders", "--dashboard-port", "0",
+               "--demo-speedup", "600"]
+    run = Run(command, tmp_path, env)
+    children: dict = {}
+    try:
+        url = run.wait_for(r"dashboard: (http://\S+)").group(1)
+        run.wait_for(r"top: 1\.(.|\n)*top: 1\.")
+        engine = run.proc.pid
+        children = _children(engine)
+        roles = {pid: command[command.index("wallaroo.demo.companions") + 1]
+                 for pid, command in children.items() if "wallaroo.demo.companions" in command}
+        assert sorted(roles.values()) == ["dashboard", "streamer"], children
+        by_role = {role: pid for pid, role in roles.items()}
+        socket_inode = _listening_socket(int(url.rstrip("/").rsplit(":", 1)[1]))
+        assert _holds(by_role["dashboard"], socket_inode)
+        assert not _holds(engine, socket_inode), "the engine's process serves the dashboard"
+        assert _loads_confluent_kafka(by_role["dashboard"])
+        assert _loads_confluent_kafka(by_role["streamer"])
+        assert not _loads_confluent_kafka(engine), "a companion's Kafka client in the engine"
+        os.kill(by_role["streamer"], signal.SIGKILL)
+        run.wait_for(r"demo streamer exited with status -9; the app runs on without it")
+        assert run.proc.poll() is None
+        assert _alive(by_role["dashboard"])
+    finally:
+        code = run.stop(signal.SIGINT)
+    assert code == 0, run.text[-3000:]
+    assert "final top: 1." in run.text
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)], "a companion outlived the runner"

@@ -33,6 +33,16 @@ def _import(name: str, origin: str, py2_compat: bool = True) -> ModuleType:
         raise
 
 
+def is_bundled(module: ModuleType) -> bool:
+    """Whether ``module`` is an example shipped with the package (not a module of
+    the user's with the same name, which :func:`load_app` prefers)."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    examples = os.path.realpath(EXAMPLES_DIR) + os.sep
+    return os.path.realpath(path).startswith(examples)
+
+
 def load_app(spec: str, py2_compat: bool = True) -> ModuleType:
     """Import the application ``spec``.
 

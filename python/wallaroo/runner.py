@@ -13,9 +13,10 @@ import os
 import signal
 import sys
 import traceback
+from types import ModuleType
 from typing import Any, Callable
 
-from wallaroo import cluster, demo, kafka, metrics
+from wallaroo import cluster, kafka, metrics
 from wallaroo.loader import AppNotFound, load_app
 from wallaroo.plan import ApplicationError, compile_plan
 
@@ -125,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         "--epoch-ms)",
     )
     kafka.add_arguments(parser)
-    demo.add_arguments(parser)
+    _demo_hook().add_arguments(parser)
     cluster.add_arguments(parser)
     metrics.add_arguments(parser)
     legacy = parser.add_argument_group("Wallaroo 0.4.2 runner flags")
@@ -281,10 +282,8 @@ def main(argv: list | None = None) -> int:
     setup = getattr(module, "application_setup", None)
     if not callable(setup):
         return _fail(EXIT_BAD_APP, f"{origin}: the application defines no application_setup(args)")
-    star_leaders = demo.is_star_leaders(module)
-    if star_leaders:
-        argv = demo.with_defaults(argv)
-    app_args = ["machida", *argv]
+    demo = _demo_hook().Demo.for_app(module, opts)
+    app_args = ["machida", *demo.app_argv(argv)]
     program = sys.argv[0]
     sys.argv[0] = "machida"  # argparse inside application_setup names the program
     try:
@@ -305,7 +304,7 @@ def main(argv: list | None = None) -> int:
     except ApplicationError as err:
         return _fail(EXIT_BAD_APP, str(err))
     plan.update(_app_codecs(module))
-    return run_plan(plan, opts, with_demo=star_leaders and not opts.no_demo)
+    return run_plan(plan, opts, demo=demo)
 
 
 def _app_codecs(module: Any) -> dict:
@@ -332,8 +331,18 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> int:
-    """Run a compiled plan on the engine and report how it went."""
+def _demo_hook() -> ModuleType:
+    """The demo (:mod:`wallaroo.demo`): the runner's one way to it, imported
+    when the runner starts, never by the modules an app imports."""
+    from wallaroo import demo
+
+    return demo
+
+
+def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> int:
+    """Run a compiled plan on the engine and report how it went. ``demo``: the
+    run's :class:`wallaroo.demo.Demo`, which starts its companions, if any,
+    beside the engine."""
     from wallaroo import _engine
 
     _tune_gc()
@@ -398,15 +407,13 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
         handler = _StopOnSignal(_engine, leave)
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, handler)
-    companions = None
     log.info("running application %r (%d pipelines)", plan["name"], len(plan["pipelines"]))
     summary = None
     code, failure = EXIT_OK, None
     try:
         observer.start(members)
-        if with_demo:
-            companions = demo.Companions(opts, plan, embedded=kafka_setup.embedded is not None)
-            companions.start()
+        if demo is not None:
+            demo.start(plan, kafka_setup.bootstrap_servers)
         summary = _engine.run(plan, options)
     except _engine.StepError as err:
         code, failure = EXIT_RUN_FAILED, f"the application failed: {err}"
@@ -420,8 +427,8 @@ def run_plan(plan: dict, opts: argparse.Namespace, with_demo: bool = False) -> i
             if not ok and failure is None:
                 code, failure = EXIT_RUN_FAILED, f"cluster: {reason}"
         observer.stop()
-        if companions is not None:
-            companions.stop()
+        if demo is not None:
+            demo.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if failure is not None:

@@ -1,24 +1,32 @@
-"""What ``python -m wallaroo star_leaders`` adds around the star leaders app.
+"""The star leaders demo, reached by the runner through one hook: :class:`Demo`.
 
-With no Kafka given, the runner starts an embedded broker; this module then
-feeds it generated GitHub events (the archive streamer, at a speed-up), serves
-the live dashboard, and prints leaderboard changes on the terminal. With real
-brokers it only serves the dashboard (feed the topic with
-``python -m wallaroo.demo.streamer``). Everything stops with the run.
+The demo is opt-in. Its companions -- a streamer feeding generated GitHub
+events into the app's source topic, the live dashboard of its sink topic and
+the leaderboard lines on the terminal -- start around
+
+* the bundled example, ``python -m wallaroo star_leaders``, when it runs on the
+  embedded broker (no broker given) and no ``star_leaders`` module of the
+  user's shadows it;
+* any application given ``--demo``.
+
+``--no-demo`` turns them off. A user's own ``star_leaders`` runs like any
+other app: nothing is written into its topics and no dashboard starts; on the
+embedded broker the log says how to feed it. The companions run as child
+processes of the runner (:mod:`wallaroo.demo.companions`), never in the
+engine's process. This module imports nothing heavy: the runner imports it
+only inside functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-import threading
-import time
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any
 
 log = logging.getLogger("wallaroo.demo")
 
-#: The app this module knows how to accompany.
+#: The bundled example the demo accompanies without being asked.
 STAR_LEADERS = "star_leaders"
 
 #: The original example's primary.sh flags, filled in when absent.
@@ -29,161 +37,126 @@ STAR_LEADERS_DEFAULTS = (
     ("--kafka_sink_max_produce_buffer_ms", "10"),
 )
 
+RULE = """\
+The demo (a streamer writing generated GitHub events into the source topic, the
+live dashboard of the sink topic, leaderboard lines on the terminal) starts
+only around the bundled star_leaders example on the embedded broker, or around
+any app given --demo. A star_leaders module of your own runs like any app."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The runner's flags for the star leaders demo."""
-    group = parser.add_argument_group("star leaders demo (python -m wallaroo star_leaders)")
+    """The runner's flags for the demo."""
+    group = parser.add_argument_group("demo (python -m wallaroo star_leaders)", RULE)
+    group.add_argument(
+        "--demo",
+        action="store_true",
+        help="start the demo companions around this app (fills in the star leaders "
+        "topic flags where absent)",
+    )
     group.add_argument(
         "--no-demo",
         action="store_true",
-        help="run only the app: no built-in streamer, dashboard or terminal leaderboard",
+        help="run only the app: no streamer, dashboard or terminal leaderboard (wins "
+        "over --demo)",
     )
     group.add_argument(
         "--demo-speedup",
         type=float,
         default=24.0,
         metavar="X",
-        help="speed-up of the built-in event streamer (default 24, as the original)",
+        help="speed-up of the demo's event streamer (default 24, as the original)",
     )
     group.add_argument(
         "--demo-events",
         type=int,
         metavar="N",
-        help="stop the built-in streamer after N events (default: endless)",
+        help="stop the demo's streamer after N events (default: endless)",
     )
     group.add_argument(
         "--dashboard-port",
         type=int,
         default=8080,
         metavar="PORT",
-        help="dashboard port on 127.0.0.1 (default 8080; a free port if taken)",
+        help="demo dashboard port on 127.0.0.1 (default 8080; a free port if taken)",
     )
 
 
-def is_star_leaders(module: Any) -> bool:
-    """Whether ``module`` is the star leaders app (bundled or the original)."""
-    return getattr(module, "__name__", "") == STAR_LEADERS
+def _kafka_ends(plan: dict) -> list:
+    """The Kafka sources and sinks of ``plan``."""
+    ends = []
+    for pipeline in plan["pipelines"]:
+        for end in (pipeline["source"], pipeline["sink"]):
+            if end is not None and end.get("kind") == "kafka":
+                ends.append(end)
+    return ends
 
 
-def with_defaults(argv: list) -> list:
-    """``argv`` with the original example's Kafka flags added where absent."""
-    present = {arg.split("=", 1)[0] for arg in argv}
-    extra = []
-    for flag, value in STAR_LEADERS_DEFAULTS:
-        if flag not in present:
-            extra += [flag, value]
-    return [*argv, *extra]
+class Demo:
+    """What the demo does for one run, decided from the application and the flags.
 
+    ``bundled``: the application is the star leaders example shipped with the
+    package (resolved by :func:`wallaroo.loader.load_app` from the examples,
+    not a module of the user's that happens to have its name).
+    """
 
-def _summary(leaders: list, limit: int = 5) -> str:
-    parts = [f"{i}. {item['repo']} {item['stars']}*" for i, item in enumerate(leaders[:limit], 1)]
-    return "top: " + "  ".join(parts) if parts else "top: (no stars yet)"
-
-
-class Companions:
-    """The streamer, dashboard and terminal printer of one demo run."""
-
-    def __init__(self, opts: argparse.Namespace, plan: dict, embedded: bool) -> None:
+    def __init__(self, opts: argparse.Namespace, bundled: bool) -> None:
         self.opts = opts
-        self.plan = plan
-        self.embedded = embedded
-        self.stop_event = threading.Event()
-        self.threads: list = []
-        self.dashboard: Any | None = None
-        self._last_line = ""
-        self._last_print = 0.0
+        self.bundled = bundled
+        self.companions: Any | None = None
 
-    def _kafka_ends(self) -> tuple:
-        pipeline = self.plan["pipelines"][0]
-        return pipeline["source"], pipeline["sink"]
+    @classmethod
+    def for_app(cls, module: ModuleType, opts: argparse.Namespace) -> Demo:
+        """The demo of a run of ``module``."""
+        from wallaroo.loader import is_bundled
 
-    def start(self) -> None:
-        """Start what the demo needs around the engine."""
-        source, sink = self._kafka_ends()
-        if sink is not None and sink.get("kind") == "kafka":
-            self._start_dashboard(sink["bootstrap"], sink["topic"])
-        if self.embedded and source.get("kind") == "kafka":
-            self._start_streamer(source)
+        bundled = is_bundled(module) and module.__name__ == STAR_LEADERS
+        return cls(opts, bundled)
 
-    def _start_dashboard(self, bootstrap: str, topic: str) -> None:
-        from wallaroo.demo.dashboard import Dashboard
+    @property
+    def wanted(self) -> bool:
+        """Whether the companions may start (the broker decides for the bundled example)."""
+        return not self.opts.no_demo and (self.opts.demo or self.bundled)
 
-        dashboard = None
-        for port in (self.opts.dashboard_port, 0):
-            try:
-                dashboard = Dashboard(bootstrap, topic=topic, host="127.0.0.1", port=port)
-                dashboard.on_change = self._print_leaders
-                dashboard.start()
-                break
-            except OSError as err:
-                log.warning("dashboard port %s unavailable (%s); using a free port", port, err)
-                dashboard = None
-        if dashboard is None:
+    def app_argv(self, argv: list) -> list:
+        """``argv`` with the star leaders topic flags added where absent (bundled
+        example or ``--demo``)."""
+        if not (self.bundled or self.opts.demo):
+            return argv
+        present = {arg.split("=", 1)[0] for arg in argv}
+        extra = []
+        for flag, value in STAR_LEADERS_DEFAULTS:
+            if flag not in present:
+                extra += [flag, value]
+        return [*argv, *extra]
+
+    def start(self, plan: dict, embedded_bootstrap: str | None) -> None:
+        """Start the companions the run gets, if any; otherwise, on the embedded
+        broker, log how to feed the app's source topics."""
+        ends = _kafka_ends(plan)
+        on_embedded = bool(ends) and all(end["bootstrap"] == embedded_bootstrap for end in ends)
+        if self.wanted and (self.opts.demo or on_embedded):
+            from wallaroo.demo.companions import Companions
+
+            self.companions = Companions(self.opts, plan)
+            self.companions.start()
             return
-        self.dashboard = dashboard
-        print(f"dashboard: {dashboard.url}", file=sys.stderr, flush=True)
-
-    def _start_streamer(self, source: dict) -> None:
-        from wallaroo.demo.streamer import Streamer
-
-        streamer = Streamer(
-            source["bootstrap"],
-            source["topic"],
-            source="generated",
-            speedup=self.opts.demo_speedup,
-            limit=self.opts.demo_events,
-            progress=False,
-            max_lag=3_000,
-            lag_group=source["group_id"],
-        )
-        log.info(
-            "feeding generated GitHub events into %r at %gx speed (the built-in streamer)",
-            source["topic"],
-            self.opts.demo_speedup,
-        )
-        self._spawn("streamer", lambda: streamer.run(self.stop_event))
-
-    def _spawn(self, name: str, target: Callable[[], Any]) -> None:
-        def guarded() -> None:
-            try:
-                target()
-            except Exception:
-                log.exception("demo %s failed", name)
-
-        thread = threading.Thread(target=guarded, name=f"demo {name}", daemon=True)
-        thread.start()
-        self.threads.append(thread)
-
-    def _print_leaders(self, leaders: list) -> None:
-        line = _summary(leaders)
-        now = time.monotonic()
-        if line == self._last_line or now - self._last_print < 0.5:
+        if embedded_bootstrap is None:
             return
-        self._last_line, self._last_print = line, now
-        print(line, file=sys.stderr, flush=True)
-
-    def _settle(self, timeout: float = 3.0) -> None:
-        """Let the dashboard catch up with the last leaderboards of the run,
-        then print the final top on the terminal."""
-        assert self.dashboard is not None
-        deadline = time.monotonic() + timeout
-        consumed, quiet_since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            now = self.dashboard.board.snapshot()["messages_consumed"]
-            if now != consumed:
-                consumed, quiet_since = now, time.monotonic()
-            elif consumed > 0 and time.monotonic() - quiet_since > 0.5:
-                break
-            time.sleep(0.1)
-        leaders = self.dashboard.board.snapshot()["leaders"]
-        if leaders:
-            print("final " + _summary(leaders), file=sys.stderr, flush=True)
+        for pipeline in plan["pipelines"]:
+            source = pipeline["source"]
+            if source.get("kind") == "kafka" and source["bootstrap"] == embedded_bootstrap:
+                log.info(
+                    "nothing else writes to topic %r: produce to it at %s, e.g. "
+                    "python -m wallaroo.demo.streamer --brokers %s --topic %s "
+                    "(or run with --demo)",
+                    source["topic"],
+                    embedded_bootstrap,
+                    embedded_bootstrap,
+                    source["topic"],
+                )
 
     def stop(self) -> None:
-        """Stop everything this object started."""
-        self.stop_event.set()
-        if self.dashboard is not None:
-            self._settle()
-            self.dashboard.stop()
-        for thread in self.threads:
-            thread.join(timeout=10)
+        """Stop the companions, if any were started."""
+        if self.companions is not None:
+            self.companions.stop()
+            self.companions = None
