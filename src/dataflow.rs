@@ -54,6 +54,9 @@ const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 /// hold while an earlier batch of the same reader is still on its way).
 const MAX_EPOCH_RECORDS: usize = 4096;
 
+/// How often steps with timers (windows) get a tick, on one process.
+const TICK_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Set by the runner's signal handlers (Ctrl-C, SIGTERM): finish what the
 /// sources have read, then end. A flag, not an exception, so user code that
 /// happens to run when the signal arrives is not interrupted.
@@ -203,6 +206,8 @@ pub(crate) struct PipelineResources {
     metrics: Arc<PipelineMetrics>,
     sink_tx: Option<Sender<SinkMessage>>,
     sink_everywhere: bool,
+    /// Pipelines of one group share one sink.
+    sink_group: Option<String>,
     /// The source this worker reads for the whole run (taken out while a
     /// generation runs).
     source: Mutex<Option<SourceHandle>>,
@@ -575,6 +580,7 @@ impl Resources {
             SourceKind::File { .. } => "file",
             SourceKind::Tcp { .. } => "tcp",
             SourceKind::Kafka(_) => "kafka",
+            SourceKind::Gen { .. } => "gen",
         };
         let position = resume.unwrap_or_else(|| SourcePosition::new(kind));
         let metrics = crate::metrics::register_pipeline(
@@ -582,8 +588,19 @@ impl Resources {
             pipeline.steps.iter().map(|s| s.name.as_str()),
         );
         let mut sink_everywhere = false;
-        let (encode, sink_tx) = match pipeline.sink {
-            Some(sink) => {
+        let sink_group = pipeline.sink.as_ref().and_then(|s| s.group.clone());
+        let shared = sink_group.as_ref().and_then(|group| {
+            self.pipelines
+                .iter()
+                .find(|p| p.sink_group.as_ref() == Some(group))
+                .map(|p| (p.sink_tx.clone(), p.sink_everywhere))
+        });
+        let (encode, sink_tx) = match (pipeline.sink, shared) {
+            (Some(sink), Some((tx, everywhere))) => {
+                sink_everywhere = everywhere;
+                (Some(sink.encode), tx)
+            }
+            (Some(sink), None) => {
                 sink_everywhere = matches!(sink.kind, SinkKind::Kafka(_));
                 let tx = if sink_everywhere || worker == 0 {
                     let ctx = SinkContext {
@@ -610,7 +627,7 @@ impl Resources {
                 };
                 (Some(sink.encode), tx)
             }
-            None => (None, None),
+            (None, _) => (None, None),
         };
         let kafka = matches!(pipeline.source.kind, SourceKind::Kafka(_));
         let mut source_info = sources::SourceInfo {
@@ -646,6 +663,7 @@ impl Resources {
             metrics,
             sink_tx,
             sink_everywhere,
+            sink_group,
             source: Mutex::new(source),
             kafka: kafka_plan,
             source_info,
@@ -693,6 +711,7 @@ impl Resources {
                         u64_keys,
                         multi,
                         keys: _,
+                        tick,
                     } => Kind::State {
                         store: self.stores.get(state_name).cloned().ok_or_else(|| {
                             Error::Config(format!("state {state_name:?} has no state class"))
@@ -701,6 +720,7 @@ impl Resources {
                         partition: partition.as_ref().map(|p| p.clone_ref(py)),
                         u64_keys: *u64_keys,
                         multi: *multi,
+                        tick: tick.as_ref().map(|t| t.clone_ref(py)),
                     },
                 };
                 Ok(Step {
@@ -1278,9 +1298,16 @@ fn drive<A: Allocate>(
     let mut last_epoch = Instant::now();
     let mut epochs = crate::metrics::EpochTracker::new();
     let mut last_signal_check = Instant::now();
+    let mut last_tick = Instant::now();
     let mut interrupted = false;
     loop {
         let pausing = clock.as_ref().is_some_and(|c| c.pausing);
+        if !resources.cluster && !pausing && last_tick.elapsed() >= TICK_INTERVAL {
+            last_tick = Instant::now();
+            for input in inputs.iter_mut().flatten() {
+                input.send(vec![Frame::marker(false)]);
+            }
+        }
         let behind = pausing || probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
         let mut received = false;
         let mut records = 0usize;
@@ -1304,6 +1331,10 @@ fn drive<A: Allocate>(
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         live[i] = false;
+                        if !resources.cluster {
+                            // Steps with timers fire what they hold.
+                            input.send(vec![Frame::marker(true)]);
+                        }
                         if clock.is_none() {
                             *slot = None;
                         }

@@ -41,6 +41,11 @@ pub enum SourceKind {
     },
     /// Consume a Kafka topic.
     Kafka(KafkaSourcePlan),
+    /// Values of a generator object (`initial_value()`, then `apply(previous)`).
+    Gen {
+        /// The generator object.
+        generator: Py<PyAny>,
+    },
 }
 
 /// Where a Kafka source starts when the engine has no position of its own.
@@ -131,12 +136,18 @@ pub enum SinkKind {
     Stdout,
     /// Produce to a Kafka topic.
     Kafka(KafkaSinkPlan),
+    /// Several sinks (`to_sinks`); the encoder returns a list, item `i` for
+    /// sink `i`.
+    Many(Vec<SinkKind>),
 }
 
 /// A pipeline's sink and encoder.
 pub struct SinkPlan {
     /// Where to write.
     pub kind: SinkKind,
+    /// Pipelines with the same group write through one sink (the sources of
+    /// a merged 0.6 pipeline).
+    pub group: Option<String>,
     /// The encoder's bound `encode` method.
     pub encode: Py<PyAny>,
 }
@@ -159,6 +170,9 @@ pub enum StepKind {
         multi: bool,
         /// The keys the application declared, in order.
         keys: Vec<Py<PyAny>>,
+        /// Windows: `tick(states, final)` fires what is due on the engine's
+        /// timer (see [`crate::ticks`]).
+        tick: Option<Py<PyAny>>,
     },
 }
 
@@ -300,6 +314,9 @@ impl SourcePlan {
             "file" => SourceKind::File {
                 path: PathBuf::from(string(dict, "path")?),
             },
+            "gen" => SourceKind::Gen {
+                generator: object(dict, "generator")?,
+            },
             "kafka" => SourceKind::Kafka(KafkaSourcePlan {
                 topic: string(dict, "topic")?,
                 settings: client_settings(dict)?,
@@ -319,7 +336,7 @@ impl SourcePlan {
         };
         let lines =
             matches!(kind, SourceKind::File { .. }) && string(dict, "framing")?.as_str() == "lines";
-        let framing = if lines || matches!(kind, SourceKind::Kafka(_)) {
+        let framing = if lines || matches!(kind, SourceKind::Kafka(_) | SourceKind::Gen { .. }) {
             Framing::Lines
         } else {
             let header_length: usize = item(dict, "header_length")?.extract()?;
@@ -346,7 +363,22 @@ impl SourcePlan {
 
 impl SinkPlan {
     fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<SinkPlan> {
-        let kind = match string(dict, "kind")?.as_str() {
+        Ok(SinkPlan {
+            kind: Self::kind_from_py(dict)?,
+            group: optional(dict, "group")?.map(|v| v.extract()).transpose()?,
+            encode: object(dict, "encode")?,
+        })
+    }
+
+    fn kind_from_py(dict: &Bound<'_, PyDict>) -> PyResult<SinkKind> {
+        Ok(match string(dict, "kind")?.as_str() {
+            "many" => SinkKind::Many(
+                item(dict, "sinks")?
+                    .cast_into::<PyList>()?
+                    .iter()
+                    .map(|sink| Self::kind_from_py(&sink.cast_into::<PyDict>()?))
+                    .collect::<PyResult<_>>()?,
+            ),
             "tcp" => SinkKind::Tcp {
                 host: string(dict, "host")?,
                 port: port(dict, "port")?,
@@ -366,10 +398,6 @@ impl SinkPlan {
                 transactions: optional(dict, "transactions")?.map_or(Ok(false), |v| v.extract())?,
             }),
             other => return Err(Error::Config(format!("unknown sink kind {other:?}")).into()),
-        };
-        Ok(SinkPlan {
-            kind,
-            encode: object(dict, "encode")?,
         })
     }
 }
@@ -386,6 +414,7 @@ impl StepPlan {
                 u64_keys: item(dict, "u64")?.extract()?,
                 multi: kind_name == "state_multi",
                 keys: item(dict, "keys")?.extract()?,
+                tick: optional(dict, "tick")?.map(Bound::unbind),
             },
             other => return Err(Error::Config(format!("unknown step kind {other:?}")).into()),
         };

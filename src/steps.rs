@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PySet, PyString, PyTuple};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyList, PySet, PyString, PyTuple};
 
 use crate::bad_input::BadInput;
 use crate::errors::{format_py_err, short_repr, StepFailure};
@@ -96,6 +96,12 @@ impl StateStore {
             add.bind(py).add(key)?;
         }
         Ok(())
+    }
+
+    /// Record that `key`'s state changed outside a record (a timer fired
+    /// its windows): it is written at the next snapshot.
+    fn mark_changed(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.mark(py, key, true)
     }
 
     /// Number of keys with a state.
@@ -263,6 +269,9 @@ pub enum Kind {
         /// In a cluster: where keys live. A record reaching this step is then
         /// handed over (as a [`KeyedRecord`]) instead of running the step here.
         routing: Option<Arc<RoutingTable>>,
+        /// Windows: `tick(states, end)` -> `[(key, outputs), ...]` or None,
+        /// called on the engine's timer and at the end of input.
+        tick: Option<Py<PyAny>>,
     },
 }
 
@@ -416,6 +425,11 @@ impl Chain {
         let decode = self.decode.bind(py);
         let stats = &self.batch_counts.stats;
         for frame in frames.drain(..) {
+            if let Some(end) = frame.as_marker() {
+                let result = self.tick(py, end, out);
+                self.apply_policy(result)?;
+                continue;
+            }
             stats.record();
             let decoded = stats.call(ChainStats::DECODER, || {
                 call1(decode, PyBytes::new(py, &frame.payload).as_any())
@@ -477,6 +491,47 @@ impl Chain {
         }
         self.batch_counts.flush(&self.metrics);
         result
+    }
+
+    /// A timer tick (`end`: the pipeline's input ended): every step with a
+    /// timer fires what is due over the states of this worker; the outputs
+    /// go through the rest of the chain like those of a record.
+    fn tick(&self, py: Python<'_>, end: bool, out: &mut Emitted) -> Result<(), StepFailure> {
+        let cursor = Cursor {
+            order: SortKey::default(),
+        };
+        for (index, step) in self.steps.iter().enumerate() {
+            let Kind::State {
+                store,
+                multi,
+                tick: Some(tick),
+                ..
+            } = &step.kind
+            else {
+                continue;
+            };
+            let flag = PyBool::new(py, end);
+            let failure = |err: PyErr| {
+                self.failure(
+                    &cursor,
+                    &format!("{} (timer)", step.name),
+                    flag.as_any(),
+                    format_py_err(py, &err),
+                )
+            };
+            let states = store.states.bind(py);
+            let fired = call2(tick.bind(py), states.as_any(), flag.as_any()).map_err(failure)?;
+            if fired.is_none() {
+                continue;
+            }
+            for item in fired.try_iter().map_err(failure)? {
+                let (key, outputs): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                    item.and_then(|i| i.extract()).map_err(failure)?;
+                store.mark_changed(py, &key).map_err(failure)?;
+                self.next(py, &cursor, step, index, &key, outputs, *multi, out)?;
+            }
+        }
+        Ok(())
     }
 
     fn apply_policy(&self, result: Result<(), StepFailure>) -> Result<(), StepFailure> {
@@ -694,23 +749,35 @@ impl Chain {
         if encoded.is_none() {
             return Ok(());
         }
-        match to_output(&encoded) {
-            Some(mut output) => {
-                output.read_ns = cursor.order.read_ns;
-                out.outputs.push(output);
-                BatchCounts::bump(&self.batch_counts.out);
-                Ok(())
+        // Several sinks (`to_sinks`): the plan's encoder returns a list, item
+        // `i` for sink `i` (None: nothing for that sink).
+        let per_sink = encoded.cast::<PyList>().ok();
+        let items: Vec<Bound<'_, PyAny>> = match &per_sink {
+            Some(list) => list.iter().collect(),
+            None => vec![encoded],
+        };
+        for (sink, item) in items.iter().enumerate() {
+            if item.is_none() {
+                continue;
             }
-            None => Err(self.failure(
-                cursor,
-                "encoder",
-                &value,
-                format!(
-                    "encode() must return bytes, str, (value, key) or None, got {}",
-                    short_repr(&encoded, 200)
-                ),
-            )),
+            let Some(mut output) = to_output(item) else {
+                return Err(self.failure(
+                    cursor,
+                    "encoder",
+                    &value,
+                    format!(
+                        "encode() must return bytes, str, (value, key), (value, key, partition) \
+                         or None, got {}",
+                        short_repr(item, 200)
+                    ),
+                ));
+            };
+            output.read_ns = cursor.order.read_ns;
+            output.sink = u16::try_from(sink).unwrap_or(u16::MAX);
+            out.outputs.push(output);
+            BatchCounts::bump(&self.batch_counts.out);
         }
+        Ok(())
     }
 }
 
@@ -734,10 +801,13 @@ pub fn to_output(encoded: &Bound<'_, PyAny>) -> Option<Output> {
             value,
             key: None,
             read_ns: 0,
+            sink: 0,
         });
     }
+    // (value, key) in 0.4.2; (value, key, partition) from 0.5 (the partition
+    // is left to the producer's partitioner).
     let pair = encoded.cast::<PyTuple>().ok()?;
-    if pair.len() != 2 {
+    if !matches!(pair.len(), 2 | 3) {
         return None;
     }
     let value = to_bytes(&pair.get_item(0).ok()?)?;
@@ -751,5 +821,6 @@ pub fn to_output(encoded: &Bound<'_, PyAny>) -> Option<Output> {
         value,
         key,
         read_ns: 0,
+        sink: 0,
     })
 }

@@ -1,7 +1,10 @@
-"""The Wallaroo 0.4.2 Python API, run by a Rust engine on Python 3.
+"""The Wallaroo 0.4.2, 0.5 and 0.6 Python APIs, run by a Rust engine on Python 3.
 
 An application module defines ``application_setup(args)`` and returns
-``ApplicationBuilder(...)....build()``. Steps are plain functions turned into
+``ApplicationBuilder(...)....build()`` (0.4.2, 0.5) or
+``wallaroo.build_application(name, pipeline)`` (0.6; see :mod:`wallaroo.api06`).
+Which version an app is written for is told from the calls it makes
+(:mod:`wallaroo.versions`). Steps are plain functions turned into
 objects by the decorators below; the engine only calls their methods, so
 hand-written classes with the same methods work as well.
 
@@ -17,8 +20,33 @@ import sys
 from collections.abc import Iterable
 from typing import Any, Callable
 
+from wallaroo.versions import BUILDER, ONLY_042, ONLY_06, Mark
+
 __all__ = [
+    "Aggregation",
     "ApplicationBuilder",
+    "CountWindows",
+    "CountWindowsBuilder",
+    "CustomKafkaSinkCLIParser",
+    "CustomKafkaSourceCLIParser",
+    "DefaultKafkaSinkCLIParser",
+    "DefaultKafkaSourceCLIParser",
+    "GenSourceConfig",
+    "KeyExtractor",
+    "Pipeline",
+    "RangeWindows",
+    "RangeWindowsBuilder",
+    "build_application",
+    "count_windows",
+    "hours",
+    "key_extractor",
+    "microseconds",
+    "milliseconds",
+    "minutes",
+    "nanoseconds",
+    "range_windows",
+    "seconds",
+    "source",
     "FileSinkConfig",
     "FileSourceConfig",
     "KafkaSinkConfig",
@@ -75,7 +103,7 @@ class _Decorated:
     #: the function directly for these (one Python frame less per record).
     _forwarding_methods: tuple = ()
 
-    def __init__(self, func: Callable[..., Any]) -> None:
+    def __init__(self, func: Callable[..., Any] | None = None) -> None:
         self._func = func
         self.__module__ = getattr(func, "__module__", None) or __name__
         self.__qualname__ = getattr(func, "__qualname__", type(self).__name__)
@@ -89,6 +117,9 @@ class _Decorated:
         return (self._func,)
 
     def __reduce__(self) -> Any:
+        if type(self).__module__ != __name__:
+            # A hand-written subclass (0.6 style): pickled like any object.
+            return object.__reduce_ex__(self, pickle.HIGHEST_PROTOCOL)
         module = sys.modules.get(self.__module__)
         target: Any = module
         for part in self.__qualname__.split("."):
@@ -102,7 +133,7 @@ class _Decorated:
 
 
 class _Named(_Decorated):
-    def __init__(self, func: Callable[..., Any], name: str) -> None:
+    def __init__(self, func: Callable[..., Any] | None = None, name: str | None = None) -> None:
         super().__init__(func)
         self._name = name
 
@@ -225,23 +256,73 @@ def computation_multi(
     return _named_decorator(ComputationMulti, name)
 
 
+class _State06:
+    """A 0.6 state computation: ``compute(data, state)`` returns the output only;
+    ``initial_state()`` makes a key's state from the ``state`` class."""
+
+    is_stateful = True
+    _api_mark = Mark("state_computation(name, state)", ONLY_06)
+
+    def __init__(self, func: Callable[..., Any], name: str, state: Any) -> None:
+        super().__init__(func, name)  # type: ignore[call-arg]
+        self._state_class = state
+
+    def initial_state(self) -> Any:
+        """A new state object for a key."""
+        return self._state_class()
+
+    def _ctor_args(self) -> tuple:
+        return (self._func, self._name, self._state_class)
+
+
+class StateComputation06(_State06, StateComputation):
+    """``@state_computation(name, state)`` (0.6): ``compute(data, state)`` -> output."""
+
+    _forwarding_methods = ("compute",)
+
+
+class StateComputationMulti06(_State06, StateComputationMulti):
+    """``@state_computation_multi(name, state)`` (0.6): ``compute_multi`` -> list or None."""
+
+    _forwarding_methods = ("compute_multi",)
+
+
+_STATE_042_MARK = Mark("state_computation(name)", BUILDER)
+
+
+def _state_decorator(cls: type, cls06: type, name: str | None, state: Any) -> Callable:
+    def wrap(func: Callable[..., Any]) -> Any:
+        step_name = name if name is not None else func.__name__
+        if state is not None:
+            return cls06(func, step_name, state)
+        obj = cls(func, step_name)
+        obj._api_mark = _STATE_042_MARK
+        return obj
+
+    return wrap
+
+
 def state_computation(
-    name: str | None = None,
+    name: str | None = None, state: Any = None
 ) -> Callable[[Callable[[Any, Any], Any]], StateComputation]:
-    """``@state_computation(name=...)`` on ``f(data, state)`` -> ``(output, changed)``."""
-    return _named_decorator(StateComputation, name)
+    """``@state_computation(name)`` on ``f(data, state)`` -> ``(output, changed)`` (0.4.2, 0.5);
+    ``@state_computation(name, state)`` on ``f(data, state)`` -> output (0.6)."""
+    return _state_decorator(StateComputation, StateComputation06, name, state)
 
 
 def state_computation_multi(
-    name: str | None = None,
+    name: str | None = None, state: Any = None
 ) -> Callable[[Callable[[Any, Any], Any]], StateComputationMulti]:
-    """``@state_computation_multi(name=...)`` on ``f(data, state)`` -> ``(list, changed)``."""
-    return _named_decorator(StateComputationMulti, name)
+    """``@state_computation_multi(name)`` -> ``(list, changed)`` (0.4.2, 0.5);
+    ``@state_computation_multi(name, state)`` -> list or None (0.6)."""
+    return _state_decorator(StateComputationMulti, StateComputationMulti06, name, state)
 
 
 def partition(func: Callable[[Any], Any]) -> PartitionFunction:
     """``@partition`` on ``f(data)`` returning the record's partition key."""
-    return PartitionFunction(func)
+    obj = PartitionFunction(func)
+    obj._api_mark = Mark("partition", BUILDER)  # type: ignore[attr-defined]
+    return obj
 
 
 def decoder(header_length: int = 4, length_fmt: str = ">I") -> Callable[[Callable], Decoder]:
@@ -311,10 +392,14 @@ class TCPSourceConfig:
 
     kind = "tcp"
 
-    def __init__(self, host: str, port: Any, decoder: Any) -> None:
+    def __init__(self, host: str, port: Any, decoder: Any, parallelism: int | None = None) -> None:
         self.host = host
         self.port = _port(port, "TCPSourceConfig")
         self.decoder = decoder
+        #: 0.6.1: the most connections accepted at once (None: no limit).
+        self.parallelism = parallelism
+        if parallelism is not None:
+            self._api_mark = Mark("TCPSourceConfig(..., parallelism)", ONLY_06)
 
     def to_tuple(self) -> tuple:
         return ("tcp", self.host, str(self.port), self.decoder)
@@ -338,6 +423,7 @@ class KafkaSourceConfig:
     """Consume ``topic``; each message value goes to ``decoder.decode``."""
 
     kind = "kafka"
+    _api_mark = Mark("KafkaSourceConfig(...)", ONLY_042)
 
     def __init__(self, topic: str, brokers: Iterable[Any], log_level: str, decoder: Any) -> None:
         self.topic = topic
@@ -353,6 +439,7 @@ class KafkaSinkConfig:
     """Produce to ``topic``; ``encoder.encode`` returns ``(value, key)`` or a value."""
 
     kind = "kafka"
+    _api_mark = Mark("KafkaSinkConfig(...)", ONLY_042)
 
     def __init__(
         self,
@@ -476,7 +563,11 @@ class ApplicationBuilder:
         partition_function: Any,
         partition_keys: Iterable[Any] | None = None,
     ) -> ApplicationBuilder:
-        """Add a step over state partitioned by ``partition_function``'s key."""
+        """Add a step over state partitioned by ``partition_function``'s key.
+
+        Without ``partition_keys`` (0.5; accepted for 0.4.2 apps too) every key
+        gets its state on first use.
+        """
         keys = list(partition_keys) if partition_keys is not None else []
         self._actions.append(
             ("to_state_partition", computation, state_class, state_name, partition_function, keys)
@@ -508,6 +599,11 @@ class ApplicationBuilder:
     def to_sink(self, sink_config: Any) -> ApplicationBuilder:
         """End the pipeline at ``sink_config``."""
         self._actions.append(("to_sink", sink_config))
+        return self
+
+    def to_sinks(self, sink_configs: Iterable[Any]) -> ApplicationBuilder:
+        """End the pipeline at every sink of ``sink_configs`` (0.5)."""
+        self._actions.append(("to_sinks", list(sink_configs)))
         return self
 
     def done(self) -> ApplicationBuilder:
@@ -594,3 +690,34 @@ def kafka_parse_sink_options(args: list) -> tuple:
         opts.kafka_sink_max_produce_buffer_ms,
         opts.kafka_sink_max_message_size,
     )
+
+
+from wallaroo.api05 import (  # noqa: E402  (they use the names above)
+    CustomKafkaSinkCLIParser,
+    CustomKafkaSourceCLIParser,
+    DefaultKafkaSinkCLIParser,
+    DefaultKafkaSourceCLIParser,
+    GenSourceConfig,
+)
+from wallaroo.api06 import (  # noqa: E402
+    KeyExtractor,
+    Pipeline,
+    build_application,
+    key_extractor,
+    source,
+)
+from wallaroo.windows import (  # noqa: E402
+    Aggregation,
+    CountWindows,
+    CountWindowsBuilder,
+    RangeWindows,
+    RangeWindowsBuilder,
+    count_windows,
+    hours,
+    microseconds,
+    milliseconds,
+    minutes,
+    nanoseconds,
+    range_windows,
+    seconds,
+)

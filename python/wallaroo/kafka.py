@@ -138,9 +138,11 @@ class KafkaSetup:
                 )
                 source["start_offset"] = self.opts.kafka_start_offset
             sink = pipeline["sink"]
-            if sink is not None and sink["kind"] == "kafka":
-                self._connection(sink, self.sink_config, embedded_bootstrap)
-                sink["transactions"] = bool(self.opts.kafka_sink_transactions)
+            sinks = [] if sink is None else sink.get("sinks", [sink])  # "many": to_sinks
+            for sink in sinks:
+                if sink["kind"] == "kafka":
+                    self._connection(sink, self.sink_config, embedded_bootstrap)
+                    sink["transactions"] = bool(self.opts.kafka_sink_transactions)
 
     @property
     def bootstrap_servers(self) -> str | None:

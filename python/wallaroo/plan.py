@@ -8,7 +8,10 @@ here so the engine calls them without attribute look-ups per record.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, Callable
+
+from wallaroo import versions
 
 
 class ApplicationError(Exception):
@@ -51,10 +54,19 @@ def _source_plan(config: Any, where: str) -> dict:
     if not isinstance(spec, tuple) or not spec:
         raise ApplicationError(f"{where}: unknown source config {config!r}")
     kind = spec[0]
+    if kind == "kafka-internal":
+        from wallaroo.api05 import resolve_internal_kafka
+
+        spec = resolve_internal_kafka(spec, _APP_ARGS, sink=False)
+        kind = "kafka"
     if kind == "tcp":
-        _, host, port, decoder = spec
+        # 0.6.1 adds the parallelism (connections accepted at once) as a 5th item.
+        _, host, port, decoder = spec[:4]
         plan = {"kind": "tcp", "host": host or "127.0.0.1", "port": int(port)}
         plan.update(_decoder_plan(decoder, f"{where}, decoder", framed=True))
+    elif kind == "gen":
+        _, generator = spec
+        plan = {"kind": "gen", "generator": generator, "decode": pickle.loads}
     elif kind == "file":
         _, path, framing, decoder = spec
         plan = {"kind": "file", "path": path, "framing": framing}
@@ -75,6 +87,11 @@ def _sink_plan(config: Any, where: str) -> dict:
     if not isinstance(spec, tuple) or not spec:
         raise ApplicationError(f"{where}: unknown sink config {config!r}")
     kind = spec[0]
+    if kind == "kafka-internal":
+        from wallaroo.api05 import resolve_internal_kafka
+
+        spec = resolve_internal_kafka(spec, _APP_ARGS, sink=True)
+        kind = "kafka"
     if kind == "tcp":
         _, host, port, encoder = spec
         plan = {"kind": "tcp", "host": host or "127.0.0.1", "port": int(port)}
@@ -102,6 +119,26 @@ def _sink_plan(config: Any, where: str) -> dict:
     return plan
 
 
+def _fan_out(encoders: list) -> Callable[[Any], list]:
+    """One encoder for several sinks: item ``i`` of its list goes to sink ``i``."""
+
+    def encode(data: Any) -> list:
+        return [encode_one(data) for encode_one in encoders]
+
+    return encode
+
+
+def _sinks_plan(configs: Any, where: str) -> dict:
+    """The sink of ``to_sinks(configs)``: one sink, or a ``many`` sink."""
+    configs = list(configs)
+    if not configs:
+        raise ApplicationError(f"{where}: to_sinks() needs at least one sink")
+    if len(configs) == 1:
+        return _sink_plan(configs[0], where)
+    sinks = [_sink_plan(config, f"{where} {i + 1}") for i, config in enumerate(configs)]
+    return {"kind": "many", "sinks": sinks, "encode": _fan_out([s["encode"] for s in sinks])}
+
+
 def _compute_step(computation: Any, where: str, stateful: bool) -> dict:
     multi = hasattr(computation, "compute_multi") and not hasattr(computation, "compute")
     name = _step_name(computation, where)
@@ -127,11 +164,100 @@ class _PipelineBuilder:
         return {"name": self.name, "source": self.source, "steps": self.steps, "sink": self.sink}
 
 
-def compile_plan(actions: Any, origin: str = "application") -> dict:
-    """Check ``actions`` (the list ``build()`` returned) and return the plan.
+#: The application's arguments, for the Kafka flags the 0.5/0.6 ``Default*``
+#: CLI parsers leave to the engine (set by :func:`compile_plan`).
+_APP_ARGS: list = []
 
-    ``origin`` names the application (its file) in error messages.
+
+def _marks(actions: Any) -> list:
+    """The version marks of a 0.4.2/0.5 action list (its calls and objects)."""
+    marks = [versions.Mark("ApplicationBuilder", versions.BUILDER)]
+    verb_marks = {
+        "to_state_partition_u64": versions.Mark("to_state_partition_u64", versions.ONLY_042),
+        "to_sinks": versions.Mark("to_sinks", versions.ONLY_05),
+    }
+    for action in actions:
+        if not isinstance(action, tuple) or not action:
+            continue
+        marks.append(verb_marks.get(action[0]))
+        for arg in action[1:]:
+            for obj in arg if isinstance(arg, list) else [arg]:
+                marks.append(versions.mark_of(obj))
+    return marks
+
+
+def _tree_marks(app: Any) -> list:
+    """The version marks of a 0.6 ``build_application`` result."""
+    default = [versions.Mark("build_application", versions.ONLY_06)]
+    marks = list(getattr(app, "api_marks", None) or default)
+    for stages in app[2] if len(app) > 2 and isinstance(app[2], list) else []:
+        for stage in stages:
+            for item in stage[1:] if isinstance(stage, tuple) else ():
+                marks.append(versions.mark_of(item))
+    return marks
+
+
+def _is_pipeline_app(actions: Any) -> bool:
+    return (
+        isinstance(actions, tuple)
+        and len(actions) == 4
+        and isinstance(actions[0], str)
+        and isinstance(actions[2], list)
+    )
+
+
+def _none_guard(func: Callable[..., Any], result: Any) -> Callable[..., Any]:
+    def guarded(data: Any, *rest: Any) -> Any:
+        return result if data is None else func(data, *rest)
+
+    return guarded
+
+
+def _drop_none_decoded(pipeline: dict) -> None:
+    """0.5.1+: a decoder's None drops the record (0.4.2 passed it on)."""
+    steps = pipeline["steps"]
+    if not steps:
+        if pipeline["sink"] is not None:
+            pipeline["sink"]["encode"] = _none_guard(pipeline["sink"]["encode"], None)
+        return
+    first = steps[0]
+    if first["kind"].startswith("state"):
+        if first.get("partition") is not None:
+            first["partition"] = _none_guard(first["partition"], None)
+        first["func"] = _none_guard(first["func"], (None, False))
+    else:
+        first["func"] = _none_guard(first["func"], None)
+
+
+def compile_plan(actions: Any, origin: str = "application", args: list | None = None) -> dict:
+    """Check ``actions`` (what ``application_setup`` returned: a 0.4.2/0.5
+    ``build()`` list or a 0.6 ``build_application`` tuple) and return the plan.
+
+    ``origin`` names the application (its file) in error messages; ``args`` are
+    its arguments (read for the Kafka flags of the 0.5/0.6 default parsers).
     """
+    global _APP_ARGS
+    _APP_ARGS = list(args or [])
+    pipeline_app = _is_pipeline_app(actions)
+    try:
+        version = versions.decide(_tree_marks(actions) if pipeline_app else _marks(actions))
+    except versions.VersionMixError as err:
+        raise ApplicationError(f"{origin}: {err}") from None
+    if pipeline_app:
+        from wallaroo.plan06 import compile_application
+
+        plan = compile_application(actions, origin, args)
+    else:
+        plan = _compile_builder(actions, origin)
+    if version != versions.V042:
+        for pipeline in plan["pipelines"]:
+            _drop_none_decoded(pipeline)
+    plan["api_version"] = version
+    return plan
+
+
+def _compile_builder(actions: Any, origin: str) -> dict:
+    """The plan of a 0.4.2/0.5 ``build()`` list."""
     if not isinstance(actions, (list, tuple)) or not actions:
         raise ApplicationError(
             f"{origin}: application_setup() must return ApplicationBuilder(...).build(), "
@@ -195,6 +321,8 @@ def compile_plan(actions: Any, origin: str = "application") -> dict:
             current.steps.append(step)
         elif verb == "to_sink":
             current.sink = _sink_plan(args[0], f"{origin}: pipeline {current.name!r} sink")
+        elif verb == "to_sinks":
+            current.sink = _sinks_plan(args[0], f"{origin}: pipeline {current.name!r} sink")
         elif verb == "done":
             current = None
         else:

@@ -300,7 +300,7 @@ def main(argv: list | None = None) -> int:
     finally:
         sys.argv[0] = program
     try:
-        plan = compile_plan(actions, origin)
+        plan = compile_plan(actions, origin, args=app_args)
     except ApplicationError as err:
         return _fail(EXIT_BAD_APP, str(err))
     plan.update(_app_codecs(module))

@@ -5,6 +5,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod many;
 pub mod stdout;
 pub mod tcp;
 
@@ -34,6 +35,9 @@ pub struct Output {
     /// When the source read the record this came from ([`crate::metrics::now_ns`]; 0: unknown).
     #[serde(default)]
     pub read_ns: u64,
+    /// Which of the pipeline's sinks it goes to (`to_sinks`; 0 otherwise).
+    #[serde(default)]
+    pub sink: u16,
 }
 
 /// What the worker hands a sink thread.
@@ -118,12 +122,7 @@ impl<W: Write + Send> BatchWriter for StreamWriter<W> {
 
 /// Start the sink of a pipeline.
 pub fn start(kind: SinkKind, ctx: SinkContext) -> Result<SinkHandle, Error> {
-    let writer: Box<dyn BatchWriter> = match kind {
-        SinkKind::File { path } => Box::new(file::open(&path, &ctx)?),
-        SinkKind::Stdout => Box::new(stdout::open()),
-        SinkKind::Tcp { host, port } => Box::new(tcp::TcpWriter::new(host, port, &ctx)),
-        SinkKind::Kafka(plan) => Box::new(kafka::KafkaWriter::new(plan, &ctx)?),
-    };
+    let writer = open_writer(kind, &ctx)?;
     ctx.metrics.set_sink_label(&writer.label());
     let (tx, rx) = bounded(CHANNEL_BATCHES);
     let thread = std::thread::Builder::new()
@@ -131,6 +130,21 @@ pub fn start(kind: SinkKind, ctx: SinkContext) -> Result<SinkHandle, Error> {
         .spawn(move || write_loop(rx, writer, ctx))
         .map_err(|e| Error::Config(format!("cannot start a sink thread: {e}")))?;
     Ok(SinkHandle { tx, thread })
+}
+
+fn open_writer(kind: SinkKind, ctx: &SinkContext) -> Result<Box<dyn BatchWriter>, Error> {
+    Ok(match kind {
+        SinkKind::File { path } => Box::new(file::open(&path, ctx)?),
+        SinkKind::Stdout => Box::new(stdout::open()),
+        SinkKind::Tcp { host, port } => Box::new(tcp::TcpWriter::new(host, port, ctx)),
+        SinkKind::Kafka(plan) => Box::new(kafka::KafkaWriter::new(plan, ctx)?),
+        SinkKind::Many(kinds) => Box::new(many::ManyWriter::new(
+            kinds
+                .into_iter()
+                .map(|kind| open_writer(kind, ctx))
+                .collect::<Result<_, _>>()?,
+        )),
+    })
 }
 
 fn write_loop(rx: Receiver<SinkMessage>, mut writer: Box<dyn BatchWriter>, ctx: SinkContext) {

@@ -3,6 +3,7 @@
 //! a hand-written decoder's `payload_length` about a header.
 
 pub mod file;
+pub mod gen;
 pub mod kafka;
 pub mod tcp;
 
@@ -44,6 +45,31 @@ pub struct Frame {
     /// When its batch was read ([`crate::metrics::now_ns`]; 0 with metrics off).
     #[serde(default)]
     pub read_ns: u64,
+}
+
+impl Frame {
+    /// The stream number of the engine's own marker frames (never a source's).
+    const MARKER_STREAM: u32 = u32::MAX;
+
+    /// A marker frame: a timer tick (`end` false) or the end of the pipeline's
+    /// input (`end` true), for steps with timers (windows).
+    pub fn marker(end: bool) -> Frame {
+        Frame {
+            payload: Vec::new(),
+            pos: Pos {
+                stream: Self::MARKER_STREAM,
+                index: u64::from(end),
+                offset: 0,
+            },
+            read_ns: 0,
+        }
+    }
+
+    /// For a marker frame, whether it marks the end of input; None for a record.
+    pub fn as_marker(&self) -> Option<bool> {
+        (self.pos.stream == Self::MARKER_STREAM && self.payload.is_empty())
+            .then_some(self.pos.index == 1)
+    }
 }
 
 /// How positions of a source are named.
@@ -149,6 +175,7 @@ pub fn start(
             file::start(path, framing, ctx, after)
         }
         SourceKind::Tcp { host, port } => tcp::start(&host, port, framing, ctx),
+        SourceKind::Gen { generator } => gen::start(generator, ctx, resume.map_or(0, |r| r.sent)),
         SourceKind::Kafka(mut plan) => {
             if let Some(resume) = resume {
                 plan.resume_from(resume.partitions.clone());

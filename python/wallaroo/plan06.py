@@ -1,0 +1,226 @@
+"""Compile a 0.6 application (``build_application``'s tree) into the engine's plan.
+
+Each source (leaf of the tree) becomes one engine pipeline whose steps are
+the stages on its way to the root. Stages after a ``merge`` appear in the
+pipeline of every source that feeds them; their state is shared by name, so
+a merged stage keeps one state per key whatever source a record came from,
+and the pipelines share one sink.
+
+Keys: ``key_by(ke)`` keys every later stage by ``ke.extract_key(data)``;
+``collect()`` by one constant key; without either, a state stage or a window
+gets a fresh state per record (0.6 TCP and generator sources gave every
+record its own random key).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any, Callable
+
+from wallaroo.plan import (
+    ApplicationError,
+    _compute_step,
+    _sink_plan,
+    _sinks_plan,
+    _source_plan,
+    _step_name,
+)
+
+
+def _output_only(func: Callable[[Any, Any], Any]) -> Callable[[Any, Any], tuple]:
+    """A 0.6 state function (output only) in the engine's ``(output, changed)`` form."""
+
+    def call(data: Any, state: Any) -> tuple:
+        return (func(data, state), True)
+
+    return call
+
+
+def _fresh_state(func: Callable[[Any, Any], Any], initial_state: Callable[[], Any]) -> Callable:
+    """An un-keyed state stage: every record gets a new state."""
+
+    def call(data: Any) -> Any:
+        return func(data, initial_state())
+
+    return call
+
+
+def _constant(key: str) -> Callable[[Any], str]:
+    def call(data: Any) -> str:
+        return key
+
+    return call
+
+
+def _per_record_key() -> Callable[[Any], str]:
+    counter = itertools.count(1)
+
+    def call(data: Any) -> str:
+        return str(next(counter))
+
+    return call
+
+
+class _Compiler:
+    def __init__(self, origin: str, app: tuple, args: list | None) -> None:
+        self.origin = origin
+        self.app_name, self.root, self.vs, self.es = app
+        self.args = args
+        self.parent: dict = {}
+        for node, children in enumerate(self.es):
+            for child in children:
+                self.parent[child] = node
+        self.leaves = [i for i, v in enumerate(self.vs) if v and v[0][0] == "source"]
+        self.states: dict = {}
+        #: (node, position) -> the compiled step shared by the pipelines through it.
+        self.window_stages: dict = {}
+
+    def feeders(self, node: int) -> int:
+        """The sources whose records reach ``node``."""
+        return sum(1 for leaf in self.leaves if node in self.path(leaf))
+
+    def path(self, leaf: int) -> list:
+        nodes = [leaf]
+        while nodes[-1] in self.parent:
+            nodes.append(self.parent[nodes[-1]])
+        return nodes
+
+    def compile(self) -> dict:
+        if not self.leaves:
+            raise ApplicationError(f"{self.origin}: the application has no source")
+        pipelines = [self.pipeline(leaf) for leaf in self.leaves]
+        names = [p["name"] for p in pipelines]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ApplicationError(f"{self.origin}: two sources are named {dupes[0]!r}")
+        return {"name": self.app_name, "pipelines": pipelines, "states": self.states}
+
+    def pipeline(self, leaf: int) -> dict:
+        _, name, source_tuple = self.vs[leaf][0]
+        where = f"{self.origin}: pipeline {name!r}"
+        source = _source_plan(self.resolve(source_tuple, sink=False), f"{where} source")
+        steps: list = []
+        sink = None
+        key_of: Callable[[Any], Any] | None = None
+        for node in self.path(leaf):
+            stages = self.vs[node][1:] if node == leaf else self.vs[node]
+            for position, stage in enumerate(stages):
+                step_where = f"{where} stage {len(steps) + 1} ({stage[0]})"
+                verb = stage[0]
+                if verb == "key_by":
+                    key_of = self.method(stage[1], "extract_key", step_where)
+                elif verb == "collect":
+                    key_of = _constant(f"collect-key-{node}-{position}")
+                elif verb == "to":
+                    steps.append(self.stateless(stage[1], step_where))
+                elif verb == "to_state":
+                    steps.append(self.state(stage[1], key_of, (node, position), step_where))
+                elif verb in ("to_range_windows", "to_count_windows"):
+                    steps.append(self.windows(stage, key_of, (node, position), step_where))
+                elif verb == "to_sink":
+                    sink = self.sink(stage[1], where)
+                elif verb == "to_sinks":
+                    sink = self.sink(stage[1], where, many=True)
+                else:
+                    raise ApplicationError(f"{step_where}: unknown stage {verb!r}")
+        if sink is None:
+            raise ApplicationError(f"{where}: the pipeline ends without a sink")
+        if len(self.leaves) > 1:
+            sink["group"] = f"root-{self.root}"
+        return {"name": name, "source": source, "steps": steps, "sink": sink}
+
+    def resolve(self, spec: Any, sink: bool) -> Any:
+        if isinstance(spec, tuple) and spec and spec[0] == "kafka-internal":
+            from wallaroo.api05 import resolve_internal_kafka
+
+            return resolve_internal_kafka(spec, self.args or [], sink=sink)
+        return spec
+
+    def sink(self, spec: Any, where: str, many: bool = False) -> dict:
+        if many:
+            return _sinks_plan([self.resolve(s, sink=True) for s in spec], f"{where} sink")
+        return _sink_plan(self.resolve(spec, sink=True), f"{where} sink")
+
+    def method(self, obj: Any, name: str, where: str) -> Callable[..., Any]:
+        method = getattr(obj, name, None)
+        if not callable(method):
+            raise ApplicationError(f"{where}: {obj!r:.100} has no {name}() method")
+        return method
+
+    def stateless(self, computation: Any, where: str) -> dict:
+        if getattr(computation, "is_stateful", False) or hasattr(computation, "initial_state"):
+            raise ApplicationError(
+                f"{where}: {computation!r:.100} is a state computation; a hand-written one "
+                "must subclass wallaroo.StateComputation"
+            )
+        step = _compute_step(computation, where, stateful=False)
+        step["parallel"] = True
+        return step
+
+    def state(self, computation: Any, key_of: Any, place: tuple, where: str) -> dict:
+        initial_state = getattr(computation, "initial_state", None)
+        if not callable(initial_state):
+            raise ApplicationError(
+                f"{where}: {computation!r:.100} has no initial_state(): a 0.6 state "
+                "computation is made by @state_computation(name, state)"
+            )
+        step = _compute_step(computation, where, stateful=True)
+        if key_of is None:
+            multi = step["kind"] == "state_multi"
+            return {
+                "kind": "multi" if multi else "map",
+                "name": step["name"],
+                "func": _fresh_state(step["func"], initial_state),
+                "parallel": True,
+            }
+        state_name = f"{self.app_name}/{place[0]}.{place[1]}/{step['name']}"
+        self.states[state_name] = initial_state
+        step.update(
+            func=_output_only(step["func"]),
+            state_name=state_name,
+            partition=key_of,
+            keys=[],
+            u64=False,
+        )
+        return step
+
+    def windows(self, stage: tuple, key_of: Any, place: tuple, where: str) -> dict:
+        from wallaroo.windows import CountStage, CountWindows, RangeStage, RangeWindows
+
+        if key_of is None:
+            key_of = _per_record_key()
+        runner = self.window_stages.get(place)
+        if runner is None:
+            feeders = self.feeders(place[0])
+            if stage[0] == "to_range_windows":
+                _, wrange, slide, delay, agg = stage
+                runner = RangeStage(RangeWindows(wrange, slide, delay, agg), key_of, feeders)
+            else:
+                _, count, agg = stage
+                runner = CountStage(CountWindows(count, agg), key_of, feeders)
+            self.window_stages[place] = runner
+        name = _step_name(runner.agg, where)
+        state_name = f"{self.app_name}/{place[0]}.{place[1]}/{name}"
+        self.states[state_name] = runner.new_state
+        return {
+            "kind": "state_multi",
+            "name": name,
+            "func": functools.partial(runner.process, key_of=key_of),
+            "state_name": state_name,
+            "partition": key_of,
+            "keys": [],
+            "u64": False,
+            "tick": runner.tick,
+        }
+
+
+def compile_application(app: tuple, origin: str, args: list | None = None) -> dict:
+    """The plan of a 0.6 application ``(app_name, root_idx, vs, es)``."""
+    try:
+        app_name, root, vs, es = app
+    except (TypeError, ValueError):
+        raise ApplicationError(f"{origin}: not a build_application() result") from None
+    if not (isinstance(vs, list) and isinstance(es, list) and len(vs) == len(es)):
+        raise ApplicationError(f"{origin}: not a build_application() result")
+    return _Compiler(origin, (app_name, root, vs, es), args).compile()

@@ -1,0 +1,192 @@
+"""Wallaroo 0.6 pipeline applications: the Pipeline API, build_application's
+shape, the 0.6 decorators and return contracts, merge, key_by/collect, version
+detection, and apps run end to end."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import wallaroo
+from wallaroo import versions
+from wallaroo.plan import ApplicationError, compile_plan
+
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+@wallaroo.decoder(header_length=4, length_fmt=">I")
+def decode(bs):
+    return bs.decode()
+
+
+@wallaroo.encoder
+def encode(x):
+    return f"{x}\n"
+
+
+@wallaroo.computation(name="upper")
+def upper(x):
+    return x.upper()
+
+
+@wallaroo.key_extractor
+def first_letter(x):
+    return x[0]
+
+
+@wallaroo.key_extractor
+def as_number(x):
+    return 65
+
+
+class Seen:
+    def __init__(self):
+        self.items = []
+
+
+@wallaroo.state_computation(name="remember", state=Seen)
+def remember(x, seen):
+    seen.items.append(x)
+    return (x, len(seen.items))
+
+
+@wallaroo.state_computation_multi(name="twice", state=Seen)
+def twice(x, seen):
+    return [x, None, x]
+
+
+def _source(name="src", path="in.txt"):
+    return wallaroo.source(name, wallaroo.FileSourceConfig(path, decode))
+
+
+def _sink():
+    return wallaroo.FileSinkConfig("out.txt", encode)
+
+
+def test_pipeline_methods_return_new_pipelines_and_leave_the_receiver():
+    base = _source()
+    keyed = base.key_by(first_letter)
+    assert base is not keyed
+    assert base._tree.vs == [[("source", "src", base._tree.vs[0][0][2])]]
+    done = keyed.to(remember).collect().to(upper).to_sink(_sink())
+    app = wallaroo.build_application("app", done)
+    name, root, vs, es = app
+    assert (name, root, es) == ("app", 0, [[]])
+    assert [stage[0] for stage in vs[0]] == [
+        "source",
+        "key_by",
+        "to_state",
+        "collect",
+        "to",
+        "to_sink",
+    ]
+    with pytest.raises(wallaroo.WallarooParameterError):
+        done.to(upper)
+
+
+def test_build_application_needs_a_sink():
+    with pytest.raises(wallaroo.WallarooParameterError):
+        wallaroo.build_application("app", _source().to(upper))
+
+
+def test_merge_makes_a_tree_with_two_children():
+    left = _source("a").to(upper)
+    right = _source("b")
+    merged = left.merge(right).key_by(first_letter).to(remember).to_sink(_sink())
+    name, root, vs, es = wallaroo.build_application("app", merged)
+    assert es[root] == [0, 2]
+    assert vs[0][0][:2] == ("source", "a") and vs[2][0][:2] == ("source", "b")
+    assert [s[0] for s in vs[root]] == ["key_by", "to_state", "to_sink"]
+    assert left._tree.es == [[]]  # the receiver is unchanged
+
+
+def test_a_merged_pipeline_compiles_to_one_engine_pipeline_per_source_sharing_state():
+    merged = _source("a").to(upper).merge(_source("b")).key_by(first_letter).to(remember)
+    plan = compile_plan(wallaroo.build_application("app", merged.to_sink(_sink())), "app.py")
+    assert plan["api_version"] == versions.V06
+    a, b = plan["pipelines"]
+    assert [s["kind"] for s in a["steps"]] == ["map", "state"]
+    assert [s["kind"] for s in b["steps"]] == ["state"]
+    assert a["steps"][1]["state_name"] == b["steps"][0]["state_name"]
+    assert a["sink"]["group"] == b["sink"]["group"]
+    # The 0.6 state function's output is wrapped in the engine's (output, changed).
+    assert a["steps"][1]["func"]("x", Seen()) == (("x", 1), True)
+
+
+def test_key_extractor_int_becomes_a_character():
+    assert as_number.extract_key("anything") == "A"
+
+
+def test_0_6_state_computation_objects():
+    assert remember.name() == "remember"
+    assert isinstance(remember.initial_state(), Seen)
+    assert remember.is_stateful
+    assert remember.compute("a", Seen()) == ("a", 1)
+    assert twice.compute_multi("a", Seen()) == ["a", None, "a"]
+
+
+def test_un_keyed_state_gets_a_fresh_state_per_record():
+    app = wallaroo.build_application("app", _source().to(remember).to_sink(_sink()))
+    step = compile_plan(app, "app.py")["pipelines"][0]["steps"][0]
+    assert step["kind"] == "map"
+    assert step["func"]("a") == ("a", 1)
+    assert step["func"]("a") == ("a", 1)
+
+
+def test_a_builder_state_computation_in_a_pipeline_fails_naming_it():
+    @wallaroo.state_computation(name="old style")
+    def old(x, state):
+        return (x, True)
+
+    app = wallaroo.build_application("app", _source().key_by(first_letter).to(old).to_sink(_sink()))
+    with pytest.raises(ApplicationError) as err:
+        compile_plan(app, "app.py")
+    assert "state_computation(name) is Wallaroo 0.4.2/0.5 API" in str(err.value)
+    assert "0.6" in str(err.value)
+
+
+def test_tcp_source_parallelism_is_0_6():
+    config = wallaroo.TCPSourceConfig("127.0.0.1", 0, decode, parallelism=3)
+    assert versions.mark_of(config).versions == versions.ONLY_06
+    app = wallaroo.build_application("app", wallaroo.source("t", config).to_sink(_sink()))
+    assert compile_plan(app, "app.py")["pipelines"][0]["source"]["kind"] == "tcp"
+
+
+@pytest.mark.timeout(90)
+def test_word_count_06_end_to_end(run_app, tmp_path):
+    text = ["the cat and the hat", "a cat", "", "The end of the cat 42"]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(text) + "\n")
+    out = tmp_path / "out.txt"
+    result = run_app(APPS / "word_count_06.py", "--input", str(source), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    words = [w for line in text for w in line.lower().split() if w.isalpha()]
+    got = [line.split() for line in out.read_text().splitlines()]
+    assert len(got) == len(words)
+    final = {}
+    for word, count in got:
+        final[word] = max(final.get(word, 0), int(count))
+    assert final == dict(Counter(words))
+
+
+def test_mixing_versions_fails_at_start_up(run_app, tmp_path):
+    app = tmp_path / "mixed.py"
+    app.write_text(
+        "import wallaroo\n"
+        "@wallaroo.state_computation(name='s', state=dict)\n"
+        "def s(x, st):\n    return x\n"
+        "@wallaroo.encoder\ndef e(x):\n    return x\n"
+        "@wallaroo.decoder(header_length=4, length_fmt='>I')\ndef d(b):\n    return b\n"
+        "def application_setup(args):\n"
+        "    ab = wallaroo.ApplicationBuilder('mixed')\n"
+        "    ab.new_pipeline('p', wallaroo.TCPSourceConfig('127.0.0.1', 0, d))\n"
+        "    ab.to_stateful(s, dict, 'st')\n"
+        "    ab.to_sink(wallaroo.TCPSinkConfig('127.0.0.1', 9, e))\n"
+        "    return ab.build()\n"
+    )
+    result = run_app(app)
+    assert result.returncode != 0
+    assert re.search(r"state_computation\(name, state\) is Wallaroo 0\.6 API", result.stderr)
+    assert "ApplicationBuilder is Wallaroo 0.4.2/0.5 API" in result.stderr

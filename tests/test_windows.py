@@ -1,0 +1,261 @@
+"""Wallaroo 0.6.1 windows: the API and its validation, the window logic with a
+controlled clock, and merged sources summed in tumbling, sliding and count
+windows end to end (ingest time: checked through per-key sums and counts,
+which do not depend on where window boundaries fall)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import wallaroo
+from wallaroo import windows as win
+
+APPS = Path(__file__).resolve().parent / "apps"
+MS = 1_000_000
+
+
+class Sum(wallaroo.Aggregation):
+    def initial_accumulator(self):
+        return [0]
+
+    def update(self, data, acc):
+        acc[0] += data
+
+    def combine(self, a, b):
+        return [a[0] + b[0]]
+
+    def output(self, key, acc):
+        return (key, acc[0])
+
+
+def test_time_helpers_are_nanoseconds():
+    assert wallaroo.nanoseconds(5) == 5
+    assert wallaroo.microseconds(2) == 2_000
+    assert wallaroo.milliseconds(3) == 3_000_000
+    assert wallaroo.seconds(1) == 10**9
+    assert wallaroo.minutes(2) == 120 * 10**9
+    assert wallaroo.hours(1) == 3600 * 10**9
+
+
+def test_builders_and_validation():
+    w = wallaroo.range_windows(10).with_slide(5).with_delay(3).over(Sum)
+    assert (w.range, w.slide, w.delay) == (10, 5, 3)
+    assert isinstance(w.aggregation, Sum) and w.aggregation.name() == "Sum"
+    tumbling = wallaroo.range_windows(10).over(Sum)
+    assert (tumbling.slide, tumbling.delay) == (10, 0)
+    with pytest.raises(wallaroo.WallarooParameterError):
+        wallaroo.range_windows(10).with_slide(5).with_slide(5)
+    with pytest.raises(wallaroo.WallarooParameterError):
+        wallaroo.range_windows(10).with_delay(1).with_delay(1)
+    with pytest.raises(wallaroo.WallarooParameterError, match="slide"):
+        wallaroo.range_windows(10).with_slide(20).over(Sum)
+    with pytest.raises(wallaroo.WallarooParameterError):
+        wallaroo.range_windows(0).over(Sum)
+
+    class NoCombine:
+        def name(self):
+            return "x"
+
+        def initial_accumulator(self):
+            return 0
+
+        def update(self, d, a):
+            pass
+
+        def output(self, k, a):
+            return a
+
+    with pytest.raises(wallaroo.WallarooParameterError, match="combine"):
+        wallaroo.count_windows(3).over(NoCombine)
+    assert wallaroo.count_windows(3).over(Sum).count == 3
+
+
+class Clock:
+    """Replaces time.time_ns in the windows module."""
+
+    def __init__(self, monkeypatch, start: int) -> None:
+        self.now = start
+        monkeypatch.setattr(win.time, "time_ns", lambda: self.now)
+
+
+def _stage(wrange, slide, delay=0):
+    spec = wallaroo.range_windows(wrange).with_slide(slide).with_delay(delay).over(Sum)
+    return win.RangeStage(spec, lambda d: "k", feeders=1)
+
+
+def test_tumbling_windows_fire_on_later_records_and_on_flush(monkeypatch):
+    clock = Clock(monkeypatch, 1000)
+    stage = _stage(10, 10)
+    state = stage.new_state()
+    # Grid anchored at first watermark - range: windows [990,1000), [1000,1010), ...
+    assert stage.process(1, state) == ([], True)
+    clock.now = 1005  # [990,1000) is due (1000 < 1005): empty, still output
+    assert stage.process(2, state) == ([("k", 0)], True)
+    clock.now = 1011  # [1000,1010) is due
+    assert stage.process(4, state) == ([("k", 3)], True)
+    clock.now = 1021  # [1010,1020) is due
+    assert stage.process(8, state) == ([("k", 4)], True)
+    fired = stage.tick({"k": state}, final=True)
+    assert fired == [("k", [("k", 8)])]
+
+
+def test_sliding_windows_count_each_record_in_range_over_slide_windows(monkeypatch):
+    rng = random.Random(7)
+    clock = Clock(monkeypatch, 10_000)
+    stage = _stage(30, 10, delay=5)
+    state = stage.new_state()
+    outs = []
+    total = 0
+    for _ in range(300):
+        clock.now += rng.randrange(0, 4)
+        value = rng.randrange(1, 100)
+        total += value
+        outs.extend(stage.process(value, state)[0])
+    for _key, fired in stage.tick({"k": state}, final=True):
+        outs.extend(fired)
+    assert sum(v for _k, v in outs) == 3 * total
+
+
+def test_quiet_input_fires_everything_on_a_tick(monkeypatch):
+    clock = Clock(monkeypatch, 0)
+    stage = _stage(100, 100)
+    state = stage.new_state()
+    stage.process(5, state)
+    clock.now = 50
+    # [-100, 0) is due: empty, still output; [0, 100) holds the record.
+    assert stage.tick({"k": state}, final=False) == [("k", [("k", 0)])]
+    clock.now = 50 + 4 * 200 + 1  # silent for more than twice the timer period
+    fired = stage.tick({"k": state}, final=False)
+    assert fired == [("k", [("k", 5)])]
+
+
+def test_count_windows_fire_every_n_and_partials_at_the_end(monkeypatch):
+    Clock(monkeypatch, 0)
+    stage = win.CountStage(wallaroo.count_windows(3).over(Sum), lambda d: "k", feeders=2)
+    state = stage.new_state()
+    outs = []
+    for value in range(1, 8):
+        outs.extend(stage.process(value, state)[0])
+    assert outs == [("k", 6), ("k", 15)]
+    assert stage.tick({"k": state}, final=True) is None  # one of two sources ended
+    assert stage.tick({"k": state}, final=True) == [("k", [("k", 7)])]
+
+
+def _write(path: Path, records: list) -> None:
+    path.write_text("".join(f"{name} {amount}\n" for name, amount in records))
+
+
+def _inputs(tmp_path: Path, n: int = 400):
+    rng = random.Random(3)
+    accounts = [f"acct{i}" for i in range(7)]
+    deposits = [(rng.choice(accounts), rng.randrange(1, 1000)) for _ in range(n)]
+    withdrawals = [(rng.choice(accounts), rng.randrange(1, 500)) for _ in range(n // 2)]
+    _write(tmp_path / "d.txt", deposits)
+    _write(tmp_path / "w.txt", withdrawals)
+    sums: dict = defaultdict(int)
+    counts: dict = defaultdict(int)
+    for name, amount in deposits:
+        sums[name] += amount
+        counts[name] += 1
+    for name, amount in withdrawals:
+        sums[name] -= amount
+        counts[name] += 1
+    return dict(sums), dict(counts)
+
+
+def _run(run_app, tmp_path, window, *extra):
+    out = tmp_path / "out.txt"
+    result = run_app(
+        APPS / "merge_windows_06.py",
+        "--deposits",
+        str(tmp_path / "d.txt"),
+        "--withdrawals",
+        str(tmp_path / "w.txt"),
+        "--output",
+        str(out),
+        "--window",
+        window,
+        *extra,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in out.read_text().splitlines()]
+    return [(name, int(total), int(count)) for name, total, count in rows]
+
+
+def _per_key(rows):
+    sums: dict = defaultdict(int)
+    counts: dict = defaultdict(int)
+    for name, total, count in rows:
+        sums[name] += total
+        counts[name] += count
+    return dict(sums), dict(counts)
+
+
+@pytest.mark.timeout(120)
+def test_tumbling_windows_over_merged_sources(run_app, tmp_path):
+    sums, counts = _inputs(tmp_path)
+    rows = _run(run_app, tmp_path, "tumbling")
+    assert _per_key(rows) == (sums, counts)
+
+
+@pytest.mark.timeout(120)
+def test_sliding_windows_count_every_record_three_times(run_app, tmp_path):
+    sums, counts = _inputs(tmp_path)
+    rows = _run(run_app, tmp_path, "sliding")
+    got_sums, got_counts = _per_key(rows)
+    assert got_sums == {k: 3 * v for k, v in sums.items()}
+    assert got_counts == {k: 3 * v for k, v in counts.items()}
+
+
+@pytest.mark.timeout(120)
+def test_count_windows_with_a_generator_source(run_app, tmp_path):
+    sums, counts = _inputs(tmp_path)
+    rows = _run(run_app, tmp_path, "count", "--gen", "10")
+    sums["gen"] = sum(range(1, 11))
+    counts["gen"] = 10
+    assert _per_key(rows) == (sums, counts)
+    per_key_windows = defaultdict(list)
+    for name, _total, count in rows:
+        per_key_windows[name].append(count)
+    for name, sizes in per_key_windows.items():
+        # Every window is full but the last of each key (the end-of-input flush).
+        assert all(size == 3 for size in sizes[:-1]), (name, sizes)
+        assert sum(sizes) == counts[name]
+
+
+@pytest.mark.timeout(120)
+def test_windows_fire_on_the_engine_timer_while_the_source_stays_open(tcp_app):
+    from wallaroo.receiver import Receiver
+    from wallaroo.sender import send_messages
+
+    rng = random.Random(11)
+    readings = [(f"s{rng.randrange(5)}", rng.randrange(100)) for _ in range(500)]
+    expected_sums: dict = defaultdict(int)
+    for name, value in readings:
+        expected_sums[name] += value
+    with Receiver(length_fmt=">I") as rx:
+        app_path = APPS / "tcp_windows_06.py"
+        with tcp_app(app_path, "--in", "127.0.0.1:0", "--out", f"127.0.0.1:{rx.port}") as app:
+            ((_, _, in_port),) = app.listening()
+            payloads = [f"{name} {value}".encode() for name, value in readings]
+            assert send_messages("127.0.0.1", in_port, payloads) == len(readings)
+
+            def totals() -> dict:
+                got: dict = defaultdict(int)
+                for message in rx.messages():
+                    name, total, _count = message.decode().split()
+                    got[name] += int(total)
+                return dict(got)
+
+            # No end of input: only the timer (quiet input) can fire the last windows.
+            deadline = time.monotonic() + 60
+            while totals() != dict(expected_sums) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert totals() == dict(expected_sums), app.stderr
+            counts = sum(int(m.split()[2]) for m in rx.messages())
+            assert counts == len(readings)
