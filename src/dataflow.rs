@@ -287,7 +287,12 @@ fn start_resilience(
     let stats = Arc::new(resilience::WriterStats::default());
     let run = ResilienceRun {
         interval: Duration::from_millis(settings.interval_ms),
-        writer: resilience::Writer::start(store, stats.clone())?,
+        writer: resilience::Writer::start(
+            store,
+            stats.clone(),
+            Duration::from_millis(settings.give_up_ms),
+            base,
+        )?,
         stats,
         next_id: std::sync::atomic::AtomicU64::new(base + 1),
         tag,
@@ -1256,6 +1261,14 @@ impl<'a> SnapshotClock<'a> {
     /// After a step: snapshot once the cut is complete everywhere; notice
     /// when every worker's sources have ended (then the inputs close).
     fn after_step(&mut self, probe: &ProbeHandle<u64>, any_live: bool) -> Result<bool, Error> {
+        if let Some(why) = self
+            .resources
+            .resilience
+            .as_ref()
+            .and_then(|run| run.writer.gave_up())
+        {
+            return Err(Error::Config(why));
+        }
         if self.pausing && !probe.less_than(&self.cut_epoch()) {
             self.resources.snapshot()?;
             self.cut += 1;

@@ -250,6 +250,8 @@ pub struct ResilienceOptions {
     pub dir: PathBuf,
     /// Time between snapshots.
     pub interval_ms: u64,
+    /// How long snapshots may keep failing before the run stops.
+    pub give_up_ms: u64,
     /// This worker's name (its store's name).
     pub worker: String,
     /// The application's fingerprint: a store of another application is refused.
@@ -497,6 +499,7 @@ impl Options {
                 Some(dir) => Some(ResilienceOptions {
                     dir: dir.extract()?,
                     interval_ms: get_u64("snapshot_ms", 1000)?.max(1),
+                    give_up_ms: get_u64("snapshot_give_up_ms", 60_000)?,
                     worker: optional(dict, "worker_name")?
                         .map_or(Ok("initializer".to_owned()), |v| v.extract())?,
                     app: string(dict, "app_fingerprint")?,

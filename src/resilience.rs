@@ -294,10 +294,12 @@ impl Store {
         Ok(())
     }
 
-    /// Write a snapshot in one transaction; compact now and then.
+    /// Write a snapshot in one transaction; compact now and then (a failed
+    /// compaction is logged: the snapshot is stored all the same).
     pub fn write(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
         let path = self.path.clone();
-        let fail = |e: rusqlite::Error| store_error(&path, format!("writing a snapshot: {e}"));
+        let fail =
+            |e: rusqlite::Error| Error::Config(format!("resilience store {}: {e}", path.display()));
         let tx = self.conn.transaction().map_err(fail)?;
         let mut digest = 0u64;
         {
@@ -343,7 +345,9 @@ impl Store {
         tx.commit().map_err(fail)?;
         self.written += 1;
         if self.written.is_multiple_of(COMPACT_EVERY) {
-            self.compact(snapshot.id)?;
+            if let Err(e) = self.compact(snapshot.id) {
+                log::warn!("{e}");
+            }
         }
         Ok(())
     }
@@ -372,7 +376,12 @@ impl Store {
         })
         .and_then(|_| tx.execute("DELETE FROM snapshots WHERE id < ?1", [floor]))
         .and_then(|_| tx.commit())
-        .map_err(|e| store_error(&path, format!("compacting: {e}")))?;
+        .map_err(|e| {
+            Error::Config(format!(
+                "resilience store {}: compacting (tried again later): {e}",
+                path.display()
+            ))
+        })?;
         Ok(())
     }
 
@@ -841,22 +850,107 @@ pub struct WriterStats {
     pub last_id: std::sync::atomic::AtomicU64,
     /// Snapshots handed to the writer and not yet written (or failed).
     pub queued: std::sync::atomic::AtomicU64,
+    /// Set when snapshots failed for longer than the run tolerates: why.
+    gave_up: Mutex<Option<String>>,
+}
+
+/// The writer thread's memory of snapshots that were not stored: their
+/// changed keys go into the next snapshot, and a failure that lasts too
+/// long stops the run.
+struct Unstored {
+    /// The changed keys of the snapshots not stored (newest state per key).
+    rows: Vec<StateRow>,
+    /// Since when, and how many, snapshots in a row failed.
+    failing: Option<(std::time::Instant, u64)>,
+    /// How long snapshots may keep failing.
+    give_up: Duration,
+}
+
+impl Unstored {
+    /// Add the changed keys of the snapshots not stored to `snapshot`
+    /// (its own rows are newer and win).
+    fn carry_into(&mut self, snapshot: &mut Snapshot) {
+        let older = std::mem::take(&mut self.rows);
+        if older.is_empty() {
+            return;
+        }
+        let fresh: std::collections::HashSet<(&str, &[u8])> = snapshot
+            .rows
+            .iter()
+            .map(|row| (row.store.as_str(), row.key.as_slice()))
+            .collect();
+        let older: Vec<StateRow> = older
+            .into_iter()
+            .filter(|row| !fresh.contains(&(row.store.as_str(), row.key.as_slice())))
+            .collect();
+        snapshot.rows.extend(older);
+    }
+
+    /// `snapshot` was stored: nothing is carried any more.
+    fn stored(&mut self, snapshot: &Snapshot, path: &Path) {
+        if let Some((_, failed)) = self.failing.take() {
+            log::info!(
+                "snapshot {} written to {}: snapshots are stored again after {failed} failed \
+                 (it holds their changed keys)",
+                snapshot.id,
+                path.display()
+            );
+        }
+    }
+
+    /// `snapshot` was not stored: keep its rows for the next one. Returns
+    /// why the run must stop when snapshots have failed for too long.
+    fn failed(&mut self, snapshot: Snapshot, error: &Error, last_stored: u64) -> Option<String> {
+        let (since, failed) = self
+            .failing
+            .get_or_insert_with(|| (std::time::Instant::now(), 0));
+        *failed += 1;
+        log::error!(
+            "snapshot {} not stored: {error}; its {} changed keys go into the next snapshot",
+            snapshot.id,
+            snapshot.rows.len()
+        );
+        self.rows = snapshot.rows;
+        let lasting = since.elapsed();
+        (lasting >= self.give_up).then(|| {
+            format!(
+                "{error}; snapshots have failed for {:.1} s ({failed} in a row, more than \
+                 --snapshot-give-up {:.0} s allows): stopping. A run started again goes on \
+                 from snapshot {last_stored}",
+                lasting.as_secs_f64(),
+                self.give_up.as_secs_f64()
+            )
+        })
+    }
 }
 
 impl Writer {
-    /// Start the writer of `store`.
-    pub fn start(mut store: Store, stats: std::sync::Arc<WriterStats>) -> Result<Writer, Error> {
+    /// Start the writer of `store`; a run whose snapshots fail for longer
+    /// than `give_up` is told to stop ([`Writer::gave_up`]).
+    pub fn start(
+        mut store: Store,
+        stats: std::sync::Arc<WriterStats>,
+        give_up: Duration,
+        last_stored: u64,
+    ) -> Result<Writer, Error> {
         use std::sync::atomic::Ordering;
         // One snapshot queued while one is written: a worker never gets more
         // than two snapshots ahead of its disk.
         let (tx, rx) = bounded::<Message>(1);
         let thread_stats = stats.clone();
+        let mut unstored = Unstored {
+            rows: Vec::new(),
+            failing: None,
+            give_up,
+        };
+        stats.last_id.store(last_stored, Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("snapshot writer".into())
             .spawn(move || {
                 for message in rx {
                     match message {
-                        Message::Snapshot(snapshot, acks) => {
+                        Message::Snapshot(mut snapshot, acks) => {
+                            unstored.carry_into(&mut snapshot);
                             match write_after(&mut store, &snapshot, &acks, &stats) {
                                 Ok(()) => {
                                     let first = stats.written.fetch_add(1, Ordering::Relaxed) == 0;
@@ -872,14 +966,14 @@ impl Writer {
                                     } else {
                                         log::debug!("{say}");
                                     }
+                                    unstored.stored(&snapshot, &store.path);
                                 }
                                 Err(e) => {
                                     stats.failed.fetch_add(1, Ordering::Relaxed);
-                                    log::error!(
-                                        "snapshot {} not written, recovery would use an earlier \
-                                     one: {e}",
-                                        snapshot.id
-                                    );
+                                    let last = stats.last_id.load(Ordering::Relaxed);
+                                    if let Some(why) = unstored.failed(*snapshot, &e, last) {
+                                        *crate::dataflow::lock(&stats.gave_up) = Some(why);
+                                    }
                                 }
                             }
                         }
@@ -897,6 +991,11 @@ impl Writer {
             thread: Mutex::new(Some(thread)),
             stats: thread_stats,
         })
+    }
+
+    /// Why the run must stop, once snapshots have failed for too long.
+    pub fn gave_up(&self) -> Option<String> {
+        crate::dataflow::lock(&self.stats.gave_up).clone()
     }
 
     fn send(&self, message: Message) {
@@ -1051,6 +1150,34 @@ mod tests {
         let got = recover(&dir, "app", "w0", &["w0".into()]).unwrap().unwrap();
         assert_eq!(got.id, 1);
         assert_eq!(values(&got), BTreeMap::from([("a".into(), "1".into())]));
+    }
+
+    #[test]
+    fn keys_of_a_snapshot_not_stored_go_into_the_next_one() {
+        let mut unstored = Unstored {
+            rows: Vec::new(),
+            failing: None,
+            give_up: Duration::from_secs(60),
+        };
+        let failed = snapshot(2, &["w0"], vec![row("a", Some("1")), row("b", Some("1"))]);
+        let error = Error::Config("disk full".into());
+        assert_eq!(unstored.failed(failed, &error, 1), None);
+        let mut next = snapshot(3, &["w0"], vec![row("a", Some("2"))]);
+        unstored.carry_into(&mut next);
+        let mut rows: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            next.rows.into_iter().map(|r| (r.key, r.value)).collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            vec![
+                (b"a".to_vec(), Some(b"2".to_vec())),
+                (b"b".to_vec(), Some(b"1".to_vec()))
+            ]
+        );
+        // Failing for longer than allowed: the run is told to stop.
+        unstored.give_up = Duration::ZERO;
+        let why = unstored.failed(snapshot(4, &["w0"], vec![]), &error, 1);
+        assert!(why.is_some_and(|why| why.contains("disk full")));
     }
 
     #[test]

@@ -260,3 +260,59 @@ def apache_kafka():
         yield broker.start()
     finally:
         broker.stop()
+
+
+class SmallFilesystem:
+    """A small file system mounted at ``path`` (tmpfs, else a loop-mounted
+    ext4 image), to fill up on purpose: :meth:`fill` writes a file until
+    the disk is full, :meth:`free` deletes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._filler = path / "filler"
+
+    def fill(self) -> None:
+        """Write ``filler`` until the file system has no room left."""
+        chunk = b"\0" * 4096
+        with open(self._filler, "ab", buffering=0) as filler:
+            try:
+                while True:
+                    filler.write(chunk)
+            except OSError:
+                pass
+
+    def free(self) -> None:
+        """Delete what :meth:`fill` wrote."""
+        self._filler.unlink(missing_ok=True)
+
+
+def _mount(argv: list) -> str | None:
+    """Run a mount command; None when it worked, else why not."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err)
+    return None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[SmallFilesystem]:
+    """A 4 MiB file system of its own (see :class:`SmallFilesystem`); the
+    test is skipped, saying why, when neither tmpfs nor a loop mount works
+    (both need root)."""
+    mount_point = tmp_path / "small_fs"
+    mount_point.mkdir()
+    tmpfs = _mount(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)])
+    if tmpfs is not None:
+        image = tmp_path / "small_fs.img"
+        with open(image, "wb") as f:
+            f.truncate(8 << 20)
+        loop = _mount(["mkfs.ext4", "-q", "-F", str(image)]) or _mount(
+            ["mount", "-o", "loop", str(image), str(mount_point)]
+        )
+        if loop is not None:
+            pytest.skip(f"no small file system to fill: tmpfs: {tmpfs}; loop mount: {loop}")
+    try:
+        yield SmallFilesystem(mount_point)
+    finally:
+        _mount(["umount", "-l", str(mount_point)])

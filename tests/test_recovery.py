@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from conftest import APPS_DIR, RunningApp, app_env
@@ -385,6 +386,109 @@ def test_damaged_newest_snapshot_falls_back_to_the_previous_one(
     # Counts from the damaged stretch were produced again from the older
     # state: the highest count per key is still exact.
     assert_exact(got, expected)
+
+
+def wait_for(what: str, until: Callable[[], object], timeout: float, log: Callable[[], str]):
+    """Poll ``until()`` every 50 ms until it returns something true; fail
+    the test with ``log()`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = until()
+        if found:
+            return found
+        time.sleep(0.05)
+    pytest.fail(f"waited {timeout} s for {what}\n{log()[-4000:]}")
+
+
+def newest_stored(store: Path) -> int:
+    """The newest snapshot id in a store (0: none or not readable now)."""
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COALESCE(MAX(id), 0) FROM snapshots").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+NOT_STORED = re.compile(r"snapshot (\d+) not (?:stored|written)")
+
+
+@pytest.mark.timeout(300)
+def test_snapshots_failing_on_a_full_disk_lose_no_state(tmp_path: Path, small_fs) -> None:
+    """The store's disk fills up mid-run, snapshots fail, the disk is freed,
+    the run is killed: started again, every key's count is exact. Each key's
+    records come in two blocks, one in each half of the input: a key counted
+    only while snapshots failed is in a later snapshot only if the failed
+    ones' keys were carried over, and its second block counts on from there."""
+    keys = tmp_path / "keys.txt"
+    lines = [f"k{(i // 2000) % 150}" for i in range(600_000)]
+    keys.write_text("\n".join(lines) + "\n")
+    expected = collections.Counter(lines)
+    output = tmp_path / "counts.txt"
+    snapshots = small_fs.path / "snapshots"
+    store = snapshots / "initializer.sqlite"
+    common = [sys.executable, "-m", "wallaroo", str(COUNT_APP), "--input", str(keys),
+              "--output", str(output), "-r", str(snapshots), "--snapshot-interval", "0.2"]
+    running = RunningApp([*common, "--pause-every", "1000", "--pause-ms", "30"],
+                         app_env(), str(tmp_path))  # fmt: skip
+    try:
+        wait_for("the first snapshot", lambda: newest_stored(store), 60, lambda: running.stderr)
+        small_fs.fill()
+        failed = wait_for(
+            "three snapshots not stored",
+            lambda: (ids := NOT_STORED.findall(running.stderr))[2:] and ids,
+            60,
+            lambda: running.stderr,
+        )
+        small_fs.free()
+        last_failed = int(failed[-1])
+        wait_for(
+            "a snapshot stored after the failed ones",
+            lambda: newest_stored(store) > last_failed,
+            60,
+            lambda: running.stderr,
+        )
+        assert running.proc.poll() is None, f"the run ended before the kill\n{running.stderr}"
+    finally:
+        running.proc.kill()
+        running.proc.wait()
+    again = subprocess.run(common, cwd=tmp_path, env=app_env(), capture_output=True, text=True,
+                           timeout=180, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "recovered snapshot" in again.stderr, again.stderr
+    got, torn = final_counts(output, expected)
+    assert torn <= 1
+    assert_exact(got, expected)
+
+
+@pytest.mark.timeout(180)
+def test_snapshots_failing_for_too_long_stop_the_run(tmp_path: Path, small_fs) -> None:
+    """A disk that stays full: after --snapshot-give-up seconds of failed
+    snapshots the run stops, exit 1, naming the store and the reason."""
+    keys = tmp_path / "keys.txt"
+    write_keys(keys, 600_000, 100, seed=4)
+    snapshots = small_fs.path / "snapshots"
+    store = snapshots / "initializer.sqlite"
+    running = RunningApp(
+        [sys.executable, "-m", "wallaroo", str(COUNT_APP), "--input", str(keys),
+         "--output", str(tmp_path / "out.txt"), "--pause-every", "1000", "--pause-ms", "30",
+         "-r", str(snapshots), "--snapshot-interval", "0.2", "--snapshot-give-up", "1"],
+        app_env(), str(tmp_path),
+    )  # fmt: skip
+    try:
+        wait_for("the first snapshot", lambda: newest_stored(store), 60, lambda: running.stderr)
+        small_fs.fill()
+        code = running.proc.wait(timeout=90)
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+        small_fs.free()
+    log = running.stderr
+    assert code == 1, log[-4000:]
+    error = [line for line in log.splitlines() if line.startswith("error:")]
+    assert error, log[-4000:]
+    assert str(store) in error[0] and "disk is full" in error[0], error
+    assert "--snapshot-give-up" in error[0], error
 
 
 def test_store_of_another_application_is_refused(tmp_path: Path) -> None:

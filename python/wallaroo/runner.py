@@ -125,6 +125,15 @@ def _parser() -> argparse.ArgumentParser:
         help="with -r/--resilience-dir: time between snapshots (default 1; independent of "
         "--epoch-ms)",
     )
+    run.add_argument(
+        "--snapshot-give-up",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with -r/--resilience-dir: stop the run (exit 1) when snapshots keep failing "
+        "(disk full, ...) for longer than this (default 60); until then the keys of a "
+        "snapshot not stored go into the next one",
+    )
     kafka.add_arguments(parser)
     _demo_hook().add_arguments(parser)
     cluster.add_arguments(parser)
@@ -225,6 +234,8 @@ class _StopOnSignal:
 def _check_runner_flags(opts: argparse.Namespace) -> str | None:
     if opts.snapshot_interval <= 0:
         return "--snapshot-interval must be positive"
+    if opts.snapshot_give_up < 0:
+        return "--snapshot-give-up must not be negative"
     if opts.kafka_sink_transactions and not opts.resilience_dir:
         return (
             "--kafka-sink-transactions commits output at each snapshot: it needs "
@@ -360,6 +371,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
         options.update(
             resilience_dir=opts.resilience_dir,
             snapshot_ms=max(1, round(opts.snapshot_interval * 1000)),
+            snapshot_give_up_ms=round(opts.snapshot_give_up * 1000),
             worker_name=opts.name or "initializer",
             app_fingerprint=_app_fingerprint(plan),
         )
