@@ -433,37 +433,6 @@ def direct_run(app: Path, events_path: Path) -> dict:
     return by_partition([json.loads(line) for line in done.stdout.splitlines()])
 
 
-def consume(bootstrap: str, topic: str, count: int, timeout: float = 120.0) -> list:
-    """The first ``count`` messages of ``topic`` (partition 0), decoded."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}"})
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    messages: list = []
-    deadline = time.monotonic() + timeout
-    while len(messages) < count and time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is not None and not message.error():
-            messages.append(json.loads(message.value()))
-    consumer.close()
-    return messages
-
-
-def produce(bootstrap: str, topic: str, events: list) -> None:
-    """Write ``events`` (JSON) to ``topic``, every one acknowledged."""
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for event in events:
-        while True:
-            try:
-                producer.produce(topic, json.dumps(event).encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(60) == 0
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("broker", ["embedded", "tansu"])
 def test_users_own_star_leaders_reads_only_what_it_is_sent(
@@ -474,7 +443,7 @@ def test_users_own_star_leaders_reads_only_what_it_is_sent(
     what the app's own functions make of the N events, partition by partition."""
     import shutil
 
-    from kafka_broker import TansuBroker
+    from kafka_broker import BrokerClients, TansuBroker
 
     # The embedded broker keeps about 5 MiB per partition: 3,000 events fit.
     generated = events[1][:3000]
@@ -500,18 +469,19 @@ def test_users_own_star_leaders_reads_only_what_it_is_sent(
         run = Run(command, app_dir, app_env(apps_on_path=False))
         try:
             if broker == "tansu":
-                bootstrap = tansu.bootstrap
+                clients: BrokerClients = tansu
             else:
-                bootstrap = run.wait_for(r"started an embedded broker at (\S+) ").group(1)
+                clients = BrokerClients()
+                clients.bootstrap = run.wait_for(r"started an embedded broker at (\S+) ").group(1)
                 hint = run.wait_for(r"nothing else writes to topic 'gharchive'.*")
                 assert "python -m wallaroo.demo.streamer --brokers" in hint.group(0)
             run.wait_for(r"running application 'GitHub Star Leaders'")
-            produce(bootstrap, "gharchive", generated)
-            messages = consume(bootstrap, "leaderboard", total)
+            clients.produce("gharchive", [json.dumps(event) for event in generated], timeout=60)
+            records = clients.consume("leaderboard", total, timeout=120)
         finally:
             code = run.stop()
     assert code == 0, run.text[-3000:]
-    assert by_partition(messages) == expected
+    assert by_partition([json.loads(record.value) for record in records]) == expected
     assert f"'star leaders': {len(generated)} in" in run.text, run.text[-3000:]
     assert "star leaders: gharchive -> leaderboard" in run.text  # the py2 print ran
     for companion in ("dashboard:", "demo streamer", "feeding generated", "top: 1."):
@@ -614,3 +584,16 @@ def test_demo_companions_run_beside_the_engine_not_inside_it(tmp_path: Path) -> 
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in children if _alive(pid)], "a companion outlived the runner"
+
+
+def test_runner_api_and_cluster_import_nothing_of_the_demo() -> None:
+    """The demo is reached through the runner's one hook, at run time only."""
+    code = (
+        "import sys, wallaroo, wallaroo.runner, wallaroo.cluster, wallaroo.loader\n"
+        "print(sorted(m for m in sys.modules if m.startswith('wallaroo.demo')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=app_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
