@@ -264,7 +264,8 @@ def test_one_command_demo_from_another_directory(tmp_path: Path) -> None:
 @pytest.mark.timeout(180)
 def test_bounded_run_streamer_engine_dashboard_on_the_test_broker(tmp_path: Path) -> None:
     """streamer -> gharchive -> engine -> leaderboard -> dashboard, all apart,
-    on a real Kafka-protocol broker; the run ends by itself (--max-records)."""
+    on a real Kafka-protocol broker, as the README's "Running with a real Kafka"
+    starts them; the run ends by itself (--max-records)."""
     import urllib.request
 
     from confluent_kafka import Consumer, TopicPartition
@@ -319,7 +320,6 @@ def test_bounded_run_streamer_engine_dashboard_on_the_test_broker(tmp_path: Path
                     "-m",
                     "wallaroo",
                     "star_leaders",
-                    "--no-demo",
                     "--kafka_source_brokers",
                     broker.bootstrap,
                     "--kafka_sink_brokers",
@@ -335,6 +335,9 @@ def test_bounded_run_streamer_engine_dashboard_on_the_test_broker(tmp_path: Path
             )
             assert app.returncode == 0, app.stderr
             assert f"{events} in" in app.stderr
+            # Given brokers, the bundled example starts no companion of its own
+            # (README, "Running with a real Kafka": the dashboard is yours).
+            assert "demo" not in app.stderr and "dashboard:" not in app.stderr
             consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "check"})
             consumer.assign([TopicPartition("leaderboard", 0, 0)])
             latest: dict = {}
@@ -597,3 +600,23 @@ def test_runner_api_and_cluster_import_nothing_of_the_demo() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.timeout(180)
+def test_demo_flag_accompanies_any_app(tmp_path: Path) -> None:
+    """``--demo`` starts the companions around a user's own app too."""
+    import shutil
+
+    app_dir = tmp_path / "my_app"
+    shutil.copytree(USER_COPY, app_dir)
+    command = [sys.executable, "-m", "wallaroo", "star_leaders", "--demo", "--dashboard-port",
+               "0", "--demo-speedup", "600", "--demo-events", "2000", "--max-records", "2000"]
+    run = Run(command, app_dir, app_env(apps_on_path=False))
+    try:
+        run.proc.wait(timeout=150)
+    finally:
+        code = run.stop()
+    assert code == 0, run.text[-3000:]
+    assert "star leaders: gharchive -> leaderboard" in run.text  # the user's copy ran
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", run.text), run.text[-3000:]
+    assert "top: 1." in run.text and "'star leaders': 2000 in" in run.text

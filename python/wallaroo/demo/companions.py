@@ -73,7 +73,10 @@ class Companions:
     def start(self) -> None:
         """Start the companions the app's Kafka ends call for."""
         env = _child_env()
-        for name, command in self._commands().items():
+        commands = self._commands()
+        if not commands:
+            log.warning("demo: the app has no Kafka source or sink; nothing to start beside it")
+        for name, command in commands.items():
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
             self.children[name] = child
             log.info("demo %s started (pid %d)", name, child.pid)
@@ -186,7 +189,7 @@ def _dashboard(opts: argparse.Namespace) -> int:
 
 
 def _streamer(opts: argparse.Namespace) -> int:
-    from wallaroo.demo.streamer import BrokerUnavailable, Streamer
+    from wallaroo.demo.streamer import Streamer
 
     streamer = Streamer(
         opts.brokers,
@@ -204,7 +207,7 @@ def _streamer(opts: argparse.Namespace) -> int:
     def run() -> None:
         try:
             streamer.run(stop)
-        except BrokerUnavailable as err:
+        except Exception as err:  # reported below, as the exit status
             failed.append(err)
 
     worker = threading.Thread(target=run, name="streamer")
