@@ -81,14 +81,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _kafka_ends(plan: dict) -> list:
-    """The Kafka sources and sinks of ``plan``."""
-    ends = []
+def kafka_ends(plan: dict) -> tuple:
+    """The Kafka sources and the Kafka sinks of ``plan`` (two lists, in
+    pipeline order; the sinks of a ``to_sinks`` fan-out included)."""
+    sources, sinks = [], []
     for pipeline in plan["pipelines"]:
-        for end in (pipeline["source"], pipeline["sink"]):
-            if end is not None and end.get("kind") == "kafka":
-                ends.append(end)
-    return ends
+        if pipeline["source"].get("kind") == "kafka":
+            sources.append(pipeline["source"])
+        sink = pipeline["sink"]
+        for one in [] if sink is None else sink.get("sinks", [sink]):
+            if one.get("kind") == "kafka":
+                sinks.append(one)
+    return sources, sinks
 
 
 class Demo:
@@ -132,7 +136,8 @@ class Demo:
     def start(self, plan: dict, embedded_bootstrap: str | None) -> None:
         """Start the companions the run gets, if any; otherwise, on the embedded
         broker, log how to feed the app's source topics."""
-        ends = _kafka_ends(plan)
+        sources, sinks = kafka_ends(plan)
+        ends = sources + sinks
         on_embedded = bool(ends) and all(end["bootstrap"] == embedded_bootstrap for end in ends)
         if self.wanted and (self.opts.demo or on_embedded):
             from wallaroo.demo.companions import Companions
@@ -142,9 +147,8 @@ class Demo:
             return
         if embedded_bootstrap is None:
             return
-        for pipeline in plan["pipelines"]:
-            source = pipeline["source"]
-            if source.get("kind") == "kafka" and source["bootstrap"] == embedded_bootstrap:
+        for source in sources:
+            if source["bootstrap"] == embedded_bootstrap:
                 log.info(
                     "nothing else writes to topic %r: produce to it at %s, e.g. "
                     "python -m wallaroo.demo.streamer --brokers %s --topic %s "

@@ -52,22 +52,28 @@ class Companions:
         self._stopping = threading.Event()
 
     def _commands(self) -> dict:
-        pipeline = self.plan["pipelines"][0]
-        source, sink = pipeline["source"], pipeline["sink"]
+        """Name -> (command line, what it does) of each companion to start."""
+        from wallaroo.demo import kafka_ends
+
+        sources, sinks = kafka_ends(self.plan)
         base = [sys.executable, "-m", "wallaroo.demo.companions"]
         parent = ["--parent", str(os.getpid())]
         commands = {}
-        if source.get("kind") == "kafka":
+        if sources:
+            source = sources[0]
             streamer = [*base, "streamer", *parent, "--brokers", source["bootstrap"]]
             streamer += ["--topic", source["topic"], "--group", source["group_id"]]
             streamer += ["--speedup", str(self.opts.demo_speedup)]
             if self.opts.demo_events is not None:
                 streamer += ["--events", str(self.opts.demo_events)]
-            commands["streamer"] = streamer
-        if sink is not None and sink.get("kind") == "kafka":
+            what = (f"feeding generated GitHub events into {source['topic']!r} "
+                    f"at {self.opts.demo_speedup:g}x speed")
+            commands["streamer"] = (streamer, what)
+        if sinks:
+            sink = sinks[0]
             dashboard = [*base, "dashboard", *parent, "--brokers", sink["bootstrap"]]
             dashboard += ["--topic", sink["topic"], "--port", str(self.opts.dashboard_port)]
-            commands["dashboard"] = dashboard
+            commands["dashboard"] = (dashboard, f"showing the leaderboards of {sink['topic']!r}")
         return commands
 
     def start(self) -> None:
@@ -76,20 +82,13 @@ class Companions:
         commands = self._commands()
         if not commands:
             log.warning("demo: the app has no Kafka source or sink; nothing to start beside it")
-        for name, command in commands.items():
+        for name, (command, what) in commands.items():
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
             self.children[name] = child
-            log.info("demo %s started (pid %d)", name, child.pid)
+            log.info("demo %s (pid %d): %s", name, child.pid, what)
             threading.Thread(
                 target=self._watch, args=(name, child), name=f"demo watch {name}", daemon=True
             ).start()
-        if "streamer" in self.children:
-            source = self.plan["pipelines"][0]["source"]
-            log.info(
-                "demo: feeding generated GitHub events into %r at %gx speed",
-                source["topic"],
-                self.opts.demo_speedup,
-            )
 
     def _watch(self, name: str, child: subprocess.Popen) -> None:
         """Log a companion that ends before the run (the run goes on)."""
