@@ -116,6 +116,7 @@ impl Summary {
             counters.set_item("dropped", PipelineMetrics::get(&m.dropped))?;
             counters.set_item("skipped_errors", PipelineMetrics::get(&m.skipped_errors))?;
             counters.set_item("sink_errors", PipelineMetrics::get(&m.sink_errors))?;
+            counters.set_item("delivered", PipelineMetrics::get(&m.sink_records))?;
             pipelines.set_item(name, counters)?;
         }
         dict.set_item("pipelines", pipelines)?;

@@ -350,7 +350,7 @@ pub struct PipelineMetrics {
     pub sink_errors: AtomicU64,
     /// Records the sink wrote.
     pub sink_records: AtomicU64,
-    /// Times the sink had to reconnect and write a batch again.
+    /// Times the sink tried again to connect or to write a batch.
     pub sink_retries: AtomicU64,
     /// Records per batch handed to the chain.
     pub batch_sizes: Histogram,
@@ -1493,7 +1493,7 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
         counter(
             e,
             "sink_retries",
-            "Times a sink reconnected and wrote a batch again.",
+            "Times a sink tried again to connect to its receiver or to write a batch.",
             None,
             per_pipeline(&|s, p| sink(s, p, p.sink_retries)),
         )?;

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -514,6 +515,58 @@ def test_step_exception_with_on_error_skip(tmp_path: Path) -> None:
     assert f"(from file {src} line 2 (byte 2))" in err
     assert f"(from file {src} line 4 (byte 9))" in err
     assert "'file in': 5 in, 3 out, 0 dropped, 2 skipped after errors" in err
+
+
+# -- sinks that cannot deliver ------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_tcp_sink_whose_receiver_never_comes_fails_the_run(tmp_path: Path) -> None:
+    """Nobody listens where the TCP sink writes: after --sink-connect-timeout
+    the records are counted as not delivered and the run exits 1."""
+    with TcpRun(tmp_path, "--sink-connect-timeout", "1") as run:
+        run.rx.stop()  # before the engine's first connection: nobody listens
+        send_and_close(run, b"".join(frame(b"r%d" % i) for i in range(100)))
+        assert wait_until(lambda: "records not delivered" in run.stderr(), 30), run.stderr()
+        run.proc.send_signal(signal.SIGTERM)
+        code = run.proc.wait(timeout=30)
+        err = run.stderr()
+    assert code == 1, err
+    assert "100 in, 100 out, 0 dropped, 0 skipped after errors, 0 delivered, 100 not delivered" in (
+        err
+    )
+    assert "error: 100 records were not delivered" in err
+    assert "records lost" not in err
+
+
+@pytest.mark.timeout(90)
+def test_tcp_sink_reconnects_to_a_receiver_that_dropped_it_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The receiver closes the sink's connection and comes back later: the
+    sink waits for it (the pipeline held back), reconnects and delivers
+    everything."""
+    with TcpRun(tmp_path) as run:
+        port = run.rx.port
+        sock = run.connect()
+        try:
+            sock.sendall(b"".join(frame(b"a%d" % i) for i in range(50)))
+            run.wait_messages(50)
+            run.rx.stop()  # closes the sink's connection
+            sock.sendall(b"".join(frame(b"b%d" % i) for i in range(50)))
+            assert wait_until(lambda: "waiting for the TCP sink" in run.stderr(), 30), (
+                run.stderr()
+            )
+            run.rx = Receiver(port=port).start()
+            assert run.rx.wait_for(50, timeout=30), (run.rx.messages(), run.stderr())
+        finally:
+            sock.close()
+        code, err = run.stop()
+    assert code == 0, err
+    assert set(run.rx.messages()) == {b"B%d" % i for i in range(50)}
+    assert "lost its connection" in err
+    assert re.search(r"connected to the TCP sink \S+ after \d+ attempts", err), err
+    assert "50 in" not in err and "100 in, 100 out" in err and "0 not delivered" in err
 
 
 # -- broken applications ------------------------------------------------------

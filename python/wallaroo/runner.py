@@ -52,7 +52,8 @@ bad input and errors:
   record, and stops the run (exit 1) unless --on-error skip.
 
 exit codes:
-  0 finished (or stopped by Ctrl-C / SIGTERM), 1 the run failed,
+  0 finished (or stopped by Ctrl-C / SIGTERM), 1 the run failed (also when a
+  sink could not deliver every record),
   2 the application or the command line is wrong.
 
 Pony runtime flags of 0.4.2 scripts (--ponythreads=1, --ponynoblock, ...) and
@@ -445,7 +446,10 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
             signal.signal(signum, handler)
     if failure is not None:
         return _fail(code, failure)
-    _report(summary)
+    undelivered = _report(summary)
+    if undelivered:
+        return _fail(EXIT_RUN_FAILED, f"{undelivered} records were not delivered "
+                     "(see the summary and the sink errors above)")
     return EXIT_OK
 
 
@@ -456,15 +460,21 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _report(summary: dict) -> None:
+def _report(summary: dict) -> int:
+    """Log the run's summary; returns how many records no sink delivered."""
+    undelivered = 0
     for name, counters in summary["pipelines"].items():
-        log.info(
-            "pipeline %r: %d in, %d out, %d dropped, %d skipped after errors, %d sink errors",
+        undelivered += counters["sink_errors"]
+        log.log(
+            logging.ERROR if counters["sink_errors"] else logging.INFO,
+            "pipeline %r: %d in, %d out, %d dropped, %d skipped after errors, "
+            "%d delivered, %d not delivered",
             name,
             counters["records_in"],
             counters["records_out"],
             counters["dropped"],
             counters["skipped_errors"],
+            counters["delivered"],
             counters["sink_errors"],
         )
     if summary["bad_input"]:
@@ -475,3 +485,4 @@ def _report(summary: dict) -> None:
         summary["seconds"],
         " (stopped by signal)" if summary["interrupted"] else "",
     )
+    return undelivered

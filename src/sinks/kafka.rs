@@ -201,7 +201,7 @@ impl BatchWriter for KafkaWriter {
     fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()> {
         for record in batch {
             if record.value.len() > self.max_message_size {
-                PipelineMetrics::add(&self.metrics.sink_errors, 1);
+                // Bad output, like bad input: kept, not a delivery failure.
                 self.bad.record(
                     &self.pipeline,
                     &format!("kafka sink topic {}", self.topic),

@@ -148,7 +148,8 @@ fn open_writer(kind: SinkKind, ctx: &SinkContext) -> Result<Box<dyn BatchWriter>
 }
 
 fn write_loop(rx: Receiver<SinkMessage>, mut writer: Box<dyn BatchWriter>, ctx: SinkContext) {
-    let mut failing = false;
+    // Records not delivered since the last batch that was.
+    let mut failing = 0usize;
     for message in rx.iter() {
         let batch = match message {
             SinkMessage::Batch(batch) => batch,
@@ -172,19 +173,28 @@ fn write_loop(rx: Receiver<SinkMessage>, mut writer: Box<dyn BatchWriter>, ctx: 
             Ok(()) => {
                 PipelineMetrics::add(&ctx.metrics.bytes_out, bytes as u64);
                 ctx.metrics.sink_wrote(&batch);
-                failing = false;
+                if failing > 0 {
+                    log::warn!(
+                        "pipeline {:?}: {}: delivering again, after {failing} records not \
+                         delivered",
+                        ctx.pipeline,
+                        writer.label()
+                    );
+                }
+                failing = 0;
             }
             Err(e) => {
                 PipelineMetrics::add(&ctx.metrics.sink_errors, batch.len() as u64);
-                if !failing {
+                if failing == 0 {
                     log::error!(
-                        "pipeline {:?}: {}: write failed, {} records lost: {e}",
+                        "pipeline {:?}: {}: write failed, {} records not delivered (counted \
+                         in the summary; the run will exit 1): {e}",
                         ctx.pipeline,
                         writer.label(),
                         batch.len()
                     );
                 }
-                failing = true;
+                failing += batch.len();
             }
         }
         if rx.is_empty() {

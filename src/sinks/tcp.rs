@@ -1,6 +1,8 @@
-//! TCP sink: connects to the receiver (retrying until it is there) and writes
-//! encoded records as-is. A lost connection is re-established and the batch
-//! that failed is written again (at-least-once).
+//! TCP sink: connects to the receiver (retrying with back-off until it is
+//! there, up to the connect timeout, while the pipeline is held back) and
+//! writes encoded records as-is. A lost connection is re-established and the
+//! batch that failed is written again (at-least-once). After giving up, the
+//! records it cannot write are counted as not delivered and the run fails.
 
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
@@ -41,22 +43,28 @@ impl TcpWriter {
             } else {
                 self.connect_timeout
             };
-            let deadline = Instant::now() + patience;
+            let started = Instant::now();
             let mut delay = Duration::from_millis(50);
-            let mut warned = false;
+            let mut attempts = 0u64;
+            let mut last_said = None::<Instant>;
             let stream = loop {
+                attempts += 1;
                 match TcpStream::connect((self.host.as_str(), self.port)) {
                     Ok(stream) => break stream,
-                    Err(e) if Instant::now() < deadline => {
-                        if !warned {
+                    Err(e) if started.elapsed() < patience => {
+                        // Said at once, then every 10 s: the pipeline is held back meanwhile.
+                        if last_said.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                             log::warn!(
-                                "pipeline {:?}: waiting for the TCP sink {}:{} ({e})",
+                                "pipeline {:?}: waiting for the TCP sink {}:{} ({e}); the \
+                                 pipeline is held back, giving up after {:.0} s",
                                 self.pipeline,
                                 self.host,
-                                self.port
+                                self.port,
+                                patience.as_secs_f64()
                             );
-                            warned = true;
+                            last_said = Some(Instant::now());
                         }
+                        crate::metrics::PipelineMetrics::add(&self.metrics.sink_retries, 1);
                         std::thread::sleep(delay);
                         delay = (delay * 2).min(Duration::from_secs(1));
                     }
@@ -69,10 +77,18 @@ impl TcpWriter {
             self.gave_up = false;
             let _ = stream.set_nodelay(true);
             log::info!(
-                "pipeline {:?}: connected to the TCP sink {}:{}",
+                "pipeline {:?}: connected to the TCP sink {}:{}{}",
                 self.pipeline,
                 self.host,
-                self.port
+                self.port,
+                if attempts > 1 {
+                    format!(
+                        " after {attempts} attempts ({:.1} s)",
+                        started.elapsed().as_secs_f64()
+                    )
+                } else {
+                    String::new()
+                }
             );
             self.stream = Some(BufWriter::with_capacity(256 * 1024, stream));
         }
@@ -81,22 +97,51 @@ impl TcpWriter {
             .ok_or_else(|| std::io::Error::other("not connected"))
     }
 
+    /// Write a whole batch and push it out (nothing of an earlier batch
+    /// waits in the buffer when a connection fails).
     fn try_write(&mut self, batch: &[Output]) -> std::io::Result<()> {
         let stream = self.connect()?;
+        if peer_closed(stream.get_ref()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the receiver closed the connection",
+            ));
+        }
         for record in batch {
             stream.write_all(&record.value)?;
         }
-        Ok(())
+        stream.flush()
     }
 }
 
+/// Whether the receiver has closed its end (a receiver never sends, so a
+/// readable socket means end of stream or an error): checked before each
+/// batch, so a batch is not written into a connection already gone.
+fn peer_closed(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let closed = match stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    let _ = stream.set_nonblocking(false);
+    closed
+}
+
 impl BatchWriter for TcpWriter {
+    /// A lost connection is made again (waiting up to the connect timeout,
+    /// the pipeline held back meanwhile) and the whole batch written again:
+    /// at-least-once.
     fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()> {
         match self.try_write(batch) {
             Ok(()) => Ok(()),
             Err(first) if self.stream.is_some() => {
                 log::warn!(
-                    "pipeline {:?}: TCP sink {}:{} failed ({first}), reconnecting",
+                    "pipeline {:?}: TCP sink {}:{} lost its connection ({first}); \
+                     reconnecting, the batch is written again",
                     self.pipeline,
                     self.host,
                     self.port
