@@ -620,3 +620,26 @@ def test_demo_flag_accompanies_any_app(tmp_path: Path) -> None:
     assert "star leaders: gharchive -> leaderboard" in run.text  # the user's copy ran
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", run.text), run.text[-3000:]
     assert "top: 1." in run.text and "'star leaders': 2000 in" in run.text
+
+
+@pytest.mark.timeout(180)
+def test_demo_companions_end_when_the_runner_is_killed(tmp_path: Path) -> None:
+    """A runner killed with SIGKILL cannot stop its companions: they see it gone
+    and end by themselves."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    command = [sys.executable, "-m", "wallaroo", "star_leaders", "--dashboard-port", "0",
+               "--demo-speedup", "600"]
+    run = Run(command, tmp_path, env)
+    try:
+        run.wait_for(r"dashboard: (http://\S+)")
+        run.wait_for(r"top: 1\.")
+        children = _children(run.proc.pid)
+        assert len(children) == 2, children
+    finally:
+        run.proc.kill()
+        run.proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)], "a companion outlived the runner"

@@ -199,6 +199,9 @@ def _streamer(opts: argparse.Namespace) -> int:
         progress=False,
         max_lag=MAX_LAG,
         lag_group=opts.group,
+        # Generated events: when the runner (and its embedded broker) is gone,
+        # waiting long for the last acknowledgements serves nothing.
+        flush_timeout=3.0,
     )
     stop = threading.Event()
     failed: list = []
