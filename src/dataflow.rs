@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,11 +60,25 @@ const TICK_INTERVAL: Duration = Duration::from_millis(50);
 /// Set by the runner's signal handlers (Ctrl-C, SIGTERM): finish what the
 /// sources have read, then end. A flag, not an exception, so user code that
 /// happens to run when the signal arrives is not interrupted.
-static STOP_REQUEST: AtomicBool = AtomicBool::new(false);
+/// 0: none; [`STOP_DRAIN`]; [`STOP_AT_ONCE`] (a second signal).
+static STOP_REQUEST: AtomicU8 = AtomicU8::new(0);
+const STOP_DRAIN: u8 = 1;
+const STOP_AT_ONCE: u8 = 2;
 
-/// Ask the running worker to stop cleanly.
-pub fn request_stop() {
-    STOP_REQUEST.store(true, Ordering::Relaxed);
+/// Ask the running worker to stop cleanly, or (`at_once`, a second signal)
+/// without finishing what was read.
+pub fn request_stop(at_once: bool) {
+    STOP_REQUEST.fetch_max(
+        if at_once { STOP_AT_ONCE } else { STOP_DRAIN },
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether a second signal asked the run to stop at once: a step failure
+/// is then the interruption (a KeyboardInterrupt raised in user code), never
+/// skipped and never reported as the step's own failure.
+pub fn stopping_at_once() -> bool {
+    STOP_REQUEST.load(Ordering::Relaxed) >= STOP_AT_ONCE
 }
 
 /// A reason to stop the run set from outside the worker (the cluster's
@@ -97,6 +111,8 @@ pub struct Summary {
     bad_input: BTreeMap<String, u64>,
     state_keys: Vec<(String, usize)>,
     interrupted: bool,
+    /// Stopped by a second signal without finishing what was read.
+    at_once: bool,
     seconds: f64,
     worker: usize,
     workers: usize,
@@ -126,6 +142,7 @@ impl Summary {
             self.state_keys.iter().cloned().collect::<HashMap<_, _>>(),
         )?;
         dict.set_item("interrupted", self.interrupted)?;
+        dict.set_item("stopped_at_once", self.at_once)?;
         dict.set_item("seconds", self.seconds)?;
         dict.set_item("worker", self.worker)?;
         dict.set_item("workers", self.workers)?;
@@ -139,7 +156,7 @@ pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
     take_abort();
     take_reconfigure();
     GENERATION.store(0, Ordering::Relaxed);
-    STOP_REQUEST.store(false, Ordering::Relaxed);
+    STOP_REQUEST.store(0, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     match options.cluster.clone() {
         None => {
@@ -865,7 +882,22 @@ impl Resources {
                 let _ = thread.join();
             }
         }
-        let interrupted = outcome?;
+        let at_once = stopping_at_once();
+        let interrupted = match outcome {
+            Err(Error::Step(failure)) if at_once => {
+                log::warn!(
+                    "stopped at once by a second signal while pipeline {:?}, step {:?} ran on \
+                     record {} (from {}): that record and those read after it were not delivered",
+                    failure.pipeline,
+                    failure.step,
+                    failure.record,
+                    failure.position
+                );
+                true
+            }
+            Err(Error::Python(_)) if at_once => true,
+            outcome => outcome?,
+        };
         let state_keys = Python::attach(|py| {
             self.stores
                 .values()
@@ -877,6 +909,7 @@ impl Resources {
             bad_input: self.bad.counts(),
             state_keys,
             interrupted,
+            at_once,
             seconds: self.started.elapsed().as_secs_f64(),
             worker,
             workers,
@@ -1422,7 +1455,14 @@ fn drive<A: Allocate>(
                 stop.store(true, Ordering::Relaxed);
             }
         }
-        if STOP_REQUEST.load(Ordering::Relaxed) && !interrupted {
+        if stopping_at_once() {
+            log::warn!(
+                "stopping at once (a second signal): what was read and not yet delivered is not"
+            );
+            stop.store(true, Ordering::Relaxed);
+            return Ok(DriveEnd::Finished(true));
+        }
+        if STOP_REQUEST.load(Ordering::Relaxed) >= STOP_DRAIN && !interrupted {
             log::info!("stopping: finishing what the sources have read");
             stop.store(true, Ordering::Relaxed);
         }

@@ -94,10 +94,12 @@ fn generation() -> u64 {
 }
 
 /// Ask the running worker to finish what its sources have read and end
-/// (what the runner's Ctrl-C / SIGTERM handlers call).
+/// (what the runner's Ctrl-C / SIGTERM handlers call); `at_once` (a second
+/// signal): stop without finishing, the run is reported as interrupted.
 #[pyfunction]
-fn request_stop() {
-    dataflow::request_stop();
+#[pyo3(signature = (at_once = false))]
+fn request_stop(at_once: bool) {
+    dataflow::request_stop(at_once);
 }
 
 /// Replace this process by a fresh start of its own command line (crash

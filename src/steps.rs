@@ -538,6 +538,7 @@ impl Chain {
         match (result, self.on_error) {
             (Ok(()), _) => Ok(()),
             (Err(failure), OnError::Stop) => Err(failure),
+            (Err(failure), OnError::Skip) if crate::dataflow::stopping_at_once() => Err(failure),
             (Err(failure), OnError::Skip) => {
                 PipelineMetrics::add(&self.metrics.skipped_errors, 1);
                 log::warn!("skipped a record (--on-error skip): {failure}");

@@ -447,3 +447,45 @@ def test_sigterm_while_busy_exits_0_after_draining(tcp_app, where: str) -> None:
         time.sleep(0.5)  # the application is busy in slow_{where}
     assert app.stdout == b"".join(p + b"\n" for p in payloads)
     assert "bad input" not in app.stderr
+
+
+@pytest.mark.timeout(90)
+def test_second_ctrl_c_during_a_slow_step_is_an_interrupted_stop() -> None:
+    """Ctrl-C drains; a second one while a 5 s step runs stops at once: the
+    run is reported as interrupted (exit 130, what was read and delivered),
+    not as a failure of the step with a KeyboardInterrupt traceback."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import RunningApp, app_env
+
+    running = RunningApp(
+        [sys.executable, "-m", "wallaroo", str(APPS_DIR / "slow_echo.py"), "--in",
+         f"{HOST}:0", "--slow-step", "5"],
+        app_env(), None,
+    )  # fmt: skip
+    try:
+        ((_, _, in_port),) = running.wait_listening(1, 30)
+        assert send_messages(HOST, in_port, [b"one", b"two", b"three"]) == 3
+        deadline = time.monotonic() + 30
+        while "accepted from" not in running.stderr and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the first record is in the 5 s step
+        running.proc.send_signal(signal.SIGINT)
+        while "stopping after what was read" not in running.stderr:
+            assert time.monotonic() < deadline, running.stderr
+            time.sleep(0.05)
+        running.proc.send_signal(signal.SIGINT)
+        code = running.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the run did not stop at the second Ctrl-C\n{running.stderr}")
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+    err = running.stderr
+    assert code == 130, err
+    assert "the application failed" not in err and "Traceback" not in err, err
+    assert "stopped at once by a second signal while pipeline" in err, err
+    assert re.search(r"error: interrupted: .*3 records read, 0 outputs delivered", err), err

@@ -35,8 +35,9 @@ def run(plan: dict, options: dict) -> dict:
 def abort(reason: str) -> None:
     """Stop the running worker with an error naming ``reason``."""
 
-def request_stop() -> None:
-    """Ask the running worker to finish what its sources have read and end."""
+def request_stop(at_once: bool = False) -> None:
+    """Ask the running worker to finish what its sources have read and end
+    (``at_once``: without finishing; the run is reported as interrupted)."""
 
 def reconfigure(index: int | None, addresses: list[str], names: list[str]) -> None:
     """Announce the cluster's next membership (``index`` None: this worker leaves)."""

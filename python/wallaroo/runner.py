@@ -26,6 +26,8 @@ log = logging.getLogger("wallaroo")
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_BAD_APP = 2
+#: Stopped at once by a second Ctrl-C / SIGTERM (128 + SIGINT, as shells do).
+EXIT_INTERRUPTED = 130
 
 DESCRIPTION = """\
 Run a Wallaroo 0.4.2 Python application on the Rust engine.
@@ -54,7 +56,8 @@ bad input and errors:
 exit codes:
   0 finished (or stopped by Ctrl-C / SIGTERM), 1 the run failed (also when a
   sink could not deliver every record),
-  2 the application or the command line is wrong.
+  2 the application or the command line is wrong, 130 stopped at once by a
+  second Ctrl-C / SIGTERM (what was read was not all delivered).
 
 Pony runtime flags of 0.4.2 scripts (--ponythreads=1, --ponynoblock, ...) and
 -f, -l, --log-rotation, -u/--stop-pause, --spike-* are accepted and ignored.
@@ -220,6 +223,9 @@ class _StopOnSignal:
     def __call__(self, signum: int, frame: Any) -> None:
         self.count += 1
         if self.count > 1:
+            # Stop without finishing; the exception interrupts a step that
+            # is running (the engine reports it as the interruption).
+            self.engine.request_stop(at_once=True)
             raise KeyboardInterrupt(signal.Signals(signum).name)
         if self.leave is not None and self.leave():
             log.info(
@@ -447,6 +453,13 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
     if failure is not None:
         return _fail(code, failure)
     undelivered = _report(summary)
+    if summary.get("stopped_at_once"):
+        pipelines = summary["pipelines"].values()
+        read = sum(c["records_in"] for c in pipelines)
+        delivered = sum(c["delivered"] for c in pipelines)
+        return _fail(EXIT_INTERRUPTED, f"interrupted: stopped at once by a second signal; "
+                     f"{read} records read, {delivered} outputs delivered; what was in flight "
+                     "was not")
     if undelivered:
         return _fail(EXIT_RUN_FAILED, f"{undelivered} records were not delivered "
                      "(see the summary and the sink errors above)")
