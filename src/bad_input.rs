@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,8 +43,60 @@ struct Inner {
     counts: BTreeMap<String, u64>,
     by_pipeline: BTreeMap<(String, String), u64>,
     recent: VecDeque<BadRecord>,
-    file: Option<BufWriter<File>>,
-    write_failed: bool,
+    file: Option<DeadLetter>,
+}
+
+/// The dead-letter file: whole JSON lines or nothing.
+struct DeadLetter {
+    file: File,
+    path: std::path::PathBuf,
+    /// Records that could not be written.
+    failed: u64,
+    /// Failed since the last record that was written.
+    failing: u64,
+}
+
+impl DeadLetter {
+    /// Append `line` in one piece; a write cut short (a full disk) is cut
+    /// off again, so the file never holds a torn line.
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let before = self.file.metadata()?.len();
+        let written = self.file.write_all(line).and_then(|_| self.file.flush());
+        if written.is_err() {
+            let _ = self.file.set_len(before);
+        }
+        written
+    }
+
+    /// Write one record, counting and logging (not every time) a failure.
+    fn keep(&mut self, record: &BadRecord) {
+        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        line.push(b'\n');
+        match self.append(&line) {
+            Ok(()) => {
+                if self.failing > 0 {
+                    log::warn!(
+                        "dead-letter file {}: writing again, after {} bad records could not \
+                         be written",
+                        self.path.display(),
+                        self.failing
+                    );
+                }
+                self.failing = 0;
+            }
+            Err(e) => {
+                if self.failing == 0 {
+                    log::error!(
+                        "dead-letter file {}: cannot write a bad record ({e}); such records are \
+                         counted (summary, metric wallaroo_dead_letter_failed_total)",
+                        self.path.display()
+                    );
+                }
+                self.failing += 1;
+                self.failed += 1;
+            }
+        }
+    }
 }
 
 /// Log lines per kind of bad input allowed in one [`LOG_WINDOW`].
@@ -71,7 +123,12 @@ impl BadInput {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map(BufWriter::new)
+                    .map(|file| DeadLetter {
+                        file,
+                        path: path.to_path_buf(),
+                        failed: 0,
+                        failing: 0,
+                    })
                     .map_err(|e| {
                         Error::Config(format!(
                             "cannot open dead-letter file {}: {e}",
@@ -119,16 +176,7 @@ impl BadInput {
             .entry((pipeline.to_owned(), kind.to_owned()))
             .or_insert(0) += 1;
         if let Some(file) = inner.file.as_mut() {
-            let written = serde_json::to_writer(&mut *file, &record)
-                .map_err(std::io::Error::from)
-                .and_then(|_| file.write_all(b"\n"))
-                .and_then(|_| file.flush());
-            if let Err(e) = written {
-                if !inner.write_failed {
-                    log::error!("cannot write the dead-letter file: {e}");
-                    inner.write_failed = true;
-                }
-            }
+            file.keep(&record);
         }
         if inner.recent.len() == RECENT_LIMIT {
             inner.recent.pop_front();
@@ -171,6 +219,15 @@ impl BadInput {
             Ok(inner) => inner.counts.clone(),
             Err(poisoned) => poisoned.into_inner().counts.clone(),
         }
+    }
+
+    /// Bad records that could not be written to the dead-letter file.
+    pub fn dead_letter_failed(&self) -> u64 {
+        let inner = match self.inner.lock() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        inner.file.as_ref().map_or(0, |file| file.failed)
     }
 
     /// Bad records so far, by pipeline and kind.

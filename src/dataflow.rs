@@ -109,6 +109,7 @@ fn pending_abort() -> bool {
 pub struct Summary {
     pipelines: Vec<(String, Arc<PipelineMetrics>)>,
     bad_input: BTreeMap<String, u64>,
+    dead_letter_failed: u64,
     state_keys: Vec<(String, usize)>,
     interrupted: bool,
     /// Stopped by a second signal without finishing what was read.
@@ -137,6 +138,7 @@ impl Summary {
         }
         dict.set_item("pipelines", pipelines)?;
         dict.set_item("bad_input", self.bad_input.clone())?;
+        dict.set_item("dead_letter_failed", self.dead_letter_failed)?;
         dict.set_item(
             "state_keys",
             self.state_keys.iter().cloned().collect::<HashMap<_, _>>(),
@@ -907,6 +909,7 @@ impl Resources {
         Ok(Summary {
             pipelines,
             bad_input: self.bad.counts(),
+            dead_letter_failed: self.bad.dead_letter_failed(),
             state_keys,
             interrupted,
             at_once,

@@ -1036,6 +1036,9 @@ pub struct WorkerSnapshot {
     pub pipelines: Vec<PipelineSnapshot>,
     /// Bad input by pipeline and kind.
     pub bad_input: Vec<BadCount>,
+    /// Bad records that could not be written to the dead-letter file.
+    #[serde(default)]
+    pub dead_letter_failed: u64,
     /// The newest bad records.
     pub recent_bad: Vec<RecentBad>,
     /// Keys held per state.
@@ -1115,6 +1118,7 @@ pub fn local_snapshot() -> WorkerSnapshot {
         epoch_duration: run.epochs.durations.snapshot(),
         pipelines,
         bad_input,
+        dead_letter_failed: run.bad.dead_letter_failed(),
         recent_bad,
         state_keys,
     }
@@ -1356,6 +1360,21 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
                             b.count as f64,
                         )
                     })
+                })
+                .collect(),
+        )?;
+        counter(
+            e,
+            "dead_letter_failed",
+            "Bad records that could not be written to the dead-letter file (disk full, ...).",
+            None,
+            workers
+                .iter()
+                .map(|s| {
+                    (
+                        vec![("worker", s.worker.clone())],
+                        s.dead_letter_failed as f64,
+                    )
                 })
                 .collect(),
         )?;

@@ -271,8 +271,9 @@ class SmallFilesystem:
         self.path = path
         self._filler = path / "filler"
 
-    def fill(self) -> None:
-        """Write ``filler`` until the file system has no room left."""
+    def fill(self, leave: int = 0) -> None:
+        """Write ``filler`` until the file system has no room left, then
+        give back ``leave`` bytes."""
         chunk = b"\0" * 4096
         with open(self._filler, "ab", buffering=0) as filler:
             try:
@@ -280,6 +281,8 @@ class SmallFilesystem:
                     filler.write(chunk)
             except OSError:
                 pass
+            if leave:
+                filler.truncate(max(0, filler.tell() - leave))
 
     def free(self) -> None:
         """Delete what :meth:`fill` wrote."""

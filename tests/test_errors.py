@@ -569,6 +569,66 @@ def test_tcp_sink_reconnects_to_a_receiver_that_dropped_it_and_loses_nothing(
     assert "50 in" not in err and "100 in, 100 out" in err and "0 not delivered" in err
 
 
+# -- the dead-letter file on a full disk ----------------------------------------
+
+
+def metrics_text(stderr: str) -> str:
+    """The Prometheus text of a run, from the metrics address it logged."""
+    import urllib.request
+
+    found = re.search(r"Prometheus (http://\S+/metrics)", stderr)
+    assert found, stderr
+    with urllib.request.urlopen(found.group(1), timeout=10) as response:
+        return response.read().decode()
+
+
+@pytest.mark.timeout(90)
+def test_dead_letter_on_a_full_disk_counts_what_it_cannot_write_and_tears_no_line(
+    tmp_path: Path, small_fs
+) -> None:
+    """Room for a few dead-letter lines only: the file holds whole lines, and
+    the records it could not take are counted in the metrics and the summary."""
+    from conftest import APPS_DIR as APPS
+    from conftest import RunningApp, app_env
+
+    small_fs.fill(leave=12 << 10)
+    dead = small_fs.path / "dead.jsonl"
+    out = tmp_path / "out.txt"
+    running = RunningApp(
+        [sys.executable, "-m", "wallaroo", str(APPS / "resilient_count.py"), "--in",
+         f"{HOST}:0", "--output", str(out), "--dead-letter", str(dead)],
+        app_env(), str(tmp_path),
+    )  # fmt: skip
+    try:
+        ((_, _, port),) = running.wait_listening(1, 30)
+        # Not UTF-8: the decoder raises on each; the last record is good.
+        payloads = [bytes([0xFF, i]) * 750 for i in range(35)] + [b"k1"]
+        with connect(HOST, port, connect_timeout=5) as sock:
+            sock.sendall(b"".join(frame(p) for p in payloads))
+        assert wait_until(lambda: out.exists() and "k1 1" in out.read_text(), 30), (
+            running.stderr
+        )
+        failed = re.search(r"^wallaroo_dead_letter_failed_total\{.*\} (\d+)",
+                           metrics_text(running.stderr), re.M)  # fmt: skip
+        code = running.stop()
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+        small_fs.free()
+    err = running.stderr
+    assert code == 0, err
+    text = dead.read_text()
+    lines = text.splitlines()
+    assert text.endswith("\n") and lines, text[-300:]
+    kept = [json.loads(line) for line in lines]  # every line whole
+    assert all(k["kind"] == "decode_error" for k in kept)
+    not_written = 35 - len(kept)
+    assert not_written > 0
+    assert failed and int(failed.group(1)) == not_written
+    assert f"dead-letter file: {not_written} bad records could not be written" in err
+
+
 # -- broken applications ------------------------------------------------------
 
 

@@ -493,6 +493,11 @@ def _report(summary: dict) -> int:
     if summary["bad_input"]:
         kinds = ", ".join(f"{n} {kind}" for kind, n in summary["bad_input"].items())
         log.warning("bad input: %s", kinds)
+    if summary.get("dead_letter_failed"):
+        log.error(
+            "dead-letter file: %d bad records could not be written to it (see the errors above)",
+            summary["dead_letter_failed"],
+        )
     log.info(
         "finished in %.2f s%s",
         summary["seconds"],
