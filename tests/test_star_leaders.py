@@ -643,3 +643,30 @@ def test_demo_companions_end_when_the_runner_is_killed(tmp_path: Path) -> None:
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in children if _alive(pid)], "a companion outlived the runner"
+
+
+@pytest.mark.parametrize(
+    ("bundled", "on_embedded", "flags", "starts"),
+    [
+        (True, True, [], True),  # python -m wallaroo star_leaders
+        (True, False, [], False),  # given brokers: the README's real-Kafka commands
+        (True, True, ["--no-demo"], False),
+        (False, True, [], False),  # a user's own star_leaders
+        (False, False, ["--demo"], True),
+        (True, True, ["--demo", "--no-demo"], False),  # --no-demo wins (cluster workers)
+    ],
+)
+def test_the_demo_rule(bundled: bool, on_embedded: bool, flags: list, starts: bool) -> None:
+    import argparse
+
+    from wallaroo.demo import Demo, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    demo = Demo(parser.parse_args(flags), bundled=bundled)
+    assert demo.starts_companions(on_embedded) is starts
+    filled = demo.app_argv(["--kafka_source_topic", "mine"])
+    if bundled or "--demo" in flags:
+        assert filled.count("--kafka_source_topic") == 1 and "--kafka_sink_topic" in filled
+    else:
+        assert filled == ["--kafka_source_topic", "mine"]

@@ -116,10 +116,12 @@ class Demo:
         bundled = is_bundled(module) and module.__name__ == STAR_LEADERS
         return cls(opts, bundled)
 
-    @property
-    def wanted(self) -> bool:
-        """Whether the companions may start (the broker decides for the bundled example)."""
-        return not self.opts.no_demo and (self.opts.demo or self.bundled)
+    def starts_companions(self, on_embedded: bool) -> bool:
+        """The rule: ``--demo``, or the bundled example on the embedded broker;
+        never with ``--no-demo``."""
+        if self.opts.no_demo:
+            return False
+        return self.opts.demo or (self.bundled and on_embedded)
 
     def app_argv(self, argv: list) -> list:
         """``argv`` with the star leaders topic flags added where absent (bundled
@@ -139,7 +141,7 @@ class Demo:
         sources, sinks = kafka_ends(plan)
         ends = sources + sinks
         on_embedded = bool(ends) and all(end["bootstrap"] == embedded_bootstrap for end in ends)
-        if self.wanted and (self.opts.demo or on_embedded):
+        if self.starts_companions(on_embedded):
             from wallaroo.demo.companions import Companions
 
             self.companions = Companions(self.opts, plan)
