@@ -1,8 +1,9 @@
 //! Bad input: counted, logged with where it came from, kept.
 //!
-//! The last [`RECENT_LIMIT`] records stay in memory; with `--dead-letter PATH`
-//! every one is appended to PATH as a JSON line (flushed at once, so a crash
-//! loses none of them).
+//! The last [`RECENT_LIMIT`] records stay in memory (with a preview of their
+//! payload, not the payload); with `--dead-letter PATH` every one is appended
+//! to PATH as a whole JSON line with its whole payload (written at once, so a
+//! crash loses none of them).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -19,8 +20,16 @@ use crate::errors::{shorten, Error};
 /// How many bad records are kept in memory.
 pub const RECENT_LIMIT: usize = 1000;
 
-/// One bad record.
-#[derive(Debug, Clone, Serialize)]
+/// Characters of a payload's preview.
+const PREVIEW_CHARS: usize = 200;
+/// Characters of an error message kept in memory (the dead-letter file
+/// keeps it whole).
+const ERROR_CHARS: usize = 2000;
+
+/// One bad record as kept in memory: its payload only as a preview, so the
+/// [`RECENT_LIMIT`] records kept take a few MB however large the payloads
+/// (the dead-letter file keeps every byte).
+#[derive(Debug, Clone)]
 pub struct BadRecord {
     /// Seconds since the epoch.
     pub time: f64,
@@ -30,12 +39,33 @@ pub struct BadRecord {
     pub position: String,
     /// What was wrong: truncated, zero_length, oversize, decode_error, ...
     pub kind: String,
-    /// The error message or traceback.
+    /// The error message or traceback (shortened).
     pub error: String,
-    /// The bytes, base64 encoded.
-    pub payload_base64: String,
-    /// The bytes as text (lossy, shortened), for people reading the file.
+    /// The bytes as text (lossy, shortened).
     pub payload_preview: String,
+    /// The payload's length.
+    pub payload_bytes: usize,
+}
+
+/// One line of the dead-letter file.
+#[derive(Serialize)]
+struct DeadLetterLine<'a> {
+    time: f64,
+    pipeline: &'a str,
+    position: &'a str,
+    kind: &'a str,
+    error: &'a str,
+    /// The bytes, base64 encoded.
+    payload_base64: String,
+    /// The bytes as text (lossy, shortened), for people reading the file.
+    payload_preview: &'a str,
+}
+
+/// `payload` as text for people: lossy UTF-8 of its start, shortened.
+fn preview(payload: &[u8]) -> String {
+    // A character takes at most 4 bytes: enough bytes for the preview.
+    let start = &payload[..payload.len().min(PREVIEW_CHARS * 4 + 4)];
+    shorten(&String::from_utf8_lossy(start), PREVIEW_CHARS)
 }
 
 #[derive(Default)]
@@ -69,7 +99,7 @@ impl DeadLetter {
     }
 
     /// Write one record, counting and logging (not every time) a failure.
-    fn keep(&mut self, record: &BadRecord) {
+    fn keep(&mut self, record: &DeadLetterLine<'_>) {
         let mut line = serde_json::to_vec(record).unwrap_or_default();
         line.push(b'\n');
         match self.append(&line) {
@@ -154,30 +184,40 @@ impl BadInput {
                 shorten(error.lines().last().unwrap_or(error), 300)
             );
         }
-        let record = BadRecord {
-            time: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-            pipeline: pipeline.to_owned(),
-            position: position.to_owned(),
-            kind: kind.to_owned(),
-            error: error.to_owned(),
-            payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
-            payload_preview: shorten(&String::from_utf8_lossy(payload), 200),
-        };
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let payload_preview = preview(payload);
         let mut inner = match self.inner.lock() {
             Ok(inner) => inner,
             Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(file) = inner.file.as_mut() {
+            file.keep(&DeadLetterLine {
+                time,
+                pipeline,
+                position,
+                kind,
+                error,
+                payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
+                payload_preview: &payload_preview,
+            });
+        }
+        let record = BadRecord {
+            time,
+            pipeline: pipeline.to_owned(),
+            position: position.to_owned(),
+            kind: kind.to_owned(),
+            error: shorten(error, ERROR_CHARS),
+            payload_preview,
+            payload_bytes: payload.len(),
         };
         *inner.counts.entry(kind.to_owned()).or_insert(0) += 1;
         *inner
             .by_pipeline
             .entry((pipeline.to_owned(), kind.to_owned()))
             .or_insert(0) += 1;
-        if let Some(file) = inner.file.as_mut() {
-            file.keep(&record);
-        }
         if inner.recent.len() == RECENT_LIMIT {
             inner.recent.pop_front();
         }
@@ -286,6 +326,28 @@ mod tests {
         let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(first["position"], "file x line 3");
         assert_eq!(first["payload_base64"], "e29vcHM=");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn memory_keeps_a_preview_of_large_payloads_and_the_file_all_of_it() {
+        let dir = std::env::temp_dir().join(format!("wallaroo-bad-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dead.jsonl");
+        let bad = BadInput::new(Some(&path)).unwrap();
+        let payload = vec![b'x'; 1 << 20];
+        bad.record("p", "here", "decode_error", &"e".repeat(100_000), &payload);
+        let kept = &bad.recent()[0];
+        assert_eq!(kept.payload_bytes, 1 << 20);
+        assert!(kept.payload_preview.len() <= PREVIEW_CHARS + 3);
+        assert!(kept.error.len() <= ERROR_CHARS + 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        let whole = base64::engine::general_purpose::STANDARD
+            .decode(line["payload_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(whole, payload);
+        assert_eq!(line["error"].as_str().unwrap().len(), 100_000);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

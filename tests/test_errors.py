@@ -629,6 +629,49 @@ def test_dead_letter_on_a_full_disk_counts_what_it_cannot_write_and_tears_no_lin
     assert f"dead-letter file: {not_written} bad records could not be written" in err
 
 
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process ``pid`` now (VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(180)
+def test_many_large_bad_frames_do_not_pile_up_in_memory(tmp_path: Path) -> None:
+    """40 undecodable 8 MiB frames: the recent bad input keeps previews, not
+    payloads, so the runner's memory stays bounded (it kept all 40 whole)."""
+    from conftest import APPS_DIR as APPS
+    from conftest import RunningApp, app_env
+
+    out = tmp_path / "out.txt"
+    running = RunningApp(
+        [sys.executable, "-m", "wallaroo", str(APPS / "resilient_count.py"), "--in",
+         f"{HOST}:0", "--output", str(out)],
+        app_env(), str(tmp_path),
+    )  # fmt: skip
+    try:
+        ((_, _, port),) = running.wait_listening(1, 30)
+        big = b"\xff" * (8 << 20)  # not UTF-8: the decoder raises
+        with connect(HOST, port, connect_timeout=5) as sock:
+            for _ in range(40):
+                sock.sendall(frame(big))
+            sock.sendall(frame(b"k1"))
+        assert wait_until(lambda: out.exists() and "k1 1" in out.read_text(), 120), (
+            running.stderr
+        )
+        rss = rss_bytes(running.proc.pid)
+        code = running.stop()
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+    assert code == 0, running.stderr
+    assert "bad input: 40 decode_error" in running.stderr
+    assert rss < 300 << 20, f"{rss >> 20} MiB resident after 40 bad 8 MiB frames"
+
+
 # -- broken applications ------------------------------------------------------
 
 
