@@ -184,6 +184,13 @@ impl BadInput {
                 shorten(error.lines().last().unwrap_or(error), 300)
             );
         }
+        self.keep(pipeline, position, kind, error, payload);
+    }
+
+    /// Count and keep one bad record (in memory and in the dead-letter
+    /// file) without logging it: the caller logged it when
+    /// [`BadInput::should_log`] said so.
+    pub fn keep(&self, pipeline: &str, position: &str, kind: &str, error: &str, payload: &[u8]) {
         let time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -227,7 +234,7 @@ impl BadInput {
     /// Whether to log one more bad record of `kind`: at most
     /// [`LOG_BURST`] lines per kind every [`LOG_WINDOW`], then one line
     /// saying how many were not logged (all are counted and kept).
-    fn should_log(&self, kind: &str) -> bool {
+    pub fn should_log(&self, kind: &str) -> bool {
         let mut windows = match self.log_windows.lock() {
             Ok(windows) => windows,
             Err(poisoned) => poisoned.into_inner(),

@@ -427,7 +427,7 @@ impl Chain {
         for frame in frames.drain(..) {
             if let Some(end) = frame.as_marker() {
                 let result = self.tick(py, end, out);
-                self.apply_policy(result)?;
+                self.apply_policy(result, None)?;
                 continue;
             }
             stats.record();
@@ -458,7 +458,7 @@ impl Chain {
                 },
             };
             let result = self.run(py, &cursor, 0, value, out);
-            self.apply_policy(result)?;
+            self.apply_policy(result, Some(&frame.payload))?;
         }
         Ok(())
     }
@@ -484,7 +484,7 @@ impl Chain {
                 value.into_bound(py),
                 out,
             );
-            if let Err(failure) = self.apply_policy(applied) {
+            if let Err(failure) = self.apply_policy(applied, None) {
                 result = Err(failure);
                 break;
             }
@@ -534,14 +534,40 @@ impl Chain {
         Ok(())
     }
 
-    fn apply_policy(&self, result: Result<(), StepFailure>) -> Result<(), StepFailure> {
+    /// Stop on a failure, or (`--on-error skip`) count it, log it (rate
+    /// limited, like bad input) and keep the record like bad input (kind
+    /// `step_error`): `payload` is the record's input bytes when known, else
+    /// its repr.
+    fn apply_policy(
+        &self,
+        result: Result<(), StepFailure>,
+        payload: Option<&[u8]>,
+    ) -> Result<(), StepFailure> {
         match (result, self.on_error) {
             (Ok(()), _) => Ok(()),
             (Err(failure), OnError::Stop) => Err(failure),
             (Err(failure), OnError::Skip) if crate::dataflow::stopping_at_once() => Err(failure),
             (Err(failure), OnError::Skip) => {
                 PipelineMetrics::add(&self.metrics.skipped_errors, 1);
-                log::warn!("skipped a record (--on-error skip): {failure}");
+                const KIND: &str = "step_error";
+                if self.bad.should_log(KIND) {
+                    log::warn!(
+                        "skipped a record (--on-error skip): pipeline {:?}, step {:?} failed on \
+                         record {} (from {}): {}",
+                        failure.pipeline,
+                        failure.step,
+                        failure.record,
+                        failure.position,
+                        failure.detail.trim_end().lines().last().unwrap_or_default()
+                    );
+                }
+                self.bad.keep(
+                    &failure.pipeline,
+                    &failure.position,
+                    KIND,
+                    &failure.to_string(),
+                    payload.unwrap_or(failure.record.as_bytes()),
+                );
                 Ok(())
             }
         }

@@ -517,6 +517,32 @@ def test_step_exception_with_on_error_skip(tmp_path: Path) -> None:
     assert "'file in': 5 in, 3 out, 0 dropped, 2 skipped after errors" in err
 
 
+def test_records_skipped_after_errors_are_kept_like_bad_input(tmp_path: Path) -> None:
+    """``--on-error skip``: every skipped record goes to the dead-letter file
+    (the step, the exception, the input bytes) and the log is rate-limited."""
+    src = tmp_path / "in.txt"
+    out = tmp_path / "out.txt"
+    dead = tmp_path / "dead.jsonl"
+    src.write_bytes(b"a\n" + b"boom\n" * 60 + b"b\n")
+    result = run_app(
+        "file_app", "--input", str(src), "--output", str(out), "--step", "explode",
+        "--on-error", "skip", "--dead-letter", str(dead),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == b"a\nb\n"
+    kept = dead_letters(dead)
+    assert len(kept) == 60
+    assert {k["kind"] for k in kept} == {"step_error"}
+    assert all(base64.b64decode(k["payload_base64"]) == b"boom" for k in kept)
+    assert 'step "explode" failed on record b\'boom\'' in kept[0]["error"]
+    assert "RuntimeError: cannot handle boom" in kept[0]["error"]
+    assert kept[0]["position"] == f"file {src} line 2 (byte 2)"
+    err = result.stderr
+    assert 0 < err.count("skipped a record (--on-error skip)") <= 20, err
+    assert "Traceback" not in err
+    assert "62 in, 2 out, 0 dropped, 60 skipped after errors" in err
+
+
 # -- sinks that cannot deliver ------------------------------------------------
 
 

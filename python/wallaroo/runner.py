@@ -51,7 +51,8 @@ bad input and errors:
   Input that cannot be framed or decoded is counted, logged with its position
   and kept in --dead-letter PATH (JSON lines) when given; the run goes on.
   An exception in a step prints the Python traceback with the step and the
-  record, and stops the run (exit 1) unless --on-error skip.
+  record, and stops the run (exit 1) unless --on-error skip, which counts the
+  record, logs it (rate-limited) and keeps it in --dead-letter like bad input.
 
 exit codes:
   0 finished (or stopped by Ctrl-C / SIGTERM), 1 the run failed (also when a
