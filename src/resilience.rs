@@ -146,11 +146,55 @@ pub struct Identity {
     pub worker: String,
 }
 
-fn store_error(path: &Path, err: impl std::fmt::Display) -> Error {
+/// A store whose content cannot be used: refused, with how to start
+/// without it.
+fn refuse(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::Config(format!(
-        "resilience store {}: {err} (move the file away to start without its snapshots)",
-        path.display()
+        "resilience store {p}: {what}; refusing to start from it. To start without its \
+         snapshots, move it away: mv {p} {p}.damaged",
+        p = path.display()
     ))
+}
+
+/// A store that cannot be opened or written (not its content): the
+/// directory, the disk or permissions; no "move it away" where it is not
+/// the file's fault.
+fn store_io_error(path: &Path, err: impl std::fmt::Display) -> Error {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".wallaroo-write-test-{}", std::process::id()));
+    let writable = std::fs::File::create(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    Error::Config(if writable {
+        format!("resilience store {}: {err}", path.display())
+    } else {
+        format!(
+            "resilience store {}: {err}: the directory {} is not writable (a store needs to \
+             write there, also to be read); give -r/--resilience-dir a writable directory",
+            path.display(),
+            dir.display()
+        )
+    })
+}
+
+/// A SQLite error on `path`: its content is damaged or not a store
+/// (refused), or it cannot be opened or written (see [`store_io_error`]).
+fn sqlite_error(path: &Path, err: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode::*;
+    match err.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => refuse(path, format!("is damaged ({err})")),
+        Some(
+            CannotOpen
+            | ReadOnly
+            | PermissionDenied
+            | DiskFull
+            | SystemIoFailure
+            | DatabaseBusy
+            | DatabaseLocked
+            | OutOfMemory
+            | FileLockingProtocolFailed,
+        ) => store_io_error(path, err),
+        _ => refuse(path, format!("is not a readable Wallaroo store ({err})")),
+    }
 }
 
 /// The store file of `worker` in `dir`.
@@ -169,16 +213,16 @@ pub fn store_path(dir: &Path, worker: &str) -> PathBuf {
 }
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, Error> {
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| store_error(path, e))?;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| sqlite_error(path, e))?;
     conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| store_error(path, e))?;
+        .map_err(|e| sqlite_error(path, e))?;
     Ok(conn)
 }
 
 fn meta(conn: &Connection, path: &Path, key: &str) -> Result<Option<String>, Error> {
     conn.query_row("SELECT v FROM meta WHERE k = ?1", [key], |row| row.get(0))
         .optional()
-        .map_err(|e| store_error(path, format!("not a readable Wallaroo store ({e})")))
+        .map_err(|e| sqlite_error(path, e))
 }
 
 /// Refuse a store written by another application or another store format.
@@ -186,7 +230,7 @@ fn check_identity(conn: &Connection, path: &Path, app: &str) -> Result<(), Error
     let format = meta(conn, path, "format")?;
     if let Some(format) = format {
         if format != FORMAT.to_string() {
-            return Err(store_error(
+            return Err(refuse(
                 path,
                 format!("written in store format {format}; this engine reads format {FORMAT}"),
             ));
@@ -194,12 +238,9 @@ fn check_identity(conn: &Connection, path: &Path, app: &str) -> Result<(), Error
     }
     if let Some(theirs) = meta(conn, path, "app")? {
         if theirs != app {
-            return Err(store_error(
+            return Err(refuse(
                 path,
-                format!(
-                    "written by another application ({theirs}); this one is ({app}); \
-                     refusing to load it"
-                ),
+                format!("written by another application ({theirs}); this one is ({app})"),
             ));
         }
     }
@@ -230,7 +271,7 @@ impl Store {
             let fresh = path.with_extension("sqlite-new");
             let _ = std::fs::remove_file(&fresh);
             drop(Store::initialize(&fresh, identity)?);
-            std::fs::rename(&fresh, &path).map_err(|e| store_error(&path, e))?;
+            std::fs::rename(&fresh, &path).map_err(|e| store_io_error(&path, e))?;
         }
         let (conn, path) = Store::initialize(&path, identity)?;
         Ok(Store {
@@ -263,14 +304,14 @@ impl Store {
              CREATE TABLE IF NOT EXISTS progress (
                  pipeline TEXT PRIMARY KEY, sent INTEGER NOT NULL);";
         conn.execute_batch(setup)
-            .map_err(|e| store_error(&path, format!("not a readable Wallaroo store ({e})")))?;
+            .map_err(|e| sqlite_error(&path, e))?;
         check_identity(&conn, &path, &identity.app)?;
         let put = |k: &str, v: &str| {
             conn.execute(
                 "INSERT OR IGNORE INTO meta (k, v) VALUES (?1, ?2)",
                 params![k, v],
             )
-            .map_err(|e| store_error(&path, e))
+            .map_err(|e| sqlite_error(&path, e))
         };
         put("format", &FORMAT.to_string())?;
         put("app", &identity.app)?;
@@ -285,12 +326,12 @@ impl Store {
         let tx = self
             .conn
             .transaction()
-            .map_err(|e| store_error(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e))?;
         tx.execute("DELETE FROM state WHERE snap > ?1", [id])
             .and_then(|_| tx.execute("DELETE FROM snapshots WHERE id > ?1", [id]))
             .and_then(|_| tx.execute("DELETE FROM progress", []))
             .and_then(|_| tx.commit())
-            .map_err(|e| store_error(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e))?;
         Ok(())
     }
 
@@ -359,7 +400,10 @@ impl Store {
         };
         let floor = to_sql(floor);
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| store_error(&path, e))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sqlite_error(&path, e))?;
         tx.execute(
             "DELETE FROM state WHERE snap < ?1 AND EXISTS (SELECT 1 FROM state AS newer \
              WHERE newer.store = state.store AND newer.key = state.key \
@@ -394,7 +438,7 @@ impl Store {
                     "INSERT OR REPLACE INTO progress (pipeline, sent) VALUES (?1, ?2)",
                     params![pipeline, to_sql(*n)],
                 )
-                .map_err(|e| store_error(&self.path, e))?;
+                .map_err(|e| sqlite_error(&self.path, e))?;
         }
         Ok(())
     }
@@ -419,10 +463,20 @@ struct StoreView {
 
 fn read_view(path: &Path, app: &str) -> Result<StoreView, Error> {
     let conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    // Damage below the rows' checksums (pages, indexes) makes every
+    // snapshot, and every later write, suspect.
+    let check: String = conn
+        .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
+        .map_err(|e| sqlite_error(path, e))?;
+    if check != "ok" {
+        let found = check.replace("*** in database main ***", "");
+        let found = found.split_whitespace().collect::<Vec<_>>().join(" ");
+        return Err(refuse(path, format!("is damaged (SQLite finds: {found})")));
+    }
     check_identity(&conn, path, app)?;
     let worker = meta(&conn, path, "worker")?
-        .ok_or_else(|| store_error(path, "not a Wallaroo store (no worker name)"))?;
-    let unreadable = |e: rusqlite::Error| store_error(path, format!("cannot read it ({e})"));
+        .ok_or_else(|| refuse(path, "is not a Wallaroo store (no worker name)"))?;
+    let unreadable = |e: rusqlite::Error| sqlite_error(path, e);
     let mut snapshots = BTreeMap::new();
     {
         let mut query = conn
@@ -669,7 +723,7 @@ pub fn recover(
     for path in store_files(dir)? {
         let view = read_view(&path, app)?;
         if let Some(previous) = views.insert(view.worker.clone(), view) {
-            return Err(store_error(
+            return Err(refuse(
                 &path,
                 format!(
                     "has the same worker name as {}; keep one store per worker",
@@ -680,11 +734,22 @@ pub fn recover(
     }
     let mut limit = u64::MAX;
     let mut excluded = BTreeSet::new();
+    // Damaged snapshots found on the way: (store, snapshot, what).
+    let mut damaged: Vec<(PathBuf, u64, String)> = Vec::new();
     loop {
         let Some((id, members)) = newest_complete(&views, limit, &excluded) else {
+            // One rule: damage is never skipped over into a start from
+            // scratch (which would silently lose the state).
+            if let Some((path, id, what)) = damaged.first() {
+                return Err(refuse(
+                    path,
+                    format!("snapshot {id} is damaged ({what}) and no earlier complete snapshot is intact"),
+                ));
+            }
             if views.values().any(|view| !view.snapshots.is_empty()) {
                 log::warn!(
-                    "--resilience-dir {}: no usable complete snapshot; starting from scratch",
+                    "--resilience-dir {}: no snapshot was completed by every worker of its run \
+                     (crashed before the first one); starting from scratch",
                     dir.display()
                 );
             }
@@ -731,12 +796,7 @@ pub fn recover(
             }
         }
         if let Some((view, d)) = damage {
-            log::warn!(
-                "resilience store {}: snapshot {id} is damaged ({}); recovering from an \
-                 earlier snapshot",
-                view.path.display(),
-                d.what
-            );
+            damaged.push((view.path.clone(), d.from.min(id), d.what.clone()));
             if d.from < id {
                 limit = d.from.saturating_sub(1);
             } else {
@@ -767,6 +827,13 @@ pub fn recover(
                     }
                 }
             }
+        }
+        for (path, bad, what) in &damaged {
+            log::warn!(
+                "resilience store {}: snapshot {bad} is damaged ({what}); recovering from an \
+                 earlier snapshot, {id}",
+                path.display()
+            );
         }
         return Ok(Some(recovered));
     }
@@ -1178,6 +1245,30 @@ mod tests {
         unstored.give_up = Duration::ZERO;
         let why = unstored.failed(snapshot(4, &["w0"], vec![]), &error, 1);
         assert!(why.is_some_and(|why| why.contains("disk full")));
+    }
+
+    #[test]
+    fn damage_with_no_intact_snapshot_left_is_refused_not_skipped() {
+        let dir = tempdir("all-damaged");
+        let mut store = Store::open(&dir, &identity("w0")).unwrap();
+        for id in 1..=2 {
+            store
+                .write(&snapshot(id, &["w0"], vec![row("a", Some("1"))]))
+                .unwrap();
+        }
+        store
+            .conn
+            .execute("UPDATE state SET value = X'00ff'", [])
+            .unwrap();
+        let err = recover(&dir, "app", "w0", &["w0".into()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("no earlier complete snapshot is intact"),
+            "{err}"
+        );
+        assert!(err.contains("move it away: mv "), "{err}");
     }
 
     #[test]

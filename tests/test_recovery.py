@@ -527,8 +527,62 @@ def test_store_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     store.write_bytes(os.urandom(8192))
     result = run_count(tmp_path, keys, tmp_path / "b.txt")
     assert result.returncode == 1
-    assert "initializer.sqlite" in result.stderr
-    assert "move the file away" in result.stderr
+    assert f"move it away: mv {store} {store}.damaged" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["bytes flipped mid-file", "a page zeroed"])
+def test_damaged_store_file_is_refused_with_one_message(tmp_path: Path, damage: str) -> None:
+    """Damage SQLite itself finds: one message saying what was found and
+    how to move the store away; never a start from scratch."""
+    keys = tmp_path / "keys.txt"
+    write_keys(keys, 40_000, 3_000, seed=5)
+    first = run_count(tmp_path, keys, tmp_path / "a.txt", "--max-records", "20000")
+    assert first.returncode == 0, first.stderr
+    store = tmp_path / "snapshots" / "initializer.sqlite"
+    size = store.stat().st_size
+    with open(store, "r+b") as f:
+        if damage == "a page zeroed":
+            f.seek(3 * 4096)
+            f.write(bytes(4096))
+        else:
+            f.seek(size // 2 // 4096 * 4096)
+            f.write(random.Random(1).randbytes(64 << 10))
+    result = run_count(tmp_path, keys, tmp_path / "b.txt")
+    err = result.stderr
+    assert result.returncode == 1, err
+    said = [line for line in err.splitlines() if str(store) in line]
+    assert len(said) == 1, err
+    assert said[0].startswith(f"error: resilience store {store}: is damaged ("), err
+    assert f"move it away: mv {store} {store}.damaged" in err
+    assert "starting from scratch" not in err and "recovered snapshot" not in err
+
+
+def test_read_only_resilience_dir_is_named_without_a_move_hint(
+    tmp_path: Path, small_fs
+) -> None:
+    """A store in a directory that cannot be written: the message names the
+    directory; no "move it away" (nothing is wrong with the file)."""
+    keys = tmp_path / "keys.txt"
+    write_keys(keys, 2000, 20, seed=6)
+    snapshots = small_fs.path / "snapshots"
+    argv = [sys.executable, "-m", "wallaroo", str(COUNT_APP), "--input", str(keys),
+            "--output", str(tmp_path / "out.txt"), "-r", str(snapshots)]  # fmt: skip
+    first = subprocess.run(argv + ["--max-records", "1000"], cwd=tmp_path, env=app_env(),
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(small_fs.path)],
+                             capture_output=True, text=True)  # fmt: skip
+    if remount.returncode != 0:
+        pytest.skip(f"cannot make the file system read-only: {remount.stderr.strip()}")
+    try:
+        result = subprocess.run(argv, cwd=tmp_path, env=app_env(), capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs.path)], capture_output=True)
+    err = result.stderr
+    assert result.returncode == 1, err
+    assert f"the directory {snapshots} is not writable" in err, err
+    assert "move it away" not in err and "move the file away" not in err, err
 
 
 def test_finished_run_started_again_produces_nothing_twice(tmp_path: Path) -> None:
