@@ -251,7 +251,7 @@ def _check_runner_flags(opts: argparse.Namespace) -> str | None:
         )
     if opts.resilience_dir and opts.join:
         return f"-j/--join: {cluster.GROW_WITH_RESILIENCE}"
-    return None
+    return cluster.load_secret(opts)
 
 
 def _app_fingerprint(plan: dict) -> str:
@@ -286,7 +286,7 @@ def main(argv: list | None = None) -> int:
     if problem:
         return _fail(EXIT_BAD_APP, problem)
     if opts.workers and opts.workers > 1:
-        return cluster.supervise(argv, opts.workers)
+        return cluster.supervise(argv, opts.workers, opts.cluster_secret)
 
     try:
         module = load_app(app_spec, py2_compat=not opts.no_py2_compat)

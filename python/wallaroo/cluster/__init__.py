@@ -5,12 +5,17 @@ The data plane is timely dataflow's communication over connections the
 engine makes (``src/peers.rs``); this module only finds out who is in the
 cluster. Protocol: JSON lines over the control address.
 
-* A worker connects to the initializer's control address (``-c`` or ``-j``)
-  and sends ``{"type": "join", "name", "data", "app", "secret"}``.
+* A worker connects to the initializer's control address (``-c`` or ``-j``);
+  the initializer opens with ``{"type": "hello", "protocol", "nonce",
+  "secret": bool}`` and the worker answers ``{"type": "join", "name",
+  "data", "app", "nonce", "proof"}`` within a few seconds (else it is
+  dropped). With a cluster secret, ``proof`` is an HMAC of both nonces
+  (:mod:`.auth`): the secret itself never crosses the wire.
 * The initializer (``-t``) waits until ``--worker-count`` workers are there,
-  then sends each ``{"type": "start", "index", "addresses", "token"}``;
-  everyone starts the engine with that membership. The workers' data
-  connections present the run's random token, which travels only here.
+  then sends each ``{"type": "start", "index", "addresses", "token",
+  "proof"}`` (its own proof, checked by the worker); everyone starts the
+  engine with that membership. The workers' data connections present the
+  run's random token, which travels only here, to proven workers.
 * The control connections stay open while the application runs: if one
   closes without a ``{"type": "done"}`` first, the worker at the other end
   was lost, and the engine is told to stop with an error naming it (no hang).
@@ -19,20 +24,20 @@ cluster. Protocol: JSON lines over the control address.
   ``done``; the initializer serves them with its own (``wallaroo.metrics``).
 
 Modules: :mod:`.wire` (the messages, addresses, what both roles share),
-:mod:`.initializer`, :mod:`.member`, :mod:`.membership` (one run's cluster:
-form, watch, verdict) and :mod:`.supervisor` (``--workers N``).
+:mod:`.auth` (the secret and its proofs), :mod:`.initializer`,
+:mod:`.member`, :mod:`.membership` (one run's cluster: form, watch,
+verdict) and :mod:`.supervisor` (``--workers N``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
+from wallaroo.cluster.auth import SECRET_ENV, load_secret
 from wallaroo.cluster.membership import Cluster
 from wallaroo.cluster.supervisor import supervise
 from wallaroo.cluster.wire import (
     GROW_WITH_RESILIENCE,
-    SECRET_ENV,
     ClusterSetupError,
     Membership,
     free_address,
@@ -49,6 +54,7 @@ __all__ = [
     "add_arguments",
     "free_address",
     "is_loopback",
+    "load_secret",
     "split_address",
     "supervise",
 ]
@@ -67,9 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cluster-secret",
         metavar="SECRET",
-        default=os.environ.get(SECRET_ENV),
-        help=f"shared secret workers must present (env {SECRET_ENV}); required when the "
-        "control address is reachable from other hosts",
+        help="the cluster's shared secret, proved by every worker and the initializer and "
+        "never sent (a command line is visible to other users: prefer "
+        f"--cluster-secret-file or {SECRET_ENV}); required when the control address is "
+        "reachable from other hosts, and then by the external channel too",
+    )
+    group.add_argument(
+        "--cluster-secret-file",
+        metavar="PATH",
+        help="read the cluster secret from PATH (surrounding whitespace dropped); "
+        f"else {SECRET_ENV}",
     )
     group.add_argument(
         "--cluster-timeout",

@@ -5,19 +5,29 @@ channel (``-e``)."""
 from __future__ import annotations
 
 import argparse
-import hmac
 import logging
+import queue
 import secrets
 import socket
 import threading
 import time
 from typing import Callable
 
+from wallaroo.cluster import external
+from wallaroo.cluster.auth import (
+    HANDSHAKE_SECONDS,
+    SECRET_ENV,
+    Watchdog,
+    nonce,
+    proof,
+    proves,
+)
 from wallaroo.cluster.wire import (
     GROW_WITH_RESILIENCE,
+    MAX_HANDSHAKE_LINE,
     PROTOCOL,
-    SECRET_ENV,
     ClusterSetupError,
+    Joiner,
     Lines,
     Membership,
     free_address,
@@ -28,6 +38,9 @@ from wallaroo.cluster.wire import (
 )
 
 log = logging.getLogger("wallaroo.cluster")
+
+#: Handshakes in progress at once; more connections are closed at once.
+MAX_HANDSHAKES = 32
 
 
 class Initializer:
@@ -44,6 +57,12 @@ class Initializer:
     _on_reconfigure: Callable[[int | None, list, list], None] | None
     on_restarted: Callable[[str], None] | None
     _watch_peer: Callable[[str, Lines], None]
+    #: Workers admitted while the cluster forms, and whether it still does.
+    _joins: queue.Queue
+    _forming: bool
+    _admit_lock: threading.Lock
+    #: Set once the peers are watched: joins from then on grow the cluster.
+    _running: threading.Event
 
     def _listen(self) -> socket.socket:
         if not self.opts.control:
@@ -52,7 +71,7 @@ class Initializer:
         if not is_loopback(host) and not self.opts.cluster_secret:
             raise ClusterSetupError(
                 f"-c {self.opts.control} is reachable from other hosts: give a cluster secret "
-                f"(--cluster-secret or {SECRET_ENV}) so strangers cannot join"
+                f"(--cluster-secret-file or {SECRET_ENV}) so strangers cannot join"
             )
         server = socket.socket()
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,141 +79,189 @@ class Initializer:
             server.bind((host, port))
         except OSError as err:
             raise ClusterSetupError(f"cannot listen on -c {self.opts.control}: {err}") from None
-        server.listen(16)
+        server.listen(64)
+        # The accepting thread checks now and then whether the run ended.
+        server.settimeout(0.5)
         return server
 
-    def _check_join(self, message: dict | None) -> str | None:
+    def _accept(self, server: socket.socket) -> None:
+        """Accept control connections for the whole run; each one's handshake
+        runs on its own thread, under a deadline, so a slow or silent stranger
+        delays nobody."""
+        handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        while not self.done.is_set():
+            try:
+                sock, peer = server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not handshakes.acquire(blocking=False):
+                log.warning("refused a connection from %s:%s: too many handshakes at once",
+                            peer[0], peer[1])
+                sock.close()
+                continue
+
+            def handshake(sock: socket.socket = sock, peer: tuple = peer) -> None:
+                try:
+                    joiner = self._handshake(sock, f"{peer[0]}:{peer[1]}")
+                finally:
+                    handshakes.release()
+                if joiner is not None:
+                    self._admit(joiner)
+
+            threading.Thread(target=handshake, name="control handshake", daemon=True).start()
+
+    def _handshake(self, sock: socket.socket, peer: str) -> Joiner | None:
+        """Challenge a new connection; the worker it admits, or None after
+        refusing it (the reason is sent and logged)."""
+        secret = self.opts.cluster_secret
+        server_nonce = nonce()
+        reader = Lines(no_delay(sock))
+        watchdog = Watchdog(sock)
+        try:
+            send(sock, {"type": "hello", "protocol": PROTOCOL, "nonce": server_nonce,
+                        "secret": bool(secret)})
+            message = reader.read(MAX_HANDSHAKE_LINE)
+        except OSError:
+            message = None
+        finally:
+            watchdog.cancel()
+        problem = (
+            f"no join request within {HANDSHAKE_SECONDS:g} s" if watchdog.expired
+            else self._check_join(message, server_nonce)
+        )
+        if problem is not None:
+            log.warning("refused a worker from %s: %s", peer, problem)
+            try:
+                send(sock, {"type": "refused", "reason": problem})
+            except OSError:
+                pass
+            sock.close()
+            return None
+        assert message is not None
+        return Joiner(
+            name=str(message.get("name") or "worker"),
+            data=message["data"],
+            sock=sock,
+            reader=reader,
+            peer=peer,
+            authenticated=bool(secret),
+            proof=proof(secret, "initializer", server_nonce, message["nonce"]) if secret else None,
+        )
+
+    def _check_join(self, message: dict | None, server_nonce: str) -> str | None:
         if not message or message.get("type") != "join":
             return "expected a join message"
         if message.get("protocol") != PROTOCOL:
             return f"protocol {message.get('protocol')} is not {PROTOCOL}"
+        if not isinstance(message.get("nonce"), str):
+            return "no nonce"
         secret = self.opts.cluster_secret
-        if secret and not hmac.compare_digest(str(message.get("secret") or ""), secret):
-            return "wrong cluster secret"
+        if secret and not proves(secret, "worker", server_nonce, message["nonce"],
+                                 message.get("proof")):
+            return "wrong cluster secret (no proof of it)"
         if message.get("app") != self.app_name:
             return f"application {message.get('app')!r} is not {self.app_name!r}"
         if not isinstance(message.get("data"), str):
             return "no data address"
         return None
 
-    def _read_join(self, sock: socket.socket, peer: tuple) -> tuple:
-        """A worker's join request: ``(reader, message)``, or ``(None, None)``
-        after refusing it (the reason is sent and logged)."""
-        sock.settimeout(10)
-        reader = Lines(sock)
+    def _admit(self, joiner: Joiner) -> None:
+        """A worker passed the handshake: it completes the cluster while it
+        forms, else it joins (or, with crash recovery, rejoins) the running one."""
+        with self._admit_lock:
+            if self._forming:
+                self._joins.put(joiner)
+                return
+        self._running.wait()
+        if self.on_restarted is None:
+            self.change(add=joiner)
+        elif self.membership is not None and joiner.name in self.membership.names:
+            # A worker that was started again; its crash may not have been
+            # noticed yet. Only a worker that proved the secret makes
+            # everyone start again; without a secret its lost control
+            # connection does (it retries its request meanwhile).
+            joiner.sock.close()
+            if joiner.authenticated:
+                self.on_restarted(joiner.name)
+            else:
+                log.warning("worker %r from %s asked to join again while it is connected "
+                            "(not authenticated: no restart)", joiner.name, joiner.peer)
+        else:
+            self._refuse(joiner, GROW_WITH_RESILIENCE)
+
+    @staticmethod
+    def _refuse(joiner: Joiner, reason: str) -> None:
         try:
-            message = reader.read()
-        except OSError:
-            message = None
-        problem = self._check_join(message)
-        if problem is None:
-            return reader, message
-        log.warning("refused a worker from %s:%s: %s", peer[0], peer[1], problem)
-        try:
-            send(sock, {"type": "refused", "reason": problem})
+            send(joiner.sock, {"type": "refused", "reason": reason})
         except OSError:
             pass
-        sock.close()
-        return None, None
+        joiner.sock.close()
 
     def _initialize(self, extra: dict) -> Membership:
         workers = self.opts.worker_count or 1
         my_data = self.opts.data or free_address()
         names = [self.opts.name or "initializer"]
         addresses = [my_data]
-        peers: list = []
+        joined: list = []
         server = self._listen()
+        self._server = server
+        self._forming = True
+        threading.Thread(target=self._accept, args=(server,), name="accept joins",
+                         daemon=True).start()
         log.info(
             "initializer: waiting for %d more worker(s) on %s", workers - 1, self.opts.control
         )
         deadline = time.monotonic() + self.opts.cluster_timeout
-        formed = False
-        try:
-            while len(addresses) < workers:
-                server.settimeout(max(0.1, deadline - time.monotonic()))
-                try:
-                    sock, peer = server.accept()
-                    no_delay(sock)
-                except socket.timeout:
-                    raise ClusterSetupError(
-                        f"only {len(addresses)} of {workers} workers joined within "
-                        f"{self.opts.cluster_timeout:g} s"
-                    ) from None
-                reader, message = self._read_join(sock, peer)
-                if message is None:
-                    continue
-                name = str(message.get("name") or f"worker-{len(addresses)}")
-                if name in names:
-                    name = f"{name}-{len(addresses)}"
-                names.append(name)
-                addresses.append(message["data"])
-                peers.append((name, sock, reader))
-                log.info("worker %r joined from %s (data %s)", name, peer[0], message["data"])
-            formed = True
-        finally:
-            if not formed:
+        while len(addresses) < workers:
+            try:
+                joiner = self._joins.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.done.set()
                 server.close()
-        # Joins are accepted by a thread that checks now and then whether the run ended.
-        server.settimeout(0.5)
-        self._server = server
+                raise ClusterSetupError(
+                    f"only {len(addresses)} of {workers} workers joined within "
+                    f"{self.opts.cluster_timeout:g} s"
+                ) from None
+            if joiner.name in names:
+                joiner.name = f"{joiner.name}-{len(addresses)}"
+            names.append(joiner.name)
+            addresses.append(joiner.data)
+            joined.append(joiner)
+            log.info("worker %r joined from %s (data %s)", joiner.name, joiner.peer, joiner.data)
+        with self._admit_lock:
+            self._forming = False
+        while not self._joins.empty():
+            # Came with the last one: they join the running cluster.
+            threading.Thread(target=self._admit, args=(self._joins.get(),), daemon=True).start()
         token = secrets.randbits(64)
-        for index, (_name, sock, _reader) in enumerate(peers, start=1):
-            send(
-                sock,
-                {
-                    "type": "start",
-                    "index": index,
-                    "addresses": addresses,
-                    "names": names,
-                    "extra": extra,
-                    "token": token,
-                },
-            )
-            sock.settimeout(None)
+        for index, joiner in enumerate(joined, start=1):
+            send(joiner.sock, self._start_message(joiner, index, addresses, names, extra, token))
+            joiner.sock.settimeout(None)
+        peers = [(joiner.name, joiner.sock, joiner.reader) for joiner in joined]
         return Membership(0, addresses, names, peers, extra, token)
 
-    def _accept_joins(self) -> None:
-        """Workers that join the running cluster (``--join``): grow."""
-        assert self._server is not None
-        while not self.done.is_set():
-            try:
-                sock, peer = self._server.accept()
-                no_delay(sock)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            reader, message = self._read_join(sock, peer)
-            if message is None:
-                continue
-            name = str(message.get("name") or "worker")
-            if self.on_restarted is not None:
-                if self.membership is not None and name in self.membership.names:
-                    # Its crash may not have been noticed yet: start again
-                    # with it (it retries its request meanwhile).
-                    sock.close()
-                    self.on_restarted(name)
-                    continue
-                send(sock, {"type": "refused", "reason": GROW_WITH_RESILIENCE})
-                sock.close()
-                continue
-            sock.settimeout(None)
-            self.change(add=(name, message["data"], sock, reader))
+    @staticmethod
+    def _start_message(joiner: Joiner, index: int, addresses: list, names: list, extra: dict,
+                       token: int) -> dict:
+        """What a worker starts with; the run token goes only to a worker that
+        passed the handshake, with the initializer's own proof of the secret."""
+        return {"type": "start", "index": index, "addresses": addresses, "names": names,
+                "extra": extra, "token": token, "proof": joiner.proof}
 
-    def change(self, add: tuple | None = None, remove: str | None = None) -> str:
-        """Grow by ``add`` (name, data address, socket, reader) or shrink by the
+    def change(self, add: Joiner | None = None, remove: str | None = None) -> str:
+        """Grow by ``add`` (a worker that passed the handshake) or shrink by the
         worker named ``remove``; every worker moves to the new membership at its
         next epoch. Returns what was done (or why not)."""
         with self._change_lock:
             assert self.membership is not None and self._on_reconfigure is not None
-            if self.on_restarted is not None:
+            refusal = GROW_WITH_RESILIENCE if self.on_restarted is not None else (
+                "the run is ending" if self.done.is_set() else None)
+            if refusal is not None:
                 if add is not None:
-                    send(add[2], {"type": "refused", "reason": GROW_WITH_RESILIENCE})
-                return GROW_WITH_RESILIENCE
-            if self.done.is_set():
-                if add is not None:
-                    send(add[2], {"type": "refused", "reason": "the run is ending"})
-                return "the run is ending"
+                    self._refuse(add, refusal)
+                return refusal
             names, addresses = list(self.membership.names), list(self.membership.addresses)
             if remove is not None:
                 if remove not in names[1:]:
@@ -203,11 +270,10 @@ class Initializer:
                 del names[position], addresses[position]
                 self._left.add(remove)
             if add is not None:
-                name, data, sock, reader = add
-                if name in names:
-                    name = f"{name}-{len(self.membership.names)}"
-                names.append(name)
-                addresses.append(data)
+                if add.name in names:
+                    add.name = f"{add.name}-{len(self.membership.names)}"
+                names.append(add.name)
+                addresses.append(add.data)
             with self._send_lock:
                 for name_, sock_, _reader in self.membership.peers:
                     index = names.index(name_) if name_ in names else None
@@ -223,8 +289,8 @@ class Initializer:
             self.membership.names, self.membership.addresses = names, addresses
             self.membership.peers = [p for p in self.membership.peers if p[0] not in self._left]
             if add is not None:
-                self.membership.peers.append((names[-1], sock, reader))
-                self._watch_peer(names[-1], reader)
+                self.membership.peers.append((add.name, add.sock, add.reader))
+                self._watch_peer(add.name, add.reader)
             generation = self._generation()
             self._on_reconfigure(0, addresses, names)
             # One change at a time: wait (holding the lock) until this worker
@@ -232,12 +298,11 @@ class Initializer:
             # start (so its first connection attempts find us).
             self._wait_for_generation(generation)
             if add is not None:
-                start = {"type": "start", "index": len(names) - 1, "addresses": addresses,
-                         "names": names, "extra": self.membership.extra,
-                         "token": self.membership.token}
+                start = self._start_message(add, len(names) - 1, addresses, names,
+                                            self.membership.extra, self.membership.token)
                 with self._send_lock:
                     try:
-                        send(sock, start)
+                        send(add.sock, start)
                     except OSError:
                         pass
             what = f"grew to {len(names)} workers" if add else f"shrank to {len(names)} workers"
@@ -245,43 +310,59 @@ class Initializer:
             return what
 
     def serve_external(self, address: str) -> None:
-        """The external channel (``-e``) of the initializer: one command per
-        connection, ``shrink NAME`` (that worker hands its keys over and
-        leaves) or ``status``; the answer is one JSON line."""
+        """The external channel (``-e``, :mod:`wallaroo.cluster.external`):
+        ``shrink NAME`` (that worker hands its keys over and leaves) or
+        ``status``; with a cluster secret only after a proof of it, without
+        one on loopback only."""
         host, port = split_address(address, "-e/--external")
+        secret = self.opts.cluster_secret
+        if not secret and not is_loopback(host):
+            log.warning("-e %s: without a cluster secret the external channel listens on "
+                        "loopback only", address)
+            host = "127.0.0.1"
         server = socket.socket()
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             server.bind((host, port))
         except OSError as err:
-            log.warning("external channel: cannot listen on %s: %s", address, err)
+            log.warning("external channel: cannot listen on %s:%d: %s", host, port, err)
             return
         server.listen(4)
         server.settimeout(0.5)
-        log.info("external channel on %s (commands: status, shrink NAME)", address)
+        log.info("external channel on %s:%d (commands: status, shrink NAME%s)", host, port,
+                 "; the cluster secret is required" if secret else "")
 
         def serve() -> None:
             with server:
                 while not self.done.is_set():
                     try:
-                        sock, _peer = server.accept()
+                        sock, peer = server.accept()
                     except socket.timeout:
                         continue
                     except OSError:
                         return
                     with sock:
-                        sock.settimeout(5)
-                        try:
-                            words = Lines(sock).file.readline().decode().split()
-                        except (OSError, UnicodeDecodeError):
-                            continue
-                        answer = self._command(words)
-                        try:
-                            send(sock, answer)
-                        except OSError:
-                            pass
+                        self._serve_command(sock, peer[0], secret)
 
         threading.Thread(target=serve, name="external channel", daemon=True).start()
+
+    def _serve_command(self, sock: socket.socket, peer: str, secret: str | None) -> None:
+        watchdog = Watchdog(sock)
+        try:
+            words = external.read_command(sock, peer, secret)
+        except external.Refused as refused:
+            log.warning("external channel: refused a command from %s: %s", peer, refused)
+            words, answer = None, {"ok": False, "message": str(refused)}
+        except OSError:
+            return
+        finally:
+            watchdog.cancel()
+        if words is not None:
+            answer = self._command(words)
+        try:
+            send(sock, answer)
+        except OSError:
+            pass
 
     def _command(self, words: list) -> dict:
         assert self.membership is not None

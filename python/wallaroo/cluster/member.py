@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Callable
 
+from wallaroo.cluster.auth import nonce, proof, proves
 from wallaroo.cluster.wire import (
     PROTOCOL,
     ClusterSetupError,
@@ -80,24 +81,39 @@ class Member:
         )
 
     def _ask_to_join(self, sock: socket.socket, my_data: str, deadline: float) -> dict | None:
-        """Send the join request; the initializer's answer, None if it closed."""
+        """Answer the initializer's challenge with the join request; its answer
+        (checked: a start carries its proof of the secret), None if it closed."""
+        secret = self.opts.cluster_secret
         try:
-            send(
-                sock,
-                {
-                    "type": "join",
-                    "protocol": PROTOCOL,
-                    "name": self.opts.name,
-                    "data": my_data,
-                    "app": self.app_name,
-                    "secret": self.opts.cluster_secret,
-                },
-            )
             sock.settimeout(max(1.0, deadline - time.monotonic()))
             self._reader = Lines(sock)
-            return self._reader.read() or None
+            hello = self._reader.read()
+            if hello is None:
+                return None
+            if hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL:
+                raise ClusterSetupError(
+                    f"the initializer speaks another protocol (said {hello.get('type')!r}, "
+                    f"protocol {hello.get('protocol')!r}; this worker speaks {PROTOCOL})"
+                )
+            if secret and not hello.get("secret"):
+                raise ClusterSetupError(
+                    "this worker has a cluster secret but the initializer uses none: it "
+                    "cannot prove it is the initializer (give both the same secret)"
+                )
+            server_nonce, my_nonce = str(hello.get("nonce")), nonce()
+            join = {"type": "join", "protocol": PROTOCOL, "name": self.opts.name,
+                    "data": my_data, "app": self.app_name, "nonce": my_nonce}
+            if secret:
+                join["proof"] = proof(secret, "worker", server_nonce, my_nonce)
+            send(sock, join)
+            answer = self._reader.read()
         except OSError:
             return None
+        if (answer is not None and answer.get("type") == "start" and secret
+                and not proves(secret, "initializer", server_nonce, my_nonce,
+                               answer.get("proof"))):
+            raise ClusterSetupError("the initializer gave no valid proof of the cluster secret")
+        return answer
 
     def _reconfigured(self, message: dict) -> None:
         assert self.membership is not None and self._on_reconfigure is not None

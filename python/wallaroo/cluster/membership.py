@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import socket
 import threading
 import time
@@ -36,6 +37,10 @@ class Cluster(Initializer, Member):
         self._left: set = set()
         self.left = False
         self._on_reconfigure: Callable[[int | None, list, list], None] | None = None
+        self._joins: queue.Queue = queue.Queue()
+        self._forming = False
+        self._admit_lock = threading.Lock()
+        self._running = threading.Event()
         self._watch_args: tuple = ()
         self._reader: Lines | None = None
         # Crash recovery: a member that registers again was restarted.
@@ -93,8 +98,7 @@ class Cluster(Initializer, Member):
         self._watch_args = (on_lost, handle)
         for name, _sock, reader in self.membership.peers:
             self._watch_peer(name, reader)
-        if self._server is not None:
-            threading.Thread(target=self._accept_joins, name="accept joins", daemon=True).start()
+        self._running.set()
 
     def _watch_peer(self, name: str, reader: Lines) -> None:
         on_lost, handle = self._watch_args
@@ -153,6 +157,7 @@ class Cluster(Initializer, Member):
         one failed or was lost.
         """
         self.done.set()
+        self._running.set()
         if self.membership is None:
             return ok, reason
         if self._report is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -10,20 +12,27 @@ import threading
 import time
 from typing import Any
 
+from wallaroo.cluster.auth import SECRET_ENV
 from wallaroo.cluster.wire import free_address
 
 log = logging.getLogger("wallaroo.cluster")
 
 
-def supervise(argv: list, workers: int) -> int:
+def supervise(argv: list, workers: int, secret: str | None = None) -> int:
     """``--workers N``: start N worker processes on loopback and wait for them.
 
-    A worker that fails makes the others stop; Ctrl-C / SIGTERM are passed on.
+    They prove ``secret`` to each other, or a fresh random one drawn here
+    (passed in their environment, never on a command line), so no other
+    process can join them. A worker that fails makes the others stop;
+    Ctrl-C / SIGTERM are passed on.
     """
     if workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
-    base = _without_flag(argv, "--workers")
+    base = argv
+    for flag in ("--workers", "--cluster-secret", "--cluster-secret-file"):
+        base = _without_flag(base, flag)
+    env = dict(os.environ, **{SECRET_ENV: secret or secrets.token_hex(32)})
     resilient = any(arg in ("-r", "--resilience-dir") or arg.startswith("--resilience-dir=")
                     for arg in base)
     control = free_address()
@@ -38,7 +47,7 @@ def supervise(argv: list, workers: int) -> int:
         if index > 0:
             command += ["--no-demo"]
         commands.append(command)
-    children = [subprocess.Popen(command) for command in commands]
+    children = [subprocess.Popen(command, env=env) for command in commands]
     log.info("supervising %d workers (control %s)", workers, control)
     stopping = threading.Event()
 
@@ -60,7 +69,7 @@ def supervise(argv: list, workers: int) -> int:
                     log.warning(
                         "worker %d was killed (signal %d); starting it again", index, -status
                     )
-                    children[index] = subprocess.Popen(commands[index])
+                    children[index] = subprocess.Popen(commands[index], env=env)
                     continue
                 if status not in (None, 0) and code == 0:
                     code = status if status > 0 else 1

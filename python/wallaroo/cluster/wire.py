@@ -14,17 +14,19 @@ from typing import Callable
 
 log = logging.getLogger("wallaroo.cluster")
 
-SECRET_ENV = "WALLAROO_CLUSTER_SECRET"
 GROW_WITH_RESILIENCE = (
     "a cluster with --resilience-dir does not grow or shrink while it runs; stop it and start "
     "it with the new worker count: the snapshot's state is spread over the new workers"
 )
-PROTOCOL = 1
+#: 2: the initializer opens with a nonce; the secret is proved, never sent
+#: (:mod:`wallaroo.cluster.auth`).
+PROTOCOL = 2
+#: The longest line read before a peer is admitted.
+MAX_HANDSHAKE_LINE = 64 << 10
 
 
 class ClusterSetupError(Exception):
     """The cluster could not form; the message says why."""
-
 
 
 def split_address(address: str, flag: str) -> tuple:
@@ -68,10 +70,14 @@ class Lines:
     def __init__(self, sock: socket.socket) -> None:
         self.file = sock.makefile("rb")
 
-    def read(self) -> dict | None:
-        line = self.file.readline()
+    def read(self, limit: int = -1) -> dict | None:
+        """The next message; None at the end; ``{"type": "garbage"}`` for a
+        line that is not a JSON object (or longer than ``limit`` bytes)."""
+        line = self.file.readline(limit)
         if not line:
             return None
+        if limit > 0 and len(line) >= limit and not line.endswith(b"\n"):
+            return {"type": "garbage"}
         try:
             message = json.loads(line)
         except ValueError:
@@ -91,6 +97,22 @@ class Membership:
     #: Drawn by the initializer for the run and sent over the control channel
     #: only: the workers' data connections must present it.
     token: int = 0
+
+
+@dataclass
+class Joiner:
+    """A worker whose join request was admitted, not yet started."""
+
+    name: str
+    data: str
+    sock: socket.socket
+    reader: Lines
+    #: Where it connected from (for the log).
+    peer: str
+    #: It proved the cluster secret (False in a cluster without one).
+    authenticated: bool
+    #: The initializer's proof of the secret for this connection (None without one).
+    proof: str | None = None
 
 
 def watch_peer(
