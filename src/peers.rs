@@ -21,8 +21,10 @@ use crate::errors::Error;
 const MAGIC: u64 = 0x5741_4c4c_4152_4f4f; // "WALLAROO"
 /// How often a refused connection is tried again.
 const RETRY: Duration = Duration::from_millis(10);
-/// How long a new connection may take to send its handshake.
+/// How long a new connection may take to send its whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes read at once; more connections are dropped at once.
+const MAX_HANDSHAKES: usize = 64;
 
 /// One connection per other process, by index (`None` at `me`), connected
 /// within `timeout`; `token` is the run's.
@@ -74,7 +76,9 @@ fn dial(
     }
 }
 
-/// Accept the workers after `me`, each introduced by its handshake.
+/// Accept the workers after `me`, each introduced by its handshake. Each
+/// handshake is read on its own thread under [`HANDSHAKE_TIMEOUT`] in all,
+/// so a stranger that sends slowly (or nothing) delays nobody and is dropped.
 fn accept(
     listener: &TcpListener,
     addresses: &[String],
@@ -87,47 +91,68 @@ fn accept(
     let mut missing = later;
     let cluster_error = |e: std::io::Error| Error::Cluster(format!("data address: {e}"));
     listener.set_nonblocking(true).map_err(cluster_error)?;
+    let (introduced, introductions) = crossbeam_channel::unbounded();
+    let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while missing > 0 {
-        let (mut stream, from) = match listener.accept() {
-            Ok(connection) => connection,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    let waiting: Vec<&str> = accepted
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, s)| s.is_none())
-                        .filter_map(|(i, _)| addresses.get(me + 1 + i).map(String::as_str))
-                        .collect();
-                    return Err(Error::Cluster(format!(
-                        "workers at {} did not connect",
-                        waiting.join(", ")
-                    )));
+        match listener.accept() {
+            Ok((stream, from)) => {
+                if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= MAX_HANDSHAKES {
+                    log::warn!("data address: dropped a connection from {from} (too many at once)");
+                    continue;
                 }
-                std::thread::sleep(RETRY);
-                continue;
+                in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (introduced, in_flight) = (introduced.clone(), in_flight.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("data handshake".to_owned())
+                    .spawn(move || {
+                        let mut stream = stream;
+                        let index = stream
+                            .set_nonblocking(false)
+                            .and_then(|()| read_handshake(&mut stream, token))
+                            .ok()
+                            .flatten();
+                        in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = introduced.send((index, stream, from));
+                    });
+                if let Err(e) = spawned {
+                    log::warn!("data address: dropped a connection from {from}: {e}");
+                }
             }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(err) => return Err(cluster_error(err)),
-        };
-        let index = stream
-            .set_nonblocking(false)
-            .and_then(|()| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
-            .and_then(|()| read_handshake(&mut stream, token))
-            .ok()
-            .flatten();
-        let slot = index
-            .and_then(|i| i.checked_sub(me + 1))
-            .and_then(|i| accepted.get_mut(i));
-        match slot {
-            Some(slot @ None) => {
-                stream
-                    .set_read_timeout(None)
-                    .and_then(|()| stream.set_nodelay(true))
-                    .map_err(cluster_error)?;
-                *slot = Some(stream);
-                missing -= 1;
-            }
-            _ => log::warn!("data address: dropped a connection from {from} (not a worker)"),
         }
+        while let Ok((index, stream, from)) = introductions.try_recv() {
+            let slot = index
+                .and_then(|i| i.checked_sub(me + 1))
+                .and_then(|i| accepted.get_mut(i));
+            match slot {
+                Some(slot @ None) => {
+                    stream
+                        .set_read_timeout(None)
+                        .and_then(|()| stream.set_nodelay(true))
+                        .map_err(cluster_error)?;
+                    *slot = Some(stream);
+                    missing -= 1;
+                }
+                _ => log::warn!("data address: dropped a connection from {from} (not a worker)"),
+            }
+        }
+        if missing == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let waiting: Vec<&str> = accepted
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_none())
+                .filter_map(|(i, _)| addresses.get(me + 1 + i).map(String::as_str))
+                .collect();
+            return Err(Error::Cluster(format!(
+                "workers at {} did not connect",
+                waiting.join(", ")
+            )));
+        }
+        std::thread::sleep(RETRY);
     }
     Ok(accepted)
 }
@@ -143,11 +168,26 @@ fn handshake(token: u64, me: usize) -> [u8; HANDSHAKE_BYTES] {
     bytes
 }
 
-/// The index a connection introduced itself with; None when it is not a
-/// worker of this run.
+/// The index a connection introduced itself with within
+/// [`HANDSHAKE_TIMEOUT`] in all (however slowly it sends); None when it is
+/// not a worker of this run.
 fn read_handshake(stream: &mut TcpStream, token: u64) -> std::io::Result<Option<usize>> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let mut bytes = [0u8; HANDSHAKE_BYTES];
-    stream.read_exact(&mut bytes)?;
+    let mut filled = 0;
+    while filled < HANDSHAKE_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut bytes[filled..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     let mut words = bytes
         .chunks(8)
         .map(|chunk| u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
@@ -216,6 +256,52 @@ mod tests {
         theirs.read_exact(&mut got).expect("read");
         assert_eq!(&got, b"hi");
         drop((http, impostor));
+    }
+
+    #[test]
+    fn dripping_strangers_do_not_hold_the_handshake() {
+        let addresses: Vec<String> = (0..2).map(|_| free_address()).collect();
+        let (done, result) = crossbeam_channel::bounded(1);
+        {
+            let addresses = addresses.clone();
+            std::thread::spawn(move || {
+                let _ = done.send(connect(&addresses, 0, TOKEN, Duration::from_secs(10)));
+            });
+        }
+        // Three strangers send a byte of a handshake every 2 s (a whole one
+        // would take 48 s) until the worker is connected.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drips: Vec<_> = (0..3)
+            .map(|_| {
+                let (address, stop) = (addresses[0].clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut stream = loop {
+                        if let Ok(stream) = TcpStream::connect(&address) {
+                            break stream;
+                        }
+                        std::thread::sleep(RETRY);
+                    };
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && stream.write_all(&[0]).is_ok()
+                    {
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let second = connect(&addresses, 1, TOKEN, Duration::from_secs(10));
+        let first = result.recv_timeout(Duration::from_secs(30));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for drip in drips {
+            drip.join().expect("drip");
+        }
+        assert!(second.is_ok(), "{:?}", second.err());
+        match first {
+            Ok(Ok(sockets)) => assert!(sockets[1].is_some()),
+            Ok(Err(e)) => panic!("worker 0 failed: {e}"),
+            Err(_) => panic!("worker 0 still waits on the strangers"),
+        }
     }
 
     #[test]
