@@ -20,8 +20,9 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -627,6 +628,10 @@ fn content_type(name: &str) -> Option<&'static str> {
 struct AppState {
     everyone: bool,
     assets: Assets,
+    /// Host names answered besides IP literals and localhost.
+    allowed_hosts: Vec<String>,
+    /// Show recent bad input's payload previews on /status.
+    previews: bool,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -690,7 +695,51 @@ async fn prometheus(State(state): Shared) -> Response {
 }
 
 async fn status_json(State(state): Shared) -> Response {
-    json(&status(state.everyone))
+    let mut status = status(state.everyone);
+    if !state.previews {
+        for bad in &mut status.recent_bad_input {
+            bad.payload.clear();
+        }
+    }
+    json(&status)
+}
+
+/// Whether a request's `Host` names this server: an IP literal, localhost,
+/// or a name it was told (a page of another site whose name was rebound to
+/// this address -- DNS rebinding -- names that site). No `Host` (HTTP/1.0
+/// clients) passes: browsers always send one.
+fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    let name = name.trim_end_matches('.');
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+async fn check_host(State(state): Shared, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{0}"));
+    if host_allowed(host, &state.allowed_hosts) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server answers to its IP address, localhost or its own host name only\n",
+        )
+            .into_response()
+    }
 }
 
 #[derive(Deserialize)]
@@ -723,7 +772,78 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/status", get(status_json))
         .route("/status/history", get(history_json))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .with_state(state)
+}
+
+/// Connections served at once; more are closed as soon as they are
+/// accepted, so the metrics page can never take the file descriptors the
+/// data path needs.
+const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must be in within this; it is also how long a
+/// connection may sit idle between requests.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is closed after this long (after its current request).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// How long a closing connection may take to finish its current request.
+const CLOSING_GRACE: Duration = Duration::from_secs(5);
+
+/// Accept and serve until `shutdown`: one task per connection, at most
+/// [`MAX_CONNECTIONS`], each with a header timeout and a lifetime.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    bound: SocketAddr,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused = false;
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                log::warn!("metrics: accepting on {bound}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !refused {
+                log::warn!(
+                    "metrics: {MAX_CONNECTIONS} connections open on {bound}; closing new ones \
+                     until some end"
+                );
+                refused = true;
+            }
+            drop(stream);
+            continue;
+        };
+        refused = false;
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            if tokio::time::timeout(CONNECTION_LIFETIME, connection.as_mut())
+                .await
+                .is_err()
+            {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(CLOSING_GRACE, connection).await;
+            }
+            drop(slot);
+        });
+    }
 }
 
 struct Server {
@@ -772,6 +892,8 @@ pub fn serve(
     address: &str,
     static_dir: Option<PathBuf>,
     everyone: bool,
+    allowed_hosts: Vec<String>,
+    previews: bool,
 ) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(address)?;
     listener.set_nonblocking(true)?;
@@ -779,6 +901,8 @@ pub fn serve(
     let state = Arc::new(AppState {
         everyone,
         assets: Assets::load(static_dir),
+        allowed_hosts,
+        previews,
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -790,11 +914,8 @@ pub fn serve(
         .spawn(move || {
             let served = runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                axum::serve(listener, router(state))
-                    .with_graceful_shutdown(async move {
-                        let _ = signal.await;
-                    })
-                    .await
+                accept_loop(listener, router(state), bound, signal).await;
+                std::io::Result::Ok(())
             });
             if let Err(e) = served {
                 log::error!("metrics: the HTTP server on {bound} stopped: {e}");
@@ -852,14 +973,17 @@ fn metrics_set_cluster(workers: Vec<(String, String)>) {
 /// Serve the metrics on `address`; returns the bound `host:port`. Raises
 /// OSError when the address cannot be bound.
 #[pyfunction]
-#[pyo3(signature = (address, static_dir=None, everyone=true))]
+#[pyo3(signature = (address, static_dir=None, everyone=true, allowed_hosts=None, previews=false))]
 fn metrics_serve(
     py: Python<'_>,
     address: &str,
     static_dir: Option<PathBuf>,
     everyone: bool,
+    allowed_hosts: Option<Vec<String>>,
+    previews: bool,
 ) -> PyResult<String> {
-    py.detach(|| serve(address, static_dir, everyone))
+    let allowed_hosts = allowed_hosts.unwrap_or_default();
+    py.detach(|| serve(address, static_dir, everyone, allowed_hosts, previews))
         .map(|bound| bound.to_string())
         .map_err(|e| PyOSError::new_err(format!("cannot serve metrics on {address}: {e}")))
 }
@@ -932,6 +1056,33 @@ mod tests {
             pipelines: vec![m.snapshot("p")],
             ..WorkerSnapshot::default()
         }
+    }
+
+    #[test]
+    fn only_ip_literals_localhost_and_named_hosts_pass() {
+        let named = vec!["metrics.internal".to_owned()];
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:9000",
+            "[::1]:9000",
+            "10.1.2.3",
+            "localhost:80",
+            "LOCALHOST",
+            "app.localhost",
+            "metrics.internal:9000",
+            "metrics.internal.",
+        ] {
+            assert!(host_allowed(Some(host), &named), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:9000",
+            "127.0.0.1.nip.io",
+            "",
+        ] {
+            assert!(!host_allowed(Some(host), &named), "{host}");
+        }
+        assert!(host_allowed(None, &named));
     }
 
     #[test]

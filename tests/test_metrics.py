@@ -625,3 +625,102 @@ def test_kafka_source_reports_lag_per_partition() -> None:
             assert s.total("wallaroo_sink_records_total") == 500  # type: ignore[union-attr]
             source_labels = {x.labels["source"] for x in s.samples("wallaroo_source_records_total")}  # type: ignore[union-attr]
             assert source_labels == {f"kafka topic {source}"}
+
+
+# ------------------------------------------------------------- the server against strangers
+
+
+#: The file descriptors the run below may have (soft = hard: nothing to raise).
+FD_LIMIT = 256
+
+
+def test_half_sent_requests_never_starve_the_data_path(tmp_path: Path) -> None:
+    """More half-sent HTTP requests than the process has file descriptors:
+    the server caps its connections, so the TCP source still accepts and
+    every record goes through; the header timeout then closes them."""
+    out = tmp_path / "out.txt"
+    limited = (
+        "import os, resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({FD_LIMIT}, {FD_LIMIT}))\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'wallaroo', *sys.argv[1:]])\n"
+    )
+    argv = [sys.executable, "-c", limited, str(APP), "--in", f"{HOST}:0", "--output", str(out)]
+    app = RunningApp(argv, app_env(), None)
+    held: list = []
+    try:
+        app.wait_listening(1, 30)
+        base = metrics_url(app)
+        port = int(base.rstrip("/").rsplit(":", 1)[1])
+        for _ in range(FD_LIMIT + 100):
+            sock = socket.create_connection((HOST, port), timeout=10)
+            sock.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never ends
+            held.append(sock)
+        ((_, _, in_port),) = app.listening()
+        assert send_messages(HOST, in_port, numbers(1000)) == 1000
+        wait_for(lambda: len(output_lines(out)) == 500, 30, "every record through the source")
+        assert "Too many open files" not in app.stderr
+
+        def closed(sock: socket.socket) -> bool:
+            try:
+                return sock.recv(1) == b""
+            except ConnectionResetError:
+                return True
+
+        def all_closed() -> bool:
+            ready, _, _ = select.select(held, [], [], 0)
+            return len(ready) == len(held) and all(closed(s) for s in ready)
+
+        wait_for(all_closed, 60, "the half-sent requests closed by the server")
+        assert scrape(base).workers() == {"initializer": 1.0}
+    finally:
+        for sock in held:
+            sock.close()
+        code = app.stop(30)
+    assert code == 0, app.stderr
+
+
+def _get_with_host(base: str, host: str) -> int:
+    request = urllib.request.Request(base + "status", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_a_foreign_host_header_is_refused(tmp_path: Path) -> None:
+    """A page of another site whose name was rebound to this address (DNS
+    rebinding) sends its own name as Host: refused."""
+    with running(APP, "--in", f"{HOST}:0", "--output", str(tmp_path / "o.txt")) as app:
+        base = metrics_url(app)
+        port = base.rstrip("/").rsplit(":", 1)[1]
+        assert _get_with_host(base, f"attacker.example:{port}") == 421
+        assert _get_with_host(base, "attacker.example") == 421
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}",
+                     f"{socket.gethostname()}:{port}"):
+            assert _get_with_host(base, host) == 200, host
+
+
+def _bad_input_previews(tmp_path: Path, *flags: str) -> list:
+    with running(APP, "--in", f"{HOST}:0", "--output", str(tmp_path / "o.txt"), *flags) as app:
+        base = metrics_url(app)
+        ((_, _, in_port),) = app.listening()
+        send_messages(HOST, in_port, numbers(0, bad=2))
+        status = wait_for(lambda: status_json(base)["recent_bad_input"], 20, "bad input")
+    return [b["payload"] for b in status]  # type: ignore[union-attr]
+
+
+def test_bad_input_previews_are_shown_only_when_asked_for(tmp_path: Path) -> None:
+    assert _bad_input_previews(tmp_path) == ["", ""]
+    assert _bad_input_previews(tmp_path, "--bad-input-previews") == [
+        "not a number 0",
+        "not a number 1",
+    ]
+
+
+def test_m_with_only_a_port_says_it_listens_on_every_interface(tmp_path: Path) -> None:
+    port = free_port()
+    with running(APP, "--in", f"{HOST}:0", "--output", str(tmp_path / "o.txt"),
+                 "-m", f":{port}") as app:
+        assert metrics_url(app) == f"http://{HOST}:{port}/"
+        assert f"listening on every interface of this host, port {port}" in app.stderr

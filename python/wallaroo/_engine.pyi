@@ -55,8 +55,16 @@ def metrics_configure(enabled: bool, name: str, app: str) -> None:
 def metrics_set_cluster(workers: list[tuple[str, str]]) -> None:
     """The cluster's workers as ``(name, data address)`` by index."""
 
-def metrics_serve(address: str, static_dir: str | None = None, everyone: bool = True) -> str:
-    """Serve the metrics on ``address``; the bound ``host:port``."""
+def metrics_serve(
+    address: str,
+    static_dir: str | None = None,
+    everyone: bool = True,
+    allowed_hosts: list[str] | None = None,
+    previews: bool = False,
+) -> str:
+    """Serve the metrics on ``address``; the bound ``host:port``. Requests
+    whose Host is not an IP literal, localhost or one of ``allowed_hosts``
+    are refused; ``previews`` shows recent bad input's payloads on /status."""
 
 def metrics_stop() -> None:
     """Stop every metrics server of this process."""

@@ -24,6 +24,7 @@ The engine keeps the counters and serves them (``src/metrics.rs``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import socket
 import sys
@@ -50,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-metrics",
         action="store_true",
         help="serve no metrics and skip the per-step measurements (plain counters stay)",
+    )
+    group.add_argument(
+        "--bad-input-previews",
+        action="store_true",
+        help="show the first 200 characters of recent bad input on /status and the web page "
+        "(off: only where it came from, its kind and the error; anyone who can reach the "
+        "metrics address can read /status)",
     )
     group.add_argument(
         "--quiet",
@@ -104,6 +112,25 @@ def bind_address(spec: str | None, flag: str = "-m/--metrics") -> str:
         port,
     )
     return f"127.0.0.1:{port}"
+
+
+def listening_on(bound: str) -> str:
+    """Where a bound ``host:port`` really accepts connections, for the log."""
+    host, port = split_address(bound)
+    if host in ("0.0.0.0", "::"):
+        return f"every interface of this host, port {port}"
+    return bound
+
+
+def allowed_hosts(spec: str | None) -> list:
+    """Host names the server answers to besides IP literals and localhost
+    (a browser's page on another name -- DNS rebinding -- is refused): the
+    host ``-m`` names and this machine's names."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    if spec:
+        with contextlib.suppress(ValueError):
+            names.add(split_address(spec)[0])
+    return sorted(name for name in names if name)
 
 
 def url_of(bound: str) -> str:
@@ -164,20 +191,24 @@ class Observer:
         from wallaroo import _engine
 
         address = bind_address(spec, flag)
+        hosts = allowed_hosts(spec)
+        previews = bool(getattr(self.opts, "bad_input_previews", False))
         try:
-            bound = _engine.metrics_serve(address, str(STATIC_DIR), everyone)
+            bound = _engine.metrics_serve(address, str(STATIC_DIR), everyone, hosts, previews)
         except OSError as err:
             fallback = "127.0.0.1:0"
             log.warning("%s; serving on a free loopback port instead", err)
             try:
-                bound = _engine.metrics_serve(fallback, str(STATIC_DIR), everyone)
+                bound = _engine.metrics_serve(fallback, str(STATIC_DIR), everyone, hosts,
+                                              previews)
             except OSError as err2:
                 log.warning("metrics are not served: %s", err2)
                 return
         url = url_of(bound)
         self.urls.append(url)
         what = "metrics" if everyone else "this worker's metrics"
-        log.info("%s: %s (Prometheus %smetrics, JSON %sstatus)", what, url, url, url)
+        log.info("%s: %s (Prometheus %smetrics, JSON %sstatus); listening on %s", what, url,
+                 url, url, listening_on(bound))
 
     def report_message(self) -> dict:
         """What a worker sends the initializer every second."""

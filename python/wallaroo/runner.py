@@ -358,6 +358,19 @@ def _demo_hook() -> ModuleType:
     return demo
 
 
+def _raise_open_files_limit() -> None:
+    """Sockets and files of the data path (and the metrics server's capped
+    connections) get every descriptor the hard limit allows."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError) as err:
+        log.debug("open files limit left as it is: %s", err)
+
+
 def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> int:
     """Run a compiled plan on the engine and report how it went. ``demo``: the
     run's :class:`wallaroo.demo.Demo`, which starts its companions, if any,
@@ -365,6 +378,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
     from wallaroo import _engine
 
     _tune_gc()
+    _raise_open_files_limit()
 
     options = {
         "on_error": opts.on_error,
