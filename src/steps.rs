@@ -436,6 +436,17 @@ impl Chain {
             });
             let value = match decoded {
                 Ok(value) => value,
+                Err(err) if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => {
+                    // A second Ctrl-C, not bad input.
+                    let record = PyBytes::new(py, &frame.payload);
+                    return Err(StepFailure {
+                        pipeline: self.pipeline.clone(),
+                        step: "decoder".into(),
+                        record: short_repr(record.as_any(), RECORD_REPR_LIMIT),
+                        position: self.source.describe(&frame.pos),
+                        detail: format_py_err(py, &err),
+                    });
+                }
                 Err(err) => {
                     self.bad.record(
                         &self.pipeline,

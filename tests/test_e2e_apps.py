@@ -487,5 +487,6 @@ def test_second_ctrl_c_during_a_slow_step_is_an_interrupted_stop() -> None:
     err = running.stderr
     assert code == 130, err
     assert "the application failed" not in err and "Traceback" not in err, err
-    assert "stopped at once by a second signal while pipeline" in err, err
+    # Named where it struck: in the step (nearly always: it sleeps 5 s) or between records.
+    assert re.search(r"stopped at once by a second signal while|stopping at once", err), err
     assert re.search(r"error: interrupted: .*3 records read, 0 outputs delivered", err), err
