@@ -55,6 +55,7 @@ bench: develop-release ## Benchmarks: engine against a bare Python loop, same ru
 	$(BIN)/python benches/cluster.py
 	$(BIN)/python benches/resilience.py
 	$(BIN)/python benches/kafka.py
+	$(BIN)/python benches/star_leaders.py
 
 clean: ## Remove build products and the venv
 	rm -rf target $(VENV) artifacts

@@ -8,8 +8,9 @@ and encoder, in order.
 ``python star_leaders_direct.py APP file EVENTS`` prints the encoder's
 output for the events of EVENTS (one JSON event per line), one line each.
 ``python star_leaders_direct.py APP kafka BOOTSTRAP SOURCE SINK COUNT``
-reads COUNT events of SOURCE (partition 0) and writes the leaderboards to
-SINK, as the engine does: the bare loop of ``benches/star_leaders.py``.
+reads COUNT events of SOURCE (partition 0), writes the leaderboards to SINK,
+as the engine does, and prints how many: the bare loop of
+``benches/star_leaders.py``.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def main(argv: list) -> None:
                 print(output)
     else:
         bootstrap, source, sink, count = rest
-        run_kafka(loop, bootstrap, source, sink, int(count))
+        print(run_kafka(loop, bootstrap, source, sink, int(count)))
 
 
 if __name__ == "__main__":
