@@ -54,7 +54,7 @@ const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 /// hold while an earlier batch of the same reader is still on its way).
 const MAX_EPOCH_RECORDS: usize = 4096;
 
-/// How often steps with timers (windows) get a tick, on one process.
+/// How often steps with timers (windows) get a tick.
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Set by the runner's signal handlers (Ctrl-C, SIGTERM): finish what the
@@ -1352,7 +1352,7 @@ fn drive<A: Allocate>(
     let mut interrupted = false;
     loop {
         let pausing = clock.as_ref().is_some_and(|c| c.pausing);
-        if !resources.cluster && !pausing && last_tick.elapsed() >= TICK_INTERVAL {
+        if !pausing && last_tick.elapsed() >= TICK_INTERVAL {
             last_tick = Instant::now();
             for input in inputs.iter_mut().flatten() {
                 input.send(vec![Frame::marker(false)]);
@@ -1381,8 +1381,14 @@ fn drive<A: Allocate>(
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         live[i] = false;
-                        if !resources.cluster {
-                            // Steps with timers fire what they hold.
+                        let cut = options.max_records.is_some()
+                            || next_membership.is_some()
+                            || stop.load(Ordering::Relaxed);
+                        if !cut {
+                            // The input ended by itself (not a stop, a new
+                            // membership or --max-records, after which a
+                            // later run goes on): steps with timers fire
+                            // what they hold.
                             input.send(vec![Frame::marker(true)]);
                         }
                         if clock.is_none() {

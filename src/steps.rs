@@ -250,6 +250,15 @@ fn check_key(key: &Bound<'_, PyAny>, u64_keys: bool) -> Result<(), String> {
     }
 }
 
+/// The key of the keyed records that carry a timer tick to every worker of
+/// a cluster (the value is the `end` flag); no application key is this.
+const TIMER_KEY: &str = "\u{0}wallaroo timer tick\u{0}";
+
+fn is_timer_key(key: &Bound<'_, PyAny>) -> bool {
+    key.cast::<PyString>()
+        .is_ok_and(|s| s.to_cow().is_ok_and(|s| s == TIMER_KEY))
+}
+
 /// How a step is called.
 pub enum Kind {
     /// `compute(data)`.
@@ -485,16 +494,13 @@ impl Chain {
         let mut result = Ok(());
         self.batch_counts.stats.begin(&self.metrics, 0);
         for (order, step, key, value) in records {
-            self.batch_counts.stats.record();
-            let cursor = Cursor { order };
-            let applied = self.run_state(
-                py,
-                &cursor,
-                step,
-                key.into_bound(py),
-                value.into_bound(py),
-                out,
-            );
+            let (key, value) = (key.into_bound(py), value.into_bound(py));
+            let applied = if is_timer_key(&key) {
+                self.tick_step(py, step, value.is_truthy().unwrap_or(false), out)
+            } else {
+                self.batch_counts.stats.record();
+                self.run_state(py, &Cursor { order }, step, key, value, out)
+            };
             if let Err(failure) = self.apply_policy(applied, None) {
                 result = Err(failure);
                 break;
@@ -505,42 +511,78 @@ impl Chain {
     }
 
     /// A timer tick (`end`: the pipeline's input ended): every step with a
-    /// timer fires what is due over the states of this worker; the outputs
-    /// go through the rest of the chain like those of a record.
+    /// timer fires what is due over its states. In a cluster the tick goes
+    /// to every worker as a keyed record of [`TIMER_KEY`] (each worker holds
+    /// the states of its own keys).
     fn tick(&self, py: Python<'_>, end: bool, out: &mut Emitted) -> Result<(), StepFailure> {
-        let cursor = Cursor {
-            order: SortKey::default(),
-        };
         for (index, step) in self.steps.iter().enumerate() {
             let Kind::State {
-                store,
-                multi,
-                tick: Some(tick),
+                tick: Some(_),
+                routing,
                 ..
             } = &step.kind
             else {
                 continue;
             };
-            let flag = PyBool::new(py, end);
-            let failure = |err: PyErr| {
-                self.failure(
-                    &cursor,
-                    &format!("{} (timer)", step.name),
-                    flag.as_any(),
-                    format_py_err(py, &err),
-                )
-            };
-            let states = store.states.bind(py);
-            let fired = call2(tick.bind(py), states.as_any(), flag.as_any()).map_err(failure)?;
-            if fired.is_none() {
-                continue;
+            match routing {
+                Some(routing) => {
+                    for owner in 0..routing.workers() {
+                        out.keyed.push(KeyedRecord {
+                            order: SortKey::default(),
+                            step: index,
+                            owner,
+                            key: PyString::new(py, TIMER_KEY).into_any().unbind(),
+                            value: PyBool::new(py, end).to_owned().into_any().unbind(),
+                        });
+                    }
+                }
+                None => self.tick_step(py, index, end, out)?,
             }
-            for item in fired.try_iter().map_err(failure)? {
-                let (key, outputs): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
-                    item.and_then(|i| i.extract()).map_err(failure)?;
-                store.mark_changed(py, &key).map_err(failure)?;
-                self.next(py, &cursor, step, index, &key, outputs, *multi, out)?;
-            }
+        }
+        Ok(())
+    }
+
+    /// Fire what the timer step `index` holds due here; its outputs go
+    /// through the rest of the chain like those of a record.
+    fn tick_step(
+        &self,
+        py: Python<'_>,
+        index: usize,
+        end: bool,
+        out: &mut Emitted,
+    ) -> Result<(), StepFailure> {
+        let step = &self.steps[index];
+        let Kind::State {
+            store,
+            multi,
+            tick: Some(tick),
+            ..
+        } = &step.kind
+        else {
+            return Ok(());
+        };
+        let cursor = Cursor {
+            order: SortKey::default(),
+        };
+        let flag = PyBool::new(py, end);
+        let failure = |err: PyErr| {
+            self.failure(
+                &cursor,
+                &format!("{} (timer)", step.name),
+                flag.as_any(),
+                format_py_err(py, &err),
+            )
+        };
+        let states = store.states.bind(py);
+        let fired = call2(tick.bind(py), states.as_any(), flag.as_any()).map_err(failure)?;
+        if fired.is_none() {
+            return Ok(());
+        }
+        for item in fired.try_iter().map_err(failure)? {
+            let (key, outputs): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                item.and_then(|i| i.extract()).map_err(failure)?;
+            store.mark_changed(py, &key).map_err(failure)?;
+            self.next(py, &cursor, step, index, &key, outputs, *multi, out)?;
         }
         Ok(())
     }

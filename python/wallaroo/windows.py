@@ -228,7 +228,8 @@ class _Stage:
         self.feeders = max(1, feeders)
         self.finished_feeders = 0
         self.last_input = time.time_ns()
-        self.next_tick = 0
+        #: The first tick comes one period after the start.
+        self.next_tick = self.last_input + self.period
 
     def new_state(self) -> KeyWindows:
         """A key's empty windows (the engine's state class)."""
@@ -274,12 +275,12 @@ class RangeStage(_Stage):
     """Range windows (tumbling and sliding) on ingest time."""
 
     def __init__(self, spec: RangeWindows, key_of: Callable[[Any], Any], feeders: int) -> None:
-        super().__init__(spec.aggregation, key_of, feeders)
         self.range = spec.range
         self.slide = spec.slide
         self.delay = math.ceil(spec.delay / spec.slide) * spec.slide
         self.pane = math.gcd(spec.range, spec.slide)
         self.period = 2 * (self.range + self.delay)
+        super().__init__(spec.aggregation, key_of, feeders)
         #: After a gap, at most this many empty windows fire before the grid jumps.
         self.max_empty = (self.range + self.delay) // self.slide
 
