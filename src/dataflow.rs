@@ -1349,13 +1349,25 @@ fn drive<A: Allocate>(
     let mut epochs = crate::metrics::EpochTracker::new();
     let mut last_signal_check = Instant::now();
     let mut last_tick = Instant::now();
+    // Pipelines with timer steps (windows) get marker frames; others never.
+    let timers: Vec<bool> = resources
+        .pipelines
+        .iter()
+        .map(|p| {
+            p.steps
+                .iter()
+                .any(|s| matches!(s.kind, StepKind::State { tick: Some(_), .. }))
+        })
+        .collect();
     let mut interrupted = false;
     loop {
         let pausing = clock.as_ref().is_some_and(|c| c.pausing);
         if !pausing && last_tick.elapsed() >= TICK_INTERVAL {
             last_tick = Instant::now();
-            for input in inputs.iter_mut().flatten() {
-                input.send(vec![Frame::marker(false)]);
+            for (slot, _) in inputs.iter_mut().zip(&timers).filter(|(_, timer)| **timer) {
+                if let Some(input) = slot.as_mut() {
+                    input.send(vec![Frame::marker(false)]);
+                }
             }
         }
         let behind = pausing || probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
@@ -1384,7 +1396,7 @@ fn drive<A: Allocate>(
                         let cut = options.max_records.is_some()
                             || next_membership.is_some()
                             || stop.load(Ordering::Relaxed);
-                        if !cut {
+                        if timers[i] && !cut {
                             // The input ended by itself (not a stop, a new
                             // membership or --max-records, after which a
                             // later run goes on): steps with timers fire
