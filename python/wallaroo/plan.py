@@ -176,7 +176,7 @@ def _marks(actions: Any) -> list:
         "to_state_partition_u64": versions.Mark("to_state_partition_u64", versions.ONLY_042),
         "to_sinks": versions.Mark("to_sinks", versions.ONLY_05),
     }
-    for action in actions:
+    for action in actions if isinstance(actions, (list, tuple)) else ():
         if not isinstance(action, tuple) or not action:
             continue
         marks.append(verb_marks.get(action[0]))
