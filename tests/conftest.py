@@ -8,12 +8,46 @@ subprocess, with ``tests/apps`` and ``python`` on ``PYTHONPATH``:
 * ``tcp_app(app, *args, sources=1)`` is a context manager for applications
   with TCP sources: it starts the application, waits until its log says each
   source is listening, and on exit sends SIGTERM and checks the exit code is 0;
-* ``free_port()`` returns a TCP port that was free a moment ago.
+* ``free_port()`` returns a TCP port that was free a moment ago;
+* ``broker`` is the session's tansu Kafka broker (``tests/kafka_broker.py``),
+  one for every test of the run, however many xdist workers run them.
+
+Parallel runs (pytest-xdist)
+----------------------------
+``make test`` runs the suite with ``pytest -n 2`` (two worker processes, see
+the Makefile). Every test must therefore be independent of the others:
+
+* ports: always a free port (``free_port()``, or ``127.0.0.1:0``), never a
+  fixed one; files: under ``tmp_path`` / ``tmp_path_factory`` (per worker);
+* names on a shared service (Kafka topics, consumer groups) are unique per
+  test, e.g. ``f"orders-{uuid.uuid4().hex[:8]}"``;
+* a ``scope="session"`` fixture runs once *per xdist worker*. For a service
+  that must exist once per run (an expensive broker, e.g. a JVM Kafka), use
+  :func:`shared_service`: the first worker that needs it starts it under a
+  file lock in ``tmp_path_factory.getbasetemp().parent`` (the directory all
+  workers of one run share) and writes how to reach it in a JSON file there;
+  the others read that file. The service is started *detached* (its own
+  session, not killed with the worker that started it: the other worker may
+  still use it); the last worker that used it stops it, and the controller
+  process stops whatever is left at the end of the run
+  (:func:`pytest_sessionfinish` below). The ``broker`` fixture is the example
+  to follow::
+
+      @pytest.fixture(scope="session")
+      def broker(tmp_path_factory):
+          with shared_service(tmp_path_factory, "tansu", _start_tansu,
+                              stop_described) as described:
+              yield TansuBroker.attach(described)
+
+* slow chaos runs (kill -9 ten times and check counts) are marked
+  ``@pytest.mark.chaos``: ``pytest -m "not chaos"`` skips them while
+  developing; CI runs them (a second pytest invocation in the Makefile).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -29,6 +63,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from filelock import FileLock
 
 TESTS_DIR = Path(__file__).resolve().parent
 APPS_DIR = TESTS_DIR / "apps"
@@ -319,3 +354,98 @@ def small_fs(tmp_path: Path) -> Iterator[SmallFilesystem]:
         yield SmallFilesystem(mount_point)
     finally:
         _mount(["umount", "-l", str(mount_point)])
+
+
+# ---------------------------------------------------------------------------
+# Services shared by every xdist worker of a run
+# ---------------------------------------------------------------------------
+
+#: Shared services' files (``NAME.json``, ``NAME.lock``, ``NAME.users``) live in
+#: this sub-directory of the run's common temporary directory.
+SHARED_DIR = "shared-services"
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory every xdist worker of this run sees (the basetemp's parent
+    under xdist, where each worker has its own basetemp ``popen-gwN``)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / SHARED_DIR
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def shared_service(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    start: Callable[[], dict],
+    stop: Callable[[dict], None],
+) -> Iterator[dict]:
+    """One ``name`` service for every xdist worker of the run.
+
+    ``start()`` starts the service *detached* (it must outlive the worker that
+    starts it) and returns a JSON-able description (address, pid, ...);
+    ``stop(description)`` stops it. The first caller starts it under a file
+    lock, the others reuse the description; the last one to leave stops it.
+    Whatever is left is stopped by the controller's :func:`pytest_sessionfinish`
+    (``stop`` must then be importable: pass a module-level function).
+    """
+    shared = _shared_dir(tmp_path_factory)
+    info, users = shared / f"{name}.json", shared / f"{name}.users"
+    with FileLock(str(shared / f"{name}.lock")):
+        if info.exists():
+            described = json.loads(info.read_text())["described"]
+        else:
+            described = start()
+            info.write_text(json.dumps({
+                "described": described,
+                "stop": f"{stop.__module__}:{stop.__qualname__}",
+            }))  # fmt: skip
+        count = int(users.read_text()) if users.exists() else 0
+        users.write_text(str(count + 1))
+    try:
+        yield described
+    finally:
+        with FileLock(str(shared / f"{name}.lock")):
+            count = int(users.read_text()) - 1
+            users.write_text(str(count))
+            if count == 0:
+                info.unlink()
+                stop(described)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller (or a run without xdist): stop shared services a worker
+    left behind (a worker that crashed before its teardown)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    shared = Path(factory.getbasetemp()) / SHARED_DIR
+    for info in shared.glob("*.json") if shared.is_dir() else []:
+        try:
+            data = json.loads(info.read_text())
+            module, _, function = data["stop"].partition(":")
+            import importlib
+
+            getattr(importlib.import_module(module), function)(data["described"])
+        except Exception as err:  # pragma: no cover - best effort
+            print(f"could not stop shared service {info.stem}: {err}", file=sys.stderr)
+
+
+def _start_tansu() -> dict:
+    from kafka_broker import TansuBroker
+
+    return TansuBroker(detached=True).start().describe()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The run's tansu broker (``kafka_broker.TansuBroker``), shared by every test
+    and every xdist worker: use topics and groups of your own (unique names)."""
+    from kafka_broker import TansuBroker, stop_described
+
+    with shared_service(tmp_path_factory, "tansu", _start_tansu, stop_described) as described:
+        yield TansuBroker.attach(described)

@@ -313,7 +313,12 @@ class TansuBroker(BrokerClients):
         host: str = HOST,
         advertised: tuple[str, int] | None = None,
         start_timeout: float = 15.0,
+        detached: bool = False,
     ) -> None:
+        #: Started in its own session and not killed with the process that
+        #: started it: a broker shared by pytest-xdist workers outlives the
+        #: worker that started it (conftest.shared_service stops it).
+        self.detached = detached
         self.host = host
         self.port = port
         self.advertised = advertised
@@ -380,7 +385,12 @@ class TansuBroker(BrokerClients):
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                    preexec_fn=(
+                        _die_with_parent
+                        if sys.platform == "linux" and not self.detached
+                        else None
+                    ),
+                    start_new_session=self.detached,
                 )
             if self._wait_ready(started):
                 self.startup_seconds = time.monotonic() - started
@@ -420,8 +430,38 @@ class TansuBroker(BrokerClients):
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
+    def describe(self) -> dict:
+        """What another process needs to use (and finally stop) this broker:
+        see :meth:`attach` and :func:`stop_described`."""
+        assert self.proc is not None, "not started"
+        return {
+            "host": self.host,
+            "port": self.port,
+            "pid": self.proc.pid,
+            "workdir": str(self.workdir),
+        }
+
+    @classmethod
+    def attach(cls, described: dict) -> TansuBroker:
+        """A client handle on a broker another process started (:meth:`describe`);
+        its :meth:`stop` does nothing (:func:`stop_described` stops the broker)."""
+        broker = cls(port=described["port"], host=described["host"])
+        return broker
+
     def __enter__(self) -> TansuBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_described(described: dict) -> None:
+    """Kill the broker of :meth:`TansuBroker.describe` (if that pid is still the
+    broker: its working directory is the broker's) and remove its files."""
+    pid, workdir = described["pid"], described["workdir"]
+    try:
+        if os.readlink(f"/proc/{pid}/cwd") == workdir:
+            os.kill(pid, signal.SIGKILL)
+    except OSError:  # gone already
+        pass
+    shutil.rmtree(described["workdir"], ignore_errors=True)

@@ -709,6 +709,14 @@ def slow_input(tmp_path_factory) -> Path:
     return path
 
 
+def wait_output(path: Path, timeout: float = 60) -> None:
+    """Wait until the run wrote its first output line."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and b"\n" in path.read_bytes()):
+        assert time.monotonic() < deadline, f"no output in {path} after {timeout} s"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module", params=["member", "initializer"])
 def killed_run(request, tmp_path_factory, slow_input: Path) -> dict:
     """A 2-process cluster started by hand; one process (``victim``) is
@@ -724,7 +732,7 @@ def killed_run(request, tmp_path_factory, slow_input: Path) -> dict:
                        "-n", "worker2")
         for proc in (initializer, member):
             proc.wait_for("running application", timeout=20)
-        time.sleep(1.0)
+        wait_output(tmp_path / "out.txt")  # killed while records go through
         dead, survivor = (member, initializer) if victim == "member" else (initializer, member)
         assert survivor.proc.poll() is None, survivor.stderr
         dead.proc.send_signal(signal.SIGKILL)
@@ -782,7 +790,7 @@ def test_supervisor_exits_non_zero_when_a_worker_is_killed(
         supervisor = start("supervisor", CLUSTER_SLOW, "--input", str(slow_input),
                            "--output", str(tmp_path / "out.txt"), *BATCH, "--workers", "2")
         supervisor.wait_for("running application", timeout=20, count=2)
-        time.sleep(1.0)
+        wait_output(tmp_path / "out.txt")  # killed while records go through
         children = children_of(supervisor.proc.pid)
         assert len(children) == 2, children
         (victim,) = [pid for pid, cmd in children.items() if "worker-1" in cmd]

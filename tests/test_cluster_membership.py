@@ -45,6 +45,15 @@ def _wait_for(path: Path, text: str, timeout: float = 30) -> None:
     pytest.fail(f"{path.name} never said {text!r}:\n{path.read_text()}")
 
 
+def _wait_lines(path: Path, lines: int, timeout: float = 60) -> None:
+    """Wait until the run's output has ``lines`` lines (records went through)."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_bytes().count(b"\n") >= lines):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path.name}: fewer than {lines} lines after {timeout} s")
+        time.sleep(0.05)
+
+
 def _command(port: int, line: str) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(line.encode() + b"\n")
@@ -112,10 +121,11 @@ def test_grow_then_shrink_through_the_external_channel(tmp_path: Path, lines) ->
     joiner = None
     try:
         _wait_for(init_log, "running application")
-        time.sleep(1.0)
+        _wait_lines(output, 2 * KEYS)  # every key has state to hand over
         joiner = _start([*common, "-j", f"127.0.0.1:{control}", "-n", "w2"], joiner_log)
         _wait_for(joiner_log, "took over")
-        time.sleep(1.0)
+        # The grown cluster processes records before it shrinks again.
+        _wait_lines(output, output.read_bytes().count(b"\n") + 2 * KEYS)
         answer = _command(external, "shrink w2")
         assert '"ok": true' in answer, answer
         _wait_exit(joiner, joiner_log)
@@ -155,7 +165,7 @@ def test_a_worker_leaves_on_sigterm(tmp_path: Path, lines) -> None:
     member = _start([*common, "-c", f"127.0.0.1:{control}", "-n", "w2"], member_log)
     try:
         _wait_for(member_log, "running application")
-        time.sleep(1.5)
+        _wait_lines(output, 2 * KEYS)  # the member holds state when it leaves
         member.send_signal(signal.SIGTERM)
         _wait_exit(member, member_log)
         _wait_exit(init, init_log)

@@ -124,13 +124,6 @@ def values(records: list) -> list:
     return [r.value for r in records]
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[TansuBroker]:
-    """One tansu for the module (it starts in about 0.1 s); every test uses its own topics."""
-    with TansuBroker() as b:
-        yield b
-
-
 @pytest.fixture
 def proxied_broker() -> Iterator[tuple]:
     """``(broker, proxy)``: a tansu reachable only through a running :class:`TcpProxy`."""
