@@ -514,7 +514,7 @@ def test_step_exception_with_on_error_skip(tmp_path: Path) -> None:
     assert 'step "explode" failed on record b\'boom\'' in err
     assert f"(from file {src} line 2 (byte 2))" in err
     assert f"(from file {src} line 4 (byte 9))" in err
-    assert "'file in': 5 in, 3 out, 0 dropped, 2 skipped after errors" in err
+    assert "'file in': 5 in, 3 out, 0 filtered, 2 skipped after errors" in err
 
 
 def test_records_skipped_after_errors_are_kept_like_bad_input(tmp_path: Path) -> None:
@@ -558,9 +558,8 @@ def test_tcp_sink_whose_receiver_never_comes_fails_the_run(tmp_path: Path) -> No
         code = run.proc.wait(timeout=30)
         err = run.stderr()
     assert code == 1, err
-    assert "100 in, 100 out, 0 dropped, 0 skipped after errors, 0 delivered, 100 not delivered" in (
-        err
-    )
+    summary = "100 in, 100 out, 0 filtered, 0 skipped after errors, 0 delivered, 100 not delivered"
+    assert summary in err
     assert "error: 100 records were not delivered" in err
     assert "records lost" not in err
 
@@ -730,6 +729,25 @@ def test_step_without_compute() -> None:
 
 
 @pytest.mark.parametrize(
+    ("forget", "where", "decorator"),
+    [
+        ("step", "pipeline 'p' step 1", "@wallaroo.computation(name=...)"),
+        ("partition", "pipeline 'p' step 2 partition function", "@wallaroo.partition"),
+        ("decoder", "pipeline 'p' source, decoder", "@wallaroo.decoder(header_length=4"),
+        ("encoder", "pipeline 'p' sink, encoder", "@wallaroo.encoder"),
+    ],
+)
+def test_a_plain_function_names_the_decorator_it_needs(
+    forget: str, where: str, decorator: str
+) -> None:
+    result = run_app("undecorated", "--forget", forget)
+    assert result.returncode == 2, result.stderr
+    assert f"error: {app_file('undecorated')}: {where}" in result.stderr
+    assert f"the function plain() is not decorated: put {decorator}" in result.stderr
+    assert "0x" not in result.stderr  # no <function plain at 0x...>
+
+
+@pytest.mark.parametrize(
     ("shape", "got"),
     [("non_tuple", "b'a'"), ("three_tuple", "(b'a', True, 'extra')"), ("yes", "(b'a', 'yes')")],
 )
@@ -788,6 +806,9 @@ def test_import_error_in_the_app_module() -> None:
     assert "ModuleNotFoundError: No module named 'wallaroo_no_such_module_xyz'" in result.stderr
     assert f'File "{app_file("import_error")}", line 4' in result.stderr
     assert "error: importing application 'import_error' failed" in result.stderr
+    # The traceback starts at the application's frame: no runner or importlib frames.
+    assert result.stderr.split("\n")[1].startswith(f'  File "{app_file("import_error")}"')
+    assert "runner.py" not in result.stderr and "importlib" not in result.stderr
 
 
 def test_syntax_error_in_the_app(tmp_path: Path) -> None:

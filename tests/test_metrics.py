@@ -204,7 +204,7 @@ def summary_counts(stderr: str) -> list:
     """``(in, out, dropped)`` of each ``pipeline 'numbers': ...`` summary line."""
     return [
         tuple(int(x) for x in m.groups())
-        for m in re.finditer(r"pipeline 'numbers': (\d+) in, (\d+) out, (\d+) dropped", stderr)
+        for m in re.finditer(r"pipeline 'numbers': (\d+) in, (\d+) out, (\d+) filtered", stderr)
     ]
 
 
@@ -534,7 +534,7 @@ def test_render_progress_line() -> None:
         elapsed=83,
     )
     assert line == (
-        "wallaroo ▸ 1,234,567 in  45,678/s │ 1,000 out │ 5 dropped │ 2 bad │ 0 errors │ "
+        "wallaroo ▸ 1,234,567 in  45,678/s │ 1,000 out │ 5 filtered │ 2 bad │ 0 errors │ "
         "lag 17 │ 2 workers │ 1:23"
     )
     assert len(render({"records_in": 1}, 0, 0, width=30)) == 29
@@ -590,7 +590,7 @@ def test_progress_line_is_cleared_before_other_output() -> None:
         sys.stderr = saved
         root.removeHandler(handler)
     text = stream.getvalue()
-    line = "wallaroo ▸ 5 in  0/s │ 0 out │ 0 dropped │ 0 bad │ 0 errors │ 0:00"
+    line = "wallaroo ▸ 5 in  0/s │ 0 out │ 0 filtered │ 0 bad │ 0 errors │ 0:00"
     assert text == (
         f"{CLEAR}{line}{CLEAR}WARNING a log line\ntop: a print\n{CLEAR}{line}{CLEAR}"
     ), repr(text)

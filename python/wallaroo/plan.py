@@ -8,6 +8,7 @@ here so the engine calls them without attribute look-ups per record.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from typing import Any, Callable
 
@@ -18,24 +19,32 @@ class ApplicationError(Exception):
     """The application description cannot run; the message says why."""
 
 
-def _method(obj: Any, name: str, where: str) -> Callable[..., Any]:
+def _method(obj: Any, name: str, where: str, decorator: str = "") -> Callable[..., Any]:
+    """``obj.name`` (a bound method). ``decorator`` names what turns a plain
+    function into such an object, for the message when ``obj`` is one."""
     if name in getattr(type(obj), "_forwarding_methods", ()) and type(obj).__module__ == "wallaroo":
         return obj._func
     method = getattr(obj, name, None)
     if not callable(method):
+        if decorator and inspect.isfunction(obj):
+            raise ApplicationError(
+                f"{where}: the function {obj.__qualname__}() is not decorated: put "
+                f"{decorator} on the line above its def"
+            )
         raise ApplicationError(f"{where}: {obj!r} has no {name}() method")
     return method
 
 
-def _step_name(obj: Any, where: str) -> str:
-    name = _method(obj, "name", where)()
+def _step_name(obj: Any, where: str, decorator: str) -> str:
+    name = _method(obj, "name", where, decorator)()
     if not isinstance(name, str):
         raise ApplicationError(f"{where}: name() must return a str, got {name!r}")
     return name
 
 
 def _decoder_plan(decoder: Any, where: str, framed: bool) -> dict:
-    plan: dict = {"decode": _method(decoder, "decode", where)}
+    decorator = "@wallaroo.decoder(header_length=4, length_fmt='>I')"
+    plan: dict = {"decode": _method(decoder, "decode", where, decorator)}
     if framed:
         header_length = _method(decoder, "header_length", where)()
         if not isinstance(header_length, int) or header_length <= 0:
@@ -115,7 +124,7 @@ def _sink_plan(config: Any, where: str) -> dict:
         }
     else:
         raise ApplicationError(f"{where}: unknown sink kind {kind!r}")
-    plan["encode"] = _method(encoder, "encode", f"{where}, encoder")
+    plan["encode"] = _method(encoder, "encode", f"{where}, encoder", "@wallaroo.encoder")
     return plan
 
 
@@ -141,7 +150,12 @@ def _sinks_plan(configs: Any, where: str) -> dict:
 
 def _compute_step(computation: Any, where: str, stateful: bool) -> dict:
     multi = hasattr(computation, "compute_multi") and not hasattr(computation, "compute")
-    name = _step_name(computation, where)
+    decorator = (
+        "@wallaroo.state_computation(name=...) (or state_computation_multi)"
+        if stateful
+        else "@wallaroo.computation(name=...) (or computation_multi)"
+    )
+    name = _step_name(computation, where, decorator)
     func = _method(computation, "compute_multi" if multi else "compute", f"{where} {name!r}")
     kind = ("state_multi" if multi else "state") if stateful else ("multi" if multi else "map")
     return {"kind": kind, "name": name, "func": func}
@@ -303,7 +317,10 @@ def _compile_builder(actions: Any, origin: str) -> dict:
         elif verb in ("to_state_partition", "to_state_partition_u64"):
             computation, state_class, state_name, partition_function, keys = args
             step = _compute_step(computation, where, stateful=True)
-            partition = _method(partition_function, "partition", f"{where} partition function")
+            partition = _method(
+                partition_function, "partition", f"{where} partition function",
+                "@wallaroo.partition",
+            )
             step.update(
                 state_name=state_name,
                 partition=partition,

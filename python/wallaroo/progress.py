@@ -2,7 +2,7 @@
 
 One line, rewritten in place twice a second on standard error::
 
-    wallaroo ▸ 1,204,311 in  48,120/s │ 1,180,002 out │ 24,309 dropped │ 2 bad │ 0 errors │ 0:25
+    wallaroo ▸ 1,204,311 in  48,120/s │ 1,180,002 out │ 24,309 filtered │ 2 bad │ 0 errors │ 0:25
 
 Only on a TTY (the runner checks) and not with ``--quiet``. Log lines and
 other output (``print(..., file=sys.stderr)``, tracebacks) go to the same
@@ -42,7 +42,7 @@ def render(totals: dict, rate: float, elapsed: float, width: int = 200) -> str:
     parts = [
         f"{_count(totals.get('records_in', 0))} in  {_count(rate)}/s",
         f"{_count(totals.get('records_out', 0))} out",
-        f"{_count(totals.get('dropped', 0))} dropped",
+        f"{_count(totals.get('dropped', 0))} filtered",
         f"{_count(totals.get('bad_input', 0))} bad",
         f"{_count(totals.get('errors', 0))} errors",
     ]

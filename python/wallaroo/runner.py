@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -294,8 +295,8 @@ def main(argv: list | None = None) -> int:
         return _fail(EXIT_BAD_APP, str(err))
     except SyntaxError as err:
         return _fail(EXIT_BAD_APP, f"{err.filename}:{err.lineno}: cannot compile: {err.msg}")
-    except Exception:
-        traceback.print_exc()
+    except Exception as err:
+        _print_user_traceback(err)
         return _fail(EXIT_BAD_APP, f"importing application {app_spec!r} failed (traceback above)")
     origin = getattr(module, "__file__", None) or app_spec
     setup = getattr(module, "application_setup", None)
@@ -313,8 +314,8 @@ def main(argv: list | None = None) -> int:
             f"{origin}: application_setup() exited while reading its arguments "
             f"(exit status {exit_.code}); see the message above",
         )
-    except Exception:
-        traceback.print_exc()
+    except Exception as err:
+        _print_user_traceback(err)
         return _fail(EXIT_BAD_APP, f"{origin}: application_setup() raised (traceback above)")
     finally:
         sys.argv[0] = program
@@ -488,6 +489,33 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+#: Frames of these files are the runner's and the import system's, not the
+#: application's: a traceback of the application starts after them.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__))
+
+
+def _is_ours(filename: str) -> bool:
+    if filename.startswith("<frozen "):
+        return True
+    path = os.path.abspath(filename)
+    if path.startswith(_IMPORTLIB_DIR + os.sep):
+        return True
+    examples = os.path.join(_PACKAGE_DIR, "examples") + os.sep
+    return path.startswith(_PACKAGE_DIR + os.sep) and not path.startswith(examples)
+
+
+def _print_user_traceback(err: BaseException) -> None:
+    """Print ``err``'s traceback from the application's first frame on (the
+    runner's and importlib's frames before it say nothing to the user); the
+    whole traceback when no frame is the application's."""
+    tb = err.__traceback__
+    first = tb
+    while first is not None and _is_ours(first.tb_frame.f_code.co_filename):
+        first = first.tb_next
+    traceback.print_exception(type(err), err, first if first is not None else tb)
+
+
 def _report(summary: dict) -> int:
     """Log the run's summary; returns how many records no sink delivered."""
     undelivered = 0
@@ -495,7 +523,7 @@ def _report(summary: dict) -> int:
         undelivered += counters["sink_errors"]
         log.log(
             logging.ERROR if counters["sink_errors"] else logging.INFO,
-            "pipeline %r: %d in, %d out, %d dropped, %d skipped after errors, "
+            "pipeline %r: %d in, %d out, %d filtered, %d skipped after errors, "
             "%d delivered, %d not delivered",
             name,
             counters["records_in"],

@@ -219,7 +219,7 @@ function drawCharts() {
     [
       { name: "in", color: COLORS[0], values: seriesOf((p) => p.total.in) },
       { name: "out", color: COLORS[1], values: seriesOf((p) => p.total.out) },
-      { name: "dropped", color: COLORS[4], values: seriesOf((p) => p.total.dropped), width: 1.5 },
+      { name: "filtered", color: COLORS[4], values: seriesOf((p) => p.total.dropped), width: 1.5 },
       { name: "bad input", color: COLORS[2], values: seriesOf((p) => p.total.bad), width: 1.5 },
     ],
     fmtRate,
