@@ -4,22 +4,34 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.deps-installed
 
-.PHONY: help run test test-rust test-python lint fmt bench develop develop-release clean browser
+.PHONY: help run test test-rust test-python test-fast lint fmt bench develop develop-release clean browser prereqs
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
+prereqs: ## Check the build's prerequisites; say what to install when one is missing
+	@missing=; \
+	command -v cargo >/dev/null 2>&1 || { echo "missing: a Rust toolchain (cargo): https://rustup.rs, then open a new shell"; missing=1; }; \
+	command -v cc >/dev/null 2>&1 || { echo "missing: a C compiler (librdkafka, OpenSSL, zlib and SQLite are built from source): apt-get install gcc"; missing=1; }; \
+	command -v perl >/dev/null 2>&1 || { echo "missing: perl (OpenSSL's build scripts): apt-get install perl"; missing=1; }; \
+	$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null || { echo "missing: Python 3.9 or newer as $(PY) (make PY=python3.X ...)"; missing=1; }; \
+	$(PY) -c 'import venv, ensurepip' 2>/dev/null || { echo "missing: Python's venv module: apt-get install python3-venv"; missing=1; }; \
+	if [ -n "$$missing" ]; then exit 1; fi
+
 $(STAMP): pyproject.toml requirements-dev.txt
+	@$(MAKE) --no-print-directory prereqs
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
+# No -q: cargo's progress shows (a first build takes minutes).
 develop: $(STAMP) ## Build the engine (debug) into .venv
-	$(BIN)/maturin develop -q
+	$(BIN)/maturin develop
 
 develop-release: $(STAMP) ## Build the engine (release) into .venv
-	$(BIN)/maturin develop -q --release
+	@echo "building the engine (release; the first build takes several minutes)"
+	$(BIN)/maturin develop --release
 
 run: develop-release ## Run the star leaders example on the embedded defaults
 	$(BIN)/python -m wallaroo star_leaders
@@ -45,8 +57,19 @@ browser: ## Install headless Chromium (Debian package) for the dashboard UI test
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	fi
 
-test-python: develop browser ## pytest suites
-	$(BIN)/python -m pytest -q
+# Two pytest workers (xdist; tests/conftest.py says what that asks of a test).
+# --dist loadscope keeps a module's tests on one worker, so a module-scoped
+# fixture (a cluster run several tests check) runs once. The chaos runs
+# (kill -9, minutes each) come second, spread over both workers. pytest exits
+# 5 when it collected no test, and make fails on it like on any other error.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --durations=15
+
+test-python: develop browser ## pytest suites (apt-installs Chromium for the UI tests)
+	$(PYTEST) --dist loadscope -m "not chaos"
+	$(PYTEST) -m chaos
+
+test-fast: develop ## pytest without the chaos runs
+	$(PYTEST) --dist loadscope -m "not chaos"
 
 test: lint test-rust test-python ## Everything CI runs
 
