@@ -344,3 +344,82 @@ def test_dockerfile_builds_the_wheel_and_installs_it():
     assert re.search(r"pip install [^\n]*\.whl", text)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"target", ".venv", ".git"} <= set(ignored), "keep build products out of the context"
+
+
+# -- the workers as local processes ---------------------------------------------------
+
+
+def test_workers_get_the_cluster_secret_from_the_environment():
+    """The primary's control address is reachable from the other containers:
+    without a secret it refuses to start. Compose takes it from .env, which
+    the user makes from .env.example (and never commits)."""
+    from local_deploy import read_env_file, secret_env_name
+
+    name = secret_env_name()
+    for service in ("primary", "secondary"):
+        env = SERVICES[service]["environment"]
+        assert env[name].startswith(f"${{{name}:?"), env  # required: compose stops without
+    example = read_env_file(ROOT / ".env.example")
+    assert example[name]
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+@pytest.mark.timeout(300)
+def test_compose_workers_form_a_cluster_and_publish_leaderboards(tmp_path: Path) -> None:
+    """The streamer, primary and secondary commands, with their environment
+    (the secret from .env.example, as a user who copied it), run as local
+    processes against a tansu broker: the secondary joins the primary, the
+    cluster publishes leaderboards, and a worker with another secret is refused."""
+    from kafka_broker import TansuBroker, free_port
+    from local_deploy import (
+        Addresses,
+        Worker,
+        interpolate,
+        read_env_file,
+        secret_env_name,
+        stop_all,
+    )
+
+    dotenv = read_env_file(ROOT / ".env.example")
+    hosts = {name for name in SERVICES} | {s.get("hostname") for s in SERVICES.values()}
+    hosts.discard(None)
+    workers: list = []
+    with TansuBroker() as broker:
+        init = " ".join(command_of(SERVICES["kafka-init"]))
+        for topic in ("gharchive", "leaderboard"):
+            found = re.search(rf"--topic {topic} --partitions (\S+)", init)
+            assert found, init
+            broker.create_topic(topic, partitions=int(interpolate(found.group(1), dotenv)))
+        addresses = Addresses(hosts, fixed={"kafka:9092": broker.bootstrap})
+
+        def start(service: str, name: str | None = None, **env_override: str) -> Worker:
+            argv = [addresses.rewrite(a) for a in command_of(SERVICES[service])]
+            env = {k: interpolate(str(v), dotenv)
+                   for k, v in (SERVICES[service].get("environment") or {}).items()}  # fmt: skip
+            env.update(env_override)
+            worker = Worker(name or service, argv, env, tmp_path)
+            workers.append(worker)
+            return worker
+
+        try:
+            primary = start("primary")
+            primary.wait_log(r"initializer: waiting for")
+            secondary = start("secondary")
+            streamer = start("streamer")
+            primary.wait_log(r"the cluster now has 2 workers")
+            secondary.wait_log(r"running application")
+            assert streamer.proc.poll() is None, streamer.log()
+            boards = broker.consume("leaderboard", 3, timeout=120)
+            assert len(boards) == 3, primary.log()[-3000:]
+            assert all(b'"leaders"' in b.value for b in boards), boards[0]
+            # Another worker with the wrong secret is turned away.
+            argv = [addresses.rewrite(a) for a in command_of(SERVICES["secondary"])]
+            own = {"--name": "stranger", "-x": f"127.0.0.1:{free_port()}",
+                   "-y": f"127.0.0.1:{free_port()}"}  # fmt: skip
+            argv = [own.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)]
+            stranger = Worker("stranger", argv, {secret_env_name(): "not-the-secret"}, tmp_path)
+            workers.append(stranger)
+            assert stranger.proc.wait(120) != 0, stranger.log()
+            assert "wrong cluster secret" in primary.log(), primary.log()[-3000:]
+        finally:
+            stop_all(workers)
