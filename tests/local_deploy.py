@@ -11,6 +11,7 @@ settings as written, not a copy of them.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -82,12 +83,21 @@ class Worker:
     def __init__(self, name: str, argv: list, env: dict, directory: Path) -> None:
         self.name = name
         self.log_path = directory / f"{name}.log"
-        assert argv[0] in ("python", "python3"), argv
         full_env = app_env()
         full_env.update(env)
+        if argv[0] in ("python", "python3"):
+            argv = [sys.executable, *argv[1:]]
+        else:  # a shell script that runs `python`: this interpreter
+            bin_dir = directory / "bin"
+            bin_dir.mkdir(exist_ok=True)
+            python = bin_dir / "python"  # a script, not a link: the venv stays this one
+            if not python.exists():
+                python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+                python.chmod(0o755)
+            full_env["PATH"] = f"{bin_dir}{os.pathsep}{full_env.get('PATH', '')}"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, *argv[1:]],
+                argv,
                 cwd=directory,
                 env=full_env,
                 stdin=subprocess.DEVNULL,
