@@ -92,29 +92,40 @@ def stop(proc: subprocess.Popen) -> None:
         os.kill(child, signal.SIGKILL)
 
 
-#: What a process logs once it wrote its first snapshot (src/resilience.rs): a
-#: kill after it is followed by a recovery.
-SNAPSHOT_WRITTEN = re.compile(r"snapshot \d+ written")
+def newest_snapshots(store: Path) -> dict:
+    """``{store file: newest snapshot id that holds state}`` of the run's
+    stores (one per worker). A store being written is read as it was."""
+    newest = {}
+    for path in store.glob("*.sqlite"):
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+                (snap,) = db.execute("SELECT MAX(snap) FROM state").fetchone()
+        except sqlite3.Error:
+            continue
+        newest[path.name] = snap or 0
+    return newest
 
 
 class Chaos:
     """Runs a command and kills it (or one of its workers) with SIGKILL,
     ``kills`` times, starting it again each time.
 
-    A kill lands at a random moment *after* an event: every process of the
-    run (one, or each worker) wrote a snapshot since it last started. So each
-    start after a kill recovers from a snapshot, however slow the machine is,
-    and a test can assert outcomes (exact counts, one recovery per kill)
-    rather than timings."""
+    A kill lands at a random moment *after* an event: every worker's store
+    holds a snapshot with state newer than at the last kill (records went
+    through and were snapshotted since). So each life makes progress and
+    each start after a kill recovers from a snapshot, however slow the
+    machine is, and a test asserts outcomes (exact counts, one recovery per
+    kill) rather than timings."""
 
     def __init__(self, argv: list, cwd: Path, seed: int, log: Path) -> None:
         self.argv = [sys.executable, "-m", "wallaroo", *argv]
         self.cwd = cwd
+        self.store = cwd / "snapshots"
         self.rng = random.Random(seed)
         self.log = log
         self.kills = 0
-        #: Snapshot-written lines in the log at the last kill.
-        self._seen = 0
+        #: Newest snapshot with state per store at the last kill.
+        self._seen: dict = {}
 
     def _start(self) -> subprocess.Popen:
         with open(self.log, "ab") as log:
@@ -130,40 +141,38 @@ class Chaos:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def snapshots_written(self) -> int:
-        """How many process starts logged their first snapshot so far."""
-        return len(SNAPSHOT_WRITTEN.findall(self.text()))
-
-    def wait_snapshots(
+    def wait_progress(
         self,
-        count: int,
+        stores: int,
         proc: subprocess.Popen,
-        timeout: float = 120,
+        timeout: float = 180,
         meanwhile: Callable[[], None] | None = None,
     ) -> bool:
-        """Wait until the log holds ``count`` snapshot-written lines; ``False``
-        when ``proc`` ended first. ``meanwhile`` runs between looks (instead of
-        a short sleep)."""
+        """Wait until ``stores`` stores hold a snapshot with state newer than at
+        the last kill; ``False`` when ``proc`` ended first. ``meanwhile`` runs
+        between looks (instead of a short sleep)."""
         deadline = time.monotonic() + timeout
-        while self.snapshots_written() < count:
+        while True:
+            newest = newest_snapshots(self.store)
+            newer = [n for name, n in newest.items() if n > self._seen.get(name, 0)]
+            if len(newer) >= stores:
+                return True
             if proc.poll() is not None:
                 return False
             if time.monotonic() > deadline:
-                pytest.fail(f"no snapshot written within {timeout} s\n{self.output()}")
+                pytest.fail(f"no new snapshot within {timeout} s ({newest})\n{self.output()}")
             if meanwhile is not None:
                 meanwhile()
             else:
                 time.sleep(0.05)
-        return True
 
     def kill_after_a_snapshot(
-        self, proc: subprocess.Popen, victim: int, processes: int,
+        self, proc: subprocess.Popen, victim: int, stores: int,
         meanwhile: Callable[[], None] | None = None,
     ) -> bool:  # fmt: skip
-        """Wait until ``processes`` more processes logged a snapshot than
-        before this start, then a random 0-0.5 s, then SIGKILL ``victim``.
-        ``False`` (and no kill) when ``proc`` ended first."""
-        if not self.wait_snapshots(self._seen + processes, proc, meanwhile=meanwhile):
+        """Wait for :meth:`wait_progress`, then a random 0-0.5 s, then SIGKILL
+        ``victim``. ``False`` (and no kill) when ``proc`` ended first."""
+        if not self.wait_progress(stores, proc, meanwhile=meanwhile):
             return False
         pause = time.monotonic() + self.rng.uniform(0.0, 0.5)
         while time.monotonic() < pause:  # a random moment of the run, not a wait
@@ -173,8 +182,8 @@ class Chaos:
                 time.sleep(0.02)
         if proc.poll() is not None:
             return False
-        self._seen = self.snapshots_written()
         os.kill(victim, signal.SIGKILL)
+        self._seen = newest_snapshots(self.store)
         self.kills += 1
         return True
 
@@ -193,9 +202,9 @@ class Chaos:
                 pytest.fail(f"the run did not finish\n{self.output()}")
 
     def workers(self, kills: int, workers: int, timeout: float = 480) -> int:
-        """``--workers N``: kill a random worker once every worker wrote a
-        snapshot; the supervisor starts it again and the others restart by
-        themselves (each logs its first snapshot again)."""
+        """``--workers N``: kill a random worker once every worker's store
+        has a new snapshot; the supervisor starts it again and the others
+        restart by themselves."""
         deadline = time.monotonic() + timeout
         supervisor = self._start()
         try:
@@ -278,23 +287,25 @@ def test_worker_killed_and_restarted_by_hand_with_its_flags(tmp_path: Path) -> N
         return subprocess.Popen(argv, cwd=tmp_path, env=app_env(), stdin=subprocess.DEVNULL,
                                 stdout=logs[name], stderr=logs[name])  # fmt: skip
 
-    def written(name: str) -> int:
-        return len(SNAPSHOT_WRITTEN.findall((tmp_path / f"{name}.log").read_text(errors="replace")))
-
     initializer = start(initializer_argv, "first")
     member = start(member_argv, "second")
+    store = tmp_path / "snapshots"
     try:
+        seen: dict = {}
         for _ in range(3):
-            # Both processes (the initializer restarts itself once the new
-            # member registers) wrote a snapshot since the last kill.
-            wanted = {name: written(name) + 1 for name in logs}
-            deadline = time.monotonic() + 120
-            while any(written(name) < n for name, n in wanted.items()):
+            # Both stores hold a snapshot with state newer than at the last
+            # kill (the initializer restarts itself once the member is back).
+            deadline = time.monotonic() + 180
+            while True:
+                newest = newest_snapshots(store)
+                if len(newest) == 2 and all(n > seen.get(k, 0) for k, n in newest.items()):
+                    break
                 assert member.poll() is None and initializer.poll() is None
-                assert time.monotonic() < deadline, "no snapshot within 120 s"
+                assert time.monotonic() < deadline, f"no new snapshot within 180 s: {newest}"
                 time.sleep(0.05)
             member.kill()
             member.wait()
+            seen = newest_snapshots(store)
             member = start(member_argv, "second")
         assert initializer.wait(timeout=180) == 0
         assert member.wait(timeout=30) == 0
