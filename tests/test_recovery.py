@@ -167,32 +167,51 @@ class Chaos:
                 time.sleep(0.05)
 
     def kill_after_a_snapshot(
-        self, proc: subprocess.Popen, victim: int, stores: int,
+        self, proc: subprocess.Popen, stores: int = 1,
         meanwhile: Callable[[], None] | None = None,
+        victims: Callable[[], list] | None = None,
     ) -> bool:  # fmt: skip
         """Wait for :meth:`wait_progress`, then a random 0-0.5 s, then SIGKILL
-        ``victim``. ``False`` (and no kill) when ``proc`` ended first."""
+        one of ``victims()`` (the processes alive then, by default ``proc``;
+        none: look again). ``False`` (and no kill) when ``proc`` ended first."""
+        if victims is None:
+            victims = lambda: [proc.pid]  # noqa: E731
         if not self.wait_progress(stores, proc, meanwhile=meanwhile):
             return False
         pause = time.monotonic() + self.rng.uniform(0.0, 0.5)
-        while time.monotonic() < pause:  # a random moment of the run, not a wait
+        while True:
             if meanwhile is not None:
                 meanwhile()
             else:
                 time.sleep(0.02)
-        if proc.poll() is not None:
-            return False
-        os.kill(victim, signal.SIGKILL)
+            if proc.poll() is not None:
+                return False
+            alive = victims() if time.monotonic() >= pause else []
+            if alive:
+                try:
+                    os.kill(self.rng.choice(alive), signal.SIGKILL)
+                except ProcessLookupError:  # ended between the look and the kill
+                    continue
+                break
         self._seen = newest_snapshots(self.store)
         self.kills += 1
         return True
+
+    def workers_of(self, supervisor: subprocess.Popen, workers: int) -> Callable[[], list]:
+        """The supervisor's worker processes, once all ``workers`` run."""
+
+        def alive() -> list:
+            found = children_of(supervisor.pid)
+            return found if len(found) == workers else []
+
+        return alive
 
     def single(self, kills: int, timeout: float = 480) -> int:
         """One process: kill it, start it again by hand (as a user would)."""
         deadline = time.monotonic() + timeout
         while True:
             proc = self._start()
-            if self.kills < kills and self.kill_after_a_snapshot(proc, proc.pid, 1):
+            if self.kills < kills and self.kill_after_a_snapshot(proc):
                 proc.wait()
                 continue
             try:
@@ -209,11 +228,9 @@ class Chaos:
         supervisor = self._start()
         try:
             while self.kills < kills and supervisor.poll() is None:
-                alive = children_of(supervisor.pid)
-                if len(alive) < workers:  # the supervisor is starting one again
-                    time.sleep(0.05)
-                    continue
-                self.kill_after_a_snapshot(supervisor, self.rng.choice(alive), workers)
+                self.kill_after_a_snapshot(
+                    supervisor, workers, victims=self.workers_of(supervisor, workers)
+                )
             return supervisor.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pytest.fail(f"the run did not finish\n{self.output()}")
@@ -788,18 +805,6 @@ def test_kill_nine_star_leaders_publishes_every_leaderboard(
     broker.create_topic(sink, partitions=1)
     partitioner = _partitioner()
 
-    def produce() -> None:
-        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
-        for i, event in enumerate(events):
-            partition = partitioner.partition_of(event["repo"]["name"]) % 2
-            producer.produce(source, json.dumps(event).encode(), partition=partition)
-            if i % 500 == 499:
-                producer.flush(10)
-                time.sleep(0.25)  # about 20 s of stream
-        producer.flush(30)
-
-    feeder = threading.Thread(target=produce, daemon=True)
-    feeder.start()
     argv = ["star_leaders", "--kafka_source_topic", source, "--kafka_source_brokers",
             broker.bootstrap, "--kafka_sink_topic", sink, "--kafka_sink_brokers",
             broker.bootstrap, "--no-demo", "-r", str(tmp_path / "snapshots"),
@@ -807,7 +812,28 @@ def test_kill_nine_star_leaders_publishes_every_leaderboard(
     if workers > 1:
         argv += ["--workers", str(workers)]
     chaos = Chaos(argv, tmp_path, seed=60 + workers, log=tmp_path / "run.log")
-    supervisor = None
+    kills = 10
+    slice_size = len(events) // (2 * kills)
+
+    def produce() -> None:
+        """The stream comes in 2 slices per kill: slices 2k and 2k+1 once k
+        kills are done, so every life after a kill has new events to work
+        on (a kill waits for new state), however slow the machine is."""
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
+        for i, event in enumerate(events):
+            if i % slice_size == 0:
+                producer.flush(30)
+                deadline = time.monotonic() + 300
+                while chaos.kills < (i // slice_size) // 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            partition = partitioner.partition_of(event["repo"]["name"]) % 2
+            producer.produce(source, json.dumps(event).encode(), partition=partition)
+            producer.poll(0)
+        producer.flush(30)
+
+    feeder = threading.Thread(target=produce, daemon=True)
+    feeder.start()
+    supervisor = proc = None
 
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"{sink}-reader"})
     consumer.assign([TopicPartition(sink, 0, 0)])
@@ -823,21 +849,17 @@ def test_kill_nine_star_leaders_publishes_every_leaderboard(
 
     try:
         if workers == 1:
-            while chaos.kills < 10:
+            while chaos.kills < kills:
                 proc = chaos._start()
-                killed = chaos.kill_after_a_snapshot(proc, proc.pid, 1, lambda: drain(0.1))
+                killed = chaos.kill_after_a_snapshot(proc, 1, lambda: drain(0.1))
                 assert killed, f"star_leaders exited\n{chaos.output()}"
                 proc.wait()
             supervisor = chaos._start()
         else:
             supervisor = chaos._start()
-            while chaos.kills < 10:
-                kids = children_of(supervisor.pid)
-                if len(kids) < workers:
-                    drain(0.1)
-                    continue
+            while chaos.kills < kills:
                 killed = chaos.kill_after_a_snapshot(
-                    supervisor, chaos.rng.choice(kids), workers, lambda: drain(0.1)
+                    supervisor, workers, lambda: drain(0.1), chaos.workers_of(supervisor, workers)
                 )
                 assert killed, f"star_leaders exited\n{chaos.output()}"
         feeder.join(timeout=120)
@@ -850,10 +872,11 @@ def test_kill_nine_star_leaders_publishes_every_leaderboard(
                 break
     finally:
         consumer.close()
-        if supervisor is not None:
-            stop(supervisor)
+        for running in (proc, supervisor):
+            if running is not None:
+                stop(running)
     log = chaos.output()
-    assert chaos.kills >= 10
+    assert chaos.kills >= kills
     assert chaos.recoveries() >= chaos.kills, log
     for partition, boards in expected.items():
         seen = {json.dumps(b) for b in published.get(partition, [])}
