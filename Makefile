@@ -9,14 +9,8 @@ STAMP   := $(VENV)/.deps-installed
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-prereqs: ## Check the build's prerequisites; say what to install when one is missing
-	@missing=; \
-	command -v cargo >/dev/null 2>&1 || { echo "missing: a Rust toolchain (cargo): https://rustup.rs, then open a new shell"; missing=1; }; \
-	command -v cc >/dev/null 2>&1 || { echo "missing: a C compiler (librdkafka, OpenSSL, zlib and SQLite are built from source): apt-get install gcc"; missing=1; }; \
-	command -v perl >/dev/null 2>&1 || { echo "missing: perl (OpenSSL's build scripts): apt-get install perl"; missing=1; }; \
-	$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null || { echo "missing: Python 3.9 or newer as $(PY) (make PY=python3.X ...)"; missing=1; }; \
-	$(PY) -c 'import venv, ensurepip' 2>/dev/null || { echo "missing: Python's venv module: apt-get install python3-venv"; missing=1; }; \
-	if [ -n "$$missing" ]; then exit 1; fi
+prereqs: ## Check the build's prerequisites (apt-installs missing Debian packages as root)
+	@sh scripts/prereqs.sh $(PY)
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	@$(MAKE) --no-print-directory prereqs
