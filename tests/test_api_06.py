@@ -190,3 +190,44 @@ def test_mixing_versions_fails_at_start_up(run_app, tmp_path):
     assert result.returncode != 0
     assert re.search(r"state_computation\(name, state\) is Wallaroo 0\.6 API", result.stderr)
     assert "ApplicationBuilder is Wallaroo 0.4.2/0.5 API" in result.stderr
+
+
+def test_collect_keys_every_record_alike_and_clone_is_independent():
+    base = _source().to(upper)
+    copy = base.clone()
+    collected = base.collect().to(remember).to_sink(_sink())
+    assert [s[0] for s in copy._tree.vs[0]] == ["source", "to"]
+    plan = compile_plan(wallaroo.build_application("app", collected), "app.py")
+    step = plan["pipelines"][0]["steps"][1]
+    assert step["kind"] == "state"
+    assert step["partition"]("a") == step["partition"]("zzz")
+
+
+def test_un_keyed_windows_get_a_window_set_per_record():
+    windows = wallaroo.count_windows(2).over(_Count)
+    app = wallaroo.build_application("app", _source().to(windows).to_sink(_sink()))
+    step = compile_plan(app, "app.py")["pipelines"][0]["steps"][0]
+    assert step["kind"] == "state_multi" and callable(step["tick"])
+    assert step["partition"]("a") != step["partition"]("a")
+
+
+def test_to_sinks_in_a_pipeline_writes_each_output_to_every_sink():
+    sinks = [_sink(), wallaroo.StdoutSinkConfig(encode)]
+    app = wallaroo.build_application("app", _source().to(upper).to_sinks(sinks))
+    sink = compile_plan(app, "app.py")["pipelines"][0]["sink"]
+    assert [s["kind"] for s in sink["sinks"]] == ["file", "stdout"]
+    assert sink["encode"]("x") == ["x\n", "x\n"]
+
+
+class _Count(wallaroo.Aggregation):
+    def initial_accumulator(self):
+        return [0]
+
+    def update(self, data, acc):
+        acc[0] += 1
+
+    def combine(self, a, b):
+        return [a[0] + b[0]]
+
+    def output(self, key, acc):
+        return acc[0]
