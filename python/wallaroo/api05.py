@@ -13,6 +13,13 @@ import argparse
 import re
 from typing import Any
 
+from wallaroo import (
+    KafkaSinkConfig,
+    KafkaSourceConfig,
+    WallarooParameterError,
+    kafka_parse_sink_options,
+    kafka_parse_source_options,
+)
 from wallaroo.versions import SINCE_05, Mark
 
 
@@ -28,8 +35,6 @@ class GenSourceConfig:
     def __init__(self, gen_instance: Any) -> None:
         for method in ("initial_value", "apply"):
             if not callable(getattr(gen_instance, method, None)):
-                from wallaroo import WallarooParameterError
-
                 raise WallarooParameterError(
                     f"GenSourceConfig: {gen_instance!r} has no {method}() method"
                 )
@@ -39,48 +44,22 @@ class GenSourceConfig:
         return ("gen", self.gen)
 
 
-class CustomKafkaSourceCLIParser:
+class CustomKafkaSourceCLIParser(KafkaSourceConfig):
     """``--kafka_source_topic/_brokers/_log_level`` read from ``args`` now."""
 
     _api_mark = Mark("CustomKafkaSourceCLIParser(...)", SINCE_05)
 
     def __init__(self, args: list, decoder: Any) -> None:
-        from wallaroo import kafka_parse_source_options
-
-        self.topic, self.brokers, self.log_level = kafka_parse_source_options(args)
-        self.decoder = decoder
-
-    def to_tuple(self) -> tuple:
-        return ("kafka", self.topic, self.brokers, self.log_level, self.decoder)
+        super().__init__(*kafka_parse_source_options(args), decoder)
 
 
-class CustomKafkaSinkCLIParser:
+class CustomKafkaSinkCLIParser(KafkaSinkConfig):
     """``--kafka_sink_*`` flags read from ``args`` now."""
 
     _api_mark = Mark("CustomKafkaSinkCLIParser(...)", SINCE_05)
 
     def __init__(self, args: list, encoder: Any) -> None:
-        from wallaroo import kafka_parse_sink_options
-
-        (
-            self.topic,
-            self.brokers,
-            self.log_level,
-            self.max_produce_buffer_ms,
-            self.max_message_size,
-        ) = kafka_parse_sink_options(args)
-        self.encoder = encoder
-
-    def to_tuple(self) -> tuple:
-        return (
-            "kafka",
-            self.topic,
-            self.brokers,
-            self.log_level,
-            self.max_produce_buffer_ms,
-            self.max_message_size,
-            self.encoder,
-        )
+        super().__init__(*kafka_parse_sink_options(args), encoder)
 
 
 class DefaultKafkaSourceCLIParser:
