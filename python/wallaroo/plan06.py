@@ -200,7 +200,7 @@ class _Compiler:
                 _, count, agg = stage
                 runner = CountStage(CountWindows(count, agg), key_of, feeders)
             self.window_stages[place] = runner
-        name = _step_name(runner.agg, where)
+        name = _step_name(runner.agg, where, "")
         state_name = f"{self.app_name}/{place[0]}.{place[1]}/{name}"
         self.states[state_name] = runner.new_state
         return {
