@@ -231,3 +231,53 @@ class _Count(wallaroo.Aggregation):
 
     def output(self, key, acc):
         return acc[0]
+
+
+@pytest.mark.timeout(90)
+def test_connectors_06_read_and_write_connector_frames(tcp_app):
+    import socket
+    import struct as st
+
+    from wallaroo.receiver import Receiver
+
+    words = [f"word {i} é" for i in range(50)]
+    frames = b"".join(
+        st.pack("<Iq", len(w.encode()) + 8, 1_700_000_000_000 + i) + w.encode()
+        for i, w in enumerate(words)
+    )
+    with Receiver(length_fmt="<I") as rx:
+        app_path = APPS / "connectors_06.py"
+        with tcp_app(app_path, "--source-port", "0", "--sink-port", str(rx.port)) as app:
+            ((_, _, port),) = app.listening()
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(frames)
+            assert rx.wait_for(len(words), timeout=30), app.stderr
+    # Each output frame: event time 0, then the upper-cased payload.
+    got = [(st.unpack("<q", m[:8])[0], m[8:].decode()) for m in rx.messages()]
+    assert got == [(0, w.upper()) for w in words]
+
+
+def test_connector_codecs_and_configs():
+    import wallaroo.experimental as ex
+
+    @ex.stream_message_encoder
+    def enc(text):
+        return text
+
+    @ex.stream_message_decoder
+    def dec(payload):
+        return payload
+
+    frame = enc.encode("hi", event_time=5)
+    assert frame == b"\x0a\x00\x00\x00" + (5).to_bytes(8, "little") + b"hi"
+    assert dec.header_length() == 4 and dec.payload_length(frame[:4]) == 10
+    assert dec.decode(frame[4:]) == b"hi" and dec.decoder() is dec._func
+    source = ex.SourceConnectorConfig("feed", enc, dec, 7100)
+    assert source.to_tuple() == ("source_connector", "feed", "127.0.0.1", "7100", enc, dec)
+    assert versions.mark_of(source).versions == versions.ONLY_06
+    app = wallaroo.build_application(
+        "app", wallaroo.source("s", source).to_sink(ex.SinkConnectorConfig("o", enc, dec, 7200))
+    )
+    plan = compile_plan(app, "app.py")["pipelines"][0]
+    assert (plan["source"]["kind"], plan["source"]["port"]) == ("tcp", 7100)
+    assert (plan["sink"]["kind"], plan["sink"]["port"]) == ("tcp", 7200)

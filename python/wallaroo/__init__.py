@@ -692,6 +692,7 @@ def kafka_parse_sink_options(args: list) -> tuple:
     )
 
 
+from wallaroo import experimental  # noqa: E402, F401  (0.6 imported it with the package)
 from wallaroo.api05 import (  # noqa: E402  (they use the names above)
     CustomKafkaSinkCLIParser,
     CustomKafkaSourceCLIParser,

@@ -68,6 +68,11 @@ def _source_plan(config: Any, where: str) -> dict:
 
         spec = resolve_internal_kafka(spec, _APP_ARGS, sink=False)
         kind = "kafka"
+    if kind == "source_connector":
+        # 0.6: a TCP listener for connector scripts; frames read by the decoder.
+        _, _name, host, port, _encoder, decoder = spec
+        spec = ("tcp", host, port, decoder)
+        kind = "tcp"
     if kind == "tcp":
         # 0.6.1 adds the parallelism (connections accepted at once) as a 5th item.
         _, host, port, decoder = spec[:4]
@@ -101,6 +106,11 @@ def _sink_plan(config: Any, where: str) -> dict:
 
         spec = resolve_internal_kafka(spec, _APP_ARGS, sink=True)
         kind = "kafka"
+    if kind == "sink_connector":
+        # 0.6: connect to the connector script; the encoder writes its frames.
+        _, _name, host, port, encoder, _decoder = spec
+        spec = ("tcp", host, port, encoder)
+        kind = "tcp"
     if kind == "tcp":
         _, host, port, encoder = spec
         plan = {"kind": "tcp", "host": host or "127.0.0.1", "port": int(port)}
