@@ -281,3 +281,30 @@ def test_connector_codecs_and_configs():
     plan = compile_plan(app, "app.py")["pipelines"][0]
     assert (plan["source"]["kind"], plan["source"]["port"]) == ("tcp", 7100)
     assert (plan["sink"]["kind"], plan["sink"]["port"]) == ("tcp", 7200)
+
+
+def test_hand_written_0_6_classes_subclass_the_wallaroo_bases():
+    class Tally(wallaroo.StateComputation):
+        def name(self):
+            return "tally"
+
+        def compute(self, data, state):
+            state.items.append(data)
+            return len(state.items)
+
+        def initial_state(self):
+            return Seen()
+
+    class Shout(wallaroo.Computation):
+        def name(self):
+            return "shout"
+
+        def compute(self, data):
+            return data + "!"
+
+    pipeline = _source().to(Shout()).key_by(first_letter).to(Tally()).to_sink(_sink())
+    shout, tally = compile_plan(wallaroo.build_application("app", pipeline), "app.py")[
+        "pipelines"
+    ][0]["steps"]
+    assert (shout["kind"], shout["func"]("a")) == ("map", "a!")
+    assert tally["kind"] == "state" and tally["func"]("a", Seen()) == (1, True)
