@@ -540,7 +540,7 @@ def test_records_skipped_after_errors_are_kept_like_bad_input(tmp_path: Path) ->
     err = result.stderr
     assert 0 < err.count("skipped a record (--on-error skip)") <= 20, err
     assert "Traceback" not in err
-    assert "62 in, 2 out, 0 dropped, 60 skipped after errors" in err
+    assert "62 in, 2 out, 0 filtered, 60 skipped after errors" in err
 
 
 # -- sinks that cannot deliver ------------------------------------------------

@@ -450,6 +450,8 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
         if demo is not None:
             demo.start(plan, kafka_setup.bootstrap_servers)
         summary = _engine.run(plan, options)
+        # Before members.finish: a worker that lost records tells the cluster.
+        code, failure = _outcome(summary)
     except _engine.StepError as err:
         code, failure = EXIT_RUN_FAILED, f"the application failed: {err}"
     except _engine.ConfigError as err:
@@ -466,20 +468,31 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
             demo.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if summary is not None:
+        _report(summary)
     if failure is not None:
         return _fail(code, failure)
-    undelivered = _report(summary)
+    return EXIT_OK
+
+
+def _outcome(summary: dict) -> tuple:
+    """``(exit code, failure or None)`` of a run that returned ``summary``:
+    stopped at once by a second signal, or records a sink did not deliver,
+    is not a success."""
+    pipelines = summary["pipelines"].values()
     if summary.get("stopped_at_once"):
-        pipelines = summary["pipelines"].values()
         read = sum(c["records_in"] for c in pipelines)
         delivered = sum(c["delivered"] for c in pipelines)
-        return _fail(EXIT_INTERRUPTED, f"interrupted: stopped at once by a second signal; "
-                     f"{read} records read, {delivered} outputs delivered; what was in flight "
-                     "was not")
+        return EXIT_INTERRUPTED, (
+            f"interrupted: stopped at once by a second signal; {read} records read, "
+            f"{delivered} outputs delivered; what was in flight was not"
+        )
+    undelivered = sum(c["sink_errors"] for c in pipelines)
     if undelivered:
-        return _fail(EXIT_RUN_FAILED, f"{undelivered} records were not delivered "
-                     "(see the summary and the sink errors above)")
-    return EXIT_OK
+        return EXIT_RUN_FAILED, (
+            f"{undelivered} records were not delivered (see the summary and the sink errors above)"
+        )
+    return EXIT_OK, None
 
 
 def threading_is_main() -> bool:
@@ -516,11 +529,9 @@ def _print_user_traceback(err: BaseException) -> None:
     traceback.print_exception(type(err), err, first if first is not None else tb)
 
 
-def _report(summary: dict) -> int:
-    """Log the run's summary; returns how many records no sink delivered."""
-    undelivered = 0
+def _report(summary: dict) -> None:
+    """Log the run's summary."""
     for name, counters in summary["pipelines"].items():
-        undelivered += counters["sink_errors"]
         log.log(
             logging.ERROR if counters["sink_errors"] else logging.INFO,
             "pipeline %r: %d in, %d out, %d filtered, %d skipped after errors, "
@@ -546,4 +557,3 @@ def _report(summary: dict) -> int:
         summary["seconds"],
         " (stopped by signal)" if summary["interrupted"] else "",
     )
-    return undelivered
