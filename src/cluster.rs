@@ -898,6 +898,19 @@ fn exit_on_lost_peer() {
 /// complete snapshot once the lost worker is back.
 /// How long the processes of a new generation may take to connect to each other.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a worker that joins may take to connect; after that the grow
+/// is rolled back.
+const GROW_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The last generation whose workers all connected (see [`connected_generation`]).
+static CONNECTED_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The last generation (as counted by `dataflow::generation`) whose workers
+/// all connected: a grow is through once it reaches the grown generation;
+/// a later generation without that is a grow rolled back.
+pub fn connected_generation() -> u64 {
+    CONNECTED_GENERATION.load(Ordering::Relaxed)
+}
 
 static RESTART_ON_LOST: AtomicBool = AtomicBool::new(false);
 
@@ -953,8 +966,39 @@ pub fn execute(
     )?);
     let options = Arc::new(options);
     let mut current = membership;
+    // The membership before a grow, until the grown generation is connected.
+    let mut grown_from: Option<Membership> = None;
     let outcome = loop {
-        match run_instance(&resources, &options, &current, &stop) {
+        crate::dataflow::begin_generation();
+        let timeout = match grown_from {
+            Some(_) => GROW_CONNECT_TIMEOUT,
+            None => CONNECT_TIMEOUT,
+        };
+        let sockets = match crate::peers::connect(
+            &current.addresses,
+            current.index,
+            current.token,
+            timeout,
+        ) {
+            Ok(sockets) => sockets,
+            Err(error) => match grown_from.take() {
+                // Nothing moved yet (keys move once connected): the
+                // cluster goes on as it was, on every worker alike.
+                Some(previous) => {
+                    log::warn!(
+                        "{error}: the new worker never connected; the cluster goes back \
+                             to {} workers ({})",
+                        previous.names.len(),
+                        previous.names.join(", ")
+                    );
+                    current = previous;
+                    continue;
+                }
+                None => break Err(error),
+            },
+        };
+        CONNECTED_GENERATION.store(crate::dataflow::generation(), Ordering::Relaxed);
+        match run_instance(&resources, &options, &current, sockets, &stop) {
             Ok(GenerationEnd::Finished(interrupted)) => break Ok(interrupted),
             Ok(GenerationEnd::Reconfigure(next)) => match next.index {
                 Some(index) => {
@@ -963,12 +1007,15 @@ pub fn execute(
                         next.names.len(),
                         next.names.join(", ")
                     );
-                    current = Membership {
+                    let next = Membership {
                         index,
                         addresses: next.addresses,
                         names: next.names,
                         token: current.token,
                     };
+                    let grew = next.names.len() > current.names.len();
+                    let previous = std::mem::replace(&mut current, next);
+                    grown_from = grew.then_some(previous);
                 }
                 None => {
                     log::info!("left the cluster: this worker's keys were handed over");
@@ -1001,15 +1048,9 @@ fn run_instance(
     resources: &Arc<Resources>,
     options: &Arc<Options>,
     membership: &Membership,
+    sockets: Vec<Option<std::net::TcpStream>>,
     stop: &Arc<AtomicBool>,
 ) -> Result<GenerationEnd, Error> {
-    crate::dataflow::begin_generation();
-    let sockets = crate::peers::connect(
-        &membership.addresses,
-        membership.index,
-        membership.token,
-        CONNECT_TIMEOUT,
-    )?;
     let refill = BytesRefill {
         logic: Arc::new(|size| Box::new(vec![0_u8; size]) as Box<dyn DerefMut<Target = [u8]>>),
         limit: None,

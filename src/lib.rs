@@ -93,6 +93,12 @@ fn generation() -> u64 {
     dataflow::generation()
 }
 
+/// The last generation whose workers all connected to each other.
+#[pyfunction]
+fn connected_generation() -> u64 {
+    cluster::connected_generation()
+}
+
 /// Ask the running worker to finish what its sources have read and end
 /// (what the runner's Ctrl-C / SIGTERM handlers call); `at_once` (a second
 /// signal): stop without finishing, the run is reported as interrupted.
@@ -125,6 +131,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(request_stop, m)?)?;
     m.add_function(wrap_pyfunction!(reconfigure, m)?)?;
     m.add_function(wrap_pyfunction!(generation, m)?)?;
+    m.add_function(wrap_pyfunction!(connected_generation, m)?)?;
     m.add_function(wrap_pyfunction!(restart, m)?)?;
     m.add_class::<kafka::EmbeddedKafka>()?;
     http::register(m)?;

@@ -2,8 +2,8 @@
 joins, replayed joins, slow connections, the external channel, forged
 re-joins under crash recovery.
 
-A stranger here speaks whichever protocol the initializer speaks: it waits a
-moment for the initializer's opening ``hello``; without one (an initializer
+A stranger here speaks whichever protocol the initializer speaks: it waits
+up to 10 s for the initializer's opening ``hello``; without one (an initializer
 that expects the worker to speak first) it sends its join at once.
 """
 
@@ -62,7 +62,7 @@ def _forged_join(address: str, name: str, app: str, timeout: float = 20.0) -> li
     """Join as ``name`` without the secret; every message the initializer sent."""
     host, _, port = address.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        ready, _, _ = select.select([sock], [], [], 2.0)
+        ready, _, _ = select.select([sock], [], [], 10.0)
         hello = json.loads(sock.makefile("rb").readline()) if ready else {}
         join = {"type": "join", "protocol": hello.get("protocol", 1), "name": name,
                 "data": f"{HOST}:1", "app": app, "nonce": "00" * 16, "secret": None}
@@ -337,3 +337,38 @@ def test_a_forged_rejoin_does_not_restart_a_resilient_cluster(
     assert initializer.stderr.count("running application") == 1, initializer.stderr
     assert "started again" not in initializer.stderr
     assert "asked to join again while it is connected" in initializer.stderr
+
+
+# ---------------------------------------------------------------------------
+# A grow whose worker never connects is rolled back
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_a_grow_whose_worker_never_connects_is_rolled_back(tmp_path: Path, app_env,
+                                                           free_port) -> None:
+    """Without a secret a stranger on loopback can join; when it never
+    connects its data address the cluster goes back to what it was, and
+    every record is counted once."""
+    source = tmp_path / "lines.txt"
+    source.write_text("".join(f"k{i % 17}\n" for i in range(3000)))
+    out = tmp_path / "out.txt"
+    control = f"{HOST}:{free_port()}"
+    with processes(tmp_path, app_env) as start:
+        initializer = start("initializer", CLUSTER_SLOW, "--input", str(source), "--output",
+                            str(out), *BATCH, "-t", "-w", "1", "-c", control,
+                            env=_no_secret_env(app_env))
+        initializer.wait_for("running application", timeout=30)
+        answers: list = []
+        stranger = threading.Thread(
+            target=lambda: answers.extend(_forged_join(control, "ghost", "Slow Count", 90)),
+            daemon=True,
+        )
+        stranger.start()
+        assert initializer.wait(150) == 0, initializer.stderr
+        stranger.join(30)
+    assert "rolled back the grow: 'ghost' never connected" in initializer.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3000
+    last = {line.split()[0]: int(line.split()[1]) for line in lines}
+    assert last == {f"k{k}": 3000 // 17 + (k < 3000 % 17) for k in range(17)}

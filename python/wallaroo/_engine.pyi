@@ -45,6 +45,9 @@ def reconfigure(index: int | None, addresses: list[str], names: list[str]) -> No
 def generation() -> int:
     """How many generations (timely instances) this process started in the run."""
 
+def connected_generation() -> int:
+    """The last generation whose workers all connected to each other."""
+
 def restart(reason: str) -> NoReturn:
     """Replace this process by a fresh start of its own command line (crash
     recovery: a worker that lost a peer starts again and recovers)."""

@@ -262,6 +262,7 @@ class Initializer:
                 if add is not None:
                     self._refuse(add, refusal)
                 return refusal
+            before = list(self.membership.names), list(self.membership.addresses)
             names, addresses = list(self.membership.names), list(self.membership.addresses)
             if remove is not None:
                 if remove not in names[1:]:
@@ -305,6 +306,8 @@ class Initializer:
                         send(add.sock, start)
                     except OSError:
                         pass
+                if not self._grown(generation + 1):
+                    return self._roll_back(add, *before)
             what = f"grew to {len(names)} workers" if add else f"shrank to {len(names)} workers"
             log.info("cluster %s: %s", what, ", ".join(names))
             return what
@@ -372,6 +375,30 @@ class Initializer:
             what = self.change(remove=words[1])
             return {"ok": what.startswith("shrank"), "message": what}
         return {"ok": False, "message": "commands: status, shrink NAME"}
+
+    def _grown(self, generation: int) -> bool:
+        """Whether the grown ``generation`` connected; False when the engine
+        rolled it back (the next generation connected instead)."""
+        from wallaroo import _engine
+
+        # A rolled-back generation never connects (the next one does); the
+        # run may also end meanwhile.
+        while _engine.connected_generation() < generation and not self.done.is_set():
+            time.sleep(0.05)
+        return _engine.connected_generation() == generation
+
+    def _roll_back(self, joiner: Joiner, names: list, addresses: list) -> str:
+        """The joiner never connected and the engine went back to ``names``:
+        so does the membership; the joiner's loss is nobody's failure."""
+        assert self.membership is not None
+        self._left.add(joiner.name)
+        self.membership.names, self.membership.addresses = names, addresses
+        self.membership.peers = [p for p in self.membership.peers if p[0] != joiner.name]
+        self._refuse(joiner, "it never connected to the cluster's data addresses")
+        what = (f"rolled back the grow: {joiner.name!r} never connected; "
+                f"{len(names)} workers: {', '.join(names)}")
+        log.warning("cluster %s", what)
+        return what
 
     @staticmethod
     def _generation() -> int:

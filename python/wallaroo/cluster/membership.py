@@ -90,7 +90,8 @@ class Cluster(Initializer, Member):
                 self._results.setdefault(name, message)
                 self._answered.setdefault(name, threading.Event()).set()
                 failed = kind != "lost" and not message.get("ok")
-                if failed and on_failed is not None and not self.done.is_set():
+                if (failed and on_failed is not None and not self.done.is_set()
+                        and name not in self._left):
                     on_failed(name, str(message.get("reason")))
             if on_message is not None:
                 on_message(name, message)
@@ -164,7 +165,8 @@ class Cluster(Initializer, Member):
             self._send_to_peers(self._report)
         if self._server is not None:
             self._server.close()
-        names = [name for name, _sock, _reader in self.membership.peers]
+        with self._change_lock:  # a change under way settles the membership first
+            names = [name for name, _sock, _reader in self.membership.peers]
         if self.opts.cluster_initializer:
             failures = [] if ok else [f"worker {self.membership.names[0]!r}: {reason}"]
             deadline = time.monotonic() + timeout
