@@ -535,7 +535,7 @@ impl Resources {
         let mut acks = Vec::new();
         for tx in self.pipelines.iter().filter_map(|p| p.sink_tx.as_ref()) {
             let (ack, acked) = crossbeam_channel::bounded(1);
-            if tx.send(SinkMessage::Barrier(ack)).is_ok() {
+            if tx.send(SinkMessage::Barrier(id, ack)).is_ok() {
                 acks.push(acked);
             }
         }

@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,6 +304,40 @@ class ApacheKafka(BrokerClients):
         assert self.proc is not None
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+    def read_all(self, topic: str, config: dict | None = None, timeout: float = 60.0) -> list:
+        """Every record of ``topic`` up to its end offsets now (``config`` adds
+        consumer settings, e.g. ``isolation.level``), partition by partition in
+        offset order. Apache Kafka's end offsets are right (unlike tansu's), so
+        this stops at the end instead of after a count or a timeout."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer(
+            self.client_config(
+                {"group.id": f"read-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                 **(config or {})}
+            )
+        )  # fmt: skip
+        try:
+            md = consumer.list_topics(topic, timeout=10).topics[topic]
+            parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(md.partitions)]
+            ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+            consumer.assign(parts)
+            out: dict = {p: [] for p in ends}
+            deadline = time.monotonic() + timeout
+            while True:
+                for msg in consumer.consume(10000, timeout=0.2):
+                    if msg.error() is None:
+                        out[msg.partition()].append(msg)
+                done = all(
+                    tp.offset >= ends[tp.partition] for tp in consumer.position(parts)
+                )
+                if done:
+                    return [m for p in sorted(out) for m in out[p]]
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}: not at the end offsets {ends} in {timeout} s")
+        finally:
+            consumer.close()
 
     # -- Kafka's own tools -------------------------------------------------------
 

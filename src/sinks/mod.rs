@@ -44,10 +44,10 @@ pub struct Output {
 pub enum SinkMessage {
     /// Records to write.
     Batch(Vec<Output>),
-    /// A snapshot is being written: push out everything before this (for
+    /// Snapshot `id` is being written: push out everything before this (for
     /// Kafka: until the brokers acknowledged it), then answer. The snapshot
     /// is stored only after every sink answered, so output is at-least-once.
-    Barrier(Sender<()>),
+    Barrier(u64, Sender<()>),
 }
 
 /// What the sink threads share with the run.
@@ -88,9 +88,9 @@ pub trait BatchWriter: Send {
     fn finish(&mut self) -> std::io::Result<()> {
         self.flush()
     }
-    /// Before a snapshot: everything accepted must be out (Kafka: retried
-    /// until the brokers acknowledge it; the snapshot waits).
-    fn sync(&mut self) -> std::io::Result<()> {
+    /// Before snapshot `snapshot` is stored: everything accepted must be out
+    /// (Kafka: retried until the brokers acknowledge it; the snapshot waits).
+    fn sync(&mut self, _snapshot: u64) -> std::io::Result<()> {
         self.flush()
     }
 }
@@ -153,8 +153,8 @@ fn write_loop(rx: Receiver<SinkMessage>, mut writer: Box<dyn BatchWriter>, ctx: 
     for message in rx.iter() {
         let batch = match message {
             SinkMessage::Batch(batch) => batch,
-            SinkMessage::Barrier(ack) => {
-                match writer.sync() {
+            SinkMessage::Barrier(snapshot, ack) => {
+                match writer.sync(snapshot) {
                     Ok(()) => {
                         let _ = ack.send(());
                     }
