@@ -56,8 +56,8 @@ impl BatchWriter for ManyWriter {
         self.each(|w| w.finish())
     }
 
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.each(|w| w.sync())
+    fn sync(&mut self, snapshot: u64) -> std::io::Result<()> {
+        self.each(|w| w.sync(snapshot))
     }
 }
 
