@@ -2,16 +2,18 @@
 //! user's librdkafka settings passed through untouched), topic checks, and
 //! the embedded broker used when an application names no broker.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pyo3::prelude::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::errors::Error;
@@ -62,22 +64,93 @@ pub fn log_level(level: &str) -> RDKafkaLogLevel {
     }
 }
 
+/// Remembers the first error librdkafka reports that retrying cannot cure:
+/// credentials the brokers refuse (SASL) or a TLS handshake that fails.
+#[derive(Default)]
+struct StartupErrors {
+    refused: Mutex<Option<String>>,
+}
+
+impl ClientContext for StartupErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let lasting = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::SSL
+            )
+        );
+        if lasting {
+            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            refused.get_or_insert_with(|| reason.to_string());
+        }
+    }
+}
+
+impl ProducerContext for StartupErrors {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// The SASL mechanism and security protocol of `settings`, for messages.
+fn security(settings: &ClientSettings) -> String {
+    let get = |key: &str| {
+        settings
+            .extra
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let protocol = get("security.protocol").unwrap_or("plaintext");
+    match get("sasl.mechanism").or(get("sasl.mechanisms")) {
+        Some(mechanism) if protocol.to_ascii_lowercase().starts_with("sasl") => {
+            format!("security.protocol {protocol}, SASL mechanism {mechanism}")
+        }
+        _ => format!("security.protocol {protocol}"),
+    }
+}
+
 /// Check at start-up that `topic` exists; create it when asked. A broker that
 /// does not answer yet is not an error (the clients keep retrying), a missing
-/// topic is.
+/// topic is, and so are refused credentials or a failed TLS handshake (no
+/// retry cures them: the run stops at once instead of waiting forever).
 pub fn check_topic(
     settings: &ClientSettings,
     topic: &str,
     create_partitions: Option<i32>,
     what: &str,
 ) -> Result<(), Error> {
-    let consumer: BaseConsumer = settings
+    // A producer: its poll hands the client's error events to the context.
+    let client: BaseProducer<StartupErrors> = settings
         .config(&[("allow.auto.create.topics", "false")])
-        .create()
+        .create_with_context(StartupErrors::default())
         .map_err(|e| Error::Config(format!("{what}: cannot create a Kafka client: {e}")))?;
-    let metadata = match consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
+    let metadata = match client
+        .client()
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+    {
         Ok(metadata) => metadata,
         Err(e) => {
+            // The client's error events say why it got no answer (one
+            // event per poll; its log lines come through the same queue).
+            let refused = (0..200).find_map(|_| {
+                client.poll(Duration::ZERO);
+                let mut refused = client
+                    .context()
+                    .refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                refused.take()
+            });
+            if let Some(reason) = refused {
+                return Err(Error::Config(format!(
+                    "{what}: Kafka brokers {} refused the connection ({}): {reason}",
+                    settings.bootstrap,
+                    security(settings)
+                )));
+            }
             log::warn!(
                 "{what}: Kafka brokers {} do not answer yet ({e}); will keep trying",
                 settings.bootstrap
