@@ -38,8 +38,6 @@ def test_broker_keeps_records_and_answers_on_every_listener(apache_kafka: Apache
 
 COMMITTING = re.compile(r"committing the transaction of snapshot (\d+)")
 RECOVERED = re.compile(r"recovered snapshot (\d+)")
-#: A snapshot that stored some progress: the kills wait for one.
-WRITTEN = re.compile(r"snapshot \d+ written \([1-9]\d* changed keys\)")
 
 
 def orphaned_commits(log: str) -> int:
@@ -83,7 +81,7 @@ def read_counts(broker: ApacheKafka, topic: str, isolation: str) -> list:
 def test_transactional_sink_is_exactly_once_across_kills(
     apache_kafka: ApacheKafka, tmp_path: Path, workers: int
 ) -> None:
-    """kill -9 at random moments after a snapshot was written (10 kills, one
+    """kill -9 at random moments after a snapshot stored state (10 kills, one
     process or a worker of two): a read_committed consumer sees each count of
     each key once, in order; read_uncommitted sees those and maybe aborted ones.
 
@@ -109,8 +107,8 @@ def test_transactional_sink_is_exactly_once_across_kills(
             "--pause-ms", str(15 * workers), "--max-records", str(len(keys) // workers),
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
             "--workers", str(workers)]  # fmt: skip
-    chaos = Chaos(argv, tmp_path, seed=80 + workers, log=tmp_path / "run.log", after=WRITTEN)
-    code = chaos.single(kills=10) if workers == 1 else chaos.workers(kills=10)
+    chaos = Chaos(argv, tmp_path, seed=80 + workers, log=tmp_path / "run.log")
+    code = chaos.single(kills=10) if workers == 1 else chaos.workers(10, workers)
     log = chaos.log.read_text(errors="replace")
     assert code == 0, log[-6000:]
     assert chaos.kills >= 10, log[-6000:]
