@@ -437,9 +437,9 @@ def direct_run(app: Path, events_path: Path) -> dict:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("broker", ["embedded", "tansu"])
+@pytest.mark.parametrize("broker", ["embedded", "tansu", "apache"])
 def test_users_own_star_leaders_reads_only_what_it_is_sent(
-    events, tmp_path: Path, broker: str
+    events, tmp_path: Path, broker: str, request: pytest.FixtureRequest
 ) -> None:
     """A user's py2-era copy, run from its own directory (where it shadows the
     bundled example): no injected events, no dashboard; every leaderboard is
@@ -463,15 +463,20 @@ def test_users_own_star_leaders_reads_only_what_it_is_sent(
         "--kafka_sink_max_message_size", "250000", "--kafka_sink_max_produce_buffer_ms", "10",
     ]
     with contextlib.ExitStack() as stack:
-        if broker == "tansu":
-            tansu = stack.enter_context(TansuBroker())
+        if broker != "embedded":
+            # "apache": Apache Kafka itself (tests/apache_kafka.py), the session's broker.
+            tansu = (
+                stack.enter_context(TansuBroker())
+                if broker == "tansu"
+                else request.getfixturevalue("apache_kafka")
+            )
             tansu.create_topic("gharchive", partitions=1)
             tansu.create_topic("leaderboard", partitions=1)
             command += ["--kafka_source_brokers", tansu.bootstrap]
             command += ["--kafka_sink_brokers", tansu.bootstrap]
         run = Run(command, app_dir, app_env(apps_on_path=False))
         try:
-            if broker == "tansu":
+            if broker != "embedded":
                 clients: BrokerClients = tansu
             else:
                 clients = BrokerClients()
