@@ -1,7 +1,9 @@
-"""Against Apache Kafka itself (``apache_kafka`` fixture, tests/apache_kafka.py):
-the broker's own behaviour the other brokers lack (read_committed isolation, a
-restart that keeps its data, Kafka's own consumer-group tool, TLS and SASL/SCRAM
-listeners) and the engine's Kafka source and sink through it."""
+"""Against Apache Kafka itself (``apache_kafka`` fixture, tests/apache_kafka.py),
+because these need what tansu and the mock cluster lack: read_committed
+isolation (exactly-once across kill -9), a broker restart that keeps its data,
+Kafka's own consumer-group tool (lag), TLS and SASL/SCRAM listeners; and a
+0.4.2-style Kafka application end to end. One broker per session (per xdist
+worker); every test uses topics of its own."""
 
 from __future__ import annotations
 
@@ -281,3 +283,43 @@ def test_broker_killed_and_restarted_mid_run_loses_nothing(
     assert committed == ends  # every record read, as committed by the engine
     tool = group_offsets_by_tool(apache_kafka, group)
     assert tool == {(source, p): (str(ends[p]), str(ends[p]), "0") for p in (0, 1)}, tool
+
+
+# ---------------------------------------------------------------------------
+# a 0.4.2-style Kafka application, unmodified
+# ---------------------------------------------------------------------------
+
+
+def test_celsius_kafka_app_matches_its_functions_run_directly(
+    apache_kafka: ApacheKafka, tmp_path: Path, run_app
+) -> None:
+    """tests/apps/celsius_kafka.py (the 0.4.2 celsius-kafka example's shape)
+    through Apache Kafka: every output equals decoder -> multiply -> add ->
+    encoder applied directly to the same input, in order."""
+    import importlib.util
+    import struct
+
+    spec = importlib.util.spec_from_file_location("celsius_kafka", APPS_DIR / "celsius_kafka.py")
+    assert spec is not None and spec.loader is not None
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+
+    def direct(payload: bytes) -> bytes:
+        celsius = app.decoder.decode(payload)
+        return app.encoder.encode(app.add.compute(app.multiply.compute(celsius)))
+
+    inputs = [struct.pack(">f", -40.0 + i * 0.25) for i in range(2_000)]
+    apache_kafka.create_topic("celsius")
+    apache_kafka.create_topic("fahrenheit")
+    apache_kafka.produce("celsius", inputs)
+    result = run_app(
+        APPS_DIR / "celsius_kafka.py", "--kafka_source_topic", "celsius",
+        "--kafka_source_brokers", apache_kafka.bootstrap, "--kafka_sink_topic", "fahrenheit",
+        "--kafka_sink_brokers", apache_kafka.bootstrap, "--kafka_sink_max_message_size",
+        "100000", "--kafka_sink_max_produce_buffer_ms", "10",
+        "--max-records", str(len(inputs)), timeout=120,
+    )  # fmt: skip
+    result.check()
+    outputs = [r.value() for r in apache_kafka.read_all("fahrenheit")]
+    assert outputs == [direct(p) for p in inputs]
+    assert struct.unpack(">f", outputs[0])[0] == -40.0
