@@ -70,6 +70,7 @@ def read_counts(broker: ApacheKafka, topic: str, isolation: str) -> list:
     return out
 
 
+@pytest.mark.chaos
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize(
     "workers",
