@@ -1,0 +1,245 @@
+"""Cost breakdown per event, by component, of the original star leaders app read
+from a file: the bare loop (``tests/star_leaders_direct.py``), the engine with
+1 worker and with ``--workers 2``.
+
+Instructions: each command runs under ``valgrind --tool=callgrind`` (every
+process of it, every thread) on ``--events`` events and on an empty file; the
+self cost of each function (instructions executed in it, not in its callees)
+is put in a component by its object file and name, and the per-event figure
+is (run on N events - run on the empty file) / N, so start-up is left out and
+shown apart. Instruction counts do not change with the machine's load; they
+do not see cache misses, waits or the kernel. Functions inlined by the
+compiler count in the function they were inlined into.
+
+Time: the same commands natively on ``--wall-events`` events, wall time of the
+whole command and CPU time (user + system of all its processes, getrusage of
+the children), median of ``--repeat``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = (("bare loop", 0), ("1 worker", 1), ("2 workers", 2))
+MARSHAL = re.compile(r"^(w_|r_|marshal_|PyMarshal_)")
+PY_MEMORY = re.compile(r"(_PyObject_Malloc|_PyObject_Free|_PyObject_Realloc|pymalloc|"
+                       r"^gc_|^visit_|_PyObject_GC_|deduce_unreachable|move_unreachable|"
+                       r"subtract_refs|update_refs|_PyMem_)")
+#: Engine components by a part of the (demangled) Rust symbol; the first match wins.
+ENGINE = (
+    ("::sinks::", "sinks"),
+    ("::sources::", "source thread, framing"),
+    ("::framing::", "source thread, framing"),
+    ("::metrics::", "metrics"),
+    ("hdrhistogram", "metrics"),
+    ("::http::", "metrics"),
+    ("hyper", "metrics"),
+    ("::cluster::", "crossing workers (marshal, pickle, batches)"),
+    ("::peers::", "crossing workers (marshal, pickle, batches)"),
+    ("crossbeam", "engine: channels (crossbeam)"),
+    ("timely", "engine: timely dataflow"),
+    ("pyo3", "engine: PyO3 calls, conversions"),
+    ("tokio", "engine: tokio runtime"),
+)
+
+
+def component(function: str, obj: str) -> str:
+    """The component of a function (its name) in object file ``obj``."""
+    name = os.path.basename(obj)
+    if "_speedups" in name:
+        return "json decode/encode (simplejson C)"
+    if "_pickle" in name:
+        return "crossing workers (marshal, pickle, batches)"
+    if name.startswith("libpython") or name.startswith("python"):
+        if MARSHAL.search(function):
+            return "crossing workers (marshal, pickle, batches)"
+        if PY_MEMORY.search(function):
+            return "Python: memory (pymalloc, GC)"
+        return "Python interpreter (app steps, runner code)"
+    if name.startswith("_engine"):
+        for part, label in ENGINE:
+            if part in function:
+                return label
+        return "engine: own code (steps, routing, batches)"
+    if name.startswith("libc.") or name.startswith("libc-"):
+        return "libc (malloc, memcpy, ...)"
+    if name.startswith("ld-linux"):
+        return "dynamic loader"
+    if name.startswith("vgpreload"):
+        return "libc (malloc, memcpy, ...)"
+    return "other libraries"
+
+
+def costs(outfile: str) -> Counter:
+    """Instructions by component in one callgrind output file: the self cost of
+    each function (cost lines, less those right after a ``calls=`` line, which
+    are a call's inclusive cost), read from the file's own format."""
+    names: dict = {}
+    found: Counter = Counter()
+
+    def name(value: str) -> str:
+        # Name compression: "(id) name" defines an id, "(id)" reuses it.
+        match = re.match(r"\((\d+)\)\s*(.*)", value)
+        if not match:
+            return value
+        if match.group(2):
+            names[value[:match.end(1) + 1]] = match.group(2)
+        return names.get(value[:match.end(1) + 1], "???")
+
+    obj = function = "???"
+    after_call = False
+    with open(outfile) as data:
+        for line in data:
+            if line[:1].isdigit() or line[:1] in "+-*":
+                if not after_call:
+                    found[obj, function] += int(line.split()[-1])
+                after_call = False
+            elif line.startswith("ob="):
+                obj = name(line[3:].strip())
+            elif line.startswith("fn="):
+                function = name(line[3:].strip())
+            elif line.startswith(("cob=", "cfn=", "cfi=", "cfl=")):
+                name(line.split("=", 1)[1].strip())
+            elif line.startswith(("fl=", "fi=", "fe=")):
+                name(line[3:].strip())
+            elif line.startswith("calls="):
+                after_call = True
+    by_component: Counter = Counter()
+    for (obj, function), cost in found.items():
+        by_component[component(function, obj)] += cost
+    return by_component
+
+
+def callgrind(command: list, workdir: str, tag: str, stdout_path: str) -> Counter:
+    """Instructions by component of ``command`` (every process it starts)."""
+    outdir = os.path.join(workdir, f"cg-{tag}")
+    os.makedirs(outdir)
+    traced = ["valgrind", "--tool=callgrind", "--trace-children=yes", "-q",
+              f"--callgrind-out-file={outdir}/cg.%p", *command]
+    with open(stdout_path, "wb") as out:
+        subprocess.run(traced, check=True, stdout=out)
+    total: Counter = Counter()
+    for name in os.listdir(outdir):
+        total += costs(os.path.join(outdir, name))
+    return total
+
+
+def command_of(workers: int, input_path: str, output_path: str) -> tuple:
+    """(command, where its leaderboards go) of a configuration."""
+    import star_file
+
+    if workers == 0:
+        return star_file.bare(input_path), output_path
+    return star_file.engine(input_path, output_path, workers), os.devnull
+
+
+def timed(command: list, stdout_path: str) -> tuple:
+    """Wall and CPU seconds (user + system, all its processes) of ``command``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with open(stdout_path, "wb") as out:
+        subprocess.run(command, check=True, stdout=out)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def lines(path: str) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def main() -> None:
+    """Measure and print the table; ``--full`` takes the issue's sizes."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000, help="events under callgrind")
+    parser.add_argument("--wall-events", type=int, default=100_000, help="events timed")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs (median)")
+    parser.add_argument("--jobs", type=int, default=2, help="callgrind runs at once")
+    parser.add_argument("--full", action="store_true",
+                        help="issue 20's size: 30,000 events under callgrind, 300,000 timed, "
+                        "median of 3")
+    opts = parser.parse_args()
+    if opts.full:
+        opts.events, opts.wall_events, opts.repeat = 30_000, 300_000, 3
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is needed: apt-get install valgrind")
+    sys.path.insert(0, HERE)
+    import star_file
+
+    with tempfile.TemporaryDirectory(prefix="wallaroo-breakdown-") as tmp:
+        small, empty, big = (os.path.join(tmp, name) for name in ("small", "empty", "big"))
+        star_file.write_events(small, opts.events)
+        open(empty, "w").close()
+        load = [os.getloadavg()[0]]
+        jobs = {}
+        with ThreadPoolExecutor(opts.jobs) as pool:
+            for label, workers in CONFIGS:
+                for size, path in (("n", small), ("0", empty)):
+                    out = os.path.join(tmp, f"out-{workers}-{size}")
+                    command, stdout_path = command_of(workers, path, out)
+                    jobs[label, size] = (pool.submit(callgrind, command, tmp, f"{workers}{size}",
+                                                     stdout_path), out)
+        counted = {key: job.result() for key, (job, _out) in jobs.items()}
+        outputs = {label: lines(jobs[label, "n"][1]) for label, _w in CONFIGS}
+        if len(set(outputs.values())) != 1:
+            sys.exit(f"leaderboards differ between configurations: {outputs}")
+        load.append(os.getloadavg()[0])
+
+        star_file.write_events(big, opts.wall_events)
+        times: dict = {label: [] for label, _w in CONFIGS}
+        for _ in range(opts.repeat):
+            for label, workers in CONFIGS:
+                out = os.path.join(tmp, f"timed-{workers}")
+                command, stdout_path = command_of(workers, big, out)
+                times[label].append(timed(command, stdout_path))
+        load.append(os.getloadavg()[0])
+
+    names = sorted({name for found in counted.values() for name in found})
+    per_event = {label: {name: (counted[label, "n"][name] - counted[label, "0"][name])
+                         / opts.events for name in names} for label, _w in CONFIGS}
+    totals = {label: sum(per_event[label].values()) for label, _w in CONFIGS}
+    print(f"cost breakdown, original star leaders app from a file, {opts.events:,} events "
+          f"under callgrind ({outputs['bare loop']:,} leaderboards); load average "
+          f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores")
+    print("instructions per event (run on N events - run on an empty file, / N), all "
+          "processes and threads")
+    header = f"  {'component':<45}" + "".join(f"{label:>20}" for label, _w in CONFIGS)
+    print(header)
+    order = sorted(names, key=lambda name: -max(per_event[lb][name] for lb, _w in CONFIGS))
+    for name in order:
+        cells = "".join(
+            f"{per_event[label][name]:>11,.0f} ({per_event[label][name] / totals[label]:4.0%})"
+            for label, _w in CONFIGS
+        )
+        print(f"  {name:<45}{cells}")
+    print(f"  {'total per event':<45}"
+          + "".join(f"{totals[label]:>11,.0f}{'':9}" for label, _w in CONFIGS))
+    print(f"  {'start-up (empty file), whole run':<45}"
+          + "".join(f"{sum(counted[label, '0'].values()):>14,.0f}{'':6}"
+                    for label, _w in CONFIGS))
+    print(f"time, {opts.wall_events:,} events, median of {opts.repeat}, whole command "
+          "(start-up included)")
+    bare_wall = statistics.median(wall for wall, _cpu in times["bare loop"])
+    for label, _w in CONFIGS:
+        wall = statistics.median(wall for wall, _cpu in times[label])
+        cpu = statistics.median(cpu for _wall, cpu in times[label])
+        print(f"  {label:<10} wall {wall:6.2f} s ({bare_wall / wall:4.2f}x bare)  CPU {cpu:6.2f} s"
+              f"  ({cpu / opts.wall_events * 1e6:5.1f} us CPU per event)")
+
+
+if __name__ == "__main__":
+    main()
