@@ -1244,16 +1244,21 @@ enum DriveEnd {
 /// `k << 32`: when its time comes every source input moves to that epoch and
 /// the worker stops feeding records until the probe shows every earlier
 /// epoch complete on every worker (no epoch after it has started anywhere,
-/// since it needs this worker's input); then the snapshot is written and
-/// feeding resumes. A worker without a live source waits at the next cut, so
-/// it never holds the others back. Inputs stay open until every worker's
+/// since it needs this worker's input); then the snapshot is written, the
+/// inputs move to `(k << 32) + 1`, and feeding resumes only once the probe
+/// passes that epoch too, that is once every worker has written its
+/// snapshot `k`. Without that second step a worker that saw the cut pass
+/// first would feed records that another worker's state steps apply (they
+/// do not wait for their epoch) before that worker writes its snapshot `k`,
+/// which would then hold records after the cut (counted again after a
+/// recovery from it). A worker without a live source waits at the next cut,
+/// so it never holds the others back. Inputs stay open until every worker's
 /// sources have ended (the `alive` dataflow's frontier tells).
 pub(crate) struct SnapshotClock<'a> {
     resources: &'a Resources,
     interval: Duration,
     next_at: Instant,
-    cut: u64,
-    pausing: bool,
+    cycle: CutCycle,
     alive: Option<InputHandleCore<u64, CapacityContainerBuilder<Vec<()>>>>,
     alive_probe: ProbeHandle<u64>,
     last_progress: Instant,
@@ -1271,28 +1276,29 @@ impl<'a> SnapshotClock<'a> {
             resources,
             interval: run.interval,
             next_at: Instant::now() + run.interval,
-            cut: 1,
-            pausing: false,
+            cycle: CutCycle::default(),
             alive: Some(alive),
             alive_probe,
             last_progress: Instant::now(),
         })
     }
 
-    /// The epoch of the next cut.
-    fn cut_epoch(&self) -> u64 {
-        self.cut << 32
+    /// Whether records are held back (a cut is under way).
+    fn pausing(&self) -> bool {
+        self.cycle.pausing()
     }
 
-    /// Whether to move to the next cut now (not while the last snapshot
-    /// is still being written: a slow disk lengthens the interval).
-    fn due(&self, any_live: bool) -> bool {
+    /// The epoch the inputs move to now, if any. The next cut is due on
+    /// time (not while the last snapshot is still being written: a slow
+    /// disk lengthens the interval), or at once without a live source.
+    fn advance(&mut self, any_live: bool) -> Option<u64> {
         let writing = self
             .resources
             .resilience
             .as_ref()
             .is_some_and(|run| run.writer.busy());
-        !self.pausing && (!any_live || (Instant::now() >= self.next_at && !writing))
+        self.cycle
+            .advance(!any_live || (Instant::now() >= self.next_at && !writing))
     }
 
     /// After a step: snapshot once the cut is complete everywhere; notice
@@ -1306,11 +1312,10 @@ impl<'a> SnapshotClock<'a> {
         {
             return Err(Error::Config(why));
         }
-        if self.pausing && !probe.less_than(&self.cut_epoch()) {
-            self.resources.snapshot()?;
-            self.cut += 1;
-            self.next_at = Instant::now() + self.interval;
-            self.pausing = false;
+        match self.cycle.observe(probe) {
+            CutEvent::Snapshot => self.resources.snapshot()?,
+            CutEvent::Resumed => self.next_at = Instant::now() + self.interval,
+            CutEvent::None => {}
         }
         if self.last_progress.elapsed() >= PROGRESS_EVERY {
             self.last_progress = Instant::now();
@@ -1320,6 +1325,100 @@ impl<'a> SnapshotClock<'a> {
             self.alive = None;
         }
         Ok(self.alive.is_none() && self.alive_probe.done())
+    }
+}
+
+/// One worker's side of the snapshot cuts: snapshot `k` at epoch `k << 32`,
+/// feeding again after `(k << 32) + 1` (see [`SnapshotClock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CutCycle {
+    /// The next snapshot's number.
+    cut: u64,
+    phase: CutPhase,
+}
+
+impl Default for CutCycle {
+    fn default() -> Self {
+        CutCycle {
+            cut: 1,
+            phase: CutPhase::Feeding,
+        }
+    }
+}
+
+/// Where a worker is in the cycle of one snapshot's cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutPhase {
+    /// Records are fed.
+    Feeding,
+    /// The inputs are at the cut; waiting for every epoch before it.
+    Cutting,
+    /// The snapshot is written; the inputs move past the cut next.
+    Written,
+    /// The inputs are past the cut; waiting until every worker's are (each
+    /// moves them only after writing its snapshot).
+    Releasing,
+}
+
+/// What [`CutCycle::observe`] asks of the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CutEvent {
+    None,
+    /// Write the snapshot now: every epoch before the cut is complete on
+    /// every worker and no record after it has been fed anywhere.
+    Snapshot,
+    /// Every worker wrote its snapshot: records are fed again.
+    Resumed,
+}
+
+impl CutCycle {
+    /// The epoch of the next cut.
+    fn cut_epoch(&self) -> u64 {
+        self.cut << 32
+    }
+
+    /// Whether records are held back (a cut is under way).
+    pub(crate) fn pausing(&self) -> bool {
+        self.phase != CutPhase::Feeding
+    }
+
+    /// Whether the inputs move to a new epoch at once (a snapshot was just
+    /// written and they are still at the cut).
+    pub(crate) fn written(&self) -> bool {
+        self.phase == CutPhase::Written
+    }
+
+    /// The epoch the inputs move to now, if any: the next cut when `due`
+    /// (and records are being fed), or the epoch after the cut once this
+    /// worker wrote its snapshot.
+    pub(crate) fn advance(&mut self, due: bool) -> Option<u64> {
+        match self.phase {
+            CutPhase::Feeding if due => {
+                self.phase = CutPhase::Cutting;
+                Some(self.cut_epoch())
+            }
+            CutPhase::Written => {
+                self.phase = CutPhase::Releasing;
+                Some(self.cut_epoch() + 1)
+            }
+            _ => None,
+        }
+    }
+
+    /// After a step: what the probe's frontier allows now.
+    pub(crate) fn observe(&mut self, probe: &ProbeHandle<u64>) -> CutEvent {
+        match self.phase {
+            CutPhase::Cutting if !probe.less_than(&self.cut_epoch()) => {
+                self.phase = CutPhase::Written;
+                CutEvent::Snapshot
+            }
+            CutPhase::Releasing if !probe.less_than(&(self.cut_epoch() + 1)) => {
+                self.cut += 1;
+                self.phase = CutPhase::Feeding;
+                CutEvent::Resumed
+            }
+            _ => CutEvent::None,
+        }
     }
 }
 
@@ -1361,7 +1460,7 @@ fn drive<A: Allocate>(
         .collect();
     let mut interrupted = false;
     loop {
-        let pausing = clock.as_ref().is_some_and(|c| c.pausing);
+        let pausing = clock.as_ref().is_some_and(SnapshotClock::pausing);
         if !pausing && last_tick.elapsed() >= TICK_INTERVAL {
             last_tick = Instant::now();
             for (slot, _) in inputs.iter_mut().zip(&timers).filter(|(_, timer)| **timer) {
@@ -1413,11 +1512,9 @@ fn drive<A: Allocate>(
         }
         epoch_records += records;
         let any_live = live.iter().any(|l| *l);
-        let mut advance = None;
-        if let Some(clock) = clock.as_mut().filter(|c| c.due(any_live)) {
-            clock.pausing = true;
-            advance = Some(clock.cut_epoch());
-        } else if !pausing
+        let mut advance = clock.as_mut().and_then(|c| c.advance(any_live));
+        if advance.is_none()
+            && !pausing
             && (last_epoch.elapsed() >= epoch_length || epoch_records >= MAX_EPOCH_RECORDS)
         {
             advance = Some(epoch + 1);
@@ -1493,7 +1590,9 @@ fn drive<A: Allocate>(
                 own.store(true, Ordering::Relaxed);
             }
         }
-        if !received {
+        // A snapshot was just written: move the inputs past the cut at once.
+        let written = clock.as_ref().is_some_and(|c| c.cycle.written());
+        if !received && !written {
             let mut select = Select::new();
             let mut watched = 0;
             for ((slot, source), live) in inputs.iter().zip(sources).zip(&live) {
@@ -1507,6 +1606,88 @@ fn drive<A: Allocate>(
                 continue;
             }
             let _ = select.ready_timeout(IDLE_WAIT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use timely::dataflow::operators::{Exchange, Inspect};
+
+    use super::*;
+
+    /// Two workers in one process: worker 0 feeds numbers, each is applied
+    /// as soon as it reaches its owner (as the state steps do: they do not
+    /// wait for their epoch), and worker 1 is slow to step, so it sees a
+    /// cut pass only together with what worker 0 sent after it. Snapshot
+    /// `k` of both workers must hold exactly the records worker 0 had fed
+    /// at its snapshot `k`, never one after the cut.
+    #[test]
+    fn a_snapshot_on_every_worker_holds_exactly_the_records_before_its_cut() {
+        const SNAPSHOTS: usize = 15;
+        let guards = timely::execute(timely::Config::process(2), |worker| {
+            let index = worker.index();
+            let applied = Rc::new(Cell::new(0u64));
+            let counter = applied.clone();
+            let mut input = InputHandleCore::<u64, CapacityContainerBuilder<Vec<u64>>>::new();
+            let probe = ProbeHandle::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                input
+                    .to_stream(scope)
+                    .exchange(|n: &u64| *n)
+                    .inspect(move |_| counter.set(counter.get() + 1))
+                    .probe_with(&probe);
+            });
+            let mut cycle = CutCycle::default();
+            let (mut fed, mut epoch, mut rounds) = (0u64, 0u64, 0u32);
+            // (records applied here, records fed by this worker) at each snapshot.
+            let mut snapshots = Vec::new();
+            while snapshots.len() < SNAPSHOTS {
+                if !cycle.pausing() && index == 0 {
+                    for n in fed..fed + 20 {
+                        input.send(n);
+                    }
+                    fed += 20;
+                    rounds += 1;
+                }
+                // Worker 1 has no source: it goes to the next cut at once.
+                let due = index == 1 || rounds >= 5;
+                if let Some(next) = cycle.advance(due) {
+                    epoch = next;
+                    rounds = 0;
+                } else if !cycle.pausing() {
+                    epoch += 1;
+                }
+                input.advance_to(epoch);
+                if index == 1 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                worker.step();
+                if cycle.observe(&probe) == CutEvent::Snapshot {
+                    snapshots.push((applied.get(), fed));
+                }
+            }
+            snapshots
+        })
+        .expect("timely starts");
+        let results: Vec<Vec<(u64, u64)>> = guards
+            .join()
+            .into_iter()
+            .map(|r| r.expect("worker ran"))
+            .collect();
+        assert!(results.iter().all(|snapshots| snapshots.len() == SNAPSHOTS));
+        for (k, (first, second)) in results[0].iter().zip(&results[1]).enumerate() {
+            let in_state = first.0 + second.0;
+            let fed = first.1;
+            assert_eq!(
+                in_state,
+                fed,
+                "snapshot {}: the workers' state holds {in_state} records, {fed} were fed \
+                 before the cut",
+                k + 1
+            );
         }
     }
 }

@@ -283,12 +283,6 @@ def test_kill_nine_file_source_counts_every_record_once(tmp_path: Path, workers:
 
 @pytest.mark.chaos
 @pytest.mark.timeout(480)
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine bug found 2026-12-02: a member killed right after a snapshot (0-0.5 s) "
-    "and started again by hand made the cluster count some records twice (375 of 2000 "
-    "keys over by 1-3); the same kills through --workers stay exact",
-)
 def test_worker_killed_and_restarted_by_hand_with_its_flags(tmp_path: Path) -> None:
     """No supervisor: a member is killed and started again by hand with its
     original flags; the initializer restarts by itself and the cluster goes
