@@ -37,6 +37,7 @@ MARSHAL = re.compile(r"^(w_|r_|marshal_|PyMarshal_)")
 PY_MEMORY = re.compile(r"(_PyObject_Malloc|_PyObject_Free|_PyObject_Realloc|pymalloc|"
                        r"^gc_|^visit_|_PyObject_GC_|deduce_unreachable|move_unreachable|"
                        r"subtract_refs|update_refs|_PyMem_)")
+SERIAL = "serialization (marshal, pickle, cluster.rs)"
 #: Engine components by a part of the (demangled) Rust symbol; the first match wins.
 ENGINE = (
     ("::sinks::", "sinks"),
@@ -46,8 +47,8 @@ ENGINE = (
     ("hdrhistogram", "metrics"),
     ("::http::", "metrics"),
     ("hyper", "metrics"),
-    ("::cluster::", "crossing workers (marshal, pickle, batches)"),
-    ("::peers::", "crossing workers (marshal, pickle, batches)"),
+    ("::cluster::", SERIAL),
+    ("::peers::", SERIAL),
     ("crossbeam", "engine: channels (crossbeam)"),
     ("timely", "engine: timely dataflow"),
     ("pyo3", "engine: PyO3 calls, conversions"),
@@ -61,10 +62,10 @@ def component(function: str, obj: str) -> str:
     if "_speedups" in name:
         return "json decode/encode (simplejson C)"
     if "_pickle" in name:
-        return "crossing workers (marshal, pickle, batches)"
+        return SERIAL
     if name.startswith("libpython") or name.startswith("python"):
         if MARSHAL.search(function):
-            return "crossing workers (marshal, pickle, batches)"
+            return SERIAL
         if PY_MEMORY.search(function):
             return "Python: memory (pymalloc, GC)"
         return "Python interpreter (app steps, runner code)"
@@ -86,17 +87,19 @@ def costs(outfile: str) -> Counter:
     """Instructions by component in one callgrind output file: the self cost of
     each function (cost lines, less those right after a ``calls=`` line, which
     are a call's inclusive cost), read from the file's own format."""
-    names: dict = {}
+    names: dict = {"ob": {}, "fl": {}, "fn": {}}
+    kinds = {"ob": "ob", "cob": "ob", "fn": "fn", "cfn": "fn",
+             "fl": "fl", "fi": "fl", "fe": "fl", "cfi": "fl", "cfl": "fl"}
     found: Counter = Counter()
 
-    def name(value: str) -> str:
-        # Name compression: "(id) name" defines an id, "(id)" reuses it.
+    def name(kind: str, value: str) -> str:
+        # Name compression, one table per kind: "(id) name" defines, "(id)" reuses.
         match = re.match(r"\((\d+)\)\s*(.*)", value)
         if not match:
             return value
         if match.group(2):
-            names[value[:match.end(1) + 1]] = match.group(2)
-        return names.get(value[:match.end(1) + 1], "???")
+            names[kind][match.group(1)] = match.group(2)
+        return names[kind].get(match.group(1), "???")
 
     obj = function = "???"
     after_call = False
@@ -106,16 +109,18 @@ def costs(outfile: str) -> Counter:
                 if not after_call:
                     found[obj, function] += int(line.split()[-1])
                 after_call = False
-            elif line.startswith("ob="):
-                obj = name(line[3:].strip())
-            elif line.startswith("fn="):
-                function = name(line[3:].strip())
-            elif line.startswith(("cob=", "cfn=", "cfi=", "cfl=")):
-                name(line.split("=", 1)[1].strip())
-            elif line.startswith(("fl=", "fi=", "fe=")):
-                name(line[3:].strip())
-            elif line.startswith("calls="):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or key not in kinds and key != "calls":
+                continue
+            if key == "calls":
                 after_call = True
+                continue
+            value = name(kinds[key], value.strip())
+            if key == "ob":
+                obj = value
+            elif key == "fn":
+                function = value
     by_component: Counter = Counter()
     for (obj, function), cost in found.items():
         by_component[component(function, obj)] += cost
