@@ -436,7 +436,7 @@ def test_serves_and_stops_while_the_broker_is_down() -> None:
     finally:
         started = time.monotonic()
         board.stop()
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 20  # not the broker's retry timeouts
 
 
 def test_serves_the_page_and_its_assets_only(dashboard: Dashboard) -> None:

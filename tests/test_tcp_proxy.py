@@ -110,7 +110,7 @@ def test_pause_closes_refuses_and_resume_works_again(echo, reset):
 
         t0 = time.monotonic()
         proxy.pause(reset=reset)
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 10  # pause does not wait for the peers
         assert proxy.paused
         assert closed_by_peer(s)
         s.close()

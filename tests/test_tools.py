@@ -190,7 +190,7 @@ def test_send_connect_timeout() -> None:
     start = time.monotonic()
     with pytest.raises(OSError):
         send_messages(HOST, port, [b"x"], connect_timeout=0.3)
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 15  # the 0.3 s timeout, not the OS's minutes
 
 
 # -- command lines ------------------------------------------------------------
