@@ -11,7 +11,8 @@ shown apart. Instruction counts do not change with the machine's load; they
 do not see cache misses, waits or the kernel. Functions inlined by the
 compiler count in the function they were inlined into.
 
-Time: the same commands natively on ``--wall-events`` events, wall time of the
+Bytecode caching is on (as in an installed package; a first uncounted run
+writes it). Time: the same commands natively on ``--wall-events`` events, wall time of the
 whole command and CPU time (user + system of all its processes, getrusage of
 the children), median of ``--repeat``.
 """
@@ -127,14 +128,14 @@ def costs(outfile: str) -> Counter:
     return by_component
 
 
-def callgrind(command: list, workdir: str, tag: str, stdout_path: str) -> Counter:
+def callgrind(command: list, workdir: str, tag: str, stdout_path: str, env: dict) -> Counter:
     """Instructions by component of ``command`` (every process it starts)."""
     outdir = os.path.join(workdir, f"cg-{tag}")
     os.makedirs(outdir)
     traced = ["valgrind", "--tool=callgrind", "--trace-children=yes", "-q",
               f"--callgrind-out-file={outdir}/cg.%p", *command]
     with open(stdout_path, "wb") as out:
-        subprocess.run(traced, check=True, stdout=out)
+        subprocess.run(traced, check=True, stdout=out, env=env)
     total: Counter = Counter()
     for name in os.listdir(outdir):
         total += costs(os.path.join(outdir, name))
@@ -150,12 +151,12 @@ def command_of(workers: int, input_path: str, output_path: str) -> tuple:
     return star_file.engine(input_path, output_path, workers), os.devnull
 
 
-def timed(command: list, stdout_path: str) -> tuple:
+def timed(command: list, stdout_path: str, env: dict) -> tuple:
     """Wall and CPU seconds (user + system, all its processes) of ``command``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(stdout_path, "wb") as out:
-        subprocess.run(command, check=True, stdout=out)
+        subprocess.run(command, check=True, stdout=out, env=env)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -189,6 +190,10 @@ def main() -> None:
         small, empty, big = (os.path.join(tmp, name) for name in ("small", "empty", "big"))
         star_file.write_events(small, opts.events)
         open(empty, "w").close()
+        env = star_file.bytecode_env(os.path.join(tmp, "pycache"))
+        for _label, workers in CONFIGS:  # writes the bytecode cache, as an install has
+            command, stdout_path = command_of(workers, empty, os.path.join(tmp, "warm"))
+            timed(command, stdout_path, env)
         load = [os.getloadavg()[0]]
         jobs = {}
         with ThreadPoolExecutor(opts.jobs) as pool:
@@ -197,7 +202,7 @@ def main() -> None:
                     out = os.path.join(tmp, f"out-{workers}-{size}")
                     command, stdout_path = command_of(workers, path, out)
                     jobs[label, size] = (pool.submit(callgrind, command, tmp, f"{workers}{size}",
-                                                     stdout_path), out)
+                                                     stdout_path, env), out)
         counted = {key: job.result() for key, (job, _out) in jobs.items()}
         outputs = {label: lines(jobs[label, "n"][1]) for label, _w in CONFIGS}
         if len(set(outputs.values())) != 1:
@@ -210,7 +215,7 @@ def main() -> None:
             for label, workers in CONFIGS:
                 out = os.path.join(tmp, f"timed-{workers}")
                 command, stdout_path = command_of(workers, big, out)
-                times[label].append(timed(command, stdout_path))
+                times[label].append(timed(command, stdout_path, env))
         load.append(os.getloadavg()[0])
 
     names = sorted({name for found in counted.values() for name in found})

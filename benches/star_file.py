@@ -21,6 +21,14 @@ def write_events(path: str, count: int) -> None:
             out.write(json.dumps(event) + "\n")
 
 
+def bytecode_env(cache: str) -> dict:
+    """The environment with bytecode caching on, in ``cache`` (as an installed
+    package has its ``.pyc``): this environment may set PYTHONDONTWRITEBYTECODE,
+    which would compile every module of the package from source at each start."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    return dict(env, PYTHONPYCACHEPREFIX=cache)
+
+
 def engine(input_path: str, output_path: str, workers: int = 1) -> list:
     """``python -m wallaroo star_leaders`` from ``input_path`` to ``output_path``
     (metrics on, the default)."""
