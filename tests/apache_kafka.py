@@ -131,8 +131,13 @@ def java(jars: Path, main: str, *args: str, timeout: float = 180.0, **kw) -> Com
 
 
 def _kafka_uuid() -> str:
-    """A random Kafka UUID (what ``kafka-storage random-uuid`` prints)."""
-    return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    """A random Kafka UUID (what ``kafka-storage random-uuid`` prints). Like
+    Kafka's own ``Uuid.randomUuid``, never one that starts with ``-``: the
+    storage tool would take it for an option (1 start in 64 failed so)."""
+    while True:
+        uuid = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not uuid.startswith("-"):
+            return uuid
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path]:
