@@ -703,9 +703,11 @@ LOST_EXIT_WITHIN = 15.0
 
 @pytest.fixture(scope="module")
 def slow_input(tmp_path_factory) -> Path:
-    # 1000 records x 10 ms: about 5 s on each of 2 workers.
+    # 6000 records x 10 ms: about 30 s on each of 2 workers, so a loaded
+    # machine still kills the victim mid-run (the kill waits for the first
+    # output; the survivor's exit follows the kill, not the input's end).
     path = tmp_path_factory.mktemp("slow") / "lines.txt"
-    path.write_text("".join(f"k{i % 17}\n" for i in range(1000)))
+    path.write_text("".join(f"k{i % 17}\n" for i in range(6000)))
     return path
 
 
