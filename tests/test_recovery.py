@@ -272,7 +272,10 @@ def kill_ten_times_and_check_counts(
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_nine_file_source_counts_every_record_once(tmp_path: Path, workers: int) -> None:
     keys = tmp_path / "keys.txt"
-    expected = write_keys(keys, 80_000 * workers, 2_000, seed=workers)
+    # About 24 s of paced input: twice what ten lives need on a busy machine
+    # (at 80,000 a life went through about 9,000 records and a run ended
+    # after 9 kills).
+    expected = write_keys(keys, 160_000 * workers, 2_000, seed=workers)
     output = tmp_path / "counts.txt"
     argv = [str(COUNT_APP), "--input", str(keys), "--output", str(output), *SLOW,
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
@@ -354,7 +357,9 @@ def test_kill_nine_kafka_source_counts_every_record_once(
     broker.create_topic(topic, partitions=4)
     from confluent_kafka import Producer
 
-    per_partition = 20_000
+    # 24 s of paced input per worker: a Kafka source's lives are slower to
+    # start than a file's, and at 20,000 a run once ended after 7 kills.
+    per_partition = 40_000
     rng = random.Random(7 + workers)
     expected: collections.Counter = collections.Counter()
     producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50})
