@@ -11,6 +11,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Callable
 
 from wallaroo.cluster import external
@@ -43,6 +44,21 @@ log = logging.getLogger("wallaroo.cluster")
 MAX_HANDSHAKES = 32
 
 
+def _listening(host: str, port: int, backlog: int) -> socket.socket:
+    """A socket listening on ``host:port``; its accepts time out now and then
+    so that the accepting thread sees when the run ended."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        server.bind((host, port))
+    except OSError:
+        server.close()
+        raise
+    server.listen(backlog)
+    server.settimeout(0.5)
+    return server
+
+
 class Initializer:
     """What the initializer does (a part of :class:`wallaroo.cluster.Cluster`)."""
 
@@ -73,29 +89,28 @@ class Initializer:
                 f"-c {self.opts.control} is reachable from other hosts: give a cluster secret "
                 f"(--cluster-secret-file or {SECRET_ENV}) so strangers cannot join"
             )
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            server.bind((host, port))
+            return _listening(host, port, backlog=64)
         except OSError as err:
             raise ClusterSetupError(f"cannot listen on -c {self.opts.control}: {err}") from None
-        server.listen(64)
-        # The accepting thread checks now and then whether the run ended.
-        server.settimeout(0.5)
-        return server
+
+    def _connections(self, server: socket.socket) -> Iterator[tuple[socket.socket, tuple]]:
+        """The connections ``server`` accepts until the run ends or the socket
+        is closed."""
+        while not self.done.is_set():
+            try:
+                yield server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
 
     def _accept(self, server: socket.socket) -> None:
         """Accept control connections for the whole run; each one's handshake
         runs on its own thread, under a deadline, so a slow or silent stranger
         delays nobody."""
         handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
-        while not self.done.is_set():
-            try:
-                sock, peer = server.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
+        for sock, peer in self._connections(server):
             if not handshakes.acquire(blocking=False):
                 log.warning("refused a connection from %s:%s: too many handshakes at once",
                             peer[0], peer[1])
@@ -323,27 +338,17 @@ class Initializer:
             log.warning("-e %s: without a cluster secret the external channel listens on "
                         "loopback only", address)
             host = "127.0.0.1"
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            server.bind((host, port))
+            server = _listening(host, port, backlog=4)
         except OSError as err:
             log.warning("external channel: cannot listen on %s:%d: %s", host, port, err)
             return
-        server.listen(4)
-        server.settimeout(0.5)
         log.info("external channel on %s:%d (commands: status, shrink NAME%s)", host, port,
                  "; the cluster secret is required" if secret else "")
 
         def serve() -> None:
             with server:
-                while not self.done.is_set():
-                    try:
-                        sock, peer = server.accept()
-                    except socket.timeout:
-                        continue
-                    except OSError:
-                        return
+                for sock, peer in self._connections(server):
                     with sock:
                         self._serve_command(sock, peer[0], secret)
 
