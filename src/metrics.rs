@@ -1656,6 +1656,104 @@ mod tests {
         }
     }
 
+    /// Two workers with every kind of sample, fixed to the last bit.
+    pub(crate) fn fixed_workers() -> Vec<KnownWorker> {
+        let metrics = PipelineMetrics::with_steps(["double", "keep odd"]);
+        metrics.set_source_label("tcp 127.0.0.1:7000");
+        metrics.set_sink_label("file out.txt");
+        metrics.set_kafka_lag("events", BTreeMap::from([(0, 5), (2, 17)]));
+        for (counter, n) in [
+            (&metrics.records_in, 1000),
+            (&metrics.bytes_in, 64_000),
+            (&metrics.records_out, 400),
+            (&metrics.bytes_out, 9_600),
+            (&metrics.dropped, 590),
+            (&metrics.skipped_errors, 3),
+            (&metrics.sink_errors, 2),
+            (&metrics.sink_records, 398),
+            (&metrics.sink_retries, 1),
+        ] {
+            PipelineMetrics::add(counter, n);
+        }
+        for (i, step) in metrics.steps.iter().enumerate() {
+            let i = i as u64;
+            PipelineMetrics::add(&step.calls, 1000 - 100 * i);
+            PipelineMetrics::add(&step.entered, 1000 - 100 * i);
+            PipelineMetrics::add(&step.dropped, 10 * i);
+            PipelineMetrics::add(&step.python_ns, 1_500_000 * (i + 1));
+            for ns in [300, 4_000, 4_000 * (i + 1), 30_000_000] {
+                step.call_duration.observe(ns);
+            }
+        }
+        for n in [1, 7, 100, 100, 20_000] {
+            metrics.batch_sizes.observe(n);
+        }
+        for ns in [50_000, 3_000_000, 3_000_000, 70_000_000_000] {
+            metrics.latency.observe(ns);
+        }
+        let epochs = EpochMetrics::default();
+        epochs.durations.observe(120 * MS);
+        let local = WorkerSnapshot {
+            worker: "initializer".to_owned(),
+            index: 0,
+            workers: 2,
+            time: 1_700_000_010.25,
+            started: 1_700_000_000.5,
+            state: "running".to_owned(),
+            epoch: 12,
+            epochs_completed: 11,
+            epoch_duration: epochs.durations.snapshot(),
+            pipelines: vec![
+                metrics.snapshot("Celsius \"conversion\""),
+                PipelineMetrics::with_steps([]).snapshot("idle"),
+            ],
+            bad_input: vec![BadCount {
+                pipeline: "Celsius \"conversion\"".to_owned(),
+                kind: "decode_error".to_owned(),
+                count: 4,
+            }],
+            dead_letter_failed: 1,
+            recent_bad: Vec::new(),
+            state_keys: BTreeMap::from([("counts".to_owned(), 42), ("totals".to_owned(), 7)]),
+        };
+        let lost = WorkerSnapshot {
+            worker: "worker-1".to_owned(),
+            index: 1,
+            workers: 2,
+            time: 1_700_000_008.0,
+            started: 1_700_000_001.0,
+            state: "lost".to_owned(),
+            ..WorkerSnapshot::default()
+        };
+        vec![
+            KnownWorker {
+                snapshot: local,
+                local: true,
+                age: 0.0,
+                lost: false,
+            },
+            KnownWorker {
+                snapshot: lost,
+                local: false,
+                age: 12.5,
+                lost: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn exposition_text_is_pinned() {
+        let text = exposition(fixed_workers());
+        let pinned = include_str!("metrics/testdata/exposition.txt");
+        if text != pinned {
+            let _ = std::fs::write("target/metrics_exposition.actual.txt", &text);
+        }
+        assert!(
+            text == pinned,
+            "the Prometheus text changed (see target/metrics_exposition.actual.txt)"
+        );
+    }
+
     #[test]
     fn exposition_parses_as_prometheus_text() {
         let metrics = PipelineMetrics::with_steps(["double"]);
