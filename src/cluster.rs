@@ -30,9 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde::{Deserialize, Serialize};
 use timely::communication::allocator::zero_copy::bytes_slab::BytesRefill;
 use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
@@ -47,6 +45,7 @@ use timely::dataflow::{InputHandleCore, ProbeHandle, Scope, StreamCore};
 use timely::worker::Worker;
 use timely::WorkerConfig;
 
+use crate::codec::Codec;
 use crate::dataflow::{
     run_generation, run_guarded, sink_and_probe, FailureSlot, GenerationEnd, PipelineInput,
     PipelineParts, Resources, Summary,
@@ -152,228 +151,6 @@ impl PipelineInput for ClusterInput {
 
     fn advance_to(&mut self, epoch: u64) {
         self.handle.advance_to(epoch);
-    }
-}
-
-/// How records cross workers: one serialized list per batch and destination,
-/// and the application's own `serialize` / `deserialize` for each value when
-/// it defines them.
-///
-/// A batch made only of plain data (dict, list, tuple, str, bytes, int,
-/// float, bool, None: what a JSON or msgpack decoder returns) goes with
-/// `marshal` instead, which writes and reads it two to three times faster
-/// and gives back the same types; anything else, a subclass included, goes
-/// with pickle. The first byte of a batch says which.
-pub(crate) struct Codec {
-    /// `pickle.dumps`, called with the highest protocol.
-    dumps: Py<PyAny>,
-    protocol: Py<PyAny>,
-    loads: Py<PyAny>,
-    marshal_dumps: Py<PyAny>,
-    marshal_loads: Py<PyAny>,
-    own: Option<(Py<PyAny>, Py<PyAny>)>,
-}
-
-/// First byte of a batch of records written with pickle.
-const PICKLED: u8 = b'P';
-/// First byte of a batch of records written with marshal.
-const MARSHALLED: u8 = b'M';
-/// The marshal format version used (Python 3.4 and later read it).
-const MARSHAL_VERSION: u8 = 4;
-/// Containers nested deeper than this go with pickle (and a cycle cannot
-/// make the check run forever).
-const PLAIN_DEPTH: usize = 24;
-
-/// Whether `obj` is plain data that marshal gives back as the same types:
-/// exact dict, list, tuple, str, bytes, int, float, bool or None, nested at
-/// most [`PLAIN_DEPTH`] deep. (marshal would turn a bytearray or any other
-/// buffer into bytes, and refuses other types.)
-fn plain(obj: &Bound<'_, PyAny>, depth: usize) -> bool {
-    if obj.is_exact_instance_of::<PyString>()
-        || obj.is_exact_instance_of::<PyInt>()
-        || obj.is_none()
-        || obj.is_exact_instance_of::<PyBool>()
-        || obj.is_exact_instance_of::<PyFloat>()
-        || obj.is_exact_instance_of::<PyBytes>()
-    {
-        return true;
-    }
-    if depth == 0 {
-        return false;
-    }
-    if let Ok(dict) = obj.cast_exact::<PyDict>() {
-        return dict
-            .iter()
-            .all(|(key, value)| plain(&key, depth - 1) && plain(&value, depth - 1));
-    }
-    if let Ok(list) = obj.cast_exact::<PyList>() {
-        return list.iter().all(|item| plain(&item, depth - 1));
-    }
-    if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
-        return tuple.iter().all(|item| plain(&item, depth - 1));
-    }
-    false
-}
-
-impl Codec {
-    fn new(py: Python<'_>, chain: &Chain) -> PyResult<Codec> {
-        Codec::with(py, chain.serialize.as_ref(), chain.deserialize.as_ref())
-    }
-
-    pub(crate) fn with(
-        py: Python<'_>,
-        serialize: Option<&Py<PyAny>>,
-        deserialize: Option<&Py<PyAny>>,
-    ) -> PyResult<Codec> {
-        let pickle = py.import("pickle")?;
-        let marshal = py.import("marshal")?;
-        let own = match (serialize, deserialize) {
-            (Some(s), Some(d)) => Some((s.clone_ref(py), d.clone_ref(py))),
-            _ => None,
-        };
-        Ok(Codec {
-            dumps: pickle.getattr("dumps")?.unbind(),
-            protocol: pickle.getattr("HIGHEST_PROTOCOL")?.unbind(),
-            loads: pickle.getattr("loads")?.unbind(),
-            marshal_dumps: marshal.getattr("dumps")?.unbind(),
-            marshal_loads: marshal.getattr("loads")?.unbind(),
-            own,
-        })
-    }
-
-    /// `pickle.dumps(obj, HIGHEST_PROTOCOL)`.
-    fn dump<'py>(&self, py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        self.dumps.bind(py).call1((obj, self.protocol.bind(py)))
-    }
-
-    /// Serialize `(key, value)` pairs for another worker; on failure, the
-    /// index of the pair that could not be serialized.
-    fn encode(
-        &self,
-        py: Python<'_>,
-        pairs: &[(Py<PyAny>, Py<PyAny>)],
-    ) -> Result<Vec<u8>, (usize, PyErr)> {
-        let mut items = Vec::with_capacity(pairs.len());
-        for (index, (key, value)) in pairs.iter().enumerate() {
-            let value = match &self.own {
-                Some((serialize, _)) => serialize
-                    .bind(py)
-                    .call1((value,))
-                    .map_err(|err| (index, err))?
-                    .unbind(),
-                None => value.clone_ref(py),
-            };
-            let pair = pyo3::types::PyTuple::new(py, [key.clone_ref(py), value]);
-            items.push(pair.map_err(|err| (index, err))?);
-        }
-        let written = PyList::new(py, items).and_then(|list| {
-            let (tag, data) = if plain(list.as_any(), PLAIN_DEPTH) {
-                let dumps = self.marshal_dumps.bind(py);
-                (MARSHALLED, dumps.call1((list, MARSHAL_VERSION))?)
-            } else {
-                (PICKLED, self.dump(py, list.as_any())?)
-            };
-            let data = data.cast::<PyBytes>()?.as_bytes();
-            let mut bytes = Vec::with_capacity(data.len() + 1);
-            bytes.push(tag);
-            bytes.extend_from_slice(data);
-            Ok(bytes)
-        });
-        written.map_err(|err| {
-            // Find the record pickle refused, for the message.
-            let culprit = pairs
-                .iter()
-                .position(|(key, value)| {
-                    let pair = pyo3::types::PyTuple::new(py, [key, value]);
-                    pair.and_then(|pair| self.dump(py, pair.as_any())).is_err()
-                })
-                .unwrap_or(0);
-            (culprit, err)
-        })
-    }
-
-    /// Serialize a state for a snapshot (the app's `serialize`, else pickle).
-    pub(crate) fn encode_value(
-        &self,
-        py: Python<'_>,
-        state: &Bound<'_, PyAny>,
-    ) -> PyResult<Vec<u8>> {
-        let bytes = match &self.own {
-            Some((serialize, _)) => serialize.bind(py).call1((state,))?,
-            None => self.dump(py, state)?,
-        };
-        Ok(bytes.cast::<PyBytes>()?.as_bytes().to_vec())
-    }
-
-    /// The inverse of [`Codec::encode_value`].
-    pub(crate) fn decode_value<'py>(
-        &self,
-        py: Python<'py>,
-        bytes: &[u8],
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let loads = match &self.own {
-            Some((_, deserialize)) => deserialize.bind(py),
-            None => self.loads.bind(py),
-        };
-        loads.call1((PyBytes::new(py, bytes),))
-    }
-
-    /// A key and its state, serialized to move to another worker.
-    pub(crate) fn encode_state(
-        &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        state: &Bound<'_, PyAny>,
-    ) -> PyResult<(Vec<u8>, Vec<u8>)> {
-        let key = self.dump(py, key)?;
-        let state = match &self.own {
-            Some((serialize, _)) => serialize.bind(py).call1((state,))?,
-            None => self.dump(py, state)?,
-        };
-        Ok((
-            key.cast::<PyBytes>()?.as_bytes().to_vec(),
-            state.cast::<PyBytes>()?.as_bytes().to_vec(),
-        ))
-    }
-
-    /// The inverse of [`Codec::encode_state`].
-    pub(crate) fn decode_state<'py>(
-        &self,
-        py: Python<'py>,
-        key: &[u8],
-        state: &[u8],
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let key = self.loads.bind(py).call1((PyBytes::new(py, key),))?;
-        let loads = match &self.own {
-            Some((_, deserialize)) => deserialize.bind(py),
-            None => self.loads.bind(py),
-        };
-        let state = loads.call1((PyBytes::new(py, state),))?;
-        Ok((key, state))
-    }
-
-    /// The `(key, value)` pairs of a batch from another worker.
-    fn decode(&self, py: Python<'_>, data: &[u8]) -> PyResult<Vec<(Py<PyAny>, Py<PyAny>)>> {
-        let loads = match data.first() {
-            Some(&MARSHALLED) => self.marshal_loads.bind(py),
-            Some(&PICKLED) => self.loads.bind(py),
-            _ => {
-                return Err(PyValueError::new_err(
-                    "a batch of records without its format byte",
-                ))
-            }
-        };
-        let list = loads.call1((PyBytes::new(py, &data[1..]),))?;
-        let mut pairs = Vec::new();
-        for item in list.try_iter()? {
-            let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
-            let value = match &self.own {
-                Some((_, deserialize)) => deserialize.bind(py).call1((value,))?,
-                None => value,
-            };
-            pairs.push((key.unbind(), value.unbind()));
-        }
-        Ok(pairs)
     }
 }
 
@@ -777,7 +554,9 @@ pub(crate) fn build_pipeline<A: Allocate>(
     let peers = worker.peers();
     let mut handle = BatchInput::new();
     let chain = part.chain.clone();
-    let codec = match Python::attach(|py| Codec::new(py, &chain)) {
+    let codec = match Python::attach(|py| {
+        Codec::with(py, chain.serialize.as_ref(), chain.deserialize.as_ref())
+    }) {
         Ok(codec) => Rc::new(codec),
         Err(err) => {
             let detail = Python::attach(|py| format_py_err(py, &err));

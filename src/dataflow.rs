@@ -31,6 +31,7 @@ use timely::WorkerConfig;
 
 use crate::bad_input::BadInput;
 use crate::cluster;
+use crate::codec::Codec;
 use crate::errors::{Error, StepFailure};
 use crate::metrics::PipelineMetrics;
 use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StartOffset, StepKind};
@@ -39,6 +40,7 @@ use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::{self, Output, SinkContext, SinkMessage};
 use crate::sources::{self, Frame, SourceContext, SourceHandle};
 use crate::steps::{Chain, Emitted, Kind, StateStore, Step};
+use crate::sync::lock;
 
 /// How often the worker looks for signals (Ctrl-C, SIGTERM).
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
@@ -422,8 +424,7 @@ impl Resources {
     /// Put the recovered states into the stores.
     fn restore(&self, recovered: &resilience::Recovered) -> Result<(), Error> {
         Python::attach(|py| -> Result<(), Error> {
-            let codec =
-                cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
+            let codec = Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
             let own = recovered.rows.iter().map(|row| (row, false));
             for (row, adopted) in own.chain(recovered.adopted.iter().map(|row| (row, true))) {
                 let store = self.stores.get(&row.store).ok_or_else(|| {
@@ -490,8 +491,7 @@ impl Resources {
         let id = run.next_id.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let rows = Python::attach(|py| -> Result<Vec<resilience::StateRow>, Error> {
-            let codec =
-                cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
+            let codec = Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
             let mut rows = Vec::new();
             for (name, store) in &self.stores {
                 for (key, state) in store.take_changes(py)? {
@@ -785,7 +785,7 @@ impl Resources {
         me: &str,
         all: bool,
     ) -> Result<Vec<cluster::MovedState>, Error> {
-        let codec = cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
+        let codec = Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
         let mut moves = Vec::new();
         for (name, store) in &self.stores {
             let Some(table) = tables.get(name) else {
@@ -831,7 +831,7 @@ impl Resources {
         py: Python<'_>,
         received: Vec<cluster::MovedState>,
     ) -> Result<(), Error> {
-        let codec = cluster::Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
+        let codec = Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
         for moved in received {
             let store = self.stores.get(&moved.store).ok_or_else(|| {
                 Error::Cluster(format!(
@@ -917,13 +917,6 @@ impl Resources {
             worker,
             workers,
         })
-    }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

@@ -24,6 +24,7 @@
 
 pub mod bad_input;
 pub mod cluster;
+pub mod codec;
 pub mod dataflow;
 pub mod errors;
 pub mod framing;
@@ -38,6 +39,7 @@ pub mod routing;
 pub mod sinks;
 pub mod sources;
 pub mod steps;
+pub mod sync;
 
 use std::sync::OnceLock;
 

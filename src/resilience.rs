@@ -1039,7 +1039,7 @@ impl Writer {
                                     stats.failed.fetch_add(1, Ordering::Relaxed);
                                     let last = stats.last_id.load(Ordering::Relaxed);
                                     if let Some(why) = unstored.failed(*snapshot, &e, last) {
-                                        *crate::dataflow::lock(&stats.gave_up) = Some(why);
+                                        *crate::sync::lock(&stats.gave_up) = Some(why);
                                     }
                                 }
                             }
@@ -1062,11 +1062,11 @@ impl Writer {
 
     /// Why the run must stop, once snapshots have failed for too long.
     pub fn gave_up(&self) -> Option<String> {
-        crate::dataflow::lock(&self.stats.gave_up).clone()
+        crate::sync::lock(&self.stats.gave_up).clone()
     }
 
     fn send(&self, message: Message) {
-        let tx = crate::dataflow::lock(&self.tx).clone();
+        let tx = crate::sync::lock(&self.tx).clone();
         if let Some(tx) = tx {
             // Blocks while the writer is two snapshots behind: back-pressure.
             let _ = tx.send(message);
@@ -1091,7 +1091,7 @@ impl Writer {
 
     /// Note how far non-replayable sources got (best effort, never blocks).
     pub fn progress(&self, sent: BTreeMap<String, u64>) {
-        let tx = crate::dataflow::lock(&self.tx).clone();
+        let tx = crate::sync::lock(&self.tx).clone();
         if let Some(tx) = tx {
             let _ = tx.try_send(Message::Progress(sent));
         }
@@ -1099,8 +1099,8 @@ impl Writer {
 
     /// Write what is queued and stop.
     pub fn finish(&self) {
-        crate::dataflow::lock(&self.tx).take();
-        if let Some(thread) = crate::dataflow::lock(&self.thread).take() {
+        crate::sync::lock(&self.tx).take();
+        if let Some(thread) = crate::sync::lock(&self.thread).take() {
             let _ = thread.join();
         }
     }
