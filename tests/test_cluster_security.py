@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import select
 import socket
@@ -29,6 +30,7 @@ from test_cluster import (
 )
 from test_cluster import word_text as word_text  # a fixture
 from wallaroo.cluster import ClusterSetupError, external
+from wallaroo.cluster.auth import proof
 
 SECRET = "correct horse battery staple"
 
@@ -41,10 +43,24 @@ def slow_input(tmp_path_factory) -> Path:
     return path
 
 
-def _no_secret_env(app_env) -> dict:
+def _no_secret_env(app_env, runtime_dir: Path | None = None) -> dict:
+    """No cluster secret given; ``runtime_dir`` (a fresh one, mode 0700, or a
+    shared one: mode 0755, so no secret can be kept there) as the
+    ``XDG_RUNTIME_DIR`` where a loopback initializer keeps the one it draws."""
     env = app_env()
     env.pop("WALLAROO_CLUSTER_SECRET", None)
+    if runtime_dir is not None:
+        env["XDG_RUNTIME_DIR"] = str(runtime_dir)
     return env
+
+
+def _runtime_dir(tmp_path: Path, private: bool = True) -> Path:
+    """A runtime directory whose ``wallaroo-UID`` directory is this user's
+    alone (``private``) or readable by everyone (so not used for secrets)."""
+    path = tmp_path / "run"
+    (path / f"wallaroo-{os.getuid()}").mkdir(parents=True, mode=0o700 if private else 0o755)
+    (path / f"wallaroo-{os.getuid()}").chmod(0o700 if private else 0o755)
+    return path
 
 
 def _messages(sock: socket.socket, timeout: float) -> list:
@@ -58,14 +74,18 @@ def _messages(sock: socket.socket, timeout: float) -> list:
     return out
 
 
-def _forged_join(address: str, name: str, app: str, timeout: float = 20.0) -> list:
-    """Join as ``name`` without the secret; every message the initializer sent."""
+def _forged_join(address: str, name: str, app: str, timeout: float = 20.0,
+                 secret: str | None = None) -> list:
+    """Join as ``name`` (proving ``secret`` if given); every message the
+    initializer sent."""
     host, _, port = address.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         ready, _, _ = select.select([sock], [], [], 10.0)
         hello = json.loads(sock.makefile("rb").readline()) if ready else {}
         join = {"type": "join", "protocol": hello.get("protocol", 1), "name": name,
                 "data": f"{HOST}:1", "app": app, "nonce": "00" * 16, "secret": None}
+        if secret:
+            join["proof"] = proof(secret, "worker", str(hello.get("nonce")), join["nonce"])
         sock.sendall(json.dumps(join).encode() + b"\n")
         return [hello, *_messages(sock, timeout)]
 
@@ -103,6 +123,39 @@ def test_a_forged_join_on_a_supervised_cluster_is_refused(tmp_path: Path, app_en
     assert any(m.get("type") == "refused" for m in answers), answers
     assert "refused a worker" in supervisor.stderr
     assert "grew" not in supervisor.stderr
+    assert len(out.read_text().splitlines()) == 1000
+
+
+@pytest.mark.timeout(120)
+def test_a_forged_join_on_a_loopback_cluster_without_a_secret_is_refused(
+    tmp_path: Path, app_env, free_port, slow_input: Path
+) -> None:
+    """A hand-started loopback cluster given no secret draws one, kept in a
+    file only its user reads: its own worker proves it and joins, a stranger
+    that does not read it is refused, and the file goes with the run."""
+    port = free_port()
+    control = f"{HOST}:{port}"
+    out = tmp_path / "out.txt"
+    common = ("--input", str(slow_input), "--output", str(out), *BATCH)
+    env = _no_secret_env(app_env, _runtime_dir(tmp_path))
+    secret_file = tmp_path / "run" / f"wallaroo-{os.getuid()}" / f"cluster-{port}.secret"
+    with processes(tmp_path, app_env) as start:
+        initializer = start("initializer", CLUSTER_SLOW, *common, "-t", "-w", "2",
+                            "-c", control, "-d", f"{HOST}:{free_port()}", env=env)
+        initializer.wait_for("waiting for 1 more worker", timeout=30)
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        assert str(secret_file) in initializer.stderr
+        worker = start("w2", CLUSTER_SLOW, *common, "-w", "2", "-c", control, "-n", "w2",
+                       env=env)
+        worker.wait_for("running application", timeout=30)
+        answers = _forged_join(control, "evil", "Slow Count")
+        assert worker.wait(60) == 0, worker.stderr
+        assert initializer.wait(60) == 0, initializer.stderr
+    assert not _started(answers), answers
+    assert any(m.get("type") == "refused" for m in answers), answers
+    assert "wrong cluster secret" in initializer.stderr
+    assert "grew" not in initializer.stderr
+    assert not secret_file.exists()
     assert len(out.read_text().splitlines()) == 1000
 
 
@@ -183,9 +236,11 @@ def test_the_secret_never_crosses_the_wire_and_a_replayed_join_is_refused(
 def test_a_worker_with_a_secret_does_not_trust_an_initializer_without_one(
     tmp_path: Path, app_env, free_port, word_text: Path
 ) -> None:
+    """(An initializer without a private directory to keep a drawn secret in,
+    so it uses none, and says so.)"""
     control = f"{HOST}:{free_port()}"
     common = ("--input", str(word_text), "--output", str(tmp_path / "out.txt"))
-    env = _no_secret_env(app_env)
+    env = _no_secret_env(app_env, _runtime_dir(tmp_path, private=False))
     with processes(tmp_path, app_env) as start:
         initializer = start("initializer", WORD_COUNT, *common, "-t", "-w", "2", "-c", control,
                             "--cluster-timeout", "20", env=env)
@@ -194,6 +249,7 @@ def test_a_worker_with_a_secret_does_not_trust_an_initializer_without_one(
                        env=dict(env, WALLAROO_CLUSTER_SECRET=SECRET))
         assert worker.wait(30) != 0
     assert "cannot prove it is the initializer" in worker.stderr, worker.stderr
+    assert "any process on this host can join" in initializer.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -315,13 +371,17 @@ def test_the_external_channel_without_a_secret_listens_on_loopback_only(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("private", [True, False], ids=["drawn-secret", "no-secret"])
 def test_a_forged_rejoin_does_not_restart_a_resilient_cluster(
-    tmp_path: Path, app_env, free_port, slow_input: Path
+    tmp_path: Path, app_env, free_port, slow_input: Path, private: bool
 ) -> None:
+    """A stranger joining under a worker's name: refused for want of the
+    drawn secret, or (no private directory, so no secret) admitted as a
+    re-join that, unproven, restarts nothing."""
     control = f"{HOST}:{free_port()}"
     out = tmp_path / "out.txt"
     common = ("--input", str(slow_input), "--output", str(out), *BATCH)
-    env = _no_secret_env(app_env)
+    env = _no_secret_env(app_env, _runtime_dir(tmp_path, private))
     with processes(tmp_path, app_env) as start:
         initializer = start("initializer", CLUSTER_SLOW, *common, "-t", "-w", "2",
                             "-c", control, "-d", f"{HOST}:{free_port()}",
@@ -336,7 +396,10 @@ def test_a_forged_rejoin_does_not_restart_a_resilient_cluster(
         assert initializer.wait(60) == 0, initializer.stderr
     assert initializer.stderr.count("running application") == 1, initializer.stderr
     assert "started again" not in initializer.stderr
-    assert "asked to join again while it is connected" in initializer.stderr
+    if private:
+        assert "wrong cluster secret" in initializer.stderr
+    else:
+        assert "asked to join again while it is connected" in initializer.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -347,21 +410,25 @@ def test_a_forged_rejoin_does_not_restart_a_resilient_cluster(
 @pytest.mark.timeout(180)
 def test_a_grow_whose_worker_never_connects_is_rolled_back(tmp_path: Path, app_env,
                                                            free_port) -> None:
-    """Without a secret a stranger on loopback can join; when it never
-    connects its data address the cluster goes back to what it was, and
-    every record is counted once."""
+    """A worker that proves the secret (here the one a loopback initializer
+    drew) but never connects its data address: the cluster goes back to
+    what it was, and every record is counted once."""
     source = tmp_path / "lines.txt"
     source.write_text("".join(f"k{i % 17}\n" for i in range(3000)))
     out = tmp_path / "out.txt"
-    control = f"{HOST}:{free_port()}"
+    port = free_port()
+    control = f"{HOST}:{port}"
+    runtime = _runtime_dir(tmp_path)
     with processes(tmp_path, app_env) as start:
         initializer = start("initializer", CLUSTER_SLOW, "--input", str(source), "--output",
                             str(out), *BATCH, "-t", "-w", "1", "-c", control,
-                            env=_no_secret_env(app_env))
+                            env=_no_secret_env(app_env, runtime))
         initializer.wait_for("running application", timeout=30)
+        secret = (runtime / f"wallaroo-{os.getuid()}" / f"cluster-{port}.secret").read_text()
         answers: list = []
         stranger = threading.Thread(
-            target=lambda: answers.extend(_forged_join(control, "ghost", "Slow Count", 90)),
+            target=lambda: answers.extend(
+                _forged_join(control, "ghost", "Slow Count", 90, secret=secret)),
             daemon=True,
         )
         stranger.start()

@@ -5,6 +5,12 @@ knows the secret with an HMAC-SHA256 of both nonces and its role: a proof is
 good for one connection only (a recorded one replayed on another connection
 meets another nonce) and one direction only (a proof sent back is not one).
 The same exchange guards the external channel.
+
+A cluster on loopback whose workers were given no secret still has one: the
+initializer draws it and writes it to a file only its user can read
+(:func:`publish_local_secret`), and workers started by that user on that host
+prove it (:func:`local_secret`). Strangers on the same host (other users)
+cannot join; the user's own processes can, as they could anyway.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import hmac
 import os
 import secrets
 import socket
+import stat
+import tempfile
 import threading
+from pathlib import Path
 
 #: The environment variable holding the cluster secret.
 SECRET_ENV = "WALLAROO_CLUSTER_SECRET"
@@ -59,6 +68,60 @@ def load_secret(opts: argparse.Namespace) -> str | None:
     if opts.cluster_secret is None:
         opts.cluster_secret = os.environ.get(SECRET_ENV) or None
     return None
+
+
+def _private_dir() -> Path | None:
+    """This user's directory for cluster secrets (``$XDG_RUNTIME_DIR`` or the
+    temporary directory, ``wallaroo-UID``, mode 0700), or None when it cannot
+    be made or is not this user's alone."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    path = Path(base) / f"wallaroo-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    return path
+
+
+def local_secret_path(port: int) -> Path | None:
+    """Where the secret of the loopback cluster with control port ``port`` is
+    kept, or None when this user has no private directory for it."""
+    directory = _private_dir()
+    return None if directory is None else directory / f"cluster-{port}.secret"
+
+
+def publish_local_secret(port: int) -> tuple[str, Path] | None:
+    """Draw a secret for the loopback cluster whose control port is ``port``
+    and write it where only this user can read it; the secret and its file,
+    or None when there is no such place."""
+    path = local_secret_path(port)
+    if path is None:
+        return None
+    secret = secrets.token_hex(32)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(secret)
+        os.replace(partial, path)
+    except OSError:
+        return None
+    return secret, path
+
+
+def local_secret(port: int) -> str | None:
+    """The secret the initializer on this host's control port ``port`` wrote
+    for its workers (:func:`publish_local_secret`), or None."""
+    path = local_secret_path(port)
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 class Watchdog:

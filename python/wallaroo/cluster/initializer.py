@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Callable
 
 from wallaroo.cluster import external
@@ -22,6 +23,7 @@ from wallaroo.cluster.auth import (
     nonce,
     proof,
     proves,
+    publish_local_secret,
 )
 from wallaroo.cluster.wire import (
     GROW_WITH_RESILIENCE,
@@ -67,6 +69,10 @@ class Initializer:
     done: threading.Event
     membership: Membership | None
     _server: socket.socket | None
+    #: The secret joins prove: the cluster's, or one drawn for a loopback
+    #: cluster without one (kept in ``_secret_file``, removed at the end).
+    _join_secret: str | None = None
+    _secret_file: Path | None = None
     _change_lock: threading.Lock
     _send_lock: threading.Lock
     _left: set
@@ -90,9 +96,28 @@ class Initializer:
                 f"(--cluster-secret-file or {SECRET_ENV}) so strangers cannot join"
             )
         try:
-            return _listening(host, port, backlog=64)
+            server = _listening(host, port, backlog=64)
         except OSError as err:
             raise ClusterSetupError(f"cannot listen on -c {self.opts.control}: {err}") from None
+        self._join_secret = self.opts.cluster_secret
+        if not self._join_secret:
+            published = publish_local_secret(server.getsockname()[1])
+            if published is None:
+                log.warning("no cluster secret, and no private directory to keep one in: any "
+                            "process on this host can join")
+            else:
+                self._join_secret, self._secret_file = published
+                log.info("no cluster secret given: workers started by this user on this host "
+                         "prove the one in %s", self._secret_file)
+        return server
+
+    def _stop_listening(self) -> None:
+        """Close the control port and remove the secret drawn for it."""
+        if self._server is not None:
+            self._server.close()
+        if self._secret_file is not None:
+            self._secret_file.unlink(missing_ok=True)
+            self._secret_file = None
 
     def _connections(self, server: socket.socket) -> Iterator[tuple[socket.socket, tuple]]:
         """The connections ``server`` accepts until the run ends or the socket
@@ -130,7 +155,7 @@ class Initializer:
     def _handshake(self, sock: socket.socket, peer: str) -> Joiner | None:
         """Challenge a new connection; the worker it admits, or None after
         refusing it (the reason is sent and logged)."""
-        secret = self.opts.cluster_secret
+        secret = self._join_secret
         server_nonce = nonce()
         reader = Lines(no_delay(sock))
         watchdog = Watchdog(sock)
@@ -172,7 +197,7 @@ class Initializer:
             return f"protocol {message.get('protocol')} is not {PROTOCOL}"
         if not isinstance(message.get("nonce"), str):
             return "no nonce"
-        secret = self.opts.cluster_secret
+        secret = self._join_secret
         if secret and not proves(secret, "worker", server_nonce, message["nonce"],
                                  message.get("proof")):
             return "wrong cluster secret (no proof of it)"
@@ -234,7 +259,7 @@ class Initializer:
                 joiner = self._joins.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 self.done.set()
-                server.close()
+                self._stop_listening()
                 raise ClusterSetupError(
                     f"only {len(addresses)} of {workers} workers joined within "
                     f"{self.opts.cluster_timeout:g} s"

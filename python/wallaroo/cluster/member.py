@@ -10,13 +10,14 @@ import threading
 import time
 from typing import Callable
 
-from wallaroo.cluster.auth import nonce, proof, proves
+from wallaroo.cluster.auth import local_secret, nonce, proof, proves
 from wallaroo.cluster.wire import (
     PROTOCOL,
     ClusterSetupError,
     Lines,
     Membership,
     free_address,
+    is_loopback,
     no_delay,
     send,
     split_address,
@@ -95,6 +96,10 @@ class Member:
                     f"the initializer speaks another protocol (said {hello.get('type')!r}, "
                     f"protocol {hello.get('protocol')!r}; this worker speaks {PROTOCOL})"
                 )
+            if not secret and hello.get("secret") and is_loopback(sock.getpeername()[0]):
+                # A loopback cluster without a given secret: the initializer
+                # drew one that this user can read.
+                secret = local_secret(sock.getpeername()[1])
             if secret and not hello.get("secret"):
                 raise ClusterSetupError(
                     "this worker has a cluster secret but the initializer uses none: it "

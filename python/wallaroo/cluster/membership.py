@@ -163,8 +163,7 @@ class Cluster(Initializer, Member):
             return ok, reason
         if self._report is not None:
             self._send_to_peers(self._report)
-        if self._server is not None:
-            self._server.close()
+        self._stop_listening()
         with self._change_lock:  # a change under way settles the membership first
             names = [name for name, _sock, _reader in self.membership.peers]
         if self.opts.cluster_initializer:
