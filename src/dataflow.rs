@@ -35,7 +35,7 @@ use crate::codec::Codec;
 use crate::errors::{Error, StepFailure};
 use crate::metrics::PipelineMetrics;
 use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StartOffset, StepKind};
-use crate::resilience::{self, SourcePosition};
+use crate::recovery::{self, SourcePosition};
 use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::{self, Output, SinkContext, SinkMessage};
 use crate::sources::{self, Frame, SourceContext, SourceHandle};
@@ -267,14 +267,14 @@ pub(crate) struct Resources {
 /// Crash recovery for one run: the snapshot writer and where the run began.
 pub(crate) struct ResilienceRun {
     interval: Duration,
-    writer: resilience::Writer,
+    writer: recovery::Writer,
     /// The next snapshot's id (the same sequence on every worker).
     next_id: std::sync::atomic::AtomicU64,
     /// The run's lineage, written with each snapshot.
     tag: String,
     /// The run's workers, by index.
     members: Vec<String>,
-    stats: Arc<resilience::WriterStats>,
+    stats: Arc<recovery::WriterStats>,
 }
 
 /// The options sources are made with.
@@ -290,26 +290,26 @@ fn start_resilience(
     settings: &crate::plan::ResilienceOptions,
     names: &[String],
     worker: usize,
-) -> Result<(ResilienceRun, Option<resilience::Recovered>), Error> {
+) -> Result<(ResilienceRun, Option<recovery::Recovered>), Error> {
     let me = names
         .get(worker)
         .cloned()
         .unwrap_or_else(|| settings.worker.clone());
-    let recovered = resilience::recover(&settings.dir, &settings.app, &me, names)?;
-    let identity = resilience::Identity {
+    let recovered = recovery::recover(&settings.dir, &settings.app, &me, names)?;
+    let identity = recovery::Identity {
         app: settings.app.clone(),
         worker: me,
     };
-    let mut store = resilience::Store::open(&settings.dir, &identity)?;
+    let mut store = recovery::Store::open(&settings.dir, &identity)?;
     let base = recovered.as_ref().map_or(0, |r| r.id);
     // Snapshots after the one recovered were never complete: a new lineage
     // starts from it.
     store.truncate_after(base)?;
     let tag = serde_json::json!({ "base": base, "members": names }).to_string();
-    let stats = Arc::new(resilience::WriterStats::default());
+    let stats = Arc::new(recovery::WriterStats::default());
     let run = ResilienceRun {
         interval: Duration::from_millis(settings.interval_ms),
-        writer: resilience::Writer::start(
+        writer: recovery::Writer::start(
             store,
             stats.clone(),
             Duration::from_millis(settings.give_up_ms),
@@ -422,7 +422,7 @@ impl Resources {
     }
 
     /// Put the recovered states into the stores.
-    fn restore(&self, recovered: &resilience::Recovered) -> Result<(), Error> {
+    fn restore(&self, recovered: &recovery::Recovered) -> Result<(), Error> {
         Python::attach(|py| -> Result<(), Error> {
             let codec = Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
             let own = recovered.rows.iter().map(|row| (row, false));
@@ -490,7 +490,7 @@ impl Resources {
         };
         let id = run.next_id.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let rows = Python::attach(|py| -> Result<Vec<resilience::StateRow>, Error> {
+        let rows = Python::attach(|py| -> Result<Vec<recovery::StateRow>, Error> {
             let codec = Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
             let mut rows = Vec::new();
             for (name, store) in &self.stores {
@@ -511,7 +511,7 @@ impl Resources {
                         }
                         None => None,
                     };
-                    rows.push(resilience::StateRow {
+                    rows.push(recovery::StateRow {
                         store: name.clone(),
                         key: canonical,
                         value,
@@ -540,7 +540,7 @@ impl Resources {
             }
         }
         run.writer.snapshot(
-            resilience::Snapshot {
+            recovery::Snapshot {
                 id,
                 tag: run.tag.clone(),
                 members: run.members.clone(),

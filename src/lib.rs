@@ -34,7 +34,7 @@ pub mod metrics;
 pub mod peers;
 pub mod plan;
 pub mod pycall;
-pub mod resilience;
+pub mod recovery;
 pub mod routing;
 pub mod sinks;
 pub mod sources;

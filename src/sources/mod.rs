@@ -165,7 +165,7 @@ pub fn start(
     kind: SourceKind,
     framing: Framing,
     ctx: SourceContext,
-    resume: Option<&crate::resilience::SourcePosition>,
+    resume: Option<&crate::recovery::SourcePosition>,
 ) -> Result<SourceHandle, Error> {
     let framing = Arc::new(framing);
     let metrics = ctx.metrics.clone();
