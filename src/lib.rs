@@ -19,8 +19,9 @@
 //! * [`bad_input`] counts, logs and keeps records that could not be read.
 //! * [`errors`] is the one place where engine errors become Python exceptions.
 //! * [`metrics`] keeps the counters (per batch, never per record on shared
-//!   atomics) and [`http`] serves them: Prometheus text, a JSON status and a
-//!   live web page, for every worker of the cluster at the initializer.
+//!   atomics) and serves them: Prometheus text, a JSON status and a live web
+//!   page, for every worker of the cluster at the initializer.
+//! * [`sync`] holds the crate's one lock helper.
 
 pub mod bad_input;
 pub mod cluster;
@@ -28,7 +29,6 @@ pub mod codec;
 pub mod dataflow;
 pub mod errors;
 pub mod framing;
-pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod peers;
@@ -136,7 +136,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(connected_generation, m)?)?;
     m.add_function(wrap_pyfunction!(restart, m)?)?;
     m.add_class::<kafka::EmbeddedKafka>()?;
-    http::register(m)?;
+    metrics::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

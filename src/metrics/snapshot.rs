@@ -1,0 +1,172 @@
+//! What a worker measured at one moment, as it travels (JSON) from the
+//! workers to the initializer, and sums over workers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::histogram::HistogramSnapshot;
+
+/// One step's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StepSnapshot {
+    /// Step name.
+    pub name: String,
+    /// `decoder`, `step` or `encoder`.
+    pub kind: String,
+    /// Records the step was called with.
+    pub records_in: u64,
+    /// Records it passed on.
+    pub records_out: u64,
+    /// Records it dropped (None).
+    pub dropped: u64,
+    /// Estimated Python time.
+    pub python_seconds: f64,
+    /// Sampled call durations.
+    pub call_duration: HistogramSnapshot,
+}
+
+/// One pipeline's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PipelineSnapshot {
+    /// Pipeline name.
+    pub name: String,
+    /// Source label (empty where the source does not run).
+    pub source: String,
+    /// Sink label (empty where the sink does not run).
+    pub sink: String,
+    /// Records read by the source.
+    pub records_in: u64,
+    /// Bytes read by the source.
+    pub bytes_in: u64,
+    /// Records encoded for the sink.
+    pub records_out: u64,
+    /// Bytes written by the sink.
+    pub bytes_out: u64,
+    /// Records dropped by steps.
+    pub dropped: u64,
+    /// Records skipped after errors (`--on-error skip`).
+    pub skipped_errors: u64,
+    /// Records the sink wrote.
+    pub sink_records: u64,
+    /// Records the sink could not deliver.
+    pub sink_errors: u64,
+    /// Sink reconnects.
+    pub sink_retries: u64,
+    /// Records per batch.
+    pub batch_sizes: HistogramSnapshot,
+    /// Source-to-sink latency.
+    pub latency: HistogramSnapshot,
+    /// `[decoder, steps..., encoder]`.
+    pub steps: Vec<StepSnapshot>,
+    /// The Kafka source's topic, if any.
+    pub kafka_topic: String,
+    /// Lag per partition of a Kafka source.
+    pub kafka_lag: Vec<(i32, i64)>,
+}
+
+/// Bad records of one kind in one pipeline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BadCount {
+    /// Pipeline.
+    pub pipeline: String,
+    /// truncated, decode_error, ...
+    pub kind: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// A recent bad record, shortened.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecentBad {
+    /// Unix seconds.
+    pub time: f64,
+    /// Pipeline.
+    pub pipeline: String,
+    /// Source and position.
+    pub position: String,
+    /// What was wrong.
+    pub kind: String,
+    /// The error's last line.
+    pub error: String,
+    /// The payload, shortened.
+    pub payload: String,
+}
+
+/// Everything one worker measured, at one moment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerSnapshot {
+    /// Worker name.
+    pub worker: String,
+    /// Index in the cluster.
+    pub index: usize,
+    /// Workers in the cluster, as this worker sees it.
+    pub workers: usize,
+    /// When (Unix seconds).
+    pub time: f64,
+    /// When the process started measuring.
+    pub started: f64,
+    /// `starting`, `running`, `finished`, or `lost` (set by the initializer).
+    pub state: String,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Completed epochs.
+    pub epochs_completed: u64,
+    /// Epoch durations.
+    pub epoch_duration: HistogramSnapshot,
+    /// Per pipeline.
+    pub pipelines: Vec<PipelineSnapshot>,
+    /// Bad input by pipeline and kind.
+    pub bad_input: Vec<BadCount>,
+    /// Bad records that could not be written to the dead-letter file.
+    #[serde(default)]
+    pub dead_letter_failed: u64,
+    /// The newest bad records.
+    pub recent_bad: Vec<RecentBad>,
+    /// Keys held per state.
+    pub state_keys: BTreeMap<String, u64>,
+}
+
+impl WorkerSnapshot {
+    /// Bad records of every kind.
+    pub fn bad_total(&self) -> u64 {
+        self.bad_input.iter().map(|b| b.count).sum()
+    }
+
+    /// Sum of a pipeline counter over the pipelines.
+    pub fn sum(&self, counter: impl Fn(&PipelineSnapshot) -> u64) -> u64 {
+        self.pipelines.iter().map(counter).sum()
+    }
+}
+
+/// A worker's snapshot as the initializer knows it.
+#[derive(Debug, Clone)]
+pub struct KnownWorker {
+    /// The snapshot.
+    pub snapshot: WorkerSnapshot,
+    /// This process's own.
+    pub local: bool,
+    /// Seconds since it arrived (0 for the local one).
+    pub age: f64,
+    /// Its control connection closed before it finished.
+    pub lost: bool,
+}
+
+/// Sum over workers, for the terminal's progress line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// Records read by sources.
+    pub records_in: u64,
+    /// Records encoded for sinks.
+    pub records_out: u64,
+    /// Dropped by steps.
+    pub dropped: u64,
+    /// Bad input.
+    pub bad_input: u64,
+    /// Records skipped after errors plus sink errors.
+    pub errors: u64,
+    /// Workers known (this one and those reporting).
+    pub workers: usize,
+    /// Kafka consumer lag, summed over partitions.
+    pub kafka_lag: i64,
+}

@@ -1,0 +1,283 @@
+//! The `/status` document: the application, its pipelines and steps, the
+//! workers and the keys they hold, current rates, recent bad input.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::clock::unix_seconds;
+use super::history::latest_point;
+use super::registry::{app_name, cluster, known_workers, started, RECENT_BAD_IN_SNAPSHOT};
+use super::snapshot::RecentBad;
+
+#[derive(Serialize)]
+struct StepStatus {
+    name: String,
+    kind: String,
+    records_in: u64,
+    records_out: u64,
+    dropped: u64,
+    python_seconds: f64,
+    per_second: f64,
+    mean_seconds: Option<f64>,
+    p50_seconds: Option<f64>,
+    p99_seconds: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct PipelineStatus {
+    name: String,
+    sources: Vec<String>,
+    sinks: Vec<String>,
+    records_in: u64,
+    bytes_in: u64,
+    records_out: u64,
+    bytes_out: u64,
+    dropped: u64,
+    skipped_errors: u64,
+    bad_input: u64,
+    sink_records: u64,
+    sink_errors: u64,
+    sink_retries: u64,
+    in_per_second: f64,
+    out_per_second: f64,
+    latency_seconds: BTreeMap<&'static str, Option<f64>>,
+    steps: Vec<StepStatus>,
+    kafka_lag: i64,
+}
+
+#[derive(Serialize)]
+struct WorkerStatus {
+    name: String,
+    index: usize,
+    address: String,
+    state: String,
+    up: bool,
+    serving: bool,
+    report_age_seconds: f64,
+    records_in: u64,
+    records_out: u64,
+    dropped: u64,
+    bad_input: u64,
+    in_per_second: f64,
+    out_per_second: f64,
+    epoch: u64,
+    epochs_completed: u64,
+    state_keys: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize)]
+struct Totals {
+    records_in: u64,
+    records_out: u64,
+    dropped: u64,
+    bad_input: u64,
+    errors: u64,
+    sink_errors: u64,
+    in_per_second: f64,
+    out_per_second: f64,
+    bad_per_second: f64,
+}
+
+#[derive(Serialize)]
+pub(super) struct Status {
+    app: String,
+    scope: &'static str,
+    worker: String,
+    time: f64,
+    started: f64,
+    state: String,
+    expected_workers: usize,
+    totals: Totals,
+    pipelines: Vec<PipelineStatus>,
+    workers: Vec<WorkerStatus>,
+    keys: BTreeMap<String, BTreeMap<String, u64>>,
+    bad_input: BTreeMap<String, u64>,
+    pub(super) recent_bad_input: Vec<RecentBad>,
+}
+
+pub(super) fn status(everyone: bool) -> Status {
+    let workers = known_workers(everyone);
+    let point = latest_point(everyone);
+    let cluster = cluster();
+    let mut pipelines: Vec<PipelineStatus> = Vec::new();
+    let mut keys: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut bad_by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    let mut recent = Vec::new();
+    let mut worker_rows = Vec::new();
+    for known in &workers {
+        let s = &known.snapshot;
+        for (state, n) in &s.state_keys {
+            keys.entry(state.clone())
+                .or_default()
+                .insert(s.worker.clone(), *n);
+        }
+        for bad in &s.bad_input {
+            *bad_by_kind.entry(bad.kind.clone()).or_insert(0) += bad.count;
+        }
+        recent.extend(s.recent_bad.iter().cloned());
+        for p in &s.pipelines {
+            let row = match pipelines.iter_mut().position(|r| r.name == p.name) {
+                Some(i) => &mut pipelines[i],
+                None => {
+                    pipelines.push(PipelineStatus {
+                        name: p.name.clone(),
+                        sources: Vec::new(),
+                        sinks: Vec::new(),
+                        records_in: 0,
+                        bytes_in: 0,
+                        records_out: 0,
+                        bytes_out: 0,
+                        dropped: 0,
+                        skipped_errors: 0,
+                        bad_input: 0,
+                        sink_records: 0,
+                        sink_errors: 0,
+                        sink_retries: 0,
+                        in_per_second: 0.0,
+                        out_per_second: 0.0,
+                        latency_seconds: BTreeMap::new(),
+                        steps: Vec::new(),
+                        kafka_lag: 0,
+                    });
+                    pipelines.last_mut().expect("just pushed")
+                }
+            };
+            if !p.source.is_empty() && !row.sources.contains(&p.source) {
+                row.sources.push(p.source.clone());
+            }
+            if !p.sink.is_empty() && !row.sinks.contains(&p.sink) {
+                row.sinks.push(p.sink.clone());
+            }
+            row.records_in += p.records_in;
+            row.bytes_in += p.bytes_in;
+            row.records_out += p.records_out;
+            row.bytes_out += p.bytes_out;
+            row.dropped += p.dropped;
+            row.skipped_errors += p.skipped_errors;
+            row.sink_records += p.sink_records;
+            row.sink_errors += p.sink_errors;
+            row.sink_retries += p.sink_retries;
+            row.kafka_lag += p.kafka_lag.iter().map(|(_, l)| *l).sum::<i64>();
+            row.bad_input += s
+                .bad_input
+                .iter()
+                .filter(|b| b.pipeline == p.name)
+                .map(|b| b.count)
+                .sum::<u64>();
+            for step in &p.steps {
+                let srow = match row.steps.iter_mut().position(|r| r.name == step.name) {
+                    Some(i) => &mut row.steps[i],
+                    None => {
+                        row.steps.push(StepStatus {
+                            name: step.name.clone(),
+                            kind: step.kind.clone(),
+                            records_in: 0,
+                            records_out: 0,
+                            dropped: 0,
+                            python_seconds: 0.0,
+                            per_second: 0.0,
+                            mean_seconds: None,
+                            p50_seconds: None,
+                            p99_seconds: None,
+                        });
+                        row.steps.last_mut().expect("just pushed")
+                    }
+                };
+                srow.records_in += step.records_in;
+                srow.records_out += step.records_out;
+                srow.dropped += step.dropped;
+                srow.python_seconds += step.python_seconds;
+            }
+        }
+        let wp = point.workers.get(&s.worker).cloned().unwrap_or_default();
+        let up = !known.lost && s.state != "finished" && known.age < 10.0;
+        worker_rows.push(WorkerStatus {
+            name: s.worker.clone(),
+            index: s.index,
+            address: cluster
+                .get(s.index)
+                .map(|(_, address)| address.clone())
+                .unwrap_or_default(),
+            state: s.state.clone(),
+            up,
+            serving: known.local,
+            report_age_seconds: known.age,
+            records_in: s.sum(|p| p.records_in),
+            records_out: s.sum(|p| p.records_out),
+            dropped: s.sum(|p| p.dropped),
+            bad_input: s.bad_total(),
+            in_per_second: wp.r#in,
+            out_per_second: wp.out,
+            epoch: s.epoch,
+            epochs_completed: s.epochs_completed,
+            state_keys: s.state_keys.clone(),
+        });
+    }
+    for row in &mut pipelines {
+        if let Some(pp) = point.total.pipelines.get(&row.name) {
+            row.in_per_second = pp.r#in;
+            row.out_per_second = pp.out;
+            row.latency_seconds =
+                BTreeMap::from([("p50", pp.p50), ("p95", pp.p95), ("p99", pp.p99)]);
+            for step in &mut row.steps {
+                if let Some(sp) = pp.steps.get(&step.name) {
+                    step.per_second = sp.rate;
+                    step.mean_seconds = sp.mean;
+                    step.p50_seconds = sp.p50;
+                    step.p99_seconds = sp.p99;
+                }
+            }
+        }
+    }
+    recent.sort_by(|a, b| a.time.total_cmp(&b.time));
+    let skip = recent.len().saturating_sub(RECENT_BAD_IN_SNAPSHOT);
+    let recent: Vec<_> = recent.into_iter().skip(skip).collect();
+    let local = &workers[0].snapshot;
+    let state = if workers.iter().any(|w| w.snapshot.state == "running") {
+        "running"
+    } else {
+        local.state.as_str()
+    };
+    Status {
+        app: app_name(),
+        scope: if everyone { "cluster" } else { "worker" },
+        worker: local.worker.clone(),
+        time: unix_seconds(),
+        started: started(),
+        state: state.to_owned(),
+        expected_workers: if everyone {
+            cluster.len().max(workers.len())
+        } else {
+            1
+        },
+        totals: Totals {
+            records_in: workers
+                .iter()
+                .map(|w| w.snapshot.sum(|p| p.records_in))
+                .sum(),
+            records_out: workers
+                .iter()
+                .map(|w| w.snapshot.sum(|p| p.records_out))
+                .sum(),
+            dropped: workers.iter().map(|w| w.snapshot.sum(|p| p.dropped)).sum(),
+            bad_input: workers.iter().map(|w| w.snapshot.bad_total()).sum(),
+            errors: workers
+                .iter()
+                .map(|w| w.snapshot.sum(|p| p.skipped_errors))
+                .sum(),
+            sink_errors: workers
+                .iter()
+                .map(|w| w.snapshot.sum(|p| p.sink_errors))
+                .sum(),
+            in_per_second: point.total.r#in,
+            out_per_second: point.total.out,
+            bad_per_second: point.total.bad,
+        },
+        pipelines,
+        workers: worker_rows,
+        keys,
+        bad_input: bad_by_kind,
+        recent_bad_input: recent,
+    }
+}
