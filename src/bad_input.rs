@@ -16,6 +16,7 @@ use base64::Engine as _;
 use serde::Serialize;
 
 use crate::errors::{shorten, Error};
+use crate::sync::lock;
 
 /// How many bad records are kept in memory.
 pub const RECENT_LIMIT: usize = 1000;
@@ -196,10 +197,7 @@ impl BadInput {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let payload_preview = preview(payload);
-        let mut inner = match self.inner.lock() {
-            Ok(inner) => inner,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut inner = lock(&self.inner);
         if let Some(file) = inner.file.as_mut() {
             file.keep(&DeadLetterLine {
                 time,
@@ -235,10 +233,7 @@ impl BadInput {
     /// [`LOG_BURST`] lines per kind every [`LOG_WINDOW`], then one line
     /// saying how many were not logged (all are counted and kept).
     pub fn should_log(&self, kind: &str) -> bool {
-        let mut windows = match self.log_windows.lock() {
-            Ok(windows) => windows,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut windows = lock(&self.log_windows);
         let now = Instant::now();
         let window = windows.entry(kind.to_owned()).or_insert((now, 0, 0));
         if now.duration_since(window.0) >= LOG_WINDOW {
@@ -262,27 +257,18 @@ impl BadInput {
 
     /// Bad records so far, by kind.
     pub fn counts(&self) -> BTreeMap<String, u64> {
-        match self.inner.lock() {
-            Ok(inner) => inner.counts.clone(),
-            Err(poisoned) => poisoned.into_inner().counts.clone(),
-        }
+        lock(&self.inner).counts.clone()
     }
 
     /// Bad records that could not be written to the dead-letter file.
     pub fn dead_letter_failed(&self) -> u64 {
-        let inner = match self.inner.lock() {
-            Ok(inner) => inner,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let inner = lock(&self.inner);
         inner.file.as_ref().map_or(0, |file| file.failed)
     }
 
     /// Bad records so far, by pipeline and kind.
     pub fn counts_by_pipeline(&self) -> Vec<(String, String, u64)> {
-        let inner = match self.inner.lock() {
-            Ok(inner) => inner,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let inner = lock(&self.inner);
         inner
             .by_pipeline
             .iter()
@@ -292,20 +278,14 @@ impl BadInput {
 
     /// The `n` newest bad records, oldest first.
     pub fn newest(&self, n: usize) -> Vec<BadRecord> {
-        let inner = match self.inner.lock() {
-            Ok(inner) => inner,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let inner = lock(&self.inner);
         let skip = inner.recent.len().saturating_sub(n);
         inner.recent.iter().skip(skip).cloned().collect()
     }
 
     /// The most recent bad records, oldest first.
     pub fn recent(&self) -> Vec<BadRecord> {
-        match self.inner.lock() {
-            Ok(inner) => inner.recent.iter().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().recent.iter().cloned().collect(),
-        }
+        lock(&self.inner).recent.iter().cloned().collect()
     }
 }
 

@@ -17,6 +17,7 @@ use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::errors::Error;
+use crate::sync::lock;
 
 /// How long start-up waits for broker metadata before going on without it.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,7 +83,7 @@ impl ClientContext for StartupErrors {
             )
         );
         if lasting {
-            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            let mut refused = lock(&self.refused);
             refused.get_or_insert_with(|| reason.to_string());
         }
     }
@@ -137,12 +138,7 @@ pub fn check_topic(
             // event per poll; its log lines come through the same queue).
             let refused = (0..200).find_map(|_| {
                 client.poll(Duration::ZERO);
-                let mut refused = client
-                    .context()
-                    .refused
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                refused.take()
+                lock(&client.context().refused).take()
             });
             if let Some(reason) = refused {
                 return Err(Error::Config(format!(

@@ -11,7 +11,6 @@ use super::clock::now_ns;
 use super::histogram::{bucket_of, Histogram, BATCH_RECORDS, CALL_NS, EPOCH_NS, LATENCY_NS};
 use super::registry::{current_run, enabled, RunMetrics};
 use super::snapshot::{PipelineSnapshot, StepSnapshot};
-use crate::sinks::Output;
 use crate::sync::lock;
 
 /// One record in this many has its Python calls timed.
@@ -156,10 +155,11 @@ impl PipelineMetrics {
         labels.kafka_lag = lag;
     }
 
-    /// The sink thread wrote `batch`: count it and observe the latency of
-    /// each record (one clock read per batch).
-    pub fn sink_wrote(&self, batch: &[Output]) {
-        Self::add(&self.sink_records, batch.len() as u64);
+    /// The sink thread wrote a batch whose records were read at `read_ns`
+    /// ([`now_ns`]; 0: unknown): count it and observe the latency of each
+    /// record (one clock read per batch).
+    pub fn sink_wrote(&self, read_ns: impl ExactSizeIterator<Item = u64>) {
+        Self::add(&self.sink_records, read_ns.len() as u64);
         if !enabled() {
             return;
         }
@@ -169,13 +169,13 @@ impl PipelineMetrics {
         let mut seen = false;
         // Records of one source batch share a stamp: look each stamp up once.
         let mut last = (u64::MAX, 0usize, 0u64);
-        for record in batch {
-            if record.read_ns == 0 {
+        for read_ns in read_ns {
+            if read_ns == 0 {
                 continue;
             }
-            if record.read_ns != last.0 {
-                let latency = now.saturating_sub(record.read_ns);
-                last = (record.read_ns, bucket_of(LATENCY_NS, latency), latency);
+            if read_ns != last.0 {
+                let latency = now.saturating_sub(read_ns);
+                last = (read_ns, bucket_of(LATENCY_NS, latency), latency);
             }
             counts[last.1] += 1;
             sum += last.2;

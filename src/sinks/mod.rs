@@ -172,7 +172,7 @@ fn write_loop(rx: Receiver<SinkMessage>, mut writer: Box<dyn BatchWriter>, ctx: 
         match writer.write_batch(&batch) {
             Ok(()) => {
                 PipelineMetrics::add(&ctx.metrics.bytes_out, bytes as u64);
-                ctx.metrics.sink_wrote(&batch);
+                ctx.metrics.sink_wrote(batch.iter().map(|r| r.read_ns));
                 if failing > 0 {
                     log::warn!(
                         "pipeline {:?}: {}: delivering again, after {failing} records not \
