@@ -737,6 +737,7 @@ impl Resources {
                         multi,
                         keys: _,
                         tick,
+                        origin,
                     } => Kind::State {
                         store: self.stores.get(state_name).cloned().ok_or_else(|| {
                             Error::Config(format!("state {state_name:?} has no state class"))
@@ -746,6 +747,7 @@ impl Resources {
                         u64_keys: *u64_keys,
                         multi: *multi,
                         tick: tick.as_ref().map(|t| t.clone_ref(py)),
+                        origin: *origin,
                     },
                 };
                 Ok(Step {

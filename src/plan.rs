@@ -173,6 +173,9 @@ pub enum StepKind {
         /// Windows: `tick(states, final)` fires what is due on the engine's
         /// timer (see [`crate::ticks`]).
         tick: Option<Py<PyAny>>,
+        /// Event-time windows: `compute(data, state, (reader, stream))`, the
+        /// record's source partition as a third argument.
+        origin: bool,
     },
 }
 
@@ -417,6 +420,7 @@ impl StepPlan {
                 multi: kind_name == "state_multi",
                 keys: item(dict, "keys")?.extract()?,
                 tick: optional(dict, "tick")?.map(Bound::unbind),
+                origin: optional(dict, "origin")?.map_or(Ok(false), |v| v.extract())?,
             },
             other => return Err(Error::Config(format!("unknown step kind {other:?}")).into()),
         };

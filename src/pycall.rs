@@ -43,10 +43,14 @@ fn call<'py>(
     function: &Bound<'py, PyAny>,
     args: &[&Bound<'py, PyAny>],
 ) -> Option<PyResult<Bound<'py, PyAny>>> {
+    const MAX_ARGS: usize = 3;
+    if args.len() > MAX_ARGS {
+        return None;
+    }
     let vectorcall = vectorcall()?;
     let py = function.py();
     // One scratch slot before the arguments, as ARGUMENTS_OFFSET allows.
-    let mut slots = [std::ptr::null_mut(); 3];
+    let mut slots = [std::ptr::null_mut(); MAX_ARGS + 1];
     for (slot, arg) in slots[1..].iter_mut().zip(args) {
         *slot = arg.as_ptr();
     }
@@ -86,12 +90,23 @@ pub fn call2<'py>(
     call(function, &[first, second]).unwrap_or_else(|| function.call1((first, second)))
 }
 
+/// `function(first, second, third)`.
+pub fn call3<'py>(
+    function: &Bound<'py, PyAny>,
+    first: &Bound<'py, PyAny>,
+    second: &Bound<'py, PyAny>,
+    third: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    call(function, &[first, second, third])
+        .unwrap_or_else(|| function.call1((first, second, third)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn calls_with_one_and_two_arguments() {
+    fn calls_with_one_two_and_three_arguments() {
         Python::initialize();
         Python::attach(|py| {
             let builtins = py.import("builtins").unwrap();
@@ -104,6 +119,14 @@ mod tests {
             assert_eq!(
                 call2(&pow, &two, &ten).unwrap().extract::<i64>().unwrap(),
                 1024
+            );
+            let three = 3i64.into_pyobject(py).unwrap().into_any();
+            assert_eq!(
+                call3(&pow, &two, &ten, &three)
+                    .unwrap()
+                    .extract::<i64>()
+                    .unwrap(),
+                1
             );
             let err = call1(&abs, &py.None().into_bound(py)).unwrap_err();
             assert!(err.is_instance_of::<pyo3::exceptions::PyTypeError>(py));

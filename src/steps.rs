@@ -14,7 +14,7 @@ use crate::bad_input::BadInput;
 use crate::errors::{format_py_err, short_repr, StepFailure};
 use crate::metrics::{ChainStats, PipelineMetrics};
 use crate::plan::OnError;
-use crate::pycall::{call1, call2};
+use crate::pycall::{call1, call2, call3};
 use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::Output;
 use crate::sources::{Frame, Pos, SourceInfo};
@@ -281,6 +281,9 @@ pub enum Kind {
         /// Windows: `tick(states, end)` -> `[(key, outputs), ...]` or None,
         /// called on the engine's timer and at the end of input.
         tick: Option<Py<PyAny>>,
+        /// Event-time windows: called as `compute(data, state, (reader,
+        /// stream))`, so they keep a watermark per source partition.
+        origin: bool,
     },
 }
 
@@ -721,6 +724,8 @@ impl Chain {
             store,
             u64_keys,
             multi,
+            tick,
+            origin,
             ..
         } = &step.kind
         else {
@@ -731,10 +736,18 @@ impl Chain {
         let state = store
             .get_or_create(py, &key, *u64_keys)
             .map_err(|detail| self.failure(cursor, &step.name, &value, detail))?;
+        let func = step.func.bind(py);
         let result = self
             .batch_counts
             .stats
-            .call(index + 1, || call2(step.func.bind(py), &value, &state))
+            .call(index + 1, || {
+                if *origin {
+                    let from = (cursor.order.reader, cursor.order.stream).into_pyobject(py)?;
+                    call3(func, &value, &state, from.as_any())
+                } else {
+                    call2(func, &value, &state)
+                }
+            })
             .map_err(py_failure)?;
         let shape_error = || {
             self.failure(
@@ -749,8 +762,14 @@ impl Chain {
             )
         };
         let pair = result.cast::<PyTuple>().map_err(|_| shape_error())?;
-        if pair.len() != 2 {
-            return Err(shape_error());
+        // Windows add a third item: None, or why the record is late.
+        let late = match (pair.len(), tick) {
+            (2, _) => None,
+            (3, Some(_)) => Some(pair.get_item(2).map_err(py_failure)?),
+            _ => return Err(shape_error()),
+        };
+        if let Some(late) = late.filter(|late| !late.is_none()) {
+            self.keep_late(cursor, &value, &late);
         }
         let changed = pair.get_item(1).map_err(py_failure)?;
         if !changed.is_instance_of::<PyBool>() {
@@ -758,6 +777,27 @@ impl Chain {
         }
         let output = pair.get_item(0).map_err(py_failure)?;
         self.next(py, cursor, step, index, &value, output, *multi, out)
+    }
+
+    /// A record a window step found late (every window it belongs to has
+    /// fired): counted, logged with where it came from and kept like bad
+    /// input (kind `late_event`; the payload is the record's repr).
+    fn keep_late(&self, cursor: &Cursor, value: &Bound<'_, PyAny>, why: &Bound<'_, PyAny>) {
+        let record = value
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| short_repr(value, RECORD_REPR_LIMIT));
+        let detail = why
+            .str()
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| short_repr(why, RECORD_REPR_LIMIT));
+        self.bad.record(
+            &self.pipeline,
+            &self.source.describe(&cursor.pos()),
+            "late_event",
+            &detail,
+            record.as_bytes(),
+        );
     }
 
     #[allow(clippy::too_many_arguments)]

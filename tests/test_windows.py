@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -387,3 +388,271 @@ def test_count_windows_move_with_their_keys_across_2_3_2_workers(run_app, tmp_pa
         # record in exactly one window, in order.
         expected = [seqs[i : i + 7] for i in range(0, len(seqs), 7)]
         assert windows[key] == expected, key
+
+
+# ---------------------------------------------------------------------------
+# Beyond 0.6: event time, watermarks, late events, epoch alignment
+# ---------------------------------------------------------------------------
+
+
+class Ids(wallaroo.Aggregation):
+    """Collects record ids; empty windows output nothing."""
+
+    def initial_accumulator(self):
+        return []
+
+    def update(self, data, acc):
+        acc.append(data[1])
+
+    def combine(self, a, b):
+        return a + b
+
+    def output(self, key, acc):
+        return (key, sorted(acc)) if acc else None
+
+
+@wallaroo.timestamp_extractor
+def _event_time(data):
+    return data[1]
+
+
+def _event_stage(wrange, slide, lateness=0, idle=None, stage_id="test/event"):
+    builder = wallaroo.range_windows(wrange).with_slide(slide).with_allowed_lateness(lateness)
+    builder = builder.with_event_time(_event_time)
+    if idle is not None:
+        builder = builder.with_idle_timeout(idle)
+    return win.EventRangeStage(builder.over(Ids), lambda d: d[0], 1, stage_id)
+
+
+def _feed(stage, states, records, origin=(0, 0)):
+    """Run ``records`` through ``stage``; (outputs, late records)."""
+    outs, late = [], []
+    for record in records:
+        state = states.setdefault(record[0], stage.new_state())
+        result = stage.process(record, state, origin, source="src")
+        outs.extend(result[0])
+        if len(result) == 3:
+            assert "late event" in result[2] and "watermark" in result[2]
+            late.append(record)
+    return outs, late
+
+
+def test_event_time_windows_take_out_of_order_events_and_return_late_ones(monkeypatch):
+    Clock(monkeypatch, 0)
+    stage = _event_stage(10, 10, lateness=5)
+    states: dict = {}
+    records = [("k", 3), ("k", 12), ("k", 7), ("j", 1), ("k", 16), ("k", 8), ("j", 9), ("k", 25)]
+    outs, late = _feed(stage, states, records)
+    # [0,10) of k fires once the watermark (16) reaches 10 + 5; 7 came out of
+    # order within the lateness and counts; 8 and j's 9 came after [0,10) was due
+    # (j's fires on j's next record, before 9 is found late).
+    assert outs == [("k", [3, 7]), ("j", [1]), ("k", [12, 16])]
+    assert late == [("k", 8), ("j", 9)]
+    assert stage.tick(states, final=True) == [("k", [("k", [25])])]
+
+
+def test_event_time_sliding_windows_keep_partially_late_events(monkeypatch):
+    Clock(monkeypatch, 0)
+    stage = _event_stage(20, 10)
+    states: dict = {}
+    outs, late = _feed(stage, states, [("k", 5), ("k", 15), ("k", 21), ("k", 12), ("k", 32)])
+    # Each event is in two windows ([-10,10) and [0,20) for 5). At 21 the
+    # window [0,20) fired; 12 still counts in [10,30).
+    assert outs == [("k", [5]), ("k", [5, 15]), ("k", [12, 15, 21])]
+    assert late == []
+    assert stage.tick(states, final=True) == [("k", [("k", [21, 32]), ("k", [32])])]
+
+
+def test_an_earlier_event_of_a_key_opens_an_earlier_window(monkeypatch):
+    Clock(monkeypatch, 0)
+    stage = _event_stage(10, 10, lateness=10)
+    states: dict = {}
+    outs, late = _feed(stage, states, [("k", 14), ("k", 6), ("k", 30)])
+    assert (outs, late) == ([("k", [6]), ("k", [14])], [])
+
+
+def test_the_watermark_is_the_minimum_over_partitions_until_one_goes_idle(monkeypatch):
+    clock = Clock(monkeypatch, 0)
+    stage = _event_stage(10, 10, idle=1000)
+    states: dict = {}
+    _feed(stage, states, [("k", 1)], origin=(0, 0))
+    outs, _ = _feed(stage, states, [("k", 50), ("k", 60)], origin=(0, 1))
+    assert outs == [] and stage.watermark(clock.now) == 1  # partition (0, 0) holds it back
+    assert not stage.tick(states, final=False)
+    clock.now = 1001  # partition (0, 0) idle: it stops holding the watermark back
+    assert stage.watermark(clock.now) == 60
+    assert stage.tick(states, final=False) == [("k", [("k", [1]), ("k", [50])])]
+    # Idle partition (0, 0) sends again: late for windows that fired.
+    outs, late = _feed(stage, states, [("k", 2)], origin=(0, 0))
+    assert late == [("k", 2)]
+
+
+def test_watermarks_travel_with_the_keys_windows(monkeypatch):
+    import pickle
+
+    Clock(monkeypatch, 0)
+    stage = _event_stage(10, 10, stage_id="test/travel")
+    states: dict = {}
+    _feed(stage, states, [("k", 5), ("k", 47)])
+    blob = pickle.dumps(states["k"])
+    # A new process: the stage starts empty; restoring a key brings back the watermarks.
+    fresh = _event_stage(10, 10, stage_id="test/travel")
+    assert fresh.watermark(0) is None
+    restored = pickle.loads(blob)
+    assert fresh.watermark(0) == 47
+    outs, late = _feed(fresh, {"k": restored}, [("k", 30)])
+    assert late == [("k", 30)]  # [30, 40) is due at watermark 47
+
+
+def test_event_times_in_every_accepted_form():
+    import datetime as dt
+
+    assert win.event_ns(5) == 5
+    assert win.event_ns(1.5) == 1_500_000_000
+    assert win.event_ns("1970-01-01T00:00:02Z") == 2 * 10**9
+    assert win.event_ns(dt.datetime(1970, 1, 1, 0, 0, 3)) == 3 * 10**9
+    with pytest.raises(TypeError):
+        win.event_ns(None)
+
+
+def test_epoch_aligned_ingest_time_windows_start_on_the_grid(monkeypatch):
+    clock = Clock(monkeypatch, 1234)
+    spec = wallaroo.range_windows(100).aligned_to_epoch().over(Sum)
+    stage = win.RangeStage(spec, lambda d: "k", feeders=1)
+    state = stage.new_state()
+    stage.process(1, state)
+    assert state.next_start == 1200  # the window of 1234 starts on the hour, so to speak
+    clock.now = 1299
+    stage.process(2, state)
+    clock.now = 1301
+    assert stage.process(4, state) == ([("k", 3)], True)
+    with pytest.raises(wallaroo.WallarooParameterError):
+        wallaroo.range_windows(100).aligned_to_epoch().aligned_to_epoch()
+    with pytest.raises(wallaroo.WallarooParameterError):
+        wallaroo.range_windows(100).with_delay(1).with_allowed_lateness(1)
+
+
+EVENT_APP = APPS / "event_windows_06.py"
+RANGE, SLIDE, LATENESS = 100, 50, 20
+
+
+def _event_inputs(path: Path, n: int, keys: int, seed: int) -> tuple:
+    """Write ``n`` events out of order (each up to LATENESS ms behind the newest
+    event time so far: never late, whatever worker sees it) and about 3% very
+    late ones (a full window plus the lateness behind their own key's newest
+    event: late on any worker). Returns (expected window lines, late ids),
+    computed directly from the events (a line per window: two sliding windows
+    may hold the same events)."""
+    rng = random.Random(seed)
+    clock = 10_000
+    newest: dict = {}
+    lines, windows, late = [], defaultdict(list), set()
+    for ident in range(n):
+        clock += rng.randrange(0, 3)
+        key = f"k{rng.randrange(keys)}"
+        if key in newest and rng.random() < 0.03:
+            ms = newest[key] - (RANGE + LATENESS + rng.randrange(1, 300))
+            late.add(str(ident))
+        else:
+            ms = clock - rng.randrange(0, LATENESS + 1)
+            newest[key] = max(newest.get(key, ms), ms)
+            last = ms // SLIDE * SLIDE
+            for start in range(last - RANGE + SLIDE, last + 1, SLIDE):
+                windows[(key, start)].append(str(ident))
+        lines.append(f"{key} {ms} {ident}\n")
+    path.write_text("".join(lines))
+    expected = [f"{key} {','.join(ids)}" for (key, _start), ids in windows.items()]
+    return expected, late
+
+
+def _late_ids(dead_letter: Path) -> list:
+    import ast
+    import base64
+    import json
+
+    ids = []
+    for line in dead_letter.read_text().splitlines():
+        entry = json.loads(line)
+        assert entry["kind"] == "late_event", entry
+        assert "late event" in entry["error"] and "watermark" in entry["error"], entry
+        record = ast.literal_eval(base64.b64decode(entry["payload_base64"]).decode())
+        # Where it came from: the source's line (1-based; event ids count from
+        # 0), called a frame by a worker that did not read the file.
+        assert entry["pipeline"] == "Events", entry
+        line = int(record[2]) + 1
+        assert re.search(rf"(events.txt line|source frame) {line} ", entry["position"]), entry
+        ids.append(record[2])
+    return ids
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_event_time_windows_keep_late_events(run_app, tmp_path, workers):
+    events = tmp_path / "events.txt"
+    expected, late = _event_inputs(events, 6000, 40, seed=workers)
+    output, dead = tmp_path / "windows.txt", tmp_path / "late.jsonl"
+    result = run_app(
+        EVENT_APP, "--input", str(events), "--output", str(output),
+        "--dead-letter", str(dead), "--workers", str(workers), timeout=150,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = output.read_text().splitlines()
+    assert sorted(lines) == sorted(expected)  # every window once, exactly its events
+    assert sorted(_late_ids(dead), key=int) == sorted(late, key=int)  # each late one kept once
+    # Counted in the run summary (each worker's).
+    counted = re.findall(r"bad input: (\d+) late_event", result.stderr)
+    assert sum(map(int, counted)) == len(late), result.stderr
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_event_time_windows_are_exact_across_kill_nine(tmp_path, workers):
+    from test_recovery import Chaos
+
+    events = tmp_path / "events.txt"
+    windows, late = _event_inputs(events, 60_000 * workers, 300, seed=20 + workers)
+    expected = set(windows)
+    output, dead = tmp_path / "windows.txt", tmp_path / "late.jsonl"
+    argv = [str(EVENT_APP), "--input", str(events), "--output", str(output),
+            "--dead-letter", str(dead), "--pause-every", "500", "--pause-ms", "15",
+            "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
+            "--workers", str(workers)]  # fmt: skip
+    chaos = Chaos(argv, tmp_path, seed=80 + workers, log=tmp_path / "run.log")
+    code = _kill_while_progressing(chaos, output, workers, kills=4)
+    log = chaos.output()
+    assert code == 0, log
+    assert chaos.kills >= 4 and chaos.recoveries() >= 2, log
+    lines = output.read_text(errors="replace").splitlines()
+    whole = {line for line in lines if line in expected}
+    torn = [line for line in lines if line not in expected]
+    assert len(torn) <= chaos.kills, torn[:3]
+    assert [t for t in torn if not any(t.endswith(e) or e.startswith(t) for e in expected)] == []
+    rescued = {e for e in expected - whole for t in torn if t.endswith(e)}
+    # At-least-once: a window may come twice, but each is exactly one of the
+    # expected windows and none is missing.
+    assert expected - whole - rescued == set()
+    assert set(_late_ids(dead)) == late  # late events kept (again after a replay)
+
+
+@pytest.mark.timeout(420)
+def test_event_time_windows_move_with_their_keys_across_2_3_2_workers(run_app, tmp_path):
+    events = tmp_path / "events.txt"
+    expected, late = _event_inputs(events, 20_000, 200, seed=5)
+    snapshots = tmp_path / "snapshots"
+    lines, late_seen = [], []
+    for workers, limit in ((2, "7000"), (3, "14000"), (2, None)):
+        output = tmp_path / f"windows-{workers}-{limit}.txt"
+        dead = tmp_path / f"late-{workers}-{limit}.jsonl"
+        extra = ["--max-records", limit] if limit else []
+        result = run_app(
+            EVENT_APP, "--input", str(events), "--output", str(output),
+            "--dead-letter", str(dead), "-r", str(snapshots), "--workers", str(workers),
+            *extra, timeout=180,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        lines += output.read_text().splitlines()
+        late_seen += _late_ids(dead) if dead.exists() else []
+    # Open windows and watermarks moved with their keys (--max-records keeps
+    # windows open in the snapshot): every window once, none lost.
+    assert sorted(lines) == sorted(expected)
+    assert sorted(late_seen, key=int) == sorted(late, key=int)

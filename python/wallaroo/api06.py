@@ -98,10 +98,12 @@ class Pipeline:
         if isinstance(stage, (StateComputation, StateComputationMulti)):
             return self._with(("to_state", stage), stage)
         if isinstance(stage, RangeWindows):
-            return self._with(
-                ("to_range_windows", stage.range, stage.slide, stage.delay, stage.aggregation),
-                stage,
-            )
+            spec: tuple = ("to_range_windows", stage.range, stage.slide, stage.delay)
+            spec += (stage.aggregation,)
+            if stage.options:
+                # Beyond 0.6 (event time, epoch alignment): a sixth item.
+                spec += (dict(stage.options),)
+            return self._with(spec, stage)
         if isinstance(stage, CountWindows):
             return self._with(("to_count_windows", stage.count, stage.aggregation), stage)
         return self._with(("to", stage), stage)

@@ -117,7 +117,8 @@ class _Compiler:
                 elif verb == "to_state":
                     steps.append(self.state(stage[1], key_of, (node, position), step_where))
                 elif verb in ("to_range_windows", "to_count_windows"):
-                    steps.append(self.windows(stage, key_of, (node, position), step_where))
+                    place = (node, position)
+                    steps.append(self.windows(stage, key_of, place, step_where, name))
                 elif verb == "to_sink":
                     sink = self.sink(stage[1], where)
                 elif verb == "to_sinks":
@@ -185,8 +186,14 @@ class _Compiler:
         )
         return step
 
-    def windows(self, stage: tuple, key_of: Any, place: tuple, where: str) -> dict:
-        from wallaroo.windows import CountStage, CountWindows, RangeStage, RangeWindows
+    def windows(self, stage: tuple, key_of: Any, place: tuple, where: str, source: str) -> dict:
+        from wallaroo.windows import (
+            CountStage,
+            CountWindows,
+            EventRangeStage,
+            RangeStage,
+            RangeWindows,
+        )
 
         if key_of is None:
             key_of = _per_record_key()
@@ -194,8 +201,14 @@ class _Compiler:
         if runner is None:
             feeders = self.feeders(place[0])
             if stage[0] == "to_range_windows":
-                _, wrange, slide, delay, agg = stage
-                runner = RangeStage(RangeWindows(wrange, slide, delay, agg), key_of, feeders)
+                _, wrange, slide, delay, agg, *options = stage
+                spec = RangeWindows(wrange, slide, delay, agg, options[0] if options else None)
+                if spec.event_time is not None:
+                    name = _step_name(spec.aggregation, where, "")
+                    stage_id = f"{self.app_name}/{place[0]}.{place[1]}/{name}"
+                    runner = EventRangeStage(spec, key_of, feeders, stage_id)
+                else:
+                    runner = RangeStage(spec, key_of, feeders)
             else:
                 _, count, agg = stage
                 runner = CountStage(CountWindows(count, agg), key_of, feeders)
@@ -203,7 +216,7 @@ class _Compiler:
         name = _step_name(runner.agg, where, "")
         state_name = f"{self.app_name}/{place[0]}.{place[1]}/{name}"
         self.states[state_name] = runner.new_state
-        return {
+        step = {
             "kind": "state_multi",
             "name": name,
             "func": functools.partial(runner.process, key_of=key_of),
@@ -213,6 +226,11 @@ class _Compiler:
             "u64": False,
             "tick": runner.tick,
         }
+        if isinstance(runner, EventRangeStage):
+            # Watermarks per source partition: the engine passes (reader, stream).
+            step.update(func=functools.partial(runner.process, key_of=key_of, source=source))
+            step["origin"] = True
+        return step
 
 
 def compile_application(app: tuple, origin: str, args: list | None = None) -> dict:

@@ -14,10 +14,23 @@ first message minus (range + delay); the window starting at ``s`` fires when
 the engine; windows without data fire too (``output`` gets the identity
 accumulator); when no input came for twice the timer period, or when every
 source feeding the stage has ended, every held window fires.
+
+Beyond 0.6 (opt-in): ``aligned_to_epoch()`` puts every window on the grid
+``k * slide`` from the epoch (hourly windows start on the hour), and
+``with_event_time(extractor)`` places records by the time the extractor
+reads from them, fired by a watermark: per source partition the newest event
+time seen, the stage's watermark the minimum over the partitions heard from
+within the idle timeout (the maximum when every partition is idle). A window
+``[s, e)`` fires once the watermark reaches ``e + allowed lateness``; an
+event whose windows have all fired is late: the engine counts it, logs it
+with its source position and keeps it like bad input (kind ``late_event``:
+``--dead-letter`` file, ``/status``). The watermarks travel in every
+snapshot with the keys' windows.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from typing import Any, Callable
@@ -108,7 +121,14 @@ class RangeWindows:
 
     _api_mark = _WINDOWS_MARK
 
-    def __init__(self, wrange: int, slide: int, delay: int, agg: Any) -> None:
+    def __init__(
+        self,
+        wrange: int,
+        slide: int,
+        delay: int,
+        agg: Any,
+        options: dict | None = None,
+    ) -> None:
         self.range = _duration(wrange, "range_windows range")
         self.slide = _duration(slide, "with_slide")
         self.delay = _duration(delay, "with_delay")
@@ -123,6 +143,16 @@ class RangeWindows:
             raise _error("range_windows: the delay cannot be negative")
         _validate_aggregation(agg)
         self.aggregation = agg
+        #: The options beyond 0.6 (event_time, idle_timeout, aligned); empty for 0.6 windows.
+        self.options = dict(options or {})
+        self.event_time = self.options.get("event_time")
+        self.idle_timeout = _duration(
+            self.options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT), "with_idle_timeout"
+        )
+        if self.idle_timeout <= 0:
+            raise _error("range_windows: the idle timeout must be positive")
+        #: Windows on the grid k * slide from the epoch (event time: always).
+        self.aligned = bool(self.options.get("aligned")) or self.event_time is not None
 
 
 class RangeWindowsBuilder:
@@ -134,6 +164,7 @@ class RangeWindowsBuilder:
         self.range = wrange
         self.slide: int | None = None
         self.delay: int | None = None
+        self.options: dict = {}
 
     def with_slide(self, slide: int) -> RangeWindowsBuilder:
         """Windows start every ``slide`` ns (default: the range, tumbling windows)."""
@@ -145,15 +176,53 @@ class RangeWindowsBuilder:
     def with_delay(self, delay: int) -> RangeWindowsBuilder:
         """Fire each window ``delay`` ns after its end (default 0)."""
         if self.delay is not None:
-            raise _error("Only call with_delay() once per window specification")
+            raise _error(
+                "Only call with_delay() or with_allowed_lateness() once per window specification"
+            )
         self.delay = delay
         return self
+
+    def with_allowed_lateness(self, lateness: int) -> RangeWindowsBuilder:
+        """Event time: how far (ns) behind the watermark an event may be and still
+        count; each window fires once the watermark is that far past its end. The
+        same setting as ``with_delay`` (use one of them)."""
+        return self.with_delay(lateness)
+
+    def _option(self, name: str, value: Any, call: str) -> RangeWindowsBuilder:
+        if name in self.options:
+            raise _error(f"Only call {call}() once per window specification")
+        self.options[name] = value
+        return self
+
+    def with_event_time(self, extractor: Any) -> RangeWindowsBuilder:
+        """Place records by their event time instead of their arrival:
+        ``extractor`` is a ``@wallaroo.timestamp_extractor`` (or a function)
+        returning the record's time: int nanoseconds since the epoch, float
+        seconds, a ``datetime`` (naive: UTC) or an ISO 8601 string. Implies
+        ``aligned_to_epoch()``."""
+        extract = getattr(extractor, "extract_timestamp", extractor)
+        if not callable(extract):
+            raise _error(
+                f"with_event_time: expected a timestamp extractor, got {extractor!r:.100}"
+            )
+        return self._option("event_time", extractor, "with_event_time")
+
+    def with_idle_timeout(self, timeout: int) -> RangeWindowsBuilder:
+        """Event time: a source partition that sent nothing for ``timeout`` ns
+        (wall clock; default 10 s) stops holding the watermark back until it
+        sends again."""
+        return self._option("idle_timeout", timeout, "with_idle_timeout")
+
+    def aligned_to_epoch(self) -> RangeWindowsBuilder:
+        """Windows start at multiples of the slide from the epoch (hourly
+        windows on the hour) instead of at each key's first record."""
+        return self._option("aligned", True, "aligned_to_epoch")
 
     def over(self, aggregation_cls: Callable[[], Any]) -> RangeWindows:
         """The windows, aggregated by one ``aggregation_cls()`` instance."""
         slide = self.range if self.slide is None else self.slide
         delay = 0 if self.delay is None else self.delay
-        return RangeWindows(self.range, slide, delay, aggregation_cls())
+        return RangeWindows(self.range, slide, delay, aggregation_cls(), self.options)
 
 
 class CountWindows:
@@ -182,6 +251,41 @@ class CountWindowsBuilder:
         return CountWindows(self.count, aggregation_cls())
 
 
+class TimestampExtractor:
+    """Reads a record's event time: ``extract_timestamp(data)``."""
+
+    _api_mark = _WINDOWS_MARK
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self._func = func
+        self.__name__ = getattr(func, "__name__", "timestamp_extractor")
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+        self.__module__ = getattr(func, "__module__", __name__)
+
+    def __call__(self, *args: Any) -> TimestampExtractor:
+        return self
+
+    def extract_timestamp(self, data: Any) -> Any:
+        """The record's event time, as the decorated function returns it."""
+        return self._func(data)
+
+    def __reduce__(self) -> Any:
+        import sys
+
+        module = sys.modules.get(self.__module__)
+        if module is not None and getattr(module, self.__qualname__, None) is self:
+            return self.__qualname__
+        return (type(self), (self._func,))
+
+
+def timestamp_extractor(func: Callable[[Any], Any]) -> TimestampExtractor:
+    """``@timestamp_extractor`` on ``f(data)`` returning the record's event
+    time (see ``RangeWindowsBuilder.with_event_time``)."""
+    if not callable(func):
+        raise _error(f"timestamp_extractor: expected a function, got {func!r:.100}")
+    return TimestampExtractor(func)
+
+
 def range_windows(wrange: int) -> RangeWindowsBuilder:
     """Windows ``wrange`` ns long (tumbling unless ``with_slide``)."""
     return RangeWindowsBuilder(wrange)
@@ -196,17 +300,37 @@ def count_windows(count: int) -> CountWindowsBuilder:
 # Run time
 # ---------------------------------------------------------------------------
 
-_UNSET = object()
+#: Event time: a partition silent this long (ns) stops holding the watermark back.
+DEFAULT_IDLE_TIMEOUT = 10 * 1000_000_000
+
+#: Event-time stages of this process by state name, for watermarks that come
+#: back in a snapshot or with a key's windows from another worker.
+_STAGES: dict = {}
+
+
+def _restore_key_windows(fields: dict) -> KeyWindows:
+    """Unpickle a key's windows; watermarks travelling with them join the stage's."""
+    windows = KeyWindows.__new__(KeyWindows)
+    watermarks = fields.pop("watermarks", None)
+    windows.__dict__.update(fields)
+    stage = _STAGES.get(windows.stage)
+    if stage is not None and watermarks:
+        stage.learn(*watermarks)
+    return windows
 
 
 class KeyWindows:
     """The windows of one key of one window stage (the engine's state object)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage: str | None = None) -> None:
         self.key: Any = None
         self.started = False
+        #: Event-time windows: the stage (state name) whose watermarks go along.
+        self.stage = stage
         #: Range windows: start of the earliest window not fired yet.
         self.next_start = 0
+        #: Range windows: every window starting before this has fired.
+        self.fired_to = 0
         #: Range windows: pane start -> accumulator (panes with data only).
         self.panes: dict = {}
         #: Range windows: the identity accumulator of ``combine`` (made once).
@@ -214,6 +338,15 @@ class KeyWindows:
         #: Count windows: the accumulator and the records in it.
         self.acc: Any = None
         self.count = 0
+
+    def __reduce__(self) -> Any:
+        fields = dict(self.__dict__)
+        stage = _STAGES.get(getattr(self, "stage", None))
+        if stage is not None:
+            # The stage's watermarks at this moment go into every snapshot
+            # (and hand-over) of the key: a restore takes the newest of them.
+            fields["watermarks"] = (dict(stage.partitions), stage.floor)
+        return (_restore_key_windows, (fields,))
 
 
 class _Stage:
@@ -240,13 +373,17 @@ class _Stage:
         if out is not None:
             outs.append(out)
 
+    def _ended(self) -> bool:
+        """A source feeding this stage ended: whether all of them have."""
+        self.finished_feeders += 1
+        return self.finished_feeders >= self.feeders
+
     def tick(self, states: dict, final: bool) -> list | None:
         """Called by the engine on a timer (``final``: a source feeding this stage
         ended). Returns ``[(state_key, outputs), ...]`` for the keys that changed."""
         now = time.time_ns()
         if final:
-            self.finished_feeders += 1
-            if self.finished_feeders < self.feeders:
+            if not self._ended():
                 return None
             flush = True
         else:
@@ -254,6 +391,9 @@ class _Stage:
                 return None
             self.next_tick = now + self.period
             flush = self.quiet(now)
+        return self._fire_all(states, now, flush)
+
+    def _fire_all(self, states: dict, now: int, flush: bool) -> list:
         changed = []
         for state_key, windows in list(states.items()):
             if not windows.started:
@@ -280,33 +420,51 @@ class RangeStage(_Stage):
         self.delay = math.ceil(spec.delay / spec.slide) * spec.slide
         self.pane = math.gcd(spec.range, spec.slide)
         self.period = 2 * (self.range + self.delay)
+        self.aligned = spec.aligned
         super().__init__(spec.aggregation, key_of, feeders)
         #: After a gap, at most this many empty windows fire before the grid jumps.
         self.max_empty = (self.range + self.delay) // self.slide
+
+    def first_start(self, t: int) -> int:
+        """The start of the earliest window of the epoch grid holding time ``t``."""
+        return ((t - self.range) // self.slide + 1) * self.slide
+
+    def _start(self, windows: KeyWindows, data: Any, key_of: Any) -> None:
+        windows.started = True
+        windows.key = (key_of or self.key_of)(data)
+        windows.identity = self.agg.initial_accumulator()
+
+    def _add(self, windows: KeyWindows, data: Any, t: int) -> None:
+        """Add ``data`` to the pane of time ``t`` (not before ``next_start``)."""
+        pane = windows.next_start + (t - windows.next_start) // self.pane * self.pane
+        acc = windows.panes.get(pane)
+        if acc is None:
+            acc = windows.panes[pane] = self.agg.initial_accumulator()
+        self.agg.update(data, acc)
 
     def process(self, data: Any, windows: KeyWindows, key_of: Any = None) -> tuple:
         """The engine's state step: add ``data``, fire what is due."""
         now = time.time_ns()
         self.last_input = now
-        agg = self.agg
         if not windows.started:
-            windows.started = True
-            windows.key = (key_of or self.key_of)(data)
-            windows.identity = agg.initial_accumulator()
-            windows.next_start = now - (self.range + self.delay)
+            self._start(windows, data, key_of)
+            if self.aligned:
+                windows.next_start = self.first_start(now)
+            else:
+                windows.next_start = now - (self.range + self.delay)
         if now >= windows.next_start:
-            pane = windows.next_start + (now - windows.next_start) // self.pane * self.pane
-            acc = windows.panes.get(pane)
-            if acc is None:
-                acc = windows.panes[pane] = agg.initial_accumulator()
-            agg.update(data, acc)
+            self._add(windows, data, now)
         outs: list = []
         self.fire(windows, now, False, outs)
         return (outs, True)
 
     def fire(self, windows: KeyWindows, now: int, flush: bool, outs: list) -> bool:
-        """Fire the due windows of one key, oldest first; True when any fired."""
-        limit = now - self.delay
+        """Fire the due windows of one key (ingest time ``now``)."""
+        return self.fire_until(windows, now - self.delay, flush, outs)
+
+    def fire_until(self, windows: KeyWindows, limit: int, flush: bool, outs: list) -> bool:
+        """Fire the windows of one key ending before ``limit`` (``flush``: every
+        window holding data), oldest first; True when any fired."""
         fired = False
         empty = 0
         while True:
@@ -320,10 +478,11 @@ class RangeStage(_Stage):
                 empty += 1
                 if empty > self.max_empty:
                     # A long gap: jump to the first window not due yet.
-                    due = (limit - self.range - start) // self.slide + 1
-                    windows.next_start = start + max(due, 0) * self.slide
+                    due = -(-(limit - self.range - start) // self.slide)
+                    windows.next_start = windows.fired_to = start + max(due, 0) * self.slide
                     return True
             self._fire_one(windows, start, outs)
+            windows.fired_to = windows.next_start
             fired = True
         return fired
 
@@ -337,6 +496,164 @@ class RangeStage(_Stage):
         windows.next_start = start + self.slide
         for pane in [p for p in windows.panes if p < windows.next_start]:
             del windows.panes[pane]
+
+
+def event_ns(value: Any) -> int:
+    """An event time as integer nanoseconds since the epoch: int (ns), float
+    (seconds), ``datetime`` (naive: UTC) or an ISO 8601 string."""
+    if isinstance(value, bool):
+        raise TypeError(f"an event time cannot be a bool ({value!r})")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value * 1e9)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        value = datetime.datetime.fromisoformat(text)
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        delta = value - _EPOCH
+        return (delta.days * 86400 + delta.seconds) * 1000_000_000 + delta.microseconds * 1000
+    raise TypeError(
+        "an event time must be int nanoseconds, float seconds, a datetime or an ISO 8601 "
+        f"string, got {value!r:.100}"
+    )
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _iso(ns: int | None) -> str:
+    if ns is None:
+        return "none yet"
+    stamp = _EPOCH + datetime.timedelta(microseconds=ns // 1000)
+    return f"{stamp.isoformat().replace('+00:00', 'Z')} ({ns} ns)"
+
+
+class EventRangeStage(RangeStage):
+    """Range windows on event time, fired by watermarks (see the module docs).
+
+    ``partitions`` maps a source partition ``(source, reader worker, stream)``
+    to the newest event time seen on it; ``heard`` to when (wall clock) it last
+    sent a record. The watermark is the minimum over the partitions heard from
+    within the idle timeout, or the maximum over all when every one is idle.
+    """
+
+    def __init__(
+        self,
+        spec: RangeWindows,
+        key_of: Callable[[Any], Any],
+        feeders: int,
+        stage_id: str,
+    ) -> None:
+        super().__init__(spec, key_of, feeders)
+        #: The allowed lateness, exact (ingest time rounds the delay up to the slide).
+        self.delay = spec.delay
+        self.stage_id = stage_id
+        extractor = spec.event_time
+        self.extract = getattr(extractor, "extract_timestamp", extractor)
+        self.idle_timeout = spec.idle_timeout
+        self.partitions: dict = {}
+        self.heard: dict = {}
+        #: The highest watermark so far.
+        self.floor: int | None = None
+        #: (fire limit, keys) of the last timer scan: no scan while both stay.
+        self.scanned: tuple = (None, -1)
+        _STAGES[stage_id] = self
+
+    def new_state(self) -> KeyWindows:
+        return KeyWindows(self.stage_id)
+
+    def learn(self, partitions: dict, floor: int | None) -> None:
+        """Take the newer of ours and those of a snapshot or another worker, per
+        partition; they count as heard from now."""
+        now = time.time_ns()
+        for partition, newest in partitions.items():
+            if newest > self.partitions.get(partition, newest - 1):
+                self.partitions[partition] = newest
+            self.heard.setdefault(partition, now)
+        if floor is not None and (self.floor is None or floor > self.floor):
+            self.floor = floor
+
+    def watermark(self, now: int) -> int | None:
+        """The stage's watermark now (None before any record). It never goes
+        back: a partition sending again after being idle does not lower it."""
+        if not self.partitions:
+            return None
+        heard, idle = self.heard, self.idle_timeout
+        active = [t for p, t in self.partitions.items() if now - heard.get(p, now) <= idle]
+        mark = min(active) if active else max(self.partitions.values())
+        if self.floor is not None and mark < self.floor:
+            return self.floor
+        self.floor = mark
+        return mark
+
+    def limit(self, watermark: int | None) -> int | None:
+        """Windows ending before this are due (None: nothing is)."""
+        return None if watermark is None else watermark - self.delay + 1
+
+    def process(  # type: ignore[override]
+        self,
+        data: Any,
+        windows: KeyWindows,
+        origin: tuple = (0, 0),
+        key_of: Any = None,
+        source: str = "",
+    ) -> tuple:
+        """The engine's state step (``origin``: the record's reader worker and
+        stream): add ``data`` at its event time, fire what is due; a late
+        record comes back as the third item, for the engine to keep."""
+        t = event_ns(self.extract(data))
+        now = time.time_ns()
+        partition = (source, origin[0], origin[1])
+        if t > self.partitions.get(partition, t - 1):
+            self.partitions[partition] = t
+        self.heard[partition] = now
+        watermark = self.watermark(now)
+        limit = self.limit(watermark)
+        outs: list = []
+        if not windows.started:
+            self._start(windows, data, key_of)
+            windows.next_start = windows.fired_to = None
+        elif limit is not None:
+            self.fire_until(windows, limit, False, outs)
+        # The earliest window still open: not fired for this key, not due.
+        open_from = windows.fired_to
+        if limit is not None:
+            not_due = self.first_start(limit - 1)
+            open_from = not_due if open_from is None else max(open_from, not_due)
+        if open_from is not None and t // self.slide * self.slide < open_from:
+            return (
+                outs,
+                True,
+                f"late event of key {windows.key!r:.100}: event time {_iso(t)}; its windows "
+                f"have fired (watermark {_iso(watermark)}, allowed lateness {self.delay} ns)",
+            )
+        # An earlier event of the key can open earlier windows.
+        first = self.first_start(t) if open_from is None else max(open_from, self.first_start(t))
+        windows.next_start = first if windows.next_start is None else min(windows.next_start, first)
+        self._add(windows, data, t)
+        return (outs, True)
+
+    def tick(self, states: dict, final: bool) -> list | None:
+        """Fire, over every key, the windows the watermark made due (``final``:
+        every window once all sources feeding the stage ended)."""
+        if final:
+            if not self._ended():
+                return None
+            return self._fire_all(states, 0, True)
+        limit = self.limit(self.watermark(time.time_ns()))
+        if limit is None or (limit, len(states)) == self.scanned:
+            return None
+        self.scanned = (limit, len(states))
+        return self._fire_all(states, limit, False)
+
+    def fire(self, windows: KeyWindows, now: int, flush: bool, outs: list) -> bool:
+        """``now`` is the fire limit here (see ``tick``)."""
+        return self.fire_until(windows, now, flush, outs)
 
 
 class CountStage(_Stage):
