@@ -7,7 +7,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::histogram::HistogramSnapshot;
-use super::registry::cluster;
 use super::snapshot::{KnownWorker, PipelineSnapshot, StepSnapshot, WorkerSnapshot};
 
 /// The snapshots as a prometheus-client collector (encoded at each scrape).
@@ -17,18 +16,19 @@ struct SnapshotCollector {
     expected_workers: usize,
 }
 
+type Encoder<'a, 'b> = &'a mut DescriptorEncoder<'b>;
+type Written = Result<(), std::fmt::Error>;
 type LabelPairs = Vec<(&'static str, String)>;
-/// One sample of a per-pipeline family, if the pipeline has it.
-type PipelineSample<'a> =
-    &'a dyn Fn(&WorkerSnapshot, &PipelineSnapshot) -> Option<(LabelPairs, f64)>;
+/// A counter family of pipelines: its name, its help and a pipeline's value.
+type PipelineCounter = (&'static str, &'static str, fn(&PipelineSnapshot) -> u64);
 
 fn counter(
-    encoder: &mut DescriptorEncoder,
+    encoder: Encoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
     samples: Vec<(LabelPairs, f64)>,
-) -> Result<(), std::fmt::Error> {
+) -> Written {
     let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Counter)?;
     for (labels, value) in &samples {
         ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
@@ -36,12 +36,7 @@ fn counter(
     Ok(())
 }
 
-fn gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: Vec<(LabelPairs, f64)>,
-) -> Result<(), std::fmt::Error> {
+fn gauge(encoder: Encoder, name: &str, help: &str, samples: Vec<(LabelPairs, f64)>) -> Written {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in &samples {
         ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
@@ -50,12 +45,12 @@ fn gauge(
 }
 
 fn histogram(
-    encoder: &mut DescriptorEncoder,
+    encoder: Encoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
     samples: Vec<(LabelPairs, &HistogramSnapshot)>,
-) -> Result<(), std::fmt::Error> {
+) -> Written {
     let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Histogram)?;
     for (labels, h) in &samples {
         let buckets: Vec<(f64, u64)> = h.bounds.iter().copied().zip(h.counts.clone()).collect();
@@ -66,326 +61,335 @@ fn histogram(
     Ok(())
 }
 
-impl prometheus_client::collector::Collector for SnapshotCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let e = &mut encoder;
-        let workers: Vec<&WorkerSnapshot> = self.workers.iter().map(|w| &w.snapshot).collect();
-        let w = |s: &WorkerSnapshot| -> LabelPairs { vec![("worker", s.worker.clone())] };
-        let wp = |s: &WorkerSnapshot, p: &PipelineSnapshot| -> LabelPairs {
-            vec![("worker", s.worker.clone()), ("pipeline", p.name.clone())]
-        };
-        let per_pipeline = |f: PipelineSample| {
-            workers
-                .iter()
-                .flat_map(|s| s.pipelines.iter().filter_map(move |p| f(s, p)))
-                .collect::<Vec<_>>()
-        };
+/// `worker="..."`.
+fn worker_labels(s: &WorkerSnapshot) -> LabelPairs {
+    vec![("worker", s.worker.clone())]
+}
 
-        gauge(
-            e,
-            "cluster_workers",
-            "Workers in the cluster (1 for a single process).",
-            vec![(
-                vec![],
-                self.expected_workers.max(workers.len()).max(1) as f64,
-            )],
-        )?;
-        gauge(
-            e,
-            "worker_up",
-            "1 while a worker runs and reports, 0 once it finished or was lost.",
-            self.workers
-                .iter()
-                .map(|k| {
-                    let up = !k.lost && k.snapshot.state != "finished" && k.age < 10.0;
-                    let mut labels = w(&k.snapshot);
-                    labels.push(("index", k.snapshot.index.to_string()));
-                    (labels, if up { 1.0 } else { 0.0 })
-                })
-                .collect(),
-        )?;
-        gauge(
-            e,
-            "worker_start_time_seconds",
-            "When the worker started (Unix time).",
-            workers.iter().map(|s| (w(s), s.started)).collect(),
-        )?;
-        gauge(
-            e,
-            "worker_report_age_seconds",
-            "Seconds since the worker's metrics last arrived (0 for the one serving).",
-            self.workers
-                .iter()
-                .map(|k| (w(&k.snapshot), k.age))
-                .collect(),
-        )?;
+/// `worker="...",pipeline="..."`.
+fn pipeline_labels(s: &WorkerSnapshot, p: &PipelineSnapshot) -> LabelPairs {
+    vec![("worker", s.worker.clone()), ("pipeline", p.name.clone())]
+}
 
-        // A value labelled with the pipeline's source or sink (when it has one).
-        let endpoint =
-            |s: &WorkerSnapshot, p: &PipelineSnapshot, kind: &'static str, name: &str, v: u64| {
-                if name.is_empty() {
-                    return None;
-                }
-                let mut labels = wp(s, p);
-                labels.push((kind, name.to_owned()));
-                Some((labels, v as f64))
-            };
-        let source = |s: &WorkerSnapshot, p: &PipelineSnapshot, v: u64| {
-            endpoint(s, p, "source", &p.source, v)
-        };
-        counter(
-            e,
-            "source_records",
-            "Records read by a source (frames, lines, messages).",
-            None,
-            per_pipeline(&|s, p| source(s, p, p.records_in)),
-        )?;
-        counter(
-            e,
-            "source_bytes",
-            "Payload bytes read by a source.",
-            None,
-            per_pipeline(&|s, p| source(s, p, p.bytes_in)),
-        )?;
-        counter(
-            e,
-            "bad_input",
-            "Records that could not be read or decoded, by kind (kept in the dead-letter record).",
-            None,
-            workers
-                .iter()
-                .flat_map(|s| {
-                    s.bad_input.iter().map(move |b| {
-                        (
-                            vec![
-                                ("worker", s.worker.clone()),
-                                ("pipeline", b.pipeline.clone()),
-                                ("kind", b.kind.clone()),
-                            ],
-                            b.count as f64,
-                        )
-                    })
-                })
-                .collect(),
-        )?;
-        counter(
-            e,
-            "dead_letter_failed",
-            "Bad records that could not be written to the dead-letter file (disk full, ...).",
-            None,
-            workers
-                .iter()
-                .map(|s| {
-                    (
-                        vec![("worker", s.worker.clone())],
-                        s.dead_letter_failed as f64,
-                    )
-                })
-                .collect(),
-        )?;
-        counter(
-            e,
+/// One sample per worker.
+fn per_worker<'a, T>(
+    workers: &[&'a WorkerSnapshot],
+    f: impl Fn(&'a WorkerSnapshot) -> T,
+) -> Vec<(LabelPairs, T)> {
+    workers.iter().map(|s| (worker_labels(s), f(s))).collect()
+}
+
+/// One sample per pipeline of every worker, where `f` gives one.
+fn per_pipeline<'a, T>(
+    workers: &[&'a WorkerSnapshot],
+    f: impl Fn(&'a WorkerSnapshot, &'a PipelineSnapshot) -> Option<(LabelPairs, T)>,
+) -> Vec<(LabelPairs, T)> {
+    workers
+        .iter()
+        .flat_map(|s| s.pipelines.iter().filter_map(|p| f(s, p)))
+        .collect()
+}
+
+/// One sample per step of every pipeline of every worker.
+fn per_step<'a, T>(
+    workers: &[&'a WorkerSnapshot],
+    f: impl Fn(&'a StepSnapshot) -> T,
+) -> Vec<(LabelPairs, T)> {
+    let mut samples = Vec::new();
+    for s in workers {
+        for p in &s.pipelines {
+            for step in &p.steps {
+                let mut labels = pipeline_labels(s, p);
+                labels.push(("step", step.name.clone()));
+                samples.push((labels, f(step)));
+            }
+        }
+    }
+    samples
+}
+
+/// A pipeline's value labelled with its source or sink (`kind`), when this
+/// worker runs one (`name` not empty).
+fn endpoint(
+    s: &WorkerSnapshot,
+    p: &PipelineSnapshot,
+    kind: &'static str,
+    name: &str,
+    value: u64,
+) -> Option<(LabelPairs, f64)> {
+    if name.is_empty() {
+        return None;
+    }
+    let mut labels = pipeline_labels(s, p);
+    labels.push((kind, name.to_owned()));
+    Some((labels, value as f64))
+}
+
+/// The cluster and each worker's liveness.
+fn write_workers(e: Encoder, known: &[KnownWorker], expected_workers: usize) -> Written {
+    gauge(
+        e,
+        "cluster_workers",
+        "Workers in the cluster (1 for a single process).",
+        vec![(vec![], expected_workers.max(known.len()).max(1) as f64)],
+    )?;
+    gauge(
+        e,
+        "worker_up",
+        "1 while a worker runs and reports, 0 once it finished or was lost.",
+        known
+            .iter()
+            .map(|k| {
+                let mut labels = worker_labels(&k.snapshot);
+                labels.push(("index", k.snapshot.index.to_string()));
+                (labels, if k.is_up() { 1.0 } else { 0.0 })
+            })
+            .collect(),
+    )?;
+    gauge(
+        e,
+        "worker_start_time_seconds",
+        "When the worker started (Unix time).",
+        known
+            .iter()
+            .map(|k| (worker_labels(&k.snapshot), k.snapshot.started))
+            .collect(),
+    )?;
+    gauge(
+        e,
+        "worker_report_age_seconds",
+        "Seconds since the worker's metrics last arrived (0 for the one serving).",
+        known
+            .iter()
+            .map(|k| (worker_labels(&k.snapshot), k.age))
+            .collect(),
+    )
+}
+
+/// What the sources read, and what they could not.
+fn write_sources(e: Encoder, workers: &[&WorkerSnapshot]) -> Written {
+    let source = |s, p: &PipelineSnapshot, v| endpoint(s, p, "source", &p.source, v);
+    counter(
+        e,
+        "source_records",
+        "Records read by a source (frames, lines, messages).",
+        None,
+        per_pipeline(workers, |s, p| source(s, p, p.records_in)),
+    )?;
+    counter(
+        e,
+        "source_bytes",
+        "Payload bytes read by a source.",
+        None,
+        per_pipeline(workers, |s, p| source(s, p, p.bytes_in)),
+    )?;
+    let mut bad = Vec::new();
+    for s in workers {
+        for b in &s.bad_input {
+            let labels = vec![
+                ("worker", s.worker.clone()),
+                ("pipeline", b.pipeline.clone()),
+                ("kind", b.kind.clone()),
+            ];
+            bad.push((labels, b.count as f64));
+        }
+    }
+    counter(
+        e,
+        "bad_input",
+        "Records that could not be read or decoded, by kind (kept in the dead-letter record).",
+        None,
+        bad,
+    )?;
+    counter(
+        e,
+        "dead_letter_failed",
+        "Bad records that could not be written to the dead-letter file (disk full, ...).",
+        None,
+        per_worker(workers, |s| s.dead_letter_failed as f64),
+    )
+}
+
+/// What each pipeline passed on, dropped and skipped.
+fn write_pipelines(e: Encoder, workers: &[&WorkerSnapshot]) -> Written {
+    let families: [PipelineCounter; 3] = [
+        (
             "pipeline_records_out",
             "Records encoded and handed to the pipeline's sink.",
-            None,
-            per_pipeline(&|s, p| Some((wp(s, p), p.records_out as f64))),
-        )?;
-        counter(
-            e,
+            |p| p.records_out,
+        ),
+        (
             "pipeline_dropped",
             "Records a step of the pipeline dropped by returning None.",
-            None,
-            per_pipeline(&|s, p| Some((wp(s, p), p.dropped as f64))),
-        )?;
-        counter(
-            e,
+            |p| p.dropped,
+        ),
+        (
             "pipeline_errors_skipped",
             "Records skipped because user code raised (--on-error skip).",
-            None,
-            per_pipeline(&|s, p| Some((wp(s, p), p.skipped_errors as f64))),
-        )?;
+            |p| p.skipped_errors,
+        ),
+    ];
+    for (name, help, value) in families {
+        let samples = per_pipeline(workers, |s, p| {
+            Some((pipeline_labels(s, p), value(p) as f64))
+        });
+        counter(e, name, help, None, samples)?;
+    }
+    Ok(())
+}
 
-        let steps = |f: &dyn Fn(&StepSnapshot) -> f64| {
-            workers
-                .iter()
-                .flat_map(|s| {
-                    s.pipelines.iter().flat_map(move |p| {
-                        p.steps.iter().map(move |st| {
-                            let mut labels = wp(s, p);
-                            labels.push(("step", st.name.clone()));
-                            (labels, f(st))
-                        })
-                    })
-                })
-                .collect::<Vec<_>>()
-        };
-        counter(
-            e,
-            "step_records_in",
-            "Records a step's Python code was called with (decoder and encoder included).",
-            None,
-            steps(&|st| st.records_in as f64),
-        )?;
-        counter(
-            e,
-            "step_records_out",
-            "Records a step passed on to the next one (the encoder: to the sink).",
-            None,
-            steps(&|st| st.records_out as f64),
-        )?;
-        counter(
-            e,
-            "step_dropped",
-            "Records a step dropped by returning None.",
-            None,
-            steps(&|st| st.dropped as f64),
-        )?;
-        counter(
-            e,
-            "step_python",
-            "Python time spent in a step: its calls times the mean of sampled calls.",
-            Some(&Unit::Seconds),
-            steps(&|st| st.python_seconds),
-        )?;
-        histogram(
-            e,
-            "step_call_duration",
-            "Duration of one call of a step's Python code (a random sample of records).",
-            Some(&Unit::Seconds),
-            workers
-                .iter()
-                .flat_map(|s| {
-                    s.pipelines.iter().flat_map(move |p| {
-                        p.steps.iter().map(move |st| {
-                            let mut labels = wp(s, p);
-                            labels.push(("step", st.name.clone()));
-                            (labels, &st.call_duration)
-                        })
-                    })
-                })
-                .collect(),
-        )?;
-        histogram(
-            e,
-            "batch_size_records",
-            "Records per batch handed to the Python chain (one GIL hold).",
-            None,
-            workers
-                .iter()
-                .flat_map(|s| s.pipelines.iter().map(move |p| (wp(s, p), &p.batch_sizes)))
-                .collect(),
-        )?;
-        histogram(
-            e,
-            "source_to_sink_latency",
-            "From the source reading a record to the sink writing what came of it.",
-            Some(&Unit::Seconds),
-            workers
-                .iter()
-                .flat_map(|s| {
-                    s.pipelines
-                        .iter()
-                        .filter(|p| !p.sink.is_empty())
-                        .map(move |p| (wp(s, p), &p.latency))
-                })
-                .collect(),
-        )?;
+/// Each step's records and Python time.
+fn write_steps(e: Encoder, workers: &[&WorkerSnapshot]) -> Written {
+    counter(
+        e,
+        "step_records_in",
+        "Records a step's Python code was called with (decoder and encoder included).",
+        None,
+        per_step(workers, |st| st.records_in as f64),
+    )?;
+    counter(
+        e,
+        "step_records_out",
+        "Records a step passed on to the next one (the encoder: to the sink).",
+        None,
+        per_step(workers, |st| st.records_out as f64),
+    )?;
+    counter(
+        e,
+        "step_dropped",
+        "Records a step dropped by returning None.",
+        None,
+        per_step(workers, |st| st.dropped as f64),
+    )?;
+    counter(
+        e,
+        "step_python",
+        "Python time spent in a step: its calls times the mean of sampled calls.",
+        Some(&Unit::Seconds),
+        per_step(workers, |st| st.python_seconds),
+    )?;
+    histogram(
+        e,
+        "step_call_duration",
+        "Duration of one call of a step's Python code (a random sample of records).",
+        Some(&Unit::Seconds),
+        per_step(workers, |st| &st.call_duration),
+    )
+}
 
-        let sink =
-            |s: &WorkerSnapshot, p: &PipelineSnapshot, v: u64| endpoint(s, p, "sink", &p.sink, v);
-        counter(
-            e,
-            "sink_records",
-            "Records a sink wrote.",
-            None,
-            per_pipeline(&|s, p| sink(s, p, p.sink_records)),
-        )?;
-        counter(
-            e,
-            "sink_bytes",
-            "Bytes a sink wrote.",
-            None,
-            per_pipeline(&|s, p| sink(s, p, p.bytes_out)),
-        )?;
-        counter(
-            e,
-            "sink_errors",
-            "Records a sink could not deliver.",
-            None,
-            per_pipeline(&|s, p| sink(s, p, p.sink_errors)),
-        )?;
-        counter(
-            e,
+/// Batch sizes and the source-to-sink latency.
+fn write_batches_and_latency(e: Encoder, workers: &[&WorkerSnapshot]) -> Written {
+    histogram(
+        e,
+        "batch_size_records",
+        "Records per batch handed to the Python chain (one GIL hold).",
+        None,
+        per_pipeline(workers, |s, p| {
+            Some((pipeline_labels(s, p), &p.batch_sizes))
+        }),
+    )?;
+    histogram(
+        e,
+        "source_to_sink_latency",
+        "From the source reading a record to the sink writing what came of it.",
+        Some(&Unit::Seconds),
+        per_pipeline(workers, |s, p| {
+            (!p.sink.is_empty()).then(|| (pipeline_labels(s, p), &p.latency))
+        }),
+    )
+}
+
+/// What the sinks wrote, and the Kafka sources' lag.
+fn write_sinks(e: Encoder, workers: &[&WorkerSnapshot]) -> Written {
+    let families: [PipelineCounter; 4] = [
+        ("sink_records", "Records a sink wrote.", |p| p.sink_records),
+        ("sink_bytes", "Bytes a sink wrote.", |p| p.bytes_out),
+        ("sink_errors", "Records a sink could not deliver.", |p| {
+            p.sink_errors
+        }),
+        (
             "sink_retries",
             "Times a sink tried again to connect to its receiver or to write a batch.",
-            None,
-            per_pipeline(&|s, p| sink(s, p, p.sink_retries)),
-        )?;
-        gauge(
-            e,
-            "kafka_consumer_lag_messages",
-            "Messages of a partition not yet read by the source (high watermark minus position).",
-            workers
-                .iter()
-                .flat_map(|s| {
-                    s.pipelines.iter().flat_map(move |p| {
-                        p.kafka_lag.iter().map(move |(partition, lag)| {
-                            let mut labels = wp(s, p);
-                            labels.push(("topic", p.kafka_topic.clone()));
-                            labels.push(("partition", partition.to_string()));
-                            (labels, *lag as f64)
-                        })
-                    })
-                })
-                .collect(),
-        )?;
+            |p| p.sink_retries,
+        ),
+    ];
+    for (name, help, value) in families {
+        let samples = per_pipeline(workers, |s, p| endpoint(s, p, "sink", &p.sink, value(p)));
+        counter(e, name, help, None, samples)?;
+    }
+    let mut lag = Vec::new();
+    for s in workers {
+        for p in &s.pipelines {
+            for (partition, messages) in &p.kafka_lag {
+                let mut labels = pipeline_labels(s, p);
+                labels.push(("topic", p.kafka_topic.clone()));
+                labels.push(("partition", partition.to_string()));
+                lag.push((labels, *messages as f64));
+            }
+        }
+    }
+    gauge(
+        e,
+        "kafka_consumer_lag_messages",
+        "Messages of a partition not yet read by the source (high watermark minus position).",
+        lag,
+    )
+}
 
-        gauge(
-            e,
-            "epoch",
-            "The epoch this worker's sources are in.",
-            workers.iter().map(|s| (w(s), s.epoch as f64)).collect(),
-        )?;
-        counter(
-            e,
-            "epochs_completed",
-            "Epochs whose records all went through this worker's dataflow.",
-            None,
-            workers
-                .iter()
-                .map(|s| (w(s), s.epochs_completed as f64))
-                .collect(),
-        )?;
-        histogram(
-            e,
-            "epoch_duration",
-            "From an epoch's start to its completion.",
-            Some(&Unit::Seconds),
-            workers.iter().map(|s| (w(s), &s.epoch_duration)).collect(),
-        )?;
-        gauge(
-            e,
-            "state_keys",
-            "Partition keys whose state this worker holds.",
-            workers
-                .iter()
-                .flat_map(|s| {
-                    s.state_keys.iter().map(move |(state, n)| {
-                        (
-                            vec![("worker", s.worker.clone()), ("state", state.clone())],
-                            *n as f64,
-                        )
-                    })
-                })
-                .collect(),
-        )?;
-        Ok(())
+/// Epoch progress and the keys of state each worker holds.
+fn write_epochs_and_state(e: Encoder, workers: &[&WorkerSnapshot]) -> Written {
+    gauge(
+        e,
+        "epoch",
+        "The epoch this worker's sources are in.",
+        per_worker(workers, |s| s.epoch as f64),
+    )?;
+    counter(
+        e,
+        "epochs_completed",
+        "Epochs whose records all went through this worker's dataflow.",
+        None,
+        per_worker(workers, |s| s.epochs_completed as f64),
+    )?;
+    histogram(
+        e,
+        "epoch_duration",
+        "From an epoch's start to its completion.",
+        Some(&Unit::Seconds),
+        per_worker(workers, |s| &s.epoch_duration),
+    )?;
+    let mut keys = Vec::new();
+    for s in workers {
+        for (state, n) in &s.state_keys {
+            let labels = vec![("worker", s.worker.clone()), ("state", state.clone())];
+            keys.push((labels, *n as f64));
+        }
+    }
+    gauge(
+        e,
+        "state_keys",
+        "Partition keys whose state this worker holds.",
+        keys,
+    )
+}
+
+impl prometheus_client::collector::Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Written {
+        let e = &mut encoder;
+        let workers: Vec<&WorkerSnapshot> = self.workers.iter().map(|w| &w.snapshot).collect();
+        write_workers(e, &self.workers, self.expected_workers)?;
+        write_sources(e, &workers)?;
+        write_pipelines(e, &workers)?;
+        write_steps(e, &workers)?;
+        write_batches_and_latency(e, &workers)?;
+        write_sinks(e, &workers)?;
+        write_epochs_and_state(e, &workers)
     }
 }
 
-/// The workers' metrics in the Prometheus text format (version 0.0.4).
-pub fn exposition(workers: Vec<KnownWorker>) -> String {
-    let expected_workers = cluster().len();
+/// The workers' metrics in the Prometheus text format (version 0.0.4);
+/// `expected_workers` is the cluster's size (0 when unknown).
+pub fn exposition(workers: Vec<KnownWorker>, expected_workers: usize) -> String {
     let mut registry = Registry::with_prefix("wallaroo");
     registry.register_collector(Box::new(SnapshotCollector {
         workers,
@@ -495,7 +499,7 @@ mod tests {
 
     #[test]
     fn exposition_text_is_pinned() {
-        let text = exposition(fixed_workers());
+        let text = exposition(fixed_workers(), 0);
         let pinned = include_str!("testdata/exposition.txt");
         if text != pinned {
             let _ = std::fs::write("target/metrics_exposition.actual.txt", &text);
@@ -517,12 +521,15 @@ mod tests {
             pipelines: vec![metrics.snapshot("p")],
             ..WorkerSnapshot::default()
         };
-        let text = exposition(vec![KnownWorker {
-            snapshot,
-            local: true,
-            age: 0.0,
-            lost: false,
-        }]);
+        let text = exposition(
+            vec![KnownWorker {
+                snapshot,
+                local: true,
+                age: 0.0,
+                lost: false,
+            }],
+            0,
+        );
         assert!(text.contains(
             "wallaroo_source_records_total{worker=\"w\\\"0\",pipeline=\"p\",source=\"file in.txt\"} 3"
         ));

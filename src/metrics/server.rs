@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::history::{history_since, tick, History, Point, HISTORY};
 use super::prometheus::exposition;
-use super::registry::{known_workers, worker_name};
+use super::registry::{cluster, known_workers, worker_name};
 use super::status::status;
 use crate::sync::lock;
 
@@ -142,7 +142,7 @@ async fn asset(State(state): Shared, Path(name): Path<String>) -> Response {
 }
 
 async fn prometheus(State(state): Shared) -> Response {
-    let text = exposition(known_workers(state.everyone));
+    let text = exposition(known_workers(state.everyone), cluster().len());
     (
         [(
             header::CONTENT_TYPE,

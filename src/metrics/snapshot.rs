@@ -152,6 +152,17 @@ pub struct KnownWorker {
     pub lost: bool,
 }
 
+/// A worker whose last report is older than this is not up.
+const UP_WITHIN_SECONDS: f64 = 10.0;
+
+impl KnownWorker {
+    /// Whether the worker runs and reports: not lost, not finished, and
+    /// heard from within [`UP_WITHIN_SECONDS`].
+    pub fn is_up(&self) -> bool {
+        !self.lost && self.snapshot.state != "finished" && self.age < UP_WITHIN_SECONDS
+    }
+}
+
 /// Sum over workers, for the terminal's progress line.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {

@@ -191,7 +191,6 @@ pub(super) fn status(everyone: bool) -> Status {
             }
         }
         let wp = point.workers.get(&s.worker).cloned().unwrap_or_default();
-        let up = !known.lost && s.state != "finished" && known.age < 10.0;
         worker_rows.push(WorkerStatus {
             name: s.worker.clone(),
             index: s.index,
@@ -200,7 +199,7 @@ pub(super) fn status(everyone: bool) -> Status {
                 .map(|(_, address)| address.clone())
                 .unwrap_or_default(),
             state: s.state.clone(),
-            up,
+            up: known.is_up(),
             serving: known.local,
             report_age_seconds: known.age,
             records_in: s.sum(|p| p.records_in),
