@@ -46,6 +46,7 @@ use timely::worker::Worker;
 use timely::WorkerConfig;
 
 use crate::codec::Codec;
+use crate::control::{NextMembership, RunControl, RunHandle};
 use crate::dataflow::{
     run_generation, run_guarded, sink_and_probe, FailureSlot, GenerationEnd, PipelineInput,
     PipelineParts, Resources, Summary,
@@ -631,10 +632,10 @@ pub(crate) fn build_pipeline<A: Allocate>(
 
 /// Why the cluster broke: the reason the control channel gave (it names the
 /// lost worker), waiting a moment for it, else `fallback`.
-fn lost_peer_reason(fallback: &str) -> String {
+fn lost_peer_reason(control: &RunControl, fallback: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
-        if let Some(reason) = crate::dataflow::peek_abort() {
+        if let Some(reason) = control.peek_abort() {
             return reason;
         }
         if std::time::Instant::now() >= deadline {
@@ -646,8 +647,9 @@ fn lost_peer_reason(fallback: &str) -> String {
 
 /// Panics in timely's threads mean a peer's connection broke: unwinding
 /// through timely's shared queues would panic again and abort the process
-/// with a backtrace, so report the lost worker in one line and exit.
-fn exit_on_lost_peer() {
+/// with a backtrace, so report the lost worker in one line and exit (with
+/// crash recovery, `restart`: start again from the last complete snapshot).
+fn exit_on_lost_peer(control: RunHandle, restart: bool) {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let in_timely = std::thread::current()
@@ -663,8 +665,11 @@ fn exit_on_lost_peer() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("connection lost");
-        let reason = lost_peer_reason(&format!("lost the connection to another worker ({detail})"));
-        if RESTART_ON_LOST.load(Ordering::Relaxed) {
+        let reason = lost_peer_reason(
+            &control,
+            &format!("lost the connection to another worker ({detail})"),
+        );
+        if restart {
             restart_process(&reason);
         }
         eprintln!("error: cluster: {reason}");
@@ -680,18 +685,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a worker that joins may take to connect; after that the grow
 /// is rolled back.
 const GROW_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The last generation whose workers all connected (see [`connected_generation`]).
-static CONNECTED_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// The last generation (as counted by `dataflow::generation`) whose workers
-/// all connected: a grow is through once it reaches the grown generation;
-/// a later generation without that is a grow rolled back.
-pub fn connected_generation() -> u64 {
-    CONNECTED_GENERATION.load(Ordering::Relaxed)
-}
-
-static RESTART_ON_LOST: AtomicBool = AtomicBool::new(false);
 
 /// Replace this process by a fresh start of the same command line.
 pub fn restart_process(reason: &str) -> ! {
@@ -732,9 +725,9 @@ pub fn execute(
     options: Options,
     membership: Membership,
     stop: Arc<AtomicBool>,
+    control: RunHandle,
 ) -> Result<Summary, Error> {
-    exit_on_lost_peer();
-    RESTART_ON_LOST.store(options.resilience.is_some(), Ordering::Relaxed);
+    exit_on_lost_peer(control.clone(), options.resilience.is_some());
     let peers = membership.addresses.len();
     let resources = Arc::new(Resources::new(
         plan,
@@ -742,13 +735,14 @@ pub fn execute(
         membership.index,
         peers,
         stop.clone(),
+        control.clone(),
     )?);
     let options = Arc::new(options);
     let mut current = membership;
     // The membership before a grow, until the grown generation is connected.
     let mut grown_from: Option<Membership> = None;
     let outcome = loop {
-        crate::dataflow::begin_generation();
+        control.begin_generation();
         let timeout = match grown_from {
             Some(_) => GROW_CONNECT_TIMEOUT,
             None => CONNECT_TIMEOUT,
@@ -776,7 +770,7 @@ pub fn execute(
                 None => break Err(error),
             },
         };
-        CONNECTED_GENERATION.store(crate::dataflow::generation(), Ordering::Relaxed);
+        control.connected();
         match run_instance(&resources, &options, &current, sockets, &stop) {
             Ok(GenerationEnd::Finished(interrupted)) => break Ok(interrupted),
             Ok(GenerationEnd::Reconfigure(next)) => match next.index {
@@ -844,6 +838,7 @@ fn run_instance(
     .map_err(|e| Error::Cluster(format!("cannot connect the cluster: {e}")))?;
     let builders = builders.into_iter().map(GenericBuilder::ZeroCopy).collect();
     let (result_tx, result_rx) = crossbeam_channel::bounded(1);
+    let control = resources.control.clone();
     let (resources, options) = (resources.clone(), options.clone());
     let names = membership.names.clone();
     let guards = timely::execute::execute_from(
@@ -862,6 +857,7 @@ fn run_instance(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 break Err(Error::Cluster(lost_peer_reason(
+                    &control,
                     "the worker stopped without a result (a peer was lost)",
                 )))
             }
@@ -941,7 +937,8 @@ pub(crate) type NextWorkers = (Vec<String>, Vec<String>);
 /// run ends. `proposal` is only given on worker 0.
 pub(crate) fn decide<A: Allocate>(
     worker: &mut Worker<A>,
-    proposal: Option<crate::dataflow::NextMembership>,
+    control: &RunControl,
+    proposal: Option<NextMembership>,
 ) -> Result<Option<NextWorkers>, Error> {
     type Decision = (u32, Option<NextWorkers>);
     let mut input = InputHandleCore::<u64, CapacityContainerBuilder<Vec<Decision>>>::new();
@@ -964,7 +961,7 @@ pub(crate) fn decide<A: Allocate>(
     }
     drop(input);
     while worker.step_or_park(Some(Duration::from_millis(20))) {
-        if let Some(reason) = crate::dataflow::peek_abort() {
+        if let Some(reason) = control.peek_abort() {
             return Err(Error::Cluster(reason));
         }
     }
@@ -997,10 +994,8 @@ fn exchange_states<A: Allocate>(
     }
     drop(input);
     while worker.step_or_park(Some(Duration::from_millis(20))) {
-        if crate::dataflow::peek_abort().is_some() {
-            return Err(Error::Cluster(
-                crate::dataflow::peek_abort().unwrap_or_default(),
-            ));
+        if let Some(reason) = resources.control.peek_abort() {
+            return Err(Error::Cluster(reason));
         }
     }
     let received = std::mem::take(&mut *received.borrow_mut());

@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use timely::WorkerConfig;
 use crate::bad_input::BadInput;
 use crate::cluster;
 use crate::codec::Codec;
+use crate::control::{NextMembership, RunControl, RunHandle};
 use crate::errors::{Error, StepFailure};
 use crate::metrics::PipelineMetrics;
 use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StartOffset, StepKind};
@@ -59,52 +60,21 @@ const MAX_EPOCH_RECORDS: usize = 4096;
 /// How often steps with timers (windows) get a tick.
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Set by the runner's signal handlers (Ctrl-C, SIGTERM): finish what the
-/// sources have read, then end. A flag, not an exception, so user code that
-/// happens to run when the signal arrives is not interrupted.
-/// 0: none; [`STOP_DRAIN`]; [`STOP_AT_ONCE`] (a second signal).
-static STOP_REQUEST: AtomicU8 = AtomicU8::new(0);
-const STOP_DRAIN: u8 = 1;
-const STOP_AT_ONCE: u8 = 2;
+/// The control of the run in progress (or of the last one), for the
+/// Python-facing functions of `_engine` (`request_stop`, `abort`,
+/// `reconfigure`, `generation`, `connected_generation`). They are called from
+/// the runner's signal handlers and the cluster's control-channel threads,
+/// which hold no reference to the run: `_engine.run` blocks the thread that
+/// started it, and the runner's protocol names no run. So this one registry
+/// is the way in; everything below the entry gets the handle passed down.
+static CURRENT_RUN: Mutex<Option<RunHandle>> = Mutex::new(None);
 
-/// Ask the running worker to stop cleanly, or (`at_once`, a second signal)
-/// without finishing what was read.
-pub fn request_stop(at_once: bool) {
-    STOP_REQUEST.fetch_max(
-        if at_once { STOP_AT_ONCE } else { STOP_DRAIN },
-        Ordering::Relaxed,
-    );
-}
-
-/// Whether a second signal asked the run to stop at once: a step failure
-/// is then the interruption (a KeyboardInterrupt raised in user code), never
-/// skipped and never reported as the step's own failure.
-pub fn stopping_at_once() -> bool {
-    STOP_REQUEST.load(Ordering::Relaxed) >= STOP_AT_ONCE
-}
-
-/// A reason to stop the run set from outside the worker (the cluster's
-/// control channel saw a worker go), checked by the worker loop.
-static ABORT: Mutex<Option<String>> = Mutex::new(None);
-
-/// Ask the running worker to stop with an error (e.g. a lost cluster member).
-pub fn abort(reason: String) {
-    if let Ok(mut slot) = ABORT.lock() {
-        slot.get_or_insert(reason);
-    }
-}
-
-fn take_abort() -> Option<String> {
-    ABORT.lock().ok().and_then(|mut slot| slot.take())
-}
-
-/// The reason the run is being aborted, if it is (left in place).
-pub fn peek_abort() -> Option<String> {
-    ABORT.lock().ok().and_then(|slot| slot.clone())
-}
-
-fn pending_abort() -> bool {
-    ABORT.lock().map(|slot| slot.is_some()).unwrap_or(false)
+/// The control of the run in progress, or of the last one (a fresh one
+/// before the first run).
+pub fn current_run() -> RunHandle {
+    lock(&CURRENT_RUN)
+        .get_or_insert_with(RunControl::new)
+        .clone()
 }
 
 /// What a run did, returned to Python.
@@ -157,10 +127,10 @@ impl Summary {
 /// Run the application until its sources end, it is interrupted, or user code
 /// fails under the stop policy.
 pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
-    take_abort();
-    take_reconfigure();
-    GENERATION.store(0, Ordering::Relaxed);
-    STOP_REQUEST.store(0, Ordering::Relaxed);
+    // A new run starts with a fresh control: no stop, abort or membership
+    // from before it.
+    let control = RunControl::new();
+    *lock(&CURRENT_RUN) = Some(control.clone());
     let stop = Arc::new(AtomicBool::new(false));
     match options.cluster.clone() {
         None => {
@@ -169,50 +139,12 @@ pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
                 Thread::default(),
                 Some(Instant::now()),
             );
-            let resources = Resources::new(plan, &options, 0, 1, stop)?;
+            let resources = Resources::new(plan, &options, 0, 1, stop, control)?;
             let outcome = run_generation(&mut worker, &resources, &options, &[], true);
             resources.finish(outcome.map(|end| end.interrupted()), 0, 1)
         }
-        Some(membership) => cluster::execute(plan, options, membership, stop),
+        Some(membership) => cluster::execute(plan, options, membership, stop, control),
     }
-}
-
-/// A cluster membership announced while the application runs (a worker
-/// joins or leaves): the current generation ends and the next one starts.
-#[derive(Debug, Clone)]
-pub struct NextMembership {
-    /// This process's index in the next generation; None when it leaves.
-    pub index: Option<usize>,
-    /// Data addresses of the next generation, by index.
-    pub addresses: Vec<String>,
-    /// Worker names of the next generation, by index.
-    pub names: Vec<String>,
-}
-
-static RECONFIGURE: Mutex<Option<NextMembership>> = Mutex::new(None);
-
-/// Generations this process has started (a cluster's membership changes).
-static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How many generations this process has started in this run.
-pub fn generation() -> u64 {
-    GENERATION.load(Ordering::Relaxed)
-}
-
-/// A new generation begins: this process connects to its workers.
-pub(crate) fn begin_generation() {
-    GENERATION.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Announce the next membership to the running worker.
-pub fn reconfigure(next: NextMembership) {
-    if let Ok(mut slot) = RECONFIGURE.lock() {
-        *slot = Some(next);
-    }
-}
-
-fn take_reconfigure() -> Option<NextMembership> {
-    RECONFIGURE.lock().ok().and_then(|mut slot| slot.take())
 }
 
 /// A step as the plan gave it, kept to make each generation's chains.
@@ -256,6 +188,7 @@ pub(crate) struct Resources {
     serialize: Option<Py<PyAny>>,
     deserialize: Option<Py<PyAny>>,
     stop: Arc<AtomicBool>,
+    pub(crate) control: RunHandle,
     cluster: bool,
     options: SourceOptions,
     started: Instant,
@@ -357,6 +290,7 @@ impl Resources {
         worker: usize,
         peers: usize,
         stop: Arc<AtomicBool>,
+        control: RunHandle,
     ) -> Result<Resources, Error> {
         let bad = Arc::new(BadInput::new(options.dead_letter.as_deref())?);
         crate::metrics::begin_run(worker, peers, &bad);
@@ -396,6 +330,7 @@ impl Resources {
             serialize: plan.serialize,
             deserialize: plan.deserialize,
             stop,
+            control,
             cluster,
             options: SourceOptions {
                 batch_size: options.batch_size,
@@ -643,6 +578,7 @@ impl Resources {
                             )),
                             _ => None,
                         },
+                        control: self.control.clone(),
                     };
                     let handle = sinks::start(sink.kind, ctx)?;
                     lock(&self.sink_threads).push(handle.thread);
@@ -771,6 +707,7 @@ impl Resources {
             cluster: self.cluster,
             serialize: own(&self.serialize),
             deserialize: own(&self.deserialize),
+            control: self.control.clone(),
         })
     }
 
@@ -886,7 +823,7 @@ impl Resources {
                 let _ = thread.join();
             }
         }
-        let at_once = stopping_at_once();
+        let at_once = self.control.stopping_at_once();
         let interrupted = match outcome {
             Err(Error::Step(failure)) if at_once => {
                 log::warn!(
@@ -1027,7 +964,7 @@ pub(crate) fn run_generation<A: Allocate>(
                 if resources.resilience.is_some() {
                     plan.resume_from(position.partitions);
                 }
-                if generation() > 1 {
+                if resources.control.generation() > 1 {
                     // Later generations go on from what the last one committed.
                     plan.start_offset = StartOffset::Committed;
                 }
@@ -1067,7 +1004,7 @@ pub(crate) fn run_generation<A: Allocate>(
     }
     inputs.clear();
     while worker.step_or_park(Some(IDLE_WAIT)) {
-        if pending_abort() {
+        if resources.control.pending_abort() {
             // The cluster is gone: nothing more will complete. Dropping the
             // dataflows closes the sink channels so the sinks flush and end.
             for dataflow in worker.installed_dataflows() {
@@ -1092,14 +1029,14 @@ pub(crate) fn run_generation<A: Allocate>(
     if resources.resilience.is_some()
         && matches!(outcome, Ok(DriveEnd::Finished(_)))
         && failure.borrow().is_none()
-        && !pending_abort()
+        && !resources.control.pending_abort()
     {
         // The final state and positions: started again, the run goes on
         // from where this one ended.
         resources.snapshot()?;
     }
     let (interrupted, proposal) = match outcome? {
-        DriveEnd::Finished(interrupted) => (interrupted, take_reconfigure()),
+        DriveEnd::Finished(interrupted) => (interrupted, resources.control.take_reconfigure()),
         DriveEnd::Reconfigure(next) => (false, Some(next)),
     };
     let failed = failure.borrow_mut().take();
@@ -1108,11 +1045,11 @@ pub(crate) fn run_generation<A: Allocate>(
     // its dataflow end either way); a worker that failed still takes part.
     let decided = if resources.cluster {
         let proposal = proposal.filter(|_| index == 0 && failed.is_none());
-        cluster::decide(worker, proposal)?
+        cluster::decide(worker, &resources.control, proposal)?
     } else {
         None
     };
-    take_reconfigure();
+    resources.control.take_reconfigure();
     if let Some(failure) = failed {
         return Err(Error::Step(failure));
     }
@@ -1433,6 +1370,7 @@ fn drive<A: Allocate>(
     check_signals: bool,
 ) -> Result<DriveEnd, Error> {
     let stop = &resources.stop;
+    let control = &resources.control;
     let epoch_length = Duration::from_millis(options.epoch_ms);
     let mut clock = SnapshotClock::new(worker, resources);
     let mut live: Vec<bool> = sources.iter().map(Option::is_some).collect();
@@ -1531,9 +1469,9 @@ fn drive<A: Allocate>(
                 inputs.iter_mut().for_each(|slot| *slot = None);
             }
         }
-        if let Some(reason) = take_abort() {
+        if let Some(reason) = control.take_abort() {
             stop.store(true, Ordering::Relaxed);
-            abort(reason.clone());
+            control.abort(reason.clone());
             return Err(Error::Cluster(reason));
         }
         if failure.borrow().is_some() {
@@ -1541,7 +1479,7 @@ fn drive<A: Allocate>(
             return Ok(DriveEnd::Finished(interrupted));
         }
         if next_membership.is_none() {
-            if let Some(next) = take_reconfigure() {
+            if let Some(next) = control.take_reconfigure() {
                 log::info!("the cluster changes: ending this generation at the current epoch");
                 // Sources made for this generation end (and commit); the
                 // others stay open for the next generation.
@@ -1568,14 +1506,14 @@ fn drive<A: Allocate>(
                 stop.store(true, Ordering::Relaxed);
             }
         }
-        if stopping_at_once() {
+        if control.stopping_at_once() {
             log::warn!(
                 "stopping at once (a second signal): what was read and not yet delivered is not"
             );
             stop.store(true, Ordering::Relaxed);
             return Ok(DriveEnd::Finished(true));
         }
-        if STOP_REQUEST.load(Ordering::Relaxed) >= STOP_DRAIN && !interrupted {
+        if control.stop_requested() && !interrupted {
             log::info!("stopping: finishing what the sources have read");
             stop.store(true, Ordering::Relaxed);
         }

@@ -26,6 +26,7 @@
 pub mod bad_input;
 pub mod cluster;
 pub mod codec;
+pub mod control;
 pub mod dataflow;
 pub mod errors;
 pub mod framing;
@@ -72,7 +73,7 @@ fn run<'py>(
 /// cluster's control channel when a member is lost).
 #[pyfunction]
 fn abort(reason: String) {
-    dataflow::abort(reason);
+    dataflow::current_run().abort(reason);
 }
 
 /// Announce the cluster's next membership to the running worker (a worker
@@ -81,7 +82,7 @@ fn abort(reason: String) {
 #[pyfunction]
 #[pyo3(signature = (index, addresses, names))]
 fn reconfigure(index: Option<usize>, addresses: Vec<String>, names: Vec<String>) {
-    dataflow::reconfigure(dataflow::NextMembership {
+    dataflow::current_run().reconfigure(control::NextMembership {
         index,
         addresses,
         names,
@@ -92,13 +93,13 @@ fn reconfigure(index: Option<usize>, addresses: Vec<String>, names: Vec<String>)
 /// current run; a cluster starts a new one when its membership changes.
 #[pyfunction]
 fn generation() -> u64 {
-    dataflow::generation()
+    dataflow::current_run().generation()
 }
 
 /// The last generation whose workers all connected to each other.
 #[pyfunction]
 fn connected_generation() -> u64 {
-    cluster::connected_generation()
+    dataflow::current_run().connected_generation()
 }
 
 /// Ask the running worker to finish what its sources have read and end
@@ -107,7 +108,7 @@ fn connected_generation() -> u64 {
 #[pyfunction]
 #[pyo3(signature = (at_once = false))]
 fn request_stop(at_once: bool) {
-    dataflow::request_stop(at_once);
+    dataflow::current_run().request_stop(at_once);
 }
 
 /// Replace this process by a fresh start of its own command line (crash

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyList, PySet, PyString, PyTuple};
 
 use crate::bad_input::BadInput;
+use crate::control::RunHandle;
 use crate::errors::{format_py_err, short_repr, StepFailure};
 use crate::metrics::{ChainStats, PipelineMetrics};
 use crate::plan::OnError;
@@ -324,6 +325,8 @@ pub struct Chain {
     pub serialize: Option<Py<PyAny>>,
     /// The application's own `deserialize`.
     pub deserialize: Option<Py<PyAny>>,
+    /// The run's control: a second signal makes a failure the interruption.
+    pub control: RunHandle,
 }
 
 /// Orders the records a state step applies within an epoch: source order
@@ -602,7 +605,7 @@ impl Chain {
         match (result, self.on_error) {
             (Ok(()), _) => Ok(()),
             (Err(failure), OnError::Stop) => Err(failure),
-            (Err(failure), OnError::Skip) if crate::dataflow::stopping_at_once() => Err(failure),
+            (Err(failure), OnError::Skip) if self.control.stopping_at_once() => Err(failure),
             (Err(failure), OnError::Skip) => {
                 PipelineMetrics::add(&self.metrics.skipped_errors, 1);
                 const KIND: &str = "step_error";

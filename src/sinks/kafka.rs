@@ -28,6 +28,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use super::{BatchWriter, Output, SinkContext};
 use crate::bad_input::BadInput;
+use crate::control::RunHandle;
 use crate::errors::Error;
 use crate::kafka::check_topic;
 use crate::metrics::PipelineMetrics;
@@ -77,6 +78,8 @@ pub struct KafkaWriter {
     metrics: Arc<PipelineMetrics>,
     queue_full: Throttle,
     transactional: bool,
+    /// A failed commit aborts the run through it.
+    control: RunHandle,
 }
 
 impl KafkaWriter {
@@ -127,6 +130,7 @@ impl KafkaWriter {
             metrics: ctx.metrics.clone(),
             queue_full: Throttle::default(),
             transactional: ctx.transactional_id.is_some(),
+            control: ctx.control.clone(),
         })
     }
 
@@ -160,7 +164,7 @@ impl KafkaWriter {
                      recover from the last snapshot",
                     self.label()
                 );
-                crate::dataflow::abort(reason.clone());
+                self.control.abort(reason.clone());
                 Err(std::io::Error::other(reason))
             }
         }

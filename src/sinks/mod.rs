@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::bad_input::BadInput;
+use crate::control::RunHandle;
 use crate::errors::Error;
 use crate::metrics::PipelineMetrics;
 use crate::plan::SinkKind;
@@ -66,6 +67,8 @@ pub struct SinkContext {
     pub append: bool,
     /// A Kafka sink in transactional mode: its transactional id.
     pub transactional_id: Option<String>,
+    /// The run's control (a failed Kafka commit aborts the run).
+    pub control: RunHandle,
 }
 
 /// A running sink.
