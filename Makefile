@@ -73,6 +73,7 @@ bench: develop-release ## Benchmarks: engine against a bare Python loop, same ru
 	$(BIN)/python benches/resilience.py
 	$(BIN)/python benches/kafka.py
 	$(BIN)/python benches/star_leaders.py
+	$(BIN)/python benches/windows.py
 	$(BIN)/python benches/startup.py
 	$(BIN)/python benches/breakdown.py
 

@@ -656,3 +656,18 @@ def test_event_time_windows_move_with_their_keys_across_2_3_2_workers(run_app, t
     # windows open in the snapshot): every window once, none lost.
     assert sorted(lines) == sorted(expected)
     assert sorted(late_seen, key=int) == sorted(late, key=int)
+
+
+def test_the_timer_fires_keys_whose_windows_fired_on_their_records_before(monkeypatch):
+    Clock(monkeypatch, 0)
+    stage = _event_stage(10, 10)
+    states: dict = {}
+    _feed(stage, states, [("k", 1), ("j", 2)])
+    _feed(stage, states, [("k", 15)])  # fires k's [0,10) on k's record; k now waits at 10
+    assert stage.tick(states, final=False) == [("j", [("j", [2])])]
+    _feed(stage, states, [("j", 31)])  # the watermark passes k's [10,20) without k
+    assert ("k", [("k", [15])]) in stage.tick(states, final=False)
+    # A new key whose first event is late, then an on-time one.
+    outs, late = _feed(stage, states, [("n", 3), ("n", 35)])
+    assert late == [("n", 3)] and outs == []
+    assert stage.tick(states, final=True) == [("j", [("j", [31])]), ("n", [("n", [35])])]
