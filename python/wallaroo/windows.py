@@ -90,7 +90,10 @@ def hours(x: int) -> int:
 class Aggregation:
     """Base of aggregations: define ``initial_accumulator()``, ``update(data, acc)``
     (mutates ``acc``), ``combine(acc1, acc2)`` (returns a new accumulator) and
-    ``output(key, acc)`` (the window's output, or None for none)."""
+    ``output(key, acc)`` (the window's output, or None for none).
+
+    Beyond 0.6: a range window calls ``output_window(key, acc, start, end)``
+    instead, when the aggregation defines it (the window's bounds in ns)."""
 
     _api_mark = Mark("Aggregation", ONLY_06)
 
@@ -505,7 +508,13 @@ class RangeStage(_Stage):
         for pane in held:
             acc = agg.combine(acc, panes[pane])
         if held or self.fire_empty:
-            self._output(windows.key, acc, outs)
+            window_output = getattr(agg, "output_window", None)
+            if window_output is None:
+                self._output(windows.key, acc, outs)
+            else:
+                out = window_output(windows.key, acc, start, start + self.range)
+                if out is not None:
+                    outs.append(out)
         windows.next_start = start + self.slide
         # Panes before the next window start are in no window left.
         for pane in self._panes_in(panes, start, windows.next_start):

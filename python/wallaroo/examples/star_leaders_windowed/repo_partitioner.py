@@ -1,0 +1,1 @@
+../star_leaders/repo_partitioner.py
