@@ -701,21 +701,23 @@ def test_a_foreign_host_header_is_refused(tmp_path: Path) -> None:
             assert _get_with_host(base, host) == 200, host
 
 
-def _bad_input_previews(tmp_path: Path, *flags: str) -> list:
+def _bad_input_previews(tmp_path: Path, *flags: str) -> tuple:
+    """The payloads of /status's recent bad input, and its ``payload_previews``."""
     with running(APP, "--in", f"{HOST}:0", "--output", str(tmp_path / "o.txt"), *flags) as app:
         base = metrics_url(app)
         ((_, _, in_port),) = app.listening()
         send_messages(HOST, in_port, numbers(0, bad=2))
-        status = wait_for(lambda: status_json(base)["recent_bad_input"], 20, "bad input")
-    return [b["payload"] for b in status]  # type: ignore[union-attr]
+        wait_for(lambda: status_json(base)["recent_bad_input"], 20, "bad input")
+        status = status_json(base)
+    return [b["payload"] for b in status["recent_bad_input"]], status["payload_previews"]
 
 
 def test_bad_input_previews_are_shown_only_when_asked_for(tmp_path: Path) -> None:
-    assert _bad_input_previews(tmp_path) == ["", ""]
-    assert _bad_input_previews(tmp_path, "--bad-input-previews") == [
-        "not a number 0",
-        "not a number 1",
-    ]
+    assert _bad_input_previews(tmp_path) == (["", ""], False)
+    assert _bad_input_previews(tmp_path, "--bad-input-previews") == (
+        ["not a number 0", "not a number 1"],
+        True,
+    )
 
 
 def test_m_with_only_a_port_says_it_listens_on_every_interface(tmp_path: Path) -> None:

@@ -100,6 +100,14 @@ def test_page_shows_live_charts_while_an_app_runs(
             )
             assert kinds == [["decode_error", 2]]
             assert browser.evaluate("document.querySelectorAll('#bad-recent tbody tr').length") == 2
+            # Without --bad-input-previews the page says why payloads are not shown.
+            hidden = browser.evaluate(
+                "[...document.querySelectorAll('#bad-recent tbody tr')]"
+                ".map(r => r.lastElementChild.textContent)"
+            )
+            assert hidden == ["hidden (--bad-input-previews shows it)"] * 2, hidden
+            facts = browser.evaluate("document.querySelector('#steps tr.pipeline').textContent")
+            assert "0 not delivered" in facts, facts
             tiles = browser.evaluate("document.getElementById('tile-rate').textContent")
             assert tiles not in ("", "–", "0")
             browser.screenshot(artifacts / "metrics.png")

@@ -159,6 +159,7 @@ async fn status_json(State(state): Shared) -> Response {
         for bad in &mut status.recent_bad_input {
             bad.payload.clear();
         }
+        status.payload_previews = false;
     }
     json(&status)
 }

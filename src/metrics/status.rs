@@ -94,6 +94,9 @@ pub(super) struct Status {
     keys: BTreeMap<String, BTreeMap<String, u64>>,
     bad_input: BTreeMap<String, u64>,
     pub(super) recent_bad_input: Vec<RecentBad>,
+    /// Whether `recent_bad_input` carries payload previews
+    /// (`--bad-input-previews`); without them each `payload` is empty.
+    pub(super) payload_previews: bool,
 }
 
 pub(super) fn status(everyone: bool) -> Status {
@@ -278,5 +281,6 @@ pub(super) fn status(everyone: bool) -> Status {
         keys,
         bad_input: bad_by_kind,
         recent_bad_input: recent,
+        payload_previews: true,
     }
 }

@@ -296,7 +296,7 @@ function renderTables(status) {
       `${fmtRate(pipeline.in_per_second)}/s`,
       `latency p50 ${fmtSeconds(pipeline.latency_seconds.p50)}, p99 ${fmtSeconds(pipeline.latency_seconds.p99)}`,
       `${fmtCount(pipeline.bad_input)} bad input`,
-      `${fmtCount(pipeline.sink_errors)} sink errors`,
+      `${fmtCount(pipeline.sink_errors)} not delivered`,
     ];
     if (pipeline.kafka_lag) facts.push(`Kafka lag ${fmtCount(pipeline.kafka_lag)}`);
     rows.push(el("tr", { class: "pipeline", "data-pipeline": pipeline.name },
@@ -358,7 +358,9 @@ function renderTables(status) {
       el("td", {}, b.kind),
       el("td", { class: "wrap" }, b.position),
       el("td", { class: "wrap" }, b.error),
-      el("td", { class: "wrap" }, el("code", {}, b.payload)),
+      status.payload_previews
+        ? el("td", { class: "wrap" }, el("code", {}, b.payload))
+        : el("td", { class: "muted" }, "hidden (--bad-input-previews shows it)"),
     )));
 }
 
