@@ -109,14 +109,13 @@ fn read_file(
         parser.start_at(offset, index);
         skip = Some(index);
     }
-    let mut chunk = vec![0u8; READ_CHUNK];
     let mut batch = Vec::with_capacity(ctx.batch_size);
     loop {
         if ctx.finished() {
             log::info!("{}: stopped before the end of the file", info.label);
             break;
         }
-        let n = match reader.read(&mut chunk) {
+        match parser.read_from(&mut reader, READ_CHUNK) {
             Ok(0) => {
                 if let Some(parsed) = parser.finish() {
                     handle_parsed(parsed, &mut batch, &ctx, &info);
@@ -124,14 +123,13 @@ fn read_file(
                 }
                 break;
             }
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 log::error!("{}: read failed, the source ends here: {e}", info.label);
                 break;
             }
-        };
-        parser.feed(&chunk[..n]);
+        }
         let drained = drain_parser(&mut parser, &mut batch, &ctx, &info);
         skip_recovered(&mut batch, &mut skip);
         if !drained {

@@ -2,7 +2,7 @@
 //! frames by the decoder's header. Ends when the run stops, after handing over
 //! what its connections had already sent.
 
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,8 @@ use crate::errors::Error;
 use crate::plan::Framing;
 
 const POLL: Duration = Duration::from_millis(50);
+/// Bytes read from a connection at a time, at most.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Bind now (so a busy port fails the start) and accept on a thread.
 pub fn start(
@@ -119,10 +121,9 @@ fn read_connection(
         return;
     }
     let mut parser = Parser::new(framing, ctx.max_frame_bytes, id);
-    let mut chunk = vec![0u8; 256 * 1024];
     loop {
         let mut batch = Vec::new();
-        let n = match stream.read(&mut chunk) {
+        match parser.read_from(&mut stream, READ_CHUNK) {
             Ok(0) => {
                 if let Some(parsed) = parser.finish() {
                     handle_parsed(parsed, &mut batch, &ctx, &info);
@@ -131,7 +132,7 @@ fn read_connection(
                 log::info!("{} connection {id}: closed by the peer", info.label);
                 return;
             }
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
                 // Nothing pending: when stopping, everything sent so far is in.
                 if ctx.finished() {
@@ -153,8 +154,7 @@ fn read_connection(
                 log::warn!("{} connection {id}: read failed: {e}", info.label);
                 return;
             }
-        };
-        parser.feed(&chunk[..n]);
+        }
         let ok = drain_parser(&mut parser, &mut batch, &ctx, &info);
         if !send_batch(&tx, batch, &ctx) {
             return;
