@@ -701,6 +701,24 @@ def test_a_foreign_host_header_is_refused(tmp_path: Path) -> None:
             assert _get_with_host(base, host) == 200, host
 
 
+def test_the_full_host_name_is_looked_up_only_for_servers_beyond_loopback(monkeypatch) -> None:
+    """Looking the full name up can take a DNS round trip at every start: a
+    server on loopback, which no browser can reach by that name, skips it."""
+    from wallaroo import metrics
+
+    def no_lookup() -> str:
+        raise AssertionError("getfqdn called for a loopback server")
+
+    monkeypatch.setattr(socket, "getfqdn", no_lookup)
+    for address in ("127.0.0.1:0", "127.0.0.1:5001", "localhost:80", "[::1]:0"):
+        assert metrics.allowed_hosts(None, address) == [socket.gethostname()], address
+    assert metrics.allowed_hosts("box.example:5001", "127.0.0.1:5001") == sorted(
+        {"box.example", socket.gethostname()})
+    monkeypatch.setattr(socket, "getfqdn", lambda: "box.full.example")
+    for address in ("0.0.0.0:5001", "[::]:0", "10.1.2.3:80", ""):
+        assert "box.full.example" in metrics.allowed_hosts(None, address), address
+
+
 def _bad_input_previews(tmp_path: Path, *flags: str) -> tuple:
     """The payloads of /status's recent bad input, and its ``payload_previews``."""
     with running(APP, "--in", f"{HOST}:0", "--output", str(tmp_path / "o.txt"), *flags) as app:

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import struct
 import sys
 import traceback
@@ -425,6 +426,30 @@ def test_stdlib_site_packages_and_wallaroo_are_never_translated(units, tmp_path)
     assert py2compat.Py2Finder([inside]).covers(os.path.join(inside, "mod.py"))
 
 
+@pytest.mark.parametrize("source", [b"x = xrange(3)\n", b"print 'hello'\n"], ids=["py3", "py2"])
+def test_code_cache_keeps_a_module_until_its_source_changes(tmp_path, source: bytes) -> None:
+    from wallaroo.py2compat import codecache
+
+    cache, module = str(tmp_path / "cache"), str(tmp_path / "m.py")
+    result = py2compat.compile_module(source, module, cache)
+    assert codecache.load(cache, module, source) is None
+    assert codecache.store(cache, module, source, result)
+    code, mode, rewrites, reason, entry = codecache.load(cache, module, source)
+    assert (code, mode, rewrites, reason) == (result.code, result.mode, result.rewrites,
+                                              result.reason)
+    assert entry == codecache.entry_file(cache, module)
+    # Other source bytes, or the same bytes at another path: a miss.
+    assert codecache.load(cache, module, source + b"y = 1\n") is None
+    assert codecache.load(cache, str(tmp_path / "n.py"), source) is None
+    # A damaged entry is a miss, never an error.
+    Path(entry).write_bytes(Path(entry).read_bytes()[:-3])
+    assert codecache.load(cache, module, source) is None
+    # A cache that cannot be written: the run goes on without it.
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    assert not codecache.store(str(blocked / "c"), module, source, result)
+
+
 def test_application_roots() -> None:
     sys.path.insert(0, str(UNITS))
     try:
@@ -494,10 +519,22 @@ def test_python_2_application_end_to_end(run_app, py2_env, tmp_path: Path) -> No
     cache = Path(py2_env["WALLAROO_CACHE_DIR"])
     assert len(list(cache.glob("*.py"))) == 3
 
+    # The compiled code of every module is kept: the next start compiles nothing.
     second = run_app(LEGACY, *args, "--output", str(out2), env=py2_env).check()
     assert _records(out2) == EXPECTED
-    for module in ("legacy", "textutil", "textutil.fmt"):
+    for module in ("legacy", "textutil", "textutil.fmt", "tally", "codec",
+                   "textutil.case_helpers"):
         [line] = _debug_lines(second.stderr, module)
+        assert "; code from cache " in line, line
+    assert len(list((cache / "code").glob("*.code"))) == 6
+    assert len(list(cache.glob("*.py"))) == 3
+
+    # Without the code, the translations are still kept.
+    shutil.rmtree(cache / "code")
+    third = run_app(LEGACY, *args, "--output", str(out2), env=py2_env).check()
+    assert _records(out2) == EXPECTED
+    for module in ("legacy", "textutil", "textutil.fmt"):
+        [line] = _debug_lines(third.stderr, module)
         assert "translation from cache" in line, line
     assert len(list(cache.glob("*.py"))) == 3
     assert not list(LEGACY.rglob("__pycache__"))

@@ -26,17 +26,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import socket
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wallaroo.progress import Progress
+if TYPE_CHECKING:
+    from wallaroo.progress import Progress
 
 log = logging.getLogger("wallaroo.metrics")
 
 #: The web page's files (packaged with the wheel; no build step, no CDN).
-STATIC_DIR = Path(__file__).resolve().parent / "ui_static"
+STATIC_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "ui_static")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,11 +123,23 @@ def listening_on(bound: str) -> str:
     return bound
 
 
-def allowed_hosts(spec: str | None) -> list:
-    """Host names the server answers to besides IP literals and localhost
-    (a browser's page on another name -- DNS rebinding -- is refused): the
-    host ``-m`` names and this machine's names."""
-    names = {socket.gethostname(), socket.getfqdn()}
+def is_loopback(bound: str) -> bool:
+    """Whether the ``host:port`` a server listens on is reachable from this
+    machine only."""
+    host = split_address(bound)[0]
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def allowed_hosts(spec: str | None, address: str = "") -> list:
+    """Host names the server listening on ``address`` answers to besides IP
+    literals and localhost (a browser's page on another name -- DNS
+    rebinding -- is refused): the host ``-m`` names and this machine's names.
+    Its fully qualified name only when ``address`` is not loopback (the
+    default): a browser could reach the server by that name only then, and
+    finding it out can take a DNS round trip at every start."""
+    names = {socket.gethostname()}
+    if not address or not is_loopback(address):
+        names.add(socket.getfqdn())
     if spec:
         with contextlib.suppress(ValueError):
             names.add(split_address(spec)[0])
@@ -184,6 +197,8 @@ class Observer:
         if members is not None and not serves:
             members.report(self.report_message)
         if serves and not self.opts.quiet and _is_tty(sys.stderr):
+            from wallaroo.progress import Progress
+
             self.progress = Progress(_engine.metrics_totals)
             self.progress.start()
 
@@ -191,16 +206,16 @@ class Observer:
         from wallaroo import _engine
 
         address = bind_address(spec, flag)
-        hosts = allowed_hosts(spec)
+        hosts = allowed_hosts(spec, address)
         previews = bool(getattr(self.opts, "bad_input_previews", False))
         try:
-            bound = _engine.metrics_serve(address, str(STATIC_DIR), everyone, hosts, previews)
+            bound = _engine.metrics_serve(address, STATIC_DIR, everyone, hosts, previews)
         except OSError as err:
             fallback = "127.0.0.1:0"
             log.warning("%s; serving on a free loopback port instead", err)
             try:
-                bound = _engine.metrics_serve(fallback, str(STATIC_DIR), everyone, hosts,
-                                              previews)
+                bound = _engine.metrics_serve(fallback, STATIC_DIR, everyone,
+                                              allowed_hosts(spec, fallback), previews)
             except OSError as err2:
                 log.warning("metrics are not served: %s", err2)
                 return

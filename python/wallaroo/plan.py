@@ -8,8 +8,8 @@ here so the engine calls them without attribute look-ups per record.
 
 from __future__ import annotations
 
-import inspect
 import pickle
+import types
 from typing import Any, Callable
 
 from wallaroo import versions
@@ -26,7 +26,7 @@ def _method(obj: Any, name: str, where: str, decorator: str = "") -> Callable[..
         return obj._func
     method = getattr(obj, name, None)
     if not callable(method):
-        if decorator and inspect.isfunction(obj):
+        if decorator and isinstance(obj, types.FunctionType):
             raise ApplicationError(
                 f"{where}: the function {obj.__qualname__}() is not decorated: put "
                 f"{decorator} on the line above its def"

@@ -26,24 +26,17 @@ cluster. Protocol: JSON lines over the control address.
 Modules: :mod:`.wire` (the messages, addresses, what both roles share),
 :mod:`.auth` (the secret and its proofs), :mod:`.initializer`,
 :mod:`.member`, :mod:`.membership` (one run's cluster: form, watch,
-verdict) and :mod:`.supervisor` (``--workers N``).
+verdict), :mod:`.supervisor` (``--workers N``) and :mod:`.options` (the
+flags, the secret's source, whether a run is a cluster). Only
+:mod:`.options` is imported with the package: the rest on first use of one
+of its names (``cluster.Cluster``, ``cluster.supervise``, ...), so a
+one-process run never loads it (start-up time).
 """
 
 from __future__ import annotations
 
-import argparse
-
-from wallaroo.cluster.auth import SECRET_ENV, load_secret
-from wallaroo.cluster.membership import Cluster
-from wallaroo.cluster.supervisor import supervise
-from wallaroo.cluster.wire import (
-    GROW_WITH_RESILIENCE,
-    ClusterSetupError,
-    Membership,
-    free_address,
-    is_loopback,
-    split_address,
-)
+from wallaroo._lazy import lazy_names
+from wallaroo.cluster.options import SECRET_ENV, add_arguments, load_secret, wanted
 
 __all__ = [
     "GROW_WITH_RESILIENCE",
@@ -57,37 +50,19 @@ __all__ = [
     "load_secret",
     "split_address",
     "supervise",
+    "wanted",
 ]
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The runner's cluster flags beyond the 0.4.2 ones."""
-    group = parser.add_argument_group("cluster")
-    group.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="start N worker processes on this machine and supervise them "
-        "(a convenience for -t/-w/-c/-d on loopback)",
-    )
-    group.add_argument(
-        "--cluster-secret",
-        metavar="SECRET",
-        help="the cluster's shared secret, proved by every worker and the initializer and "
-        "never sent (a command line is visible to other users: prefer "
-        f"--cluster-secret-file or {SECRET_ENV}); required when the control address is "
-        "reachable from other hosts, and then by the external channel too",
-    )
-    group.add_argument(
-        "--cluster-secret-file",
-        metavar="PATH",
-        help="read the cluster secret from PATH (surrounding whitespace dropped); "
-        f"else {SECRET_ENV}",
-    )
-    group.add_argument(
-        "--cluster-timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="how long to wait for the cluster to form (default 60)",
-    )
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "Cluster": "membership",
+        "supervise": "supervisor",
+        "GROW_WITH_RESILIENCE": "wire",
+        "ClusterSetupError": "wire",
+        "Membership": "wire",
+        "free_address": "wire",
+        "is_loopback": "wire",
+        "split_address": "wire",
+    },
+)

@@ -15,7 +15,6 @@ cannot join; the user's own processes can, as they could anyway.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import os
@@ -26,8 +25,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-#: The environment variable holding the cluster secret.
-SECRET_ENV = "WALLAROO_CLUSTER_SECRET"
 #: How long a new connection may take to say who it is and prove it: a
 #: stalled or slow stranger is dropped after that, never waited for.
 HANDSHAKE_SECONDS = 5.0
@@ -51,23 +48,6 @@ def proves(secret: str, role: str, server_nonce: str, client_nonce: object,
     if not isinstance(client_nonce, str) or not isinstance(claimed, str):
         return False
     return hmac.compare_digest(proof(secret, role, server_nonce, client_nonce), claimed)
-
-
-def load_secret(opts: argparse.Namespace) -> str | None:
-    """Settle ``opts.cluster_secret``: ``--cluster-secret``, else the file of
-    ``--cluster-secret-file``, else the environment. A problem, or None."""
-    path = getattr(opts, "cluster_secret_file", None)
-    if opts.cluster_secret is None and path:
-        try:
-            with open(path, encoding="utf-8") as file:
-                opts.cluster_secret = file.read().strip()
-        except (OSError, UnicodeDecodeError) as err:
-            return f"--cluster-secret-file: cannot read {path}: {err}"
-        if not opts.cluster_secret:
-            return f"--cluster-secret-file: {path} is empty"
-    if opts.cluster_secret is None:
-        opts.cluster_secret = os.environ.get(SECRET_ENV) or None
-    return None
 
 
 def _private_dir() -> Path | None:

@@ -18,13 +18,13 @@ from typing import Callable
 from wallaroo.cluster import external
 from wallaroo.cluster.auth import (
     HANDSHAKE_SECONDS,
-    SECRET_ENV,
     Watchdog,
     nonce,
     proof,
     proves,
     publish_local_secret,
 )
+from wallaroo.cluster.options import SECRET_ENV
 from wallaroo.cluster.wire import (
     GROW_WITH_RESILIENCE,
     MAX_HANDSHAKE_LINE,

@@ -43,7 +43,9 @@ class Member:
         host, port = split_address(target, "-c/--control or -j/--join")
         my_data = self.opts.my_data or free_address()
         deadline = time.monotonic() + self.opts.cluster_timeout
-        delay = 0.1
+        # Workers started together reach this point about when the
+        # initializer starts listening: try again soon, then less often.
+        delay = 0.01
         while True:
             try:
                 sock = no_delay(socket.create_connection((host, port), timeout=5))

@@ -46,15 +46,6 @@ class Cluster(Initializer, Member):
         # Crash recovery: a member that registers again was restarted.
         self.on_restarted: Callable[[str], None] | None = None
 
-    @staticmethod
-    def wanted(opts: argparse.Namespace) -> bool:
-        """Whether the flags ask for a multi-process cluster."""
-        initializer = opts.cluster_initializer and (
-            (opts.worker_count or 1) > 1 or bool(opts.control)
-        )
-        member = not opts.cluster_initializer and bool(opts.join or opts.control)
-        return bool(initializer or member)
-
     def form(self, extra: dict | None = None) -> Membership:
         """Wait until the cluster is complete; this process's membership.
 

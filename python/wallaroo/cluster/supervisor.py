@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from wallaroo.cluster.auth import SECRET_ENV
+from wallaroo.cluster.options import SECRET_ENV
 from wallaroo.cluster.wire import free_address
 
 log = logging.getLogger("wallaroo.cluster")

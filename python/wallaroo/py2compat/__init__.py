@@ -30,41 +30,38 @@ with the mode used. ``python -m wallaroo --no-py2-compat`` turns it all off.
 
 The package, by concern: :mod:`.runtime` (what translated modules call at run
 time), :mod:`.rewrite` (the AST rewrite), :mod:`.translate` (fissix),
-:mod:`.cache` (translations kept on disk) and :mod:`.importer` (compiling one
-module; the finder and loader).
+:mod:`.cache` (translations kept on disk), :mod:`.compiler` (compiling one
+module), :mod:`.codecache` (compiled code kept on disk, so a start compiles
+nothing) and :mod:`.importer` (the finder and loader).
 """
 
 from __future__ import annotations
 
-from wallaroo.py2compat.cache import TRANSLATOR_VERSION, cache_dir
+from wallaroo._lazy import lazy_names
+from wallaroo.py2compat.codecache import TRANSLATOR_VERSION, cache_dir
 from wallaroo.py2compat.importer import (
     Py2Finder,
     Py2Loader,
     Result,
     application_roots,
-    compile_module,
     install,
     install_roots,
     uninstall,
 )
-from wallaroo.py2compat.rewrite import apply_compat_layer
-from wallaroo.py2compat.runtime import (
-    HELPER,
-    ModuleCompat,
-    Struct,
-    apply,
-    attr,
-    basestring,
-    cmp,
-    execfile,
-    file,
-    ord,
-    pack,
-    pack_into,
-    print_to,
-    unicode,
+
+#: Imported on first use: a start whose modules are all in the code cache
+#: loads neither the compiler nor (unless a module uses it) the runtime.
+_RUNTIME = ("HELPER", "ModuleCompat", "Struct", "apply", "attr", "basestring", "cmp",
+            "execfile", "file", "ord", "pack", "pack_into", "print_to", "unicode")
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "compile_module": "compiler",
+        "apply_compat_layer": "rewrite",
+        "fissix_version": "translate",
+        **dict.fromkeys(_RUNTIME, "runtime"),
+    },
 )
-from wallaroo.py2compat.translate import fissix_version
 
 __all__ = [
     "HELPER",

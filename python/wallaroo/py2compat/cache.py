@@ -1,4 +1,4 @@
-"""The cache of translations (see :func:`cache_dir`)."""
+"""The cache of translations from Python 2 (in :func:`.codecache.cache_dir`)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,12 @@ import logging
 import os
 import tempfile
 
+from wallaroo.py2compat.codecache import TRANSLATOR_VERSION
 from wallaroo.py2compat.translate import fissix_version
 
 log = logging.getLogger("wallaroo.py2compat")
 
-#: Bump when the translation changes: it is part of the cache key.
-TRANSLATOR_VERSION = "1"
-
 _TRAILER = "# wallaroo-rs py2compat line map: "
-
-
-def cache_dir() -> str:
-    """``$WALLAROO_CACHE_DIR``, else ``$XDG_CACHE_HOME/wallaroo-rs/py2``, else
-    ``~/.cache/wallaroo-rs/py2``."""
-    explicit = os.environ.get("WALLAROO_CACHE_DIR")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "wallaroo-rs", "py2")
 
 
 def _cache_file(directory: str, path: str, data: bytes, mode: str) -> str:

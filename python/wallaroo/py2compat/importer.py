@@ -1,11 +1,11 @@
-"""Compiling one module, and the import hook (finder and loader)."""
+"""The import hook (finder and loader): an application module's code comes
+from the code cache (:mod:`.codecache`), else from :mod:`.compiler`, which
+is imported only then."""
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import importlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
@@ -14,23 +14,20 @@ import site
 import sys
 import sysconfig
 import types
-import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from wallaroo.py2compat.cache import _cache_file, _read_cache, _write_cache, cache_dir
-from wallaroo.py2compat.rewrite import apply_compat_layer
-from wallaroo.py2compat.translate import _remap_lines, _source_line, _translate_py2
+from wallaroo.py2compat import codecache
+from wallaroo.py2compat.codecache import cache_dir
 
 log = logging.getLogger("wallaroo.py2compat")
 
 #: The wallaroo package: never translated.
 _WALLAROO_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
-@dataclass
-class Result:
-    """How :func:`compile_module` compiled a module."""
+
+class Result(NamedTuple):
+    """How a module was compiled (:func:`.compiler.compile_module`)."""
 
     code: types.CodeType
     #: "py3" (compiles as Python 3: compatibility layer only) or "py2" (fissix
@@ -39,7 +36,8 @@ class Result:
     #: Rewrites made by the compatibility layer (0: compiled as it is).
     rewrites: int
     #: For "py2": "hit" (translation read from the cache), "miss" (translated
-    #: and cached), "off" (translated, not cached).
+    #: and cached), "off" (translated, not cached). "code": the compiled code
+    #: was read from the code cache (:mod:`.codecache`), in either mode.
     cache: str | None = None
     cache_file: str | None = None
     #: For "py2": why the source is not Python 3.
@@ -47,75 +45,21 @@ class Result:
 
     def describe(self) -> str:
         """One line for the log."""
+        code = f"; code from cache {self.cache_file}" if self.cache == "code" else ""
         if self.mode == "py3":
             layer = f"{self.rewrites} rewrites" if self.rewrites else "nothing to rewrite"
-            return f"mode py3 (compiles as Python 3; compat layer: {layer})"
+            return f"mode py3 (compiles as Python 3; compat layer: {layer}){code}"
         text = (
             f"mode py2 ({self.reason}; fissix full fixer set + compat layer, "
             f"{self.rewrites} rewrites)"
         )
+        if code:
+            return f"{text}{code}"
         if self.cache == "hit":
             return f"{text}; translation from cache {self.cache_file}"
         if self.cache == "miss":
             return f"{text}; translation cached in {self.cache_file}"
         return f"{text}; translation not cached"
-
-
-def _parse(source: Any, path: str) -> ast.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return compile(source, path, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
-
-
-def compile_module(data: bytes, path: str, cache: str | None = None) -> Result:
-    """Compile the source ``data`` of the module file ``path`` (see the module
-    docstring); ``cache`` is the translation cache directory (None: none)."""
-    try:
-        tree = _parse(data, path)
-    except SyntaxError as err:
-        py3 = err
-    else:
-        rewrites = apply_compat_layer(tree, path, data)
-        if rewrites:
-            code = compile(tree, path, "exec", dont_inherit=True)
-        else:
-            code = compile(data, path, "exec", dont_inherit=True)
-        return Result(code, "py3", rewrites)
-
-    try:
-        text = importlib.util.decode_source(data)
-    except (UnicodeDecodeError, LookupError, SyntaxError):
-        raise py3 from None
-    reason = f"not Python 3: {py3.msg}, line {py3.lineno}"
-    cache_file = _cache_file(cache, os.path.abspath(path), data, "py2") if cache else None
-    cached = _read_cache(cache_file) if cache_file else None
-    tree = None
-    if cached is not None:
-        translated, lines = cached
-        state = "hit"
-        try:
-            tree = _parse(translated, path)
-        except SyntaxError:
-            cached = None  # a damaged cache entry: translate again
-    if cached is None:
-        translated, lines = _translate_py2(text, path, py3)
-        state = "off"
-        if cache_file and _write_cache(cache_file, translated, lines):
-            state = "miss"
-    try:
-        if tree is None:
-            tree = _parse(translated, path)
-    except SyntaxError as err:
-        line = lines[min(err.lineno, len(lines)) - 1] if lines and err.lineno else err.lineno
-        raise SyntaxError(
-            f"{err.msg} (in the Python 2 translation)",
-            (path, line, err.offset, _source_line(text, line)),
-        ) from None
-    rewrites = apply_compat_layer(tree, path, translated)
-    if lines is not None:
-        _remap_lines(tree, lines)
-    code = compile(tree, path, "exec", dont_inherit=True)
-    return Result(code, "py2", rewrites, state, cache_file if state != "off" else None, reason)
 
 
 # ---------------------------------------------------------------------------
@@ -166,12 +110,22 @@ class Py2Loader(importlib.machinery.SourceFileLoader):
     def get_code(self, fullname: str) -> types.CodeType:
         path = self.get_filename(fullname)
         data = self.get_data(path)
-        result = compile_module(data, path, self._finder.cache_dir)
+        cache = self._finder.cache_dir
+        cached = codecache.load(cache, path, data) if cache else None
+        if cached is not None:
+            code, mode, rewrites, reason, entry = cached
+            result = Result(code, mode, rewrites, "code", entry, reason)
+        else:
+            from wallaroo.py2compat.compiler import compile_module
+
+            result = compile_module(data, path, cache)
+            if cache:
+                codecache.store(cache, path, data, result)
         log.debug("%s (%s): %s", fullname, path, result.describe())
         return result.code
 
 
-class Py2Finder(importlib.abc.MetaPathFinder):
+class Py2Finder:
     """Finds the ``.py`` modules under the application roots and loads them
     with :class:`Py2Loader`. The standard library is never handled; neither
     are site-packages nor the wallaroo package, unless a root lies inside them

@@ -5,9 +5,6 @@ from __future__ import annotations
 import builtins
 import functools
 import importlib
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import io
 import logging
 import struct as _struct
