@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::clock::now_ns;
 use super::histogram::{bucket_of, Histogram, BATCH_RECORDS, CALL_NS, EPOCH_NS, LATENCY_NS};
-use super::registry::{current_run, enabled, RunMetrics};
+use super::registry::{enabled, registry, RunMetrics};
 use super::snapshot::{PipelineSnapshot, StepSnapshot};
 use crate::sync::lock;
 
@@ -436,7 +436,11 @@ impl Default for EpochTracker {
 impl EpochTracker {
     /// A tracker for the current run (inert when metrics are off).
     pub fn new() -> EpochTracker {
-        let metrics = if enabled() { current_run() } else { None };
+        let metrics = if enabled() {
+            registry().current_run()
+        } else {
+            None
+        };
         let mut open = std::collections::VecDeque::new();
         if metrics.is_some() {
             open.push_back((0, Instant::now()));

@@ -2,15 +2,11 @@
 //! second, from the workers' snapshots.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{LazyLock, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::clock::unix_seconds;
 use super::histogram::HistogramSnapshot;
-use super::registry::{known_workers, worker_name};
-use super::snapshot::{PipelineSnapshot, WorkerSnapshot};
-use crate::sync::lock;
+use super::snapshot::{KnownWorker, PipelineSnapshot, WorkerSnapshot};
 
 /// Points of history kept (one a second).
 pub const HISTORY_POINTS: usize = 300;
@@ -79,14 +75,13 @@ pub struct Point {
     pub workers: BTreeMap<String, WorkerPoint>,
 }
 
+/// The last [`HISTORY_POINTS`] points, and each worker's last [`WINDOW`]
+/// snapshots they come from.
 #[derive(Default)]
-pub(super) struct History {
+pub struct History {
     points: VecDeque<Point>,
     windows: BTreeMap<String, VecDeque<WorkerSnapshot>>,
 }
-
-pub(super) static HISTORY: LazyLock<Mutex<History>> =
-    LazyLock::new(|| Mutex::new(History::default()));
 
 fn rate(new: u64, old: u64, seconds: f64) -> f64 {
     new.saturating_sub(old) as f64 / seconds
@@ -164,78 +159,6 @@ fn worker_point(
     (point, latencies)
 }
 
-/// Take a snapshot of every worker and add a point to the history.
-pub(super) fn tick() {
-    let workers = known_workers(true);
-    let now = unix_seconds();
-    let mut history = lock(&HISTORY);
-    for worker in &workers {
-        let window = history
-            .windows
-            .entry(worker.snapshot.worker.clone())
-            .or_default();
-        if window
-            .back()
-            .is_none_or(|last| last.time < worker.snapshot.time)
-        {
-            window.push_back(worker.snapshot.clone());
-            while window.len() > WINDOW {
-                window.pop_front();
-            }
-        }
-    }
-    let mut point = Point {
-        t: now,
-        ..Point::default()
-    };
-    let mut merged: BTreeMap<String, HistogramSnapshot> = BTreeMap::new();
-    for worker in &workers {
-        let name = &worker.snapshot.worker;
-        let Some(window) = history.windows.get(name) else {
-            continue;
-        };
-        let stale = worker.lost
-            || worker.age > STALE_SECONDS
-            || window.back().is_some_and(|s| now - s.time > STALE_SECONDS);
-        let (wp, latencies) = worker_point(window, stale);
-        for (pipeline, latency) in latencies {
-            merged.entry(pipeline).or_default().merge(&latency);
-        }
-        let total = &mut point.total;
-        total.r#in += wp.r#in;
-        total.out += wp.out;
-        total.dropped += wp.dropped;
-        total.bad += wp.bad;
-        total.errors += wp.errors;
-        total.calls += wp.calls;
-        for (name, pp) in &wp.pipelines {
-            let tp = total.pipelines.entry(name.clone()).or_default();
-            tp.r#in += pp.r#in;
-            tp.out += pp.out;
-            for (step, sp) in &pp.steps {
-                let ts = tp.steps.entry(step.clone()).or_default();
-                ts.rate += sp.rate;
-                // Slowest worker's percentiles: a bottleneck shows.
-                ts.p50 = max_option(ts.p50, sp.p50);
-                ts.p99 = max_option(ts.p99, sp.p99);
-                ts.mean = max_option(ts.mean, sp.mean);
-            }
-        }
-        point.workers.insert(name.clone(), wp);
-    }
-    for (name, latency) in merged {
-        if let Some(tp) = point.total.pipelines.get_mut(&name) {
-            tp.p50 = latency.quantile(0.5);
-            tp.p95 = latency.quantile(0.95);
-            tp.p99 = latency.quantile(0.99);
-        }
-    }
-    history.points.push_back(point);
-    while history.points.len() > HISTORY_POINTS {
-        history.points.pop_front();
-    }
-}
-
 fn max_option(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
@@ -244,29 +167,101 @@ fn max_option(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Points newer than `since`; for a worker's own view, only its series.
-pub(super) fn history_since(since: f64, everyone: bool) -> Vec<Point> {
-    let me = worker_name();
-    lock(&HISTORY)
-        .points
-        .iter()
-        .filter(|p| p.t > since)
-        .map(|p| {
-            if everyone {
-                return p.clone();
+impl History {
+    /// Add the point of `now` from the workers' snapshots.
+    pub fn add(&mut self, workers: &[KnownWorker], now: f64) {
+        let history = self;
+        for worker in workers {
+            let window = history
+                .windows
+                .entry(worker.snapshot.worker.clone())
+                .or_default();
+            if window
+                .back()
+                .is_none_or(|last| last.time < worker.snapshot.time)
+            {
+                window.push_back(worker.snapshot.clone());
+                while window.len() > WINDOW {
+                    window.pop_front();
+                }
             }
-            let mine = p.workers.get(&me).cloned().unwrap_or_default();
-            Point {
-                t: p.t,
-                total: mine.clone(),
-                workers: BTreeMap::from([(me.clone(), mine)]),
+        }
+        let mut point = Point {
+            t: now,
+            ..Point::default()
+        };
+        let mut merged: BTreeMap<String, HistogramSnapshot> = BTreeMap::new();
+        for worker in workers {
+            let name = &worker.snapshot.worker;
+            let Some(window) = history.windows.get(name) else {
+                continue;
+            };
+            let stale = worker.lost
+                || worker.age > STALE_SECONDS
+                || window.back().is_some_and(|s| now - s.time > STALE_SECONDS);
+            let (wp, latencies) = worker_point(window, stale);
+            for (pipeline, latency) in latencies {
+                merged.entry(pipeline).or_default().merge(&latency);
             }
-        })
-        .collect()
-}
+            let total = &mut point.total;
+            total.r#in += wp.r#in;
+            total.out += wp.out;
+            total.dropped += wp.dropped;
+            total.bad += wp.bad;
+            total.errors += wp.errors;
+            total.calls += wp.calls;
+            for (name, pp) in &wp.pipelines {
+                let tp = total.pipelines.entry(name.clone()).or_default();
+                tp.r#in += pp.r#in;
+                tp.out += pp.out;
+                for (step, sp) in &pp.steps {
+                    let ts = tp.steps.entry(step.clone()).or_default();
+                    ts.rate += sp.rate;
+                    // Slowest worker's percentiles: a bottleneck shows.
+                    ts.p50 = max_option(ts.p50, sp.p50);
+                    ts.p99 = max_option(ts.p99, sp.p99);
+                    ts.mean = max_option(ts.mean, sp.mean);
+                }
+            }
+            point.workers.insert(name.clone(), wp);
+        }
+        for (name, latency) in merged {
+            if let Some(tp) = point.total.pipelines.get_mut(&name) {
+                tp.p50 = latency.quantile(0.5);
+                tp.p95 = latency.quantile(0.95);
+                tp.p99 = latency.quantile(0.99);
+            }
+        }
+        history.points.push_back(point);
+        while history.points.len() > HISTORY_POINTS {
+            history.points.pop_front();
+        }
+    }
 
-pub(super) fn latest_point(everyone: bool) -> Point {
-    history_since(0.0, everyone).pop().unwrap_or_default()
+    /// Points newer than `since`; with `only` (a worker's own view), only
+    /// that worker's series, as the total too.
+    pub fn since(&self, since: f64, only: Option<&str>) -> Vec<Point> {
+        self.points
+            .iter()
+            .filter(|p| p.t > since)
+            .map(|p| {
+                let Some(me) = only else {
+                    return p.clone();
+                };
+                let mine = p.workers.get(me).cloned().unwrap_or_default();
+                Point {
+                    t: p.t,
+                    total: mine.clone(),
+                    workers: BTreeMap::from([(me.to_owned(), mine)]),
+                }
+            })
+            .collect()
+    }
+
+    /// The newest point (see [`History::since`]); empty before the first.
+    pub fn latest(&self, only: Option<&str>) -> Point {
+        self.since(0.0, only).pop().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

@@ -6,20 +6,20 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::registry::{configure, local_snapshot, peer_lost, report_peer, set_cluster, totals};
+use super::registry::registry;
 use super::server::{serve, stop_all};
 
 /// Set this worker's name and application; `enabled` false turns the
 /// per-step counts, sampled timings and latencies off (the plain counters stay).
 #[pyfunction]
 fn metrics_configure(enabled: bool, name: &str, app: &str) {
-    configure(enabled, name, app);
+    registry().configure(enabled, name, app);
 }
 
 /// The cluster's workers as `(name, data address)` by index.
 #[pyfunction]
 fn metrics_set_cluster(workers: Vec<(String, String)>) {
-    set_cluster(workers);
+    registry().set_cluster(workers);
 }
 
 /// Serve the metrics on `address`; returns the bound `host:port`. Raises
@@ -35,47 +35,58 @@ fn metrics_serve(
     previews: bool,
 ) -> PyResult<String> {
     let allowed_hosts = allowed_hosts.unwrap_or_default();
-    py.detach(|| serve(address, static_dir, everyone, allowed_hosts, previews))
-        .map(|bound| bound.to_string())
-        .map_err(|e| PyOSError::new_err(format!("cannot serve metrics on {address}: {e}")))
+    py.detach(|| {
+        serve(
+            registry(),
+            address,
+            static_dir,
+            everyone,
+            allowed_hosts,
+            previews,
+        )
+    })
+    .map(|bound| bound.to_string())
+    .map_err(|e| PyOSError::new_err(format!("cannot serve metrics on {address}: {e}")))
 }
 
 /// Stop the metrics servers.
 #[pyfunction]
 fn metrics_stop(py: Python<'_>) {
-    py.detach(stop_all);
+    py.detach(|| stop_all(registry()));
 }
 
 /// This worker's metrics now, as JSON (what workers report to the initializer).
 #[pyfunction]
 fn metrics_snapshot(py: Python<'_>) -> PyResult<String> {
-    py.detach(|| serde_json::to_string(&local_snapshot()))
+    py.detach(|| serde_json::to_string(&registry().local_snapshot()))
         .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// Store worker `name`'s report (JSON from its `metrics_snapshot`).
 #[pyfunction]
 fn metrics_report(name: &str, snapshot: &str) -> PyResult<()> {
-    report_peer(name, snapshot).map_err(PyValueError::new_err)
+    registry()
+        .report_peer(name, snapshot)
+        .map_err(PyValueError::new_err)
 }
 
 /// Worker `name`'s control connection closed (`lost`) or it finished.
 #[pyfunction]
 #[pyo3(signature = (name, lost=true))]
 fn metrics_peer_lost(name: &str, lost: bool) {
-    peer_lost(name, lost);
+    registry().peer_lost(name, lost);
 }
 
 /// Totals over every known worker, for the progress line.
 #[pyfunction]
 fn metrics_totals(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let totals = py.detach(totals);
+    let totals = py.detach(|| registry().totals());
     let dict = PyDict::new(py);
     dict.set_item("records_in", totals.records_in)?;
     dict.set_item("records_out", totals.records_out)?;
     dict.set_item("dropped", totals.dropped)?;
     dict.set_item("bad_input", totals.bad_input)?;
-    dict.set_item("errors", totals.errors)?;
+    dict.set_item("errors", totals.errors())?;
     dict.set_item("workers", totals.workers)?;
     dict.set_item("kafka_lag", totals.kafka_lag)?;
     Ok(dict)

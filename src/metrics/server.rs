@@ -28,9 +28,10 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use super::history::{history_since, tick, History, Point, HISTORY};
+use super::clock::unix_seconds;
+use super::history::{History, Point};
 use super::prometheus::exposition;
-use super::registry::{cluster, known_workers, worker_name};
+use super::registry::Registry;
 use super::status::status;
 use crate::sync::lock;
 
@@ -85,12 +86,22 @@ fn content_type(name: &str) -> Option<&'static str> {
 }
 
 struct AppState {
+    registry: &'static Registry,
+    /// Shared with the ticker and the other servers.
+    history: Arc<Mutex<History>>,
     everyone: bool,
     assets: Assets,
     /// Host names answered besides IP literals and localhost.
     allowed_hosts: Vec<String>,
     /// Show recent bad input's payload previews on /status.
     previews: bool,
+}
+
+impl AppState {
+    /// The worker whose series a worker's own view shows (None: everyone's).
+    fn only(&self) -> Option<String> {
+        (!self.everyone).then(|| self.registry.worker_name())
+    }
 }
 
 type Shared = State<Arc<AppState>>;
@@ -142,7 +153,11 @@ async fn asset(State(state): Shared, Path(name): Path<String>) -> Response {
 }
 
 async fn prometheus(State(state): Shared) -> Response {
-    let text = exposition(known_workers(state.everyone), cluster().len());
+    let registry = state.registry;
+    let text = exposition(
+        registry.known_workers(state.everyone),
+        registry.cluster().len(),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -154,7 +169,8 @@ async fn prometheus(State(state): Shared) -> Response {
 }
 
 async fn status_json(State(state): Shared) -> Response {
-    let mut status = status(state.everyone);
+    let point = lock(&state.history).latest(state.only().as_deref());
+    let mut status = status(state.registry, &point, state.everyone);
     if !state.previews {
         for bad in &mut status.recent_bad_input {
             bad.payload.clear();
@@ -213,9 +229,10 @@ async fn history_json(State(state): Shared, Query(query): Query<Since>) -> Respo
         worker: String,
         points: Vec<Point>,
     }
+    let since = query.since.unwrap_or(0.0);
     json(&Body {
-        worker: worker_name(),
-        points: history_since(query.since.unwrap_or(0.0), state.everyone),
+        worker: state.registry.worker_name(),
+        points: lock(&state.history).since(since, state.only().as_deref()),
     })
 }
 
@@ -312,43 +329,55 @@ struct Server {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The thread that adds a point to the history every second.
 struct Ticker {
     /// Dropped to stop the thread (it wakes at once).
     stop: crossbeam_channel::Sender<()>,
     thread: JoinHandle<()>,
+    history: Arc<Mutex<History>>,
 }
 
-static SERVERS: Mutex<Vec<Server>> = Mutex::new(Vec::new());
-static TICKER: Mutex<Option<Ticker>> = Mutex::new(None);
-
-fn start_ticker() -> std::io::Result<()> {
-    let mut ticker = lock(&TICKER);
-    if ticker.is_some() {
-        return Ok(());
-    }
-    *lock(&HISTORY) = History::default();
-    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-    let thread = std::thread::Builder::new()
-        .name("metrics history".to_owned())
-        .spawn(move || {
-            let mut next = Instant::now();
-            loop {
-                tick();
-                next += Duration::from_secs(1);
-                let wait = next.saturating_duration_since(Instant::now());
-                if stopped.recv_timeout(wait) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
-                    return;
+impl Ticker {
+    fn start(registry: &'static Registry) -> std::io::Result<Ticker> {
+        let history = Arc::new(Mutex::new(History::default()));
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let kept = history.clone();
+        let thread = std::thread::Builder::new()
+            .name("metrics history".to_owned())
+            .spawn(move || {
+                let mut next = Instant::now();
+                loop {
+                    let workers = registry.known_workers(true);
+                    lock(&kept).add(&workers, unix_seconds());
+                    next += Duration::from_secs(1);
+                    let wait = next.saturating_duration_since(Instant::now());
+                    if stopped.recv_timeout(wait)
+                        != Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                    {
+                        return;
+                    }
                 }
-            }
-        })?;
-    *ticker = Some(Ticker { stop, thread });
-    Ok(())
+            })?;
+        Ok(Ticker {
+            stop,
+            thread,
+            history,
+        })
+    }
+}
+
+/// The servers a registry runs and the history they share.
+#[derive(Default)]
+pub struct Servers {
+    running: Vec<Server>,
+    ticker: Option<Ticker>,
 }
 
 /// Serve on `address` (`host:port`, port 0 for any); returns the bound address.
 /// `everyone`: show every worker that reports (the initializer); else this
 /// worker only.
 pub fn serve(
+    registry: &'static Registry,
     address: &str,
     static_dir: Option<PathBuf>,
     everyone: bool,
@@ -358,7 +387,19 @@ pub fn serve(
     let listener = std::net::TcpListener::bind(address)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
+    let mut servers = lock(&registry.servers);
+    let history = match &servers.ticker {
+        Some(ticker) => ticker.history.clone(),
+        None => {
+            let ticker = Ticker::start(registry)?;
+            let history = ticker.history.clone();
+            servers.ticker = Some(ticker);
+            history
+        }
+    };
     let state = Arc::new(AppState {
+        registry,
+        history,
         everyone,
         assets: Assets::load(static_dir),
         allowed_hosts,
@@ -381,8 +422,7 @@ pub fn serve(
                 log::error!("metrics: the HTTP server on {bound} stopped: {e}");
             }
         })?;
-    start_ticker()?;
-    lock(&SERVERS).push(Server {
+    servers.running.push(Server {
         address: bound,
         shutdown: Some(shutdown),
         thread: Some(thread),
@@ -391,9 +431,12 @@ pub fn serve(
 }
 
 /// Stop every server and the history (waits a moment for open connections).
-pub fn stop_all() {
-    let servers: Vec<Server> = lock(&SERVERS).drain(..).collect();
-    for mut server in servers {
+pub fn stop_all(registry: &Registry) {
+    let (running, ticker) = {
+        let mut servers = lock(&registry.servers);
+        (std::mem::take(&mut servers.running), servers.ticker.take())
+    };
+    for mut server in running {
         if let Some(shutdown) = server.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -409,7 +452,7 @@ pub fn stop_all() {
             }
         }
     }
-    if let Some(ticker) = lock(&TICKER).take() {
+    if let Some(ticker) = ticker {
         drop(ticker.stop);
         let _ = ticker.thread.join();
     }

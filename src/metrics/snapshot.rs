@@ -163,8 +163,8 @@ impl KnownWorker {
     }
 }
 
-/// Sum over workers, for the terminal's progress line.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Sums over workers: the terminal's progress line and `/status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Totals {
     /// Records read by sources.
     pub records_in: u64,
@@ -174,10 +174,43 @@ pub struct Totals {
     pub dropped: u64,
     /// Bad input.
     pub bad_input: u64,
-    /// Records skipped after errors plus sink errors.
-    pub errors: u64,
+    /// Records skipped because user code raised (`--on-error skip`).
+    #[serde(rename = "errors")]
+    pub skipped_errors: u64,
+    /// Records the sinks could not deliver.
+    pub sink_errors: u64,
     /// Workers known (this one and those reporting).
+    #[serde(skip)]
     pub workers: usize,
     /// Kafka consumer lag, summed over partitions.
+    #[serde(skip)]
     pub kafka_lag: i64,
+}
+
+impl Totals {
+    /// The sums over `workers`.
+    pub fn over(workers: &[KnownWorker]) -> Totals {
+        let mut totals = Totals::default();
+        for worker in workers {
+            let s = &worker.snapshot;
+            totals.workers += 1;
+            totals.records_in += s.sum(|p| p.records_in);
+            totals.records_out += s.sum(|p| p.records_out);
+            totals.dropped += s.sum(|p| p.dropped);
+            totals.bad_input += s.bad_total();
+            totals.skipped_errors += s.sum(|p| p.skipped_errors);
+            totals.sink_errors += s.sum(|p| p.sink_errors);
+            totals.kafka_lag += s
+                .pipelines
+                .iter()
+                .flat_map(|p| p.kafka_lag.iter().map(|(_, lag)| *lag))
+                .sum::<i64>();
+        }
+        totals
+    }
+
+    /// Skipped records and sink errors: the progress line's errors.
+    pub fn errors(&self) -> u64 {
+        self.skipped_errors + self.sink_errors
+    }
 }

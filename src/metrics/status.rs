@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::clock::unix_seconds;
-use super::history::latest_point;
-use super::registry::{app_name, cluster, known_workers, started, RECENT_BAD_IN_SNAPSHOT};
-use super::snapshot::RecentBad;
+use super::history::Point;
+use super::registry::{Registry, RECENT_BAD_IN_SNAPSHOT};
+use super::snapshot::{RecentBad, Totals};
 
 #[derive(Serialize)]
 struct StepStatus {
@@ -66,14 +66,11 @@ struct WorkerStatus {
     state_keys: BTreeMap<String, u64>,
 }
 
+/// The sums over workers and the current rates.
 #[derive(Serialize)]
-struct Totals {
-    records_in: u64,
-    records_out: u64,
-    dropped: u64,
-    bad_input: u64,
-    errors: u64,
-    sink_errors: u64,
+struct StatusTotals {
+    #[serde(flatten)]
+    sums: Totals,
     in_per_second: f64,
     out_per_second: f64,
     bad_per_second: f64,
@@ -88,7 +85,7 @@ pub(super) struct Status {
     started: f64,
     state: String,
     expected_workers: usize,
-    totals: Totals,
+    totals: StatusTotals,
     pipelines: Vec<PipelineStatus>,
     workers: Vec<WorkerStatus>,
     keys: BTreeMap<String, BTreeMap<String, u64>>,
@@ -99,10 +96,11 @@ pub(super) struct Status {
     pub(super) payload_previews: bool,
 }
 
-pub(super) fn status(everyone: bool) -> Status {
-    let workers = known_workers(everyone);
-    let point = latest_point(everyone);
-    let cluster = cluster();
+/// The status of this worker (or, with `everyone`, of every worker that
+/// reports) with the rates of `point`, the history's newest.
+pub(super) fn status(registry: &Registry, point: &Point, everyone: bool) -> Status {
+    let workers = registry.known_workers(everyone);
+    let cluster = registry.cluster();
     let mut pipelines: Vec<PipelineStatus> = Vec::new();
     let mut keys: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut bad_by_kind: BTreeMap<String, u64> = BTreeMap::new();
@@ -242,36 +240,19 @@ pub(super) fn status(everyone: bool) -> Status {
         local.state.as_str()
     };
     Status {
-        app: app_name(),
+        app: registry.app_name(),
         scope: if everyone { "cluster" } else { "worker" },
         worker: local.worker.clone(),
         time: unix_seconds(),
-        started: started(),
+        started: registry.started(),
         state: state.to_owned(),
         expected_workers: if everyone {
             cluster.len().max(workers.len())
         } else {
             1
         },
-        totals: Totals {
-            records_in: workers
-                .iter()
-                .map(|w| w.snapshot.sum(|p| p.records_in))
-                .sum(),
-            records_out: workers
-                .iter()
-                .map(|w| w.snapshot.sum(|p| p.records_out))
-                .sum(),
-            dropped: workers.iter().map(|w| w.snapshot.sum(|p| p.dropped)).sum(),
-            bad_input: workers.iter().map(|w| w.snapshot.bad_total()).sum(),
-            errors: workers
-                .iter()
-                .map(|w| w.snapshot.sum(|p| p.skipped_errors))
-                .sum(),
-            sink_errors: workers
-                .iter()
-                .map(|w| w.snapshot.sum(|p| p.sink_errors))
-                .sum(),
+        totals: StatusTotals {
+            sums: Totals::over(&workers),
             in_per_second: point.total.r#in,
             out_per_second: point.total.out,
             bad_per_second: point.total.bad,
