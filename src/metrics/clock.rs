@@ -8,6 +8,8 @@ struct Clock {
     base_unix_ns: u64,
 }
 
+/// The process's time base. Process-wide because a stamp taken on a source
+/// thread is compared with the time on a sink thread; a constant once set.
 static CLOCK: LazyLock<Clock> = LazyLock::new(|| Clock {
     base: Instant::now(),
     base_unix_ns: SystemTime::now()

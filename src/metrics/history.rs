@@ -269,15 +269,30 @@ mod tests {
     use super::*;
     use crate::metrics::counters::PipelineMetrics;
 
-    fn snapshot(time: f64, records: u64) -> WorkerSnapshot {
+    /// Worker `name`'s snapshot at `time`, its pipeline `p` having read
+    /// `records`.
+    fn report(name: &str, time: f64, records: u64) -> WorkerSnapshot {
         let m = PipelineMetrics::with_steps(["s"]);
         PipelineMetrics::add(&m.records_in, records);
         m.set_sink_label("stdout");
         WorkerSnapshot {
-            worker: "w".to_owned(),
+            worker: name.to_owned(),
             time,
             pipelines: vec![m.snapshot("p")],
             ..WorkerSnapshot::default()
+        }
+    }
+
+    fn snapshot(time: f64, records: u64) -> WorkerSnapshot {
+        report("w", time, records)
+    }
+
+    fn known(snapshot: WorkerSnapshot, lost: bool) -> KnownWorker {
+        KnownWorker {
+            snapshot,
+            local: false,
+            age: 0.0,
+            lost,
         }
     }
 
@@ -291,5 +306,74 @@ mod tests {
         assert_eq!(point.pipelines["p"].r#in, 200.0);
         let (stale, _) = worker_point(&window, true);
         assert_eq!(stale.r#in, 0.0);
+    }
+
+    #[test]
+    fn a_point_sums_the_workers_and_a_worker_view_shows_its_own_series() {
+        let mut history = History::default();
+        history.add(
+            &[
+                known(report("a", 100.0, 0), false),
+                known(report("b", 100.0, 0), false),
+            ],
+            100.5,
+        );
+        history.add(
+            &[
+                known(report("a", 101.0, 10), false),
+                known(report("b", 101.0, 30), false),
+            ],
+            101.5,
+        );
+        let all = history.latest(None);
+        assert_eq!(all.t, 101.5);
+        assert_eq!(all.total.r#in, 40.0);
+        assert_eq!(all.total.pipelines["p"].r#in, 40.0);
+        assert_eq!(all.workers["a"].r#in, 10.0);
+        assert_eq!(all.workers["b"].r#in, 30.0);
+        let mine = history.latest(Some("b"));
+        assert_eq!(mine.total.r#in, 30.0);
+        assert_eq!(mine.workers.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(history.since(100.5, None).len(), 1);
+        assert_eq!(history.since(0.0, None).len(), 2);
+    }
+
+    #[test]
+    fn a_lost_or_silent_worker_adds_no_rate() {
+        let mut history = History::default();
+        history.add(
+            &[
+                known(report("a", 100.0, 0), false),
+                known(report("b", 100.0, 0), false),
+            ],
+            100.0,
+        );
+        // b was lost; a's last report is older than STALE_SECONDS.
+        history.add(
+            &[
+                known(report("a", 101.0, 10), false),
+                known(report("b", 101.0, 50), true),
+            ],
+            101.0,
+        );
+        assert_eq!(history.latest(None).total.r#in, 10.0);
+        history.add(
+            &[known(report("a", 101.0, 10), false)],
+            101.0 + STALE_SECONDS + 1.0,
+        );
+        assert_eq!(history.latest(None).total.r#in, 0.0);
+    }
+
+    #[test]
+    fn the_history_keeps_its_last_points() {
+        let mut history = History::default();
+        for second in 0..HISTORY_POINTS + 5 {
+            let t = second as f64;
+            history.add(&[known(report("a", t, 10 * second as u64), false)], t);
+        }
+        let points = history.since(0.0, None);
+        assert_eq!(points.len(), HISTORY_POINTS);
+        assert_eq!(points.first().map(|p| p.t), Some(5.0));
+        assert_eq!(points.last().map(|p| p.total.r#in), Some(10.0));
     }
 }

@@ -214,3 +214,65 @@ impl Totals {
         self.skipped_errors + self.sink_errors
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(state: &str, age: f64, lost: bool) -> KnownWorker {
+        KnownWorker {
+            snapshot: WorkerSnapshot {
+                state: state.to_owned(),
+                ..WorkerSnapshot::default()
+            },
+            local: false,
+            age,
+            lost,
+        }
+    }
+
+    #[test]
+    fn a_worker_is_up_while_it_runs_and_reports() {
+        assert!(worker("running", 0.0, false).is_up());
+        assert!(worker("starting", 9.9, false).is_up());
+        assert!(!worker("running", UP_WITHIN_SECONDS, false).is_up());
+        assert!(!worker("finished", 0.0, false).is_up());
+        assert!(!worker("lost", 0.0, true).is_up());
+    }
+
+    #[test]
+    fn totals_sum_every_worker() {
+        let pipeline =
+            |records_in, skipped_errors, sink_errors, lag: Vec<(i32, i64)>| PipelineSnapshot {
+                records_in,
+                records_out: records_in / 2,
+                dropped: 1,
+                skipped_errors,
+                sink_errors,
+                kafka_lag: lag,
+                ..PipelineSnapshot::default()
+            };
+        let mut a = worker("running", 0.0, false);
+        a.snapshot.pipelines = vec![pipeline(10, 1, 0, vec![(0, 3)]), pipeline(4, 0, 2, vec![])];
+        a.snapshot.bad_input = vec![BadCount {
+            pipeline: "p".to_owned(),
+            kind: "truncated".to_owned(),
+            count: 5,
+        }];
+        let mut b = worker("running", 1.0, false);
+        b.snapshot.pipelines = vec![pipeline(6, 2, 1, vec![(1, 4), (2, 1)])];
+        let totals = Totals::over(&[a, b]);
+        let expected = Totals {
+            records_in: 20,
+            records_out: 10,
+            dropped: 3,
+            bad_input: 5,
+            skipped_errors: 3,
+            sink_errors: 3,
+            workers: 2,
+            kafka_lag: 8,
+        };
+        assert_eq!(totals, expected);
+        assert_eq!(totals.errors(), 6);
+    }
+}

@@ -265,3 +265,130 @@ pub(super) fn status(registry: &Registry, point: &Point, everyone: bool) -> Stat
         payload_previews: true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::bad_input::BadInput;
+    use crate::metrics::counters::PipelineMetrics;
+    use crate::metrics::history::WorkerPoint;
+    use crate::metrics::snapshot::WorkerSnapshot;
+
+    /// Worker `index`'s report, as the control channel brings it.
+    fn report(index: usize, records_in: u64, sink_errors: u64) -> String {
+        let m = PipelineMetrics::with_steps(["double"]);
+        m.set_source_label(&format!("file in{index}.txt"));
+        PipelineMetrics::add(&m.records_in, records_in);
+        PipelineMetrics::add(&m.sink_errors, sink_errors);
+        let snapshot = WorkerSnapshot {
+            index,
+            workers: 3,
+            state: "running".to_owned(),
+            pipelines: vec![m.snapshot("p")],
+            ..WorkerSnapshot::default()
+        };
+        serde_json::to_string(&snapshot).expect("a snapshot is JSON")
+    }
+
+    /// A three-worker cluster seen from the initializer: itself (with a
+    /// run), worker-1 reporting, worker-2 lost.
+    fn cluster_registry() -> (Registry, Arc<BadInput>) {
+        let registry = Registry::new();
+        registry.configure(true, "initializer", "celsius");
+        registry.set_cluster(
+            (0..3)
+                .map(|i| (format!("w{i}"), format!("127.0.0.1:700{i}")))
+                .collect(),
+        );
+        let bad = Arc::new(BadInput::new(None).expect("no dead-letter file"));
+        let run = registry.begin_run(0, 3, &bad);
+        let m = run.register_pipeline("p", ["double"]);
+        m.set_source_label("file in0.txt");
+        PipelineMetrics::add(&m.records_in, 10);
+        PipelineMetrics::add(&m.skipped_errors, 1);
+        run.state_keys("counts")
+            .fetch_add(4, std::sync::atomic::Ordering::Relaxed);
+        bad.keep("p", "in0.txt:3", "decode_error", "ValueError: x", b"xx");
+        for (name, index, records_in, sink_errors) in
+            [("worker-1", 1, 20, 2), ("worker-2", 2, 30, 0)]
+        {
+            registry
+                .report_peer(name, &report(index, records_in, sink_errors))
+                .expect("a good report");
+        }
+        registry.peer_lost("worker-2", true);
+        (registry, bad)
+    }
+
+    fn point(records_per_second: f64) -> Point {
+        Point {
+            total: WorkerPoint {
+                r#in: records_per_second,
+                ..WorkerPoint::default()
+            },
+            ..Point::default()
+        }
+    }
+
+    #[test]
+    fn the_cluster_status_sums_every_worker_and_shows_the_lost_one_down() {
+        let (registry, _bad) = cluster_registry();
+        let status = serde_json::to_value(status(&registry, &point(5.0), true)).expect("JSON");
+        assert_eq!(status["app"], "celsius");
+        assert_eq!(status["scope"], "cluster");
+        assert_eq!(status["state"], "running");
+        assert_eq!(status["expected_workers"], 3);
+        assert_eq!(
+            status["totals"],
+            json!({
+                "records_in": 60, "records_out": 0, "dropped": 0, "bad_input": 1,
+                "errors": 1, "sink_errors": 2,
+                "in_per_second": 5.0, "out_per_second": 0.0, "bad_per_second": 0.0,
+            })
+        );
+        let workers = status["workers"].as_array().expect("workers");
+        let column = |key: &str| {
+            workers
+                .iter()
+                .map(|w| w[key].clone())
+                .collect::<Vec<Value>>()
+        };
+        assert_eq!(
+            column("name"),
+            [json!("initializer"), json!("worker-1"), json!("worker-2")]
+        );
+        assert_eq!(column("up"), [json!(true), json!(true), json!(false)]);
+        assert_eq!(
+            column("state"),
+            [json!("running"), json!("running"), json!("lost")]
+        );
+        assert_eq!(column("serving"), [json!(true), json!(false), json!(false)]);
+        assert_eq!(workers[2]["address"], "127.0.0.1:7002");
+        let pipelines = status["pipelines"].as_array().expect("pipelines");
+        assert_eq!(pipelines.len(), 1);
+        assert_eq!(
+            pipelines[0]["sources"],
+            json!(["file in0.txt", "file in1.txt", "file in2.txt"])
+        );
+        assert_eq!(pipelines[0]["records_in"], 60);
+        assert_eq!(pipelines[0]["bad_input"], 1);
+        assert_eq!(pipelines[0]["steps"][1]["name"], "double");
+        assert_eq!(status["keys"], json!({"counts": {"initializer": 4}}));
+        assert_eq!(status["bad_input"], json!({"decode_error": 1}));
+        assert_eq!(status["recent_bad_input"][0]["position"], "in0.txt:3");
+    }
+
+    #[test]
+    fn a_worker_view_shows_only_the_worker() {
+        let (registry, _bad) = cluster_registry();
+        let status = serde_json::to_value(status(&registry, &point(0.0), false)).expect("JSON");
+        assert_eq!(status["scope"], "worker");
+        assert_eq!(status["expected_workers"], 1);
+        assert_eq!(status["workers"].as_array().map(Vec::len), Some(1));
+        assert_eq!(status["totals"]["records_in"], 10);
+    }
+}
