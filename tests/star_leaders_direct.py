@@ -8,7 +8,7 @@ and encoder, in order.
 ``python star_leaders_direct.py APP file EVENTS`` prints the encoder's
 output for the events of EVENTS (one JSON event per line), one line each.
 ``python star_leaders_direct.py APP kafka BOOTSTRAP SOURCE SINK COUNT``
-reads COUNT events of SOURCE (partition 0), writes the leaderboards to SINK,
+reads COUNT events of SOURCE (every partition), writes the leaderboards to SINK,
 as the engine does, and prints how many: the bare loop of
 ``benches/star_leaders.py``.
 """
@@ -65,7 +65,8 @@ def _kafka_values(bootstrap: str, topic: str, count: int) -> Iterator[bytes]:
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"direct-{topic}", "enable.auto.commit": False}
     )
-    consumer.assign([TopicPartition(topic, 0, 0)])
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in sorted(partitions)])
     read = 0
     try:
         while read < count:
