@@ -72,7 +72,8 @@ bench: develop-release ## Benchmarks: engine against a bare Python loop, same ru
 	$(BIN)/python benches/cluster.py
 	$(BIN)/python benches/resilience.py
 	$(BIN)/python benches/kafka.py
-	$(BIN)/python benches/star_leaders.py
+	$(BIN)/python benches/star_leaders.py --events 300000 --workers 1,2
+	$(BIN)/python benches/star_leaders.py --events 300000 --workers 2 --partitions 2
 	$(BIN)/python benches/windows.py
 	$(BIN)/python benches/startup.py
 	$(BIN)/python benches/breakdown.py
