@@ -82,6 +82,8 @@ pub struct Summary {
     pipelines: Vec<(String, Arc<PipelineMetrics>)>,
     bad_input: BTreeMap<String, u64>,
     dead_letter_failed: u64,
+    /// Sinks that could not deliver everything at the end: which, and why.
+    sink_failures: Vec<String>,
     state_keys: Vec<(String, usize)>,
     interrupted: bool,
     /// Stopped by a second signal without finishing what was read.
@@ -111,6 +113,7 @@ impl Summary {
         dict.set_item("pipelines", pipelines)?;
         dict.set_item("bad_input", self.bad_input.clone())?;
         dict.set_item("dead_letter_failed", self.dead_letter_failed)?;
+        dict.set_item("sink_failures", self.sink_failures.clone())?;
         dict.set_item(
             "state_keys",
             self.state_keys.iter().cloned().collect::<HashMap<_, _>>(),
@@ -183,7 +186,7 @@ pub(crate) struct Resources {
     pipelines: Vec<PipelineResources>,
     stores: HashMap<String, Arc<StateStore>>,
     declared: HashMap<String, Vec<Vec<u8>>>,
-    sink_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    sink_threads: Mutex<Vec<std::thread::JoinHandle<Option<String>>>>,
     bad: Arc<BadInput>,
     serialize: Option<Py<PyAny>>,
     deserialize: Option<Py<PyAny>>,
@@ -814,9 +817,14 @@ impl Resources {
                 sources.push(source);
             }
         }
-        for thread in lock(&self.sink_threads).drain(..) {
-            let _ = thread.join();
-        }
+        // A sink whose final flush failed lost records: the run fails.
+        let sink_failures: Vec<String> = lock(&self.sink_threads)
+            .drain(..)
+            .filter_map(|thread| match thread.join() {
+                Ok(failure) => failure,
+                Err(_) => Some("a sink thread panicked".to_owned()),
+            })
+            .collect();
         for source in sources {
             drop(source.rx);
             for thread in source.threads {
@@ -849,6 +857,7 @@ impl Resources {
             pipelines,
             bad_input: self.bad.counts(),
             dead_letter_failed: self.bad.dead_letter_failed(),
+            sink_failures,
             state_keys,
             interrupted,
             at_once,

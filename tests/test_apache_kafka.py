@@ -194,6 +194,119 @@ def test_transactional_sink_is_exactly_once_across_kills(
 
 
 # ---------------------------------------------------------------------------
+# the end of a transactional run: a failed last commit, a failed run
+# ---------------------------------------------------------------------------
+
+TRANSACTIONAL_ID = re.compile(r"transactional producer (\S+):")
+
+
+def start_transactional_count(
+    broker: ApacheKafka, tmp_path: Path, source: str, sink: str, *extra: str
+):
+    """The counting app from ``source`` to ``sink`` with transactions and no
+    snapshot before the end (``--snapshot-interval 3600``), in the background."""
+    from conftest import RunningApp, app_env
+
+    argv = [sys.executable, "-m", "wallaroo", str(COUNT_APP), "--kafka_source_topic", source,
+            "--kafka_source_brokers", broker.bootstrap, "--kafka_sink_topic", sink,
+            "--kafka_sink_brokers", broker.bootstrap, "--kafka_sink_max_produce_buffer_ms",
+            "5", "--kafka-sink-transactions", "-r", str(tmp_path / "snapshots"),
+            "--snapshot-interval", "3600", *extra]  # fmt: skip
+    return RunningApp(argv, app_env(), str(tmp_path))
+
+
+def wait_for_records(broker: ApacheKafka, app, topic: str, n: int, timeout: float = 120) -> None:
+    """Wait until partition 0 of ``topic`` holds ``n`` records (its high
+    watermark: records of an open transaction count) while ``app`` runs."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    reader = Consumer(broker.client_config({"group.id": "wait-for-records",
+                                            "isolation.level": "read_uncommitted"}))  # fmt: skip
+    deadline = time.monotonic() + timeout
+    try:
+        while reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1] < n:
+            assert app.proc.poll() is None, app.stderr[-3000:]
+            assert time.monotonic() < deadline, app.stderr[-3000:]
+            time.sleep(0.2)
+    finally:
+        reader.close()
+
+
+@pytest.mark.timeout(240)
+def test_failed_last_commit_fails_the_run_and_counts_its_records(
+    apache_kafka: ApacheKafka, tmp_path: Path
+) -> None:
+    """The transaction the run's last snapshot commits fails (another producer
+    with the same transactional.id fenced the engine's while it held 300
+    records): the run exits 1 naming the sink and why, and the summary counts
+    the 300 records as not delivered (the run used to exit 0 with them lost)."""
+    from confluent_kafka import Producer
+
+    source, sink = "fenced-in", "fenced-out"
+    apache_kafka.create_topic(source)
+    apache_kafka.create_topic(sink)
+    keys = [f"k{i % 30}" for i in range(300)]
+    apache_kafka.produce(source, keys)
+    app = start_transactional_count(apache_kafka, tmp_path, source, sink)
+    try:
+        wait_for_records(apache_kafka, app, sink, len(keys))
+        found = TRANSACTIONAL_ID.search(app.stderr)
+        assert found, app.stderr[-3000:]
+        # Fences the engine's producer and aborts its open transaction.
+        fence = Producer(apache_kafka.client_config({"transactional.id": found.group(1)}))
+        fence.init_transactions(60)
+        code = app.stop(timeout=120)
+        fence.flush(10)
+    finally:
+        if app.proc.poll() is None:
+            app.proc.kill()
+            app.proc.wait()
+    err = app.stderr
+    assert code == 1, err[-4000:]
+    assert "This instance has been fenced by a newer instance" in err, err
+    assert f"its {len(keys)} records are not delivered" in err, err
+    assert f", {len(keys)} not delivered" in err, err
+    assert (
+        f'error: {len(keys)} records were not delivered: pipeline "count": kafka topic {sink}: '
+        "the Kafka transaction of snapshot 1 failed to commit" in err
+    ), err[-2000:]
+    wait_until_stable(apache_kafka, sink)
+    assert read_counts(apache_kafka, sink, "read_committed") == []
+
+
+@pytest.mark.timeout(240)
+def test_failed_run_aborts_its_open_transaction(apache_kafka: ApacheKafka, tmp_path: Path) -> None:
+    """A step fails after 200 records went out in the open transaction, no
+    snapshot stored yet: the run exits 1 and aborts that transaction, so
+    read_committed consumers see none of it (the run used to commit it at
+    the end: output of state no snapshot holds, produced again by a restart)."""
+    source, sink = "failing-in", "failing-out"
+    apache_kafka.create_topic(source)
+    apache_kafka.create_topic(sink)
+    keys = [f"k{i % 20}" for i in range(200)]
+    apache_kafka.produce(source, keys)
+    app = start_transactional_count(apache_kafka, tmp_path, source, sink, "--fail-on", "boom")
+    try:
+        wait_for_records(apache_kafka, app, sink, len(keys))
+        apache_kafka.produce(source, ["boom"])
+        code = app.proc.wait(timeout=120)
+        app.stop()
+    finally:
+        if app.proc.poll() is None:
+            app.proc.kill()
+            app.proc.wait()
+    err = app.stderr
+    assert code == 1, err[-4000:]
+    assert "failing on key boom, as asked" in err, err[-4000:]
+    wait_until_stable(apache_kafka, sink)
+    assert read_counts(apache_kafka, sink, "read_committed") == []
+    assert len(read_counts(apache_kafka, sink, "read_uncommitted")) == len(keys)
+    assert (
+        f"aborted the open transaction: its {len(keys)} records came after the last snapshot" in err
+    ), err[-3000:]
+
+
+# ---------------------------------------------------------------------------
 # TLS and SASL/SCRAM listeners, through --kafka-*-config only
 # ---------------------------------------------------------------------------
 

@@ -477,8 +477,8 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
 
 def _outcome(summary: dict) -> tuple:
     """``(exit code, failure or None)`` of a run that returned ``summary``:
-    stopped at once by a second signal, or records a sink did not deliver,
-    is not a success."""
+    stopped at once by a second signal, records a sink did not deliver, or a
+    sink whose end failed (its last flush or transaction), is not a success."""
     pipelines = summary["pipelines"].values()
     if summary.get("stopped_at_once"):
         read = sum(c["records_in"] for c in pipelines)
@@ -488,6 +488,10 @@ def _outcome(summary: dict) -> tuple:
             f"{delivered} outputs delivered; what was in flight was not"
         )
     undelivered = sum(c["sink_errors"] for c in pipelines)
+    failures = summary.get("sink_failures") or []
+    if failures:
+        # The end of a sink failed (a last flush, a last Kafka transaction).
+        return EXIT_RUN_FAILED, f"{undelivered} records were not delivered: " + "; ".join(failures)
     if undelivered:
         return EXIT_RUN_FAILED, (
             f"{undelivered} records were not delivered (see the summary and the sink errors above)"

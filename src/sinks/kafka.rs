@@ -13,6 +13,7 @@
 //! tens to hundreds of milliseconds), when that interval comes twice. Tested
 //! against Apache Kafka (tests/test_apache_kafka.py).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 /// How long one wait for the brokers' acknowledgements before a snapshot lasts.
 const SYNC_WAIT: Duration = Duration::from_secs(5);
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 
 use super::{BatchWriter, Output, SinkContext};
 use crate::bad_input::BadInput;
@@ -47,6 +48,9 @@ pub struct DeliveryReports {
     topic: String,
     bad: Arc<BadInput>,
     metrics: Arc<PipelineMetrics>,
+    /// Records the brokers acknowledged since the open transaction began
+    /// (transactional mode: what a failed or aborted transaction loses).
+    acked: AtomicU64,
 }
 
 impl ClientContext for DeliveryReports {}
@@ -55,6 +59,9 @@ impl ProducerContext for DeliveryReports {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_ok() {
+            self.acked.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err((error, message)) = result {
             PipelineMetrics::add(&self.metrics.sink_errors, 1);
             self.bad.record(
@@ -80,6 +87,11 @@ pub struct KafkaWriter {
     transactional: bool,
     /// A failed commit aborts the run through it.
     control: RunHandle,
+    /// Transactional mode: why a commit failed (its records were counted as
+    /// not delivered); the end of the run reports it.
+    failed: Option<String>,
+    /// How long the end of the run waits for outstanding deliveries.
+    final_flush: Duration,
 }
 
 impl KafkaWriter {
@@ -95,6 +107,7 @@ impl KafkaWriter {
             topic: plan.topic.clone(),
             bad: ctx.bad.clone(),
             metrics: ctx.metrics.clone(),
+            acked: AtomicU64::new(0),
         };
         let mut settings = vec![
             ("enable.idempotence", "true"),
@@ -131,43 +144,75 @@ impl KafkaWriter {
             queue_full: Throttle::default(),
             transactional: ctx.transactional_id.is_some(),
             control: ctx.control.clone(),
+            failed: None,
+            final_flush: FINAL_FLUSH,
         })
     }
 
-    /// Commit the open transaction and open the next one. A failed commit
-    /// stops the run: its output was aborted, and only a restart from the
-    /// last snapshot produces it again.
-    fn commit(&mut self, next: bool) -> std::io::Result<()> {
+    /// Commit the open transaction (its records acknowledged) and open the
+    /// next one. A failed commit stops the run: its output was aborted,
+    /// counted as not delivered, and only a restart from the last snapshot
+    /// produces it again.
+    fn commit(&mut self, snapshot: u64) -> std::io::Result<()> {
+        if let Some(failed) = &self.failed {
+            return Err(std::io::Error::other(failed.clone()));
+        }
         let started = Instant::now();
         let result = self
             .producer
             .commit_transaction(TRANSACTION_TIMEOUT)
-            .and_then(|()| {
-                if next {
-                    self.producer.begin_transaction()
-                } else {
-                    Ok(())
-                }
-            });
+            .and_then(|()| self.producer.begin_transaction());
+        // Delivery reports served by the commit's flush are in.
+        let records = self.producer.context().acked.swap(0, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 log::debug!(
-                    "{}: transaction committed in {:?}",
+                    "{}: transaction of snapshot {snapshot} committed ({records} records) in {:?}",
                     self.label(),
                     started.elapsed()
                 );
                 Ok(())
             }
             Err(e) => {
+                PipelineMetrics::add(&self.metrics.sink_errors, records);
                 let reason = format!(
-                    "{}: Kafka transaction commit failed ({e}); start the run again to \
-                     recover from the last snapshot",
-                    self.label()
+                    "the Kafka transaction of snapshot {snapshot} failed to commit ({e}): its \
+                     {records} records are not delivered; start the run again to recover from \
+                     the last snapshot"
                 );
-                self.control.abort(reason.clone());
+                self.control.abort(format!("{}: {reason}", self.label()));
+                self.failed = Some(reason.clone());
                 Err(std::io::Error::other(reason))
             }
         }
+    }
+
+    /// The end of a transactional run: the open transaction holds output
+    /// after the last snapshot stored (none when the run ended well: its last
+    /// snapshot committed the rest), so it is aborted, never committed: a run
+    /// started again produces that output again from the snapshot.
+    fn abort_open(&mut self) -> std::io::Result<()> {
+        if let Some(failed) = &self.failed {
+            return Err(std::io::Error::other(failed.clone()));
+        }
+        let _ = self.producer.flush(self.final_flush);
+        let records = self.producer.context().acked.swap(0, Ordering::Relaxed);
+        match self.producer.abort_transaction(TRANSACTION_TIMEOUT) {
+            Ok(()) if records > 0 => log::warn!(
+                "{}: aborted the open transaction: its {records} records came after the last \
+                 snapshot (a run started again produces them again)",
+                self.label()
+            ),
+            Ok(()) => log::debug!("{}: aborted the empty open transaction", self.label()),
+            // Then the broker aborts it: when this transactional id's next
+            // producer starts, or after transaction.timeout.ms.
+            Err(e) => log::warn!(
+                "{}: could not abort the open transaction ({records} records after the last \
+                 snapshot; the brokers abort it later): {e}",
+                self.label()
+            ),
+        }
+        Ok(())
     }
 
     fn send(&mut self, record: &Output) {
@@ -234,19 +279,28 @@ impl BatchWriter for KafkaWriter {
 
     fn finish(&mut self) -> std::io::Result<()> {
         if self.transactional {
-            return self.commit(false);
+            return self.abort_open();
         }
         let started = Instant::now();
-        let result = self.producer.flush(FINAL_FLUSH);
+        let result = self.producer.flush(self.final_flush);
         let left = self.producer.in_flight_count();
         match result {
             Ok(()) => {
                 log::debug!("{}: flushed in {:?}", self.label(), started.elapsed());
                 Ok(())
             }
-            Err(e) => Err(std::io::Error::other(format!(
-                "{left} records not acknowledged by the brokers after {FINAL_FLUSH:?}: {e}"
-            ))),
+            Err(e) => {
+                // Their delivery reports (purged) count them as not delivered
+                // and keep them in the dead-letter record.
+                self.producer
+                    .purge(PurgeConfig::default().queue().inflight());
+                let _ = self.producer.flush(Duration::from_secs(1));
+                Err(std::io::Error::other(format!(
+                    "final flush failed: {left} records not acknowledged by the brokers after \
+                     {:?}, not delivered: {e}",
+                    self.final_flush
+                )))
+            }
         }
     }
 
@@ -261,7 +315,7 @@ impl BatchWriter for KafkaWriter {
                 "{}: committing the transaction of snapshot {snapshot}",
                 self.label()
             );
-            return self.commit(true);
+            return self.commit(snapshot);
         }
         // Until the brokers acknowledged everything: a snapshot must not be
         // stored while output before it could still be lost.
@@ -285,5 +339,99 @@ impl BatchWriter for KafkaWriter {
 
     fn label(&self) -> String {
         format!("kafka topic {}", self.topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::ClientSettings;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    fn writer(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        name: &str,
+        transactional: bool,
+    ) -> KafkaWriter {
+        cluster.create_topic(name, 1, 1).unwrap();
+        let plan = KafkaSinkPlan {
+            topic: name.to_owned(),
+            settings: ClientSettings {
+                bootstrap: cluster.bootstrap_servers(),
+                log_level: "Error".into(),
+                extra: vec![],
+            },
+            max_produce_buffer_ms: 1,
+            max_message_size: 1000,
+            create_partitions: None,
+            transactions: transactional,
+        };
+        let ctx = SinkContext {
+            pipeline: name.to_owned(),
+            bad: Arc::new(BadInput::new(None).unwrap()),
+            metrics: crate::metrics::register_pipeline(name, []),
+            connect_timeout_s: 1.0,
+            append: false,
+            transactional_id: transactional.then(|| format!("test.{name}")),
+            control: crate::control::RunControl::new(),
+        };
+        KafkaWriter::new(plan, &ctx).unwrap()
+    }
+
+    fn records(n: usize) -> Vec<Output> {
+        (0..n)
+            .map(|i| Output {
+                value: format!("r{i}").into_bytes(),
+                ..Output::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_final_flush_counts_its_records_as_not_delivered() {
+        let cluster = MockCluster::new(1).unwrap();
+        let mut sink = writer(&cluster, "final-flush", false);
+        sink.write_batch(&records(3)).unwrap();
+        sink.finish().unwrap();
+        cluster.broker_down(1).unwrap();
+        sink.final_flush = Duration::from_millis(500);
+        sink.write_batch(&records(7)).unwrap();
+        let err = sink.finish().unwrap_err().to_string();
+        assert!(err.contains("7 records not acknowledged"), "{err}");
+        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_errors), 7);
+        assert_eq!(sink.bad.counts().get("delivery_failed"), Some(&7));
+    }
+
+    #[test]
+    fn a_failed_commit_counts_its_transaction_and_fails_the_end() {
+        let cluster = MockCluster::new(1).unwrap();
+        let mut sink = writer(&cluster, "failed-commit", true);
+        sink.write_batch(&records(4)).unwrap();
+        sink.sync(1).unwrap();
+        sink.write_batch(&records(5)).unwrap();
+        cluster.request_errors(
+            RDKafkaApiKey::EndTxn,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH; 4],
+        );
+        let err = sink.sync(2).unwrap_err().to_string();
+        assert!(err.contains("snapshot 2 failed to commit"), "{err}");
+        assert!(err.contains("its 5 records are not delivered"), "{err}");
+        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_errors), 5);
+        let end = sink.finish().unwrap_err().to_string();
+        assert_eq!(end, err);
+        let aborted = sink.control.peek_abort().unwrap_or_default();
+        assert!(aborted.contains("snapshot 2 failed to commit"), "{aborted}");
+    }
+
+    #[test]
+    fn the_end_of_a_transactional_run_aborts_the_open_transaction() {
+        let cluster = MockCluster::new(1).unwrap();
+        let mut sink = writer(&cluster, "abort-open", true);
+        sink.write_batch(&records(2)).unwrap();
+        sink.sync(1).unwrap();
+        sink.write_batch(&records(3)).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_errors), 0);
     }
 }

@@ -75,8 +75,9 @@ pub struct SinkContext {
 pub struct SinkHandle {
     /// Where the worker sends batches; dropping it ends the sink.
     pub tx: Sender<SinkMessage>,
-    /// The sink's thread; joining it waits for the final flush.
-    pub thread: JoinHandle<()>,
+    /// The sink's thread; joining it waits for the final flush, and gives
+    /// why the sink could not deliver everything it accepted, if it could not.
+    pub thread: JoinHandle<Option<String>>,
 }
 
 /// Something a sink thread writes batches to.
@@ -88,8 +89,11 @@ pub trait BatchWriter: Send {
     /// Name for logs.
     fn label(&self) -> String;
     /// The last flush at the end of the run: everything accepted must be out.
+    /// An error fails the run (exit 1); a writer that knows how many records
+    /// it lost has counted them as not delivered, and its error says so.
     fn finish(&mut self) -> std::io::Result<()> {
         self.flush()
+            .map_err(|e| std::io::Error::other(format!("final flush failed: {e}")))
     }
     /// Before snapshot `snapshot` is stored: everything accepted must be out
     /// (Kafka: retried until the brokers acknowledge it; the snapshot waits).
@@ -150,7 +154,13 @@ fn open_writer(kind: SinkKind, ctx: &SinkContext) -> Result<Box<dyn BatchWriter>
     })
 }
 
-fn write_loop(rx: Receiver<SinkMessage>, mut writer: Box<dyn BatchWriter>, ctx: SinkContext) {
+/// Write what the worker sends until it hangs up; why the final flush
+/// failed, if it did (the run then fails).
+fn write_loop(
+    rx: Receiver<SinkMessage>,
+    mut writer: Box<dyn BatchWriter>,
+    ctx: SinkContext,
+) -> Option<String> {
     // Records not delivered since the last batch that was.
     let mut failing = 0usize;
     for message in rx.iter() {
@@ -210,11 +220,12 @@ fn write_loop(rx: Receiver<SinkMessage>, mut writer: Box<dyn BatchWriter>, ctx: 
             }
         }
     }
-    if let Err(e) = writer.finish() {
-        log::error!(
-            "pipeline {:?}: {}: final flush failed: {e}",
-            ctx.pipeline,
-            writer.label()
-        );
+    let failure = writer
+        .finish()
+        .err()
+        .map(|e| format!("pipeline {:?}: {}: {e}", ctx.pipeline, writer.label()));
+    if let Some(failure) = &failure {
+        log::error!("{failure}");
     }
+    failure
 }

@@ -14,6 +14,7 @@ of records when state counted each record once.
 
 ``--pause-every N --pause-ms MS`` sleeps MS milliseconds every N records (per
 process), so a test can kill the run at many moments of a known length.
+``--fail-on KEY`` makes the count step raise on key KEY (the run fails).
 """
 
 import argparse
@@ -21,7 +22,7 @@ import time
 
 import wallaroo
 
-PAUSE = {"every": 0, "seconds": 0.0, "seen": 0}
+PAUSE = {"every": 0, "seconds": 0.0, "seen": 0, "fail_on": None}
 
 
 def application_setup(args):
@@ -33,8 +34,9 @@ def application_setup(args):
     parser.add_argument("--in", dest="tcp_in", help="host:port of a TCP source")
     parser.add_argument("--pause-every", type=int, default=0)
     parser.add_argument("--pause-ms", type=float, default=0.0)
+    parser.add_argument("--fail-on")
     opts, _ = parser.parse_known_args(args)
-    PAUSE.update(every=opts.pause_every, seconds=opts.pause_ms / 1000.0)
+    PAUSE.update(every=opts.pause_every, seconds=opts.pause_ms / 1000.0, fail_on=opts.fail_on)
 
     ab = wallaroo.ApplicationBuilder("Resilient Count")
     if opts.tcp_in:
@@ -74,6 +76,8 @@ def by_key(key):
 
 @wallaroo.state_computation(name="count")
 def count(key, counter):
+    if key == PAUSE["fail_on"]:
+        raise RuntimeError(f"failing on key {key}, as asked")
     if PAUSE["every"]:
         PAUSE["seen"] += 1
         if PAUSE["seen"] % PAUSE["every"] == 0:
