@@ -36,10 +36,10 @@ use crate::control::{NextMembership, RunControl, RunHandle};
 use crate::errors::{Error, StepFailure};
 use crate::metrics::PipelineMetrics;
 use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StartOffset, StepKind};
-use crate::recovery::{self, SourcePosition};
+use crate::recovery;
 use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::{self, Output, SinkContext, SinkMessage};
-use crate::sources::{self, Frame, SourceContext, SourceHandle};
+use crate::sources::{self, Frame, SourceContext, SourceHandle, SourcePosition};
 use crate::steps::{Chain, Emitted, Kind, StateStore, Step};
 use crate::sync::lock;
 
@@ -498,7 +498,7 @@ impl Resources {
             .iter()
             .filter_map(|p| {
                 let position = lock(&p.position);
-                (position.kind == "tcp").then(|| (p.name.clone(), position.sent))
+                (!position.replays()).then(|| (p.name.clone(), position.sent()))
             })
             .collect();
         if !sent.is_empty() {
@@ -539,13 +539,7 @@ impl Resources {
         peers: usize,
         resume: Option<SourcePosition>,
     ) -> Result<PipelineResources, Error> {
-        let kind = match &pipeline.source.kind {
-            SourceKind::File { .. } => "file",
-            SourceKind::Tcp { .. } => "tcp",
-            SourceKind::Kafka(_) => "kafka",
-            SourceKind::Gen { .. } => "gen",
-        };
-        let position = resume.unwrap_or_else(|| SourcePosition::new(kind));
+        let position = resume.unwrap_or_else(|| SourcePosition::start(&pipeline.source.kind));
         let metrics = crate::metrics::register_pipeline(
             &pipeline.name,
             pipeline.steps.iter().map(|s| s.name.as_str()),
@@ -613,7 +607,7 @@ impl Resources {
                     self.stop.clone(),
                     worker,
                     peers,
-                    position.sent,
+                    position.sent(),
                 );
                 let resume = self.resilience.as_ref().map(|_| &position);
                 let handle = sources::start(kind, pipeline.source.framing, ctx, resume)?;
@@ -967,11 +961,11 @@ pub(crate) fn run_generation<A: Allocate>(
                     stop.clone(),
                     index,
                     peers,
-                    position.sent,
+                    position.sent(),
                 );
                 let mut plan = plan.clone();
-                if resources.resilience.is_some() {
-                    plan.resume_from(position.partitions);
+                if let (Some(_), SourcePosition::Kafka(at)) = (&resources.resilience, &position) {
+                    at.resume(&mut plan);
                 }
                 if resources.control.generation() > 1 {
                     // Later generations go on from what the last one committed.

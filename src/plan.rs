@@ -81,15 +81,6 @@ pub struct KafkaSourcePlan {
     pub commit: bool,
 }
 
-impl KafkaSourcePlan {
-    /// Read as a crash-recovering run does: from the snapshot's offsets
-    /// (`partitions`), without committing to the group.
-    pub fn resume_from(&mut self, partitions: std::collections::BTreeMap<i32, i64>) {
-        self.resume = partitions;
-        self.commit = false;
-    }
-}
-
 /// A Kafka sink.
 pub struct KafkaSinkPlan {
     /// The topic.

@@ -12,19 +12,16 @@
 //! and recovery falls back to an earlier snapshot.
 //!
 //! * [`snapshot`]: what a snapshot holds and the store format.
-//! * [`position`]: where a source stood at a snapshot.
 //! * [`store`]: a worker's store, written one snapshot per transaction.
 //! * [`recover`]: finding the newest snapshot complete and intact on every
 //!   worker, and loading it.
 //! * [`writer`]: the thread that writes a worker's snapshots.
 
-pub mod position;
 pub mod recover;
 pub mod snapshot;
 pub mod store;
 pub mod writer;
 
-pub use position::SourcePosition;
 pub use recover::{recover, Recovered};
 pub use snapshot::{Identity, Snapshot, StateRow};
 pub use store::Store;

@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::position::merge_position;
 use super::snapshot::StateRow;
 use super::store::{check_identity, from_sql, meta, open, refuse, sqlite_error, to_sql, SUFFIX};
-use super::SourcePosition;
 use crate::errors::Error;
+use crate::sources::SourcePosition;
 
 /// A snapshot's record in a store.
 #[derive(Debug, Clone)]
@@ -382,15 +381,16 @@ pub fn recover(
                 continue;
             };
             for (pipeline, position) in &meta.positions {
-                merge_position(&mut recovered.positions, pipeline, position, member == me);
+                recovered
+                    .positions
+                    .entry(pipeline.clone())
+                    .or_insert_with(|| position.emptied())
+                    .merge(position, member == me);
             }
             if member == me {
                 for (pipeline, sent) in &view.progress {
-                    let at_snapshot = meta.positions.get(pipeline).map_or(0, |p| p.sent);
-                    if meta
-                        .positions
-                        .get(pipeline)
-                        .is_some_and(|p| p.kind == "tcp")
+                    let at_snapshot = meta.positions.get(pipeline).map_or(0, |p| p.sent());
+                    if meta.positions.get(pipeline).is_some_and(|p| !p.replays())
                         && *sent > at_snapshot
                     {
                         recovered.lost.insert(pipeline.clone(), sent - at_snapshot);
@@ -576,5 +576,50 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("another application"), "{err}");
+    }
+
+    /// A store written before positions were typed (every field whatever
+    /// the kind) recovers the same positions.
+    #[test]
+    fn positions_of_an_earlier_store_are_recovered() {
+        use crate::sources::file::FilePosition;
+        use crate::sources::kafka::KafkaPosition;
+        use crate::sources::position::Counted;
+
+        let dir = tempdir("old-positions");
+        let mut store = Store::open(&dir, &identity("w0")).unwrap();
+        store
+            .write(&snapshot(1, &["w0"], vec![row("a", Some("1"))]))
+            .unwrap();
+        let earlier = r#"{"lines":{"kind":"file","sent":7,"offset":120,"index":7,"partitions":{}},"topic":{"kind":"kafka","sent":5,"offset":0,"index":0,"partitions":{"0":10,"3":2}},"socket":{"kind":"tcp","sent":9,"offset":0,"index":0,"partitions":{}}}"#;
+        store
+            .conn
+            .execute("UPDATE snapshots SET positions = ?1", [earlier])
+            .unwrap();
+        let got = recover(&dir, "app", "w0", &["w0".into()]).unwrap().unwrap();
+        assert_eq!(
+            got.positions,
+            BTreeMap::from([
+                (
+                    "lines".to_string(),
+                    SourcePosition::File(FilePosition {
+                        sent: 7,
+                        offset: 120,
+                        index: 7
+                    })
+                ),
+                (
+                    "topic".to_string(),
+                    SourcePosition::Kafka(KafkaPosition {
+                        sent: 5,
+                        partitions: BTreeMap::from([(0, 10), (3, 2)])
+                    })
+                ),
+                (
+                    "socket".to_string(),
+                    SourcePosition::Tcp(Counted { sent: 9 })
+                ),
+            ])
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::SourcePosition;
+use crate::sources::SourcePosition;
 
 /// The store layout this engine writes and reads.
 pub const FORMAT: i64 = 1;

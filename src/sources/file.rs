@@ -159,3 +159,43 @@ fn skip_recovered(batch: &mut Vec<Frame>, skip: &mut Option<u64>) {
         }
     }
 }
+
+/// Where a file source stood: it goes on after the last record it handed over.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FilePosition {
+    /// Records this worker's source handed to the dataflow, since the lineage began.
+    pub sent: u64,
+    /// Byte offset of the last record handed over (its start).
+    #[serde(default)]
+    pub offset: u64,
+    /// Record number of the last record handed over (from 1; 0: none).
+    #[serde(default)]
+    pub index: u64,
+}
+
+impl FilePosition {
+    /// Note the records of a batch handed to the dataflow.
+    pub fn advance(&mut self, frames: &[Frame]) {
+        self.sent += frames.len() as u64;
+        if let Some(last) = frames.last() {
+            self.offset = last.pos.offset;
+            self.index = last.pos.index;
+        }
+    }
+
+    /// Take the furthest of two workers' positions (only one worker reads a
+    /// file); else keep this worker's own count.
+    pub fn merge(&mut self, other: &FilePosition, mine: bool) {
+        if other.index >= self.index {
+            *self = other.clone();
+        } else if mine {
+            self.sent = other.sent;
+        }
+    }
+
+    /// Where [`start`] goes on: `(byte offset, record number)` of the last
+    /// record handed over; None when none was.
+    pub fn after(&self) -> Option<(u64, u64)> {
+        (self.index > 0).then_some((self.offset, self.index))
+    }
+}

@@ -335,3 +335,64 @@ fn consume(
     }
     log::info!("{label}: stopped at {next:?} (next offset per partition)");
 }
+
+/// Where a Kafka source stood: the next offset to read per partition.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KafkaPosition {
+    /// Records this worker's source handed to the dataflow, since the lineage began.
+    pub sent: u64,
+    /// Per partition, the offset of the next record to read.
+    #[serde(default, deserialize_with = "partition_keys")]
+    pub partitions: BTreeMap<i32, i64>,
+}
+
+/// Partition numbers from JSON object keys (strings), parsed by hand:
+/// serde cannot parse a number out of a key of a position read as one of
+/// several kinds (a tagged enum).
+fn partition_keys<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<i32, i64>, D::Error> {
+    use serde::de::Error as _;
+    use serde::Deserialize as _;
+    BTreeMap::<String, i64>::deserialize(deserializer)?
+        .into_iter()
+        .map(|(partition, next)| {
+            let number = partition
+                .parse()
+                .map_err(|_| D::Error::custom(format!("partition {partition:?}")))?;
+            Ok((number, next))
+        })
+        .collect()
+}
+
+impl KafkaPosition {
+    /// Note the records of a batch handed to the dataflow.
+    pub fn advance(&mut self, frames: &[Frame]) {
+        self.sent += frames.len() as u64;
+        for frame in frames {
+            let next = i64::try_from(frame.pos.offset).unwrap_or(i64::MAX) + 1;
+            let partition = i32::try_from(frame.pos.stream).unwrap_or(i32::MAX);
+            self.partitions.insert(partition, next);
+        }
+    }
+
+    /// Unite two workers' partitions (the furthest offset of each); the
+    /// record count is this worker's own.
+    pub fn merge(&mut self, other: &KafkaPosition, mine: bool) {
+        for (&partition, &next) in &other.partitions {
+            let slot = self.partitions.entry(partition).or_insert(next);
+            *slot = (*slot).max(next);
+        }
+        if mine {
+            self.sent = other.sent;
+        }
+    }
+
+    /// Make `plan` read as a crash-recovering run does: from these offsets
+    /// (overriding its start offset for the partitions they name), without
+    /// committing to the group (the snapshots hold the offsets).
+    pub fn resume(&self, plan: &mut KafkaSourcePlan) {
+        plan.resume = self.partitions.clone();
+        plan.commit = false;
+    }
+}

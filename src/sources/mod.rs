@@ -5,7 +5,10 @@
 pub mod file;
 pub mod gen;
 pub mod kafka;
+pub mod position;
 pub mod tcp;
+
+pub use position::SourcePosition;
 
 use std::io::Read;
 use std::sync::atomic::AtomicBool;
@@ -166,20 +169,23 @@ pub fn start(
     kind: SourceKind,
     framing: Framing,
     ctx: SourceContext,
-    resume: Option<&crate::recovery::SourcePosition>,
+    resume: Option<&SourcePosition>,
 ) -> Result<SourceHandle, Error> {
     let framing = Arc::new(framing);
     let metrics = ctx.metrics.clone();
     let handle = match kind {
         SourceKind::File { path } => {
-            let after = resume.filter(|r| r.index > 0).map(|r| (r.offset, r.index));
+            let after = match resume {
+                Some(SourcePosition::File(at)) => at.after(),
+                _ => None,
+            };
             file::start(path, framing, ctx, after)
         }
         SourceKind::Tcp { host, port } => tcp::start(&host, port, framing, ctx),
-        SourceKind::Gen { generator } => gen::start(generator, ctx, resume.map_or(0, |r| r.sent)),
+        SourceKind::Gen { generator } => gen::start(generator, ctx, resume.map_or(0, |r| r.sent())),
         SourceKind::Kafka(mut plan) => {
-            if let Some(resume) = resume {
-                plan.resume_from(resume.partitions.clone());
+            if let Some(SourcePosition::Kafka(at)) = resume {
+                at.resume(&mut plan);
             }
             kafka::start(plan, ctx)
         }
