@@ -1,7 +1,7 @@
 """Metrics of a run: where they are served, who reports to whom, the progress line.
 
-The engine keeps the counters and serves them (``src/metrics.rs``,
-``src/http.rs``); this module decides where:
+The engine keeps the counters and serves them (``src/metrics/``); this
+module decides where:
 
 * ``-m/--metrics HOST:PORT`` is the application's one metrics address. The
   initializer (or a single process) serves ``/metrics`` (Prometheus text),
