@@ -166,12 +166,37 @@ fn starting_offsets(
             .and_then(|c| c.find_partition(&plan.topic, partition))
             .map(|e| e.offset())
             .filter(|o| matches!(o, Offset::Offset(_)))
-            .unwrap_or(default);
+            .unwrap_or_else(|| latest(consumer, &plan.topic, partition, default, label));
         if let Err(e) = start.add_partition_offset(&plan.topic, partition, offset) {
             log::error!("{label}: partition {partition}: {e}");
         }
     }
     start
+}
+
+/// `default`, except that the end is looked up now: "latest" means the
+/// end when the source starts (logged with the start), not wherever the end
+/// is when the first fetch happens.
+fn latest(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    default: Offset,
+    label: &str,
+) -> Offset {
+    if default != Offset::End {
+        return default;
+    }
+    match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+        Ok((_, high)) => Offset::Offset(high),
+        Err(e) => {
+            log::warn!(
+                "{label}: partition {partition}: cannot look up its end offset ({e}); reading \
+                 from its end at the first fetch"
+            );
+            Offset::End
+        }
+    }
 }
 
 fn commit(
@@ -261,9 +286,22 @@ fn consume(
         return;
     }
     if plan.resume.is_empty() {
+        let offsets: BTreeMap<i32, i64> = start
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some((e.partition(), offset)),
+                _ => None,
+            })
+            .collect();
         log::info!(
-            "{label}: reading partitions {partitions:?} (start: {:?}, group {:?})",
+            "{label}: reading partitions {partitions:?} (start: {:?}{}, group {:?})",
             plan.start_offset,
+            if offsets.is_empty() {
+                String::new()
+            } else {
+                format!(" at {offsets:?}")
+            },
             plan.group_id
         );
     } else {
