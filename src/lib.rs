@@ -7,10 +7,14 @@
 //!
 //! * [`plan`] reads the checked application plan that `wallaroo.plan` built
 //!   from `ApplicationBuilder.build()`.
-//! * [`dataflow`] builds one timely dataflow worker per process: each
-//!   pipeline is an input fed by its source, one operator that runs the
-//!   Python chain (decoder, steps, encoder) and one operator that hands the
-//!   encoded records to the sink.
+//! * The layers of a run, each naming only those below it: [`run`] (the
+//!   entry, the summary) -> [`cluster`] (generations, hand-over, restart) ->
+//!   [`worker`] (a generation's loop, the snapshot clock) -> [`pipeline`]
+//!   (each pipeline's timely dataflow: on a worker alone an input, one
+//!   operator running the Python chain and the sink; in a cluster the chain
+//!   cut at its state steps) -> [`resources`] (what outlives a generation),
+//!   [`steps`], [`codec`] and the leaves. [`control`] is the run's handle
+//!   (stop, abort, next membership) passed down to all of them.
 //! * [`steps`] calls the Python steps for a whole batch of records while
 //!   holding the GIL once; partitioned state lives in [`steps::StateStore`].
 //! * [`sources`] and [`sinks`] are IO threads that never touch Python (except
@@ -27,20 +31,23 @@ pub mod bad_input;
 pub mod cluster;
 pub mod codec;
 pub mod control;
-pub mod dataflow;
 pub mod errors;
 pub mod framing;
 pub mod kafka;
 pub mod metrics;
 pub mod peers;
+pub mod pipeline;
 pub mod plan;
 pub mod pycall;
 pub mod recovery;
+pub mod resources;
 pub mod routing;
+pub mod run;
 pub mod sinks;
 pub mod sources;
 pub mod steps;
 pub mod sync;
+pub mod worker;
 
 use std::sync::OnceLock;
 
@@ -53,8 +60,8 @@ static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
 /// Run an application plan until its sources end or it is stopped.
 ///
 /// Returns a summary dict of what flowed through each pipeline.
-#[pyfunction]
-fn run<'py>(
+#[pyfunction(name = "run")]
+fn run_plan<'py>(
     py: Python<'py>,
     plan: &Bound<'py, PyDict>,
     options: &Bound<'py, PyDict>,
@@ -64,7 +71,7 @@ fn run<'py>(
     }
     let plan = plan::Plan::from_py(plan)?;
     let options = plan::Options::from_py(options)?;
-    let summary = py.detach(|| dataflow::run(plan, options));
+    let summary = py.detach(|| run::run(plan, options));
     metrics::end_run();
     summary?.to_py(py)
 }
@@ -73,7 +80,7 @@ fn run<'py>(
 /// cluster's control channel when a member is lost).
 #[pyfunction]
 fn abort(reason: String) {
-    dataflow::current_run().abort(reason);
+    run::current_run().abort(reason);
 }
 
 /// Announce the cluster's next membership to the running worker (a worker
@@ -82,7 +89,7 @@ fn abort(reason: String) {
 #[pyfunction]
 #[pyo3(signature = (index, addresses, names))]
 fn reconfigure(index: Option<usize>, addresses: Vec<String>, names: Vec<String>) {
-    dataflow::current_run().reconfigure(control::NextMembership {
+    run::current_run().reconfigure(control::NextMembership {
         index,
         addresses,
         names,
@@ -93,13 +100,13 @@ fn reconfigure(index: Option<usize>, addresses: Vec<String>, names: Vec<String>)
 /// current run; a cluster starts a new one when its membership changes.
 #[pyfunction]
 fn generation() -> u64 {
-    dataflow::current_run().generation()
+    run::current_run().generation()
 }
 
 /// The last generation whose workers all connected to each other.
 #[pyfunction]
 fn connected_generation() -> u64 {
-    dataflow::current_run().connected_generation()
+    run::current_run().connected_generation()
 }
 
 /// Ask the running worker to finish what its sources have read and end
@@ -108,7 +115,7 @@ fn connected_generation() -> u64 {
 #[pyfunction]
 #[pyo3(signature = (at_once = false))]
 fn request_stop(at_once: bool) {
-    dataflow::current_run().request_stop(at_once);
+    run::current_run().request_stop(at_once);
 }
 
 /// Replace this process by a fresh start of its own command line (crash
@@ -129,7 +136,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
             let _ = LOG_RESET.set(reset);
         }
     }
-    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(run_plan, m)?)?;
     m.add_function(wrap_pyfunction!(abort, m)?)?;
     m.add_function(wrap_pyfunction!(request_stop, m)?)?;
     m.add_function(wrap_pyfunction!(reconfigure, m)?)?;
