@@ -8,9 +8,9 @@ use serde::Serialize;
 use super::clock::unix_seconds;
 use super::history::Point;
 use super::registry::{Registry, RECENT_BAD_IN_SNAPSHOT};
-use super::snapshot::{RecentBad, Totals};
+use super::snapshot::{PipelineSnapshot, RecentBad, Totals, WorkerSnapshot};
 
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 struct StepStatus {
     name: String,
     kind: String,
@@ -24,7 +24,7 @@ struct StepStatus {
     p99_seconds: Option<f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 struct PipelineStatus {
     name: String,
     sources: Vec<String>,
@@ -96,6 +96,67 @@ pub(super) struct Status {
     pub(super) payload_previews: bool,
 }
 
+/// The row named `name`, added at the end (`new`) if there is none yet.
+fn row_named<'a, T>(
+    rows: &'a mut Vec<T>,
+    name: &str,
+    name_of: impl Fn(&T) -> &String,
+    new: impl FnOnce() -> T,
+) -> &'a mut T {
+    let i = match rows.iter().position(|r| name_of(r) == name) {
+        Some(i) => i,
+        None => {
+            rows.push(new());
+            rows.len() - 1
+        }
+    };
+    &mut rows[i]
+}
+
+impl PipelineStatus {
+    /// Add worker `s`'s counts of this pipeline (`p`).
+    fn add(&mut self, s: &WorkerSnapshot, p: &PipelineSnapshot) {
+        if !p.source.is_empty() && !self.sources.contains(&p.source) {
+            self.sources.push(p.source.clone());
+        }
+        if !p.sink.is_empty() && !self.sinks.contains(&p.sink) {
+            self.sinks.push(p.sink.clone());
+        }
+        self.records_in += p.records_in;
+        self.bytes_in += p.bytes_in;
+        self.records_out += p.records_out;
+        self.bytes_out += p.bytes_out;
+        self.dropped += p.dropped;
+        self.skipped_errors += p.skipped_errors;
+        self.sink_records += p.sink_records;
+        self.sink_errors += p.sink_errors;
+        self.sink_retries += p.sink_retries;
+        self.kafka_lag += p.kafka_lag.iter().map(|(_, l)| *l).sum::<i64>();
+        self.bad_input += s
+            .bad_input
+            .iter()
+            .filter(|b| b.pipeline == p.name)
+            .map(|b| b.count)
+            .sum::<u64>();
+        for step in &p.steps {
+            let row = row_named(
+                &mut self.steps,
+                &step.name,
+                |r| &r.name,
+                || StepStatus {
+                    name: step.name.clone(),
+                    kind: step.kind.clone(),
+                    ..StepStatus::default()
+                },
+            );
+            row.records_in += step.records_in;
+            row.records_out += step.records_out;
+            row.dropped += step.dropped;
+            row.python_seconds += step.python_seconds;
+        }
+    }
+}
+
 /// The status of this worker (or, with `everyone`, of every worker that
 /// reports) with the rates of `point`, the history's newest.
 pub(super) fn status(registry: &Registry, point: &Point, everyone: bool) -> Status {
@@ -118,78 +179,16 @@ pub(super) fn status(registry: &Registry, point: &Point, everyone: bool) -> Stat
         }
         recent.extend(s.recent_bad.iter().cloned());
         for p in &s.pipelines {
-            let row = match pipelines.iter_mut().position(|r| r.name == p.name) {
-                Some(i) => &mut pipelines[i],
-                None => {
-                    pipelines.push(PipelineStatus {
-                        name: p.name.clone(),
-                        sources: Vec::new(),
-                        sinks: Vec::new(),
-                        records_in: 0,
-                        bytes_in: 0,
-                        records_out: 0,
-                        bytes_out: 0,
-                        dropped: 0,
-                        skipped_errors: 0,
-                        bad_input: 0,
-                        sink_records: 0,
-                        sink_errors: 0,
-                        sink_retries: 0,
-                        in_per_second: 0.0,
-                        out_per_second: 0.0,
-                        latency_seconds: BTreeMap::new(),
-                        steps: Vec::new(),
-                        kafka_lag: 0,
-                    });
-                    pipelines.last_mut().expect("just pushed")
-                }
-            };
-            if !p.source.is_empty() && !row.sources.contains(&p.source) {
-                row.sources.push(p.source.clone());
-            }
-            if !p.sink.is_empty() && !row.sinks.contains(&p.sink) {
-                row.sinks.push(p.sink.clone());
-            }
-            row.records_in += p.records_in;
-            row.bytes_in += p.bytes_in;
-            row.records_out += p.records_out;
-            row.bytes_out += p.bytes_out;
-            row.dropped += p.dropped;
-            row.skipped_errors += p.skipped_errors;
-            row.sink_records += p.sink_records;
-            row.sink_errors += p.sink_errors;
-            row.sink_retries += p.sink_retries;
-            row.kafka_lag += p.kafka_lag.iter().map(|(_, l)| *l).sum::<i64>();
-            row.bad_input += s
-                .bad_input
-                .iter()
-                .filter(|b| b.pipeline == p.name)
-                .map(|b| b.count)
-                .sum::<u64>();
-            for step in &p.steps {
-                let srow = match row.steps.iter_mut().position(|r| r.name == step.name) {
-                    Some(i) => &mut row.steps[i],
-                    None => {
-                        row.steps.push(StepStatus {
-                            name: step.name.clone(),
-                            kind: step.kind.clone(),
-                            records_in: 0,
-                            records_out: 0,
-                            dropped: 0,
-                            python_seconds: 0.0,
-                            per_second: 0.0,
-                            mean_seconds: None,
-                            p50_seconds: None,
-                            p99_seconds: None,
-                        });
-                        row.steps.last_mut().expect("just pushed")
-                    }
-                };
-                srow.records_in += step.records_in;
-                srow.records_out += step.records_out;
-                srow.dropped += step.dropped;
-                srow.python_seconds += step.python_seconds;
-            }
+            let row = row_named(
+                &mut pipelines,
+                &p.name,
+                |r| &r.name,
+                || PipelineStatus {
+                    name: p.name.clone(),
+                    ..PipelineStatus::default()
+                },
+            );
+            row.add(s, p);
         }
         let wp = point.workers.get(&s.worker).cloned().unwrap_or_default();
         worker_rows.push(WorkerStatus {
