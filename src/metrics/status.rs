@@ -275,7 +275,6 @@ mod tests {
     use crate::bad_input::BadInput;
     use crate::metrics::counters::PipelineMetrics;
     use crate::metrics::history::WorkerPoint;
-    use crate::metrics::snapshot::WorkerSnapshot;
 
     /// Worker `index`'s report, as the control channel brings it.
     fn report(index: usize, records_in: u64, sink_errors: u64) -> String {
