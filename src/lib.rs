@@ -64,13 +64,15 @@ static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
 fn run_plan<'py>(
     py: Python<'py>,
     plan: &Bound<'py, PyDict>,
-    options: &Bound<'py, PyDict>,
+    options: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     if let Some(reset) = LOG_RESET.get() {
         reset.reset();
     }
     let plan = plan::Plan::from_py(plan)?;
-    let options = plan::Options::from_py(options)?;
+    let options: plan::Options = options
+        .extract()
+        .map_err(|e| plan::contract_error(py, "the run options", e))?;
     let summary = py.detach(|| run::run(plan, options));
     metrics::end_run();
     summary?.to_py(py)

@@ -215,9 +215,13 @@ pub enum OnError {
     Skip,
 }
 
-/// Options of one run.
+/// Options of one run (`wallaroo.contract.RunOptions`: every key required,
+/// None where optional).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct Options {
     /// Policy for failures of user code.
+    #[pyo3(from_py_with = on_error)]
     pub on_error: OnError,
     /// Where to keep bad input (JSON lines), if anywhere.
     pub dead_letter: Option<PathBuf>,
@@ -237,8 +241,41 @@ pub struct Options {
     pub resilience: Option<ResilienceOptions>,
 }
 
-/// `--resilience-dir` and its settings.
-#[derive(Debug, Clone)]
+/// A dict of the Python contract (`wallaroo.contract`) that does not read
+/// as the engine's struct: `what` and the key missing or of the wrong type.
+pub fn contract_error(py: Python<'_>, what: &str, err: PyErr) -> PyErr {
+    // The derived extraction names the field that failed, and chains the
+    // key error or the wrong type of a nested dict as the cause.
+    let mut why = Vec::new();
+    let mut next = Some(err);
+    while let Some(err) = next {
+        why.push(if err.is_instance_of::<pyo3::exceptions::PyKeyError>(py) {
+            format!("missing key {}", err.value(py))
+        } else {
+            err.value(py).to_string()
+        });
+        next = err.cause(py);
+    }
+    let why = why.join(": ");
+    Error::Config(format!(
+        "{what} do not match what the engine reads (wallaroo.contract): {why}"
+    ))
+    .into()
+}
+
+fn on_error(value: &Bound<'_, PyAny>) -> PyResult<OnError> {
+    match value.extract::<String>()?.as_str() {
+        "stop" => Ok(OnError::Stop),
+        "skip" => Ok(OnError::Skip),
+        other => {
+            Err(Error::Config(format!("on_error must be 'stop' or 'skip', got {other:?}")).into())
+        }
+    }
+}
+
+/// `--resilience-dir` and its settings (`wallaroo.contract.ResilienceOptions`).
+#[derive(Debug, Clone, FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct ResilienceOptions {
     /// The directory of the workers' stores.
     pub dir: PathBuf,
@@ -252,8 +289,9 @@ pub struct ResilienceOptions {
     pub app: String,
 }
 
-/// This process's place in a timely cluster.
-#[derive(Debug, Clone)]
+/// This process's place in a timely cluster (`wallaroo.contract.Membership`).
+#[derive(Debug, Clone, FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct Membership {
     /// This process's index.
     pub index: usize,
@@ -453,72 +491,6 @@ impl Plan {
             states,
             serialize: optional(dict, "serialize")?.map(Bound::unbind),
             deserialize: optional(dict, "deserialize")?.map(Bound::unbind),
-        })
-    }
-}
-
-impl Options {
-    /// Read the runner's options dict; absent keys take defaults.
-    pub fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<Options> {
-        let on_error = match optional(dict, "on_error")?
-            .map(|v| v.extract::<String>())
-            .transpose()?
-            .as_deref()
-        {
-            None | Some("stop") => OnError::Stop,
-            Some("skip") => OnError::Skip,
-            Some(other) => {
-                return Err(Error::Config(format!(
-                    "on_error must be 'stop' or 'skip', got {other:?}"
-                ))
-                .into())
-            }
-        };
-        let get_u64 = |key: &str, default: u64| -> PyResult<u64> {
-            optional(dict, key)?.map_or(Ok(default), |v| v.extract())
-        };
-        Ok(Options {
-            on_error,
-            dead_letter: optional(dict, "dead_letter")?
-                .map(|v| v.extract::<PathBuf>())
-                .transpose()?,
-            batch_size: get_u64("batch_size", 1000)?.max(1) as usize,
-            epoch_ms: get_u64("epoch_ms", 100)?.max(1),
-            max_frame_bytes: get_u64("max_frame_bytes", 16 << 20)?,
-            sink_connect_timeout_s: optional(dict, "sink_connect_timeout_s")?
-                .map_or(Ok(30.0), |v| v.extract())?,
-            max_records: optional(dict, "max_records")?
-                .map(|v| v.extract())
-                .transpose()?,
-            resilience: match optional(dict, "resilience_dir")? {
-                Some(dir) => Some(ResilienceOptions {
-                    dir: dir.extract()?,
-                    interval_ms: get_u64("snapshot_ms", 1000)?.max(1),
-                    give_up_ms: get_u64("snapshot_give_up_ms", 60_000)?,
-                    worker: optional(dict, "worker_name")?
-                        .map_or(Ok("initializer".to_owned()), |v| v.extract())?,
-                    app: string(dict, "app_fingerprint")?,
-                }),
-                None => None,
-            },
-            cluster: match optional(dict, "addresses")? {
-                Some(addresses) => {
-                    let addresses: Vec<String> = addresses.extract()?;
-                    let names = match optional(dict, "names")? {
-                        Some(names) => names.extract()?,
-                        None => (0..addresses.len())
-                            .map(|i| format!("worker-{i}"))
-                            .collect(),
-                    };
-                    Some(Membership {
-                        index: item(dict, "process")?.extract()?,
-                        addresses,
-                        names,
-                        token: get_u64("cluster_token", 0)?,
-                    })
-                }
-                None => None,
-            },
         })
     }
 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import NoReturn
 
+from wallaroo.contract import RunOptions
+
 __version__: str
 
 class EngineError(Exception):
@@ -29,8 +31,9 @@ class EmbeddedKafka:
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         """Create ``topic`` (no-op if it exists)."""
 
-def run(plan: dict, options: dict) -> dict:
-    """Run a plan from ``wallaroo.plan.compile_plan``; a summary of the run."""
+def run(plan: dict, options: RunOptions) -> dict:
+    """Run a plan from ``wallaroo.plan.compile_plan`` with the options of
+    ``wallaroo.contract.run_options``; a summary of the run."""
 
 def abort(reason: str) -> None:
     """Stop the running worker with an error naming ``reason``."""

@@ -17,7 +17,7 @@ import traceback
 from types import ModuleType
 from typing import Any, Callable
 
-from wallaroo import cluster, kafka, metrics
+from wallaroo import cluster, contract, kafka, metrics
 from wallaroo.loader import AppNotFound, load_app
 from wallaroo.plan import ApplicationError, compile_plan
 
@@ -255,18 +255,6 @@ def _check_runner_flags(opts: argparse.Namespace) -> str | None:
     return cluster.load_secret(opts)
 
 
-def _app_fingerprint(plan: dict) -> str:
-    """What a snapshot store must have been written by: the application's
-    name, its states and its pipelines (not its code, which may be fixed
-    between a crash and the restart)."""
-    states = sorted(
-        {step["state_name"] for p in plan["pipelines"] for step in p["steps"]
-         if step.get("state_name")}
-    )
-    pipelines = [p["name"] for p in plan["pipelines"]]
-    return f"app {plan['name']!r}, states {states}, pipelines {pipelines}"
-
-
 def main(argv: list | None = None) -> int:
     """Entry point of ``python -m wallaroo`` and ``machida``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -381,23 +369,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
     _tune_gc()
     _raise_open_files_limit()
 
-    options = {
-        "on_error": opts.on_error,
-        "dead_letter": opts.dead_letter,
-        "batch_size": opts.batch_size,
-        "epoch_ms": opts.epoch_ms,
-        "max_frame_bytes": opts.max_frame_bytes,
-        "sink_connect_timeout_s": opts.sink_connect_timeout,
-        "max_records": opts.max_records,
-    }
-    if opts.resilience_dir:
-        options.update(
-            resilience_dir=opts.resilience_dir,
-            snapshot_ms=max(1, round(opts.snapshot_interval * 1000)),
-            snapshot_give_up_ms=round(opts.snapshot_give_up * 1000),
-            worker_name=opts.name or "initializer",
-            app_fingerprint=_app_fingerprint(plan),
-        )
+    membership = None
     members = cluster.Cluster(opts, plan["name"]) if cluster.wanted(opts) else None
     observer = metrics.Observer(opts, plan["name"])
     kafka_setup = kafka.KafkaSetup(opts)
@@ -412,11 +384,6 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
             )
             if not opts.cluster_initializer:
                 kafka_setup.prepare(plan, embedded_bootstrap=membership.extra.get("embedded_kafka"))
-            options["process"] = membership.index
-            options["addresses"] = membership.addresses
-            options["names"] = membership.names
-            options["cluster_token"] = membership.token
-            options["worker_name"] = membership.names[membership.index]
             members.on_reconfigure(_engine.reconfigure)
             if opts.resilience_dir:
                 members.on_restarted = lambda name: _engine.restart(
@@ -435,6 +402,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
         return _fail(EXIT_BAD_APP, str(err))
     except cluster.ClusterSetupError as err:
         return _fail(EXIT_RUN_FAILED, f"cluster: {err}")
+    options = contract.run_options(opts, plan, membership)
     previous: dict = {}
     if threading_is_main():
         member = members is not None and not opts.cluster_initializer
