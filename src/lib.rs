@@ -63,13 +63,15 @@ static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
 #[pyfunction(name = "run")]
 fn run_plan<'py>(
     py: Python<'py>,
-    plan: &Bound<'py, PyDict>,
+    plan: &Bound<'py, PyAny>,
     options: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     if let Some(reset) = LOG_RESET.get() {
         reset.reset();
     }
-    let plan = plan::Plan::from_py(plan)?;
+    let plan: plan::Plan = plan
+        .extract()
+        .map_err(|e| plan::contract_error(py, "the plan", e))?;
     let options: plan::Options = options
         .extract()
         .map_err(|e| plan::contract_error(py, "the run options", e))?;

@@ -180,25 +180,33 @@ pub struct StepPlan {
     pub kind: StepKind,
 }
 
-/// One pipeline: source, steps, optional sink.
+/// One pipeline: source, steps, optional sink (`wallaroo.contract.PipelinePlan`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct PipelinePlan {
     /// The pipeline name.
     pub name: String,
     /// Its source.
+    #[pyo3(from_py_with = source_plan)]
     pub source: SourcePlan,
     /// Its steps in order.
+    #[pyo3(from_py_with = step_plans)]
     pub steps: Vec<StepPlan>,
     /// Its sink (a pipeline may end without one).
+    #[pyo3(from_py_with = sink_plan)]
     pub sink: Option<SinkPlan>,
 }
 
-/// The whole application.
+/// The whole application (`wallaroo.contract.Plan`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct Plan {
     /// The application name.
     pub name: String,
     /// Its pipelines.
     pub pipelines: Vec<PipelinePlan>,
     /// State name -> state class.
+    #[pyo3(from_py_with = state_classes)]
     pub states: Vec<(String, Py<PyAny>)>,
     /// The application's own `serialize`, for records crossing workers.
     pub serialize: Option<Py<PyAny>>,
@@ -258,7 +266,7 @@ pub fn contract_error(py: Python<'_>, what: &str, err: PyErr) -> PyErr {
     }
     let why = why.join(": ");
     Error::Config(format!(
-        "{what} do not match what the engine reads (wallaroo.contract): {why}"
+        "{what}: not what the engine reads (wallaroo.contract): {why}"
     ))
     .into()
 }
@@ -461,36 +469,29 @@ impl StepPlan {
     }
 }
 
-impl Plan {
-    /// Read the dict `wallaroo.plan.compile_plan` returned.
-    pub fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<Plan> {
-        let mut pipelines = Vec::new();
-        for pipeline in item(dict, "pipelines")?.cast_into::<PyList>()?.iter() {
-            let pipeline = pipeline.cast_into::<PyDict>()?;
-            let mut steps = Vec::new();
-            for step in item(&pipeline, "steps")?.cast_into::<PyList>()?.iter() {
-                steps.push(StepPlan::from_py(&step.cast_into::<PyDict>()?)?);
-            }
-            let sink = optional(&pipeline, "sink")?
-                .map(|s| SinkPlan::from_py(&s.cast_into::<PyDict>()?))
-                .transpose()?;
-            pipelines.push(PipelinePlan {
-                name: string(&pipeline, "name")?,
-                source: SourcePlan::from_py(&item(&pipeline, "source")?.cast_into::<PyDict>()?)?,
-                steps,
-                sink,
-            });
-        }
-        let mut states = Vec::new();
-        for (name, class) in item(dict, "states")?.cast_into::<PyDict>()?.iter() {
-            states.push((name.extract()?, class.unbind()));
-        }
-        Ok(Plan {
-            name: string(dict, "name")?,
-            pipelines,
-            states,
-            serialize: optional(dict, "serialize")?.map(Bound::unbind),
-            deserialize: optional(dict, "deserialize")?.map(Bound::unbind),
-        })
+fn source_plan(value: &Bound<'_, PyAny>) -> PyResult<SourcePlan> {
+    SourcePlan::from_py(value.cast::<PyDict>()?)
+}
+
+fn step_plans(value: &Bound<'_, PyAny>) -> PyResult<Vec<StepPlan>> {
+    value
+        .cast::<PyList>()?
+        .iter()
+        .map(|step| StepPlan::from_py(&step.cast_into::<PyDict>()?))
+        .collect()
+}
+
+fn sink_plan(value: &Bound<'_, PyAny>) -> PyResult<Option<SinkPlan>> {
+    if value.is_none() {
+        return Ok(None);
     }
+    SinkPlan::from_py(value.cast::<PyDict>()?).map(Some)
+}
+
+fn state_classes(value: &Bound<'_, PyAny>) -> PyResult<Vec<(String, Py<PyAny>)>> {
+    value
+        .cast::<PyDict>()?
+        .iter()
+        .map(|(name, class)| Ok((name.extract()?, class.unbind())))
+        .collect()
 }

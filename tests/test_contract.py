@@ -12,7 +12,7 @@ import pytest
 from wallaroo import _engine, contract
 from wallaroo.runner import _parser
 
-EMPTY_PLAN: dict = {"name": "contract", "pipelines": [], "states": {}}
+EMPTY_PLAN = contract.app_plan("contract", [], {})
 
 
 def _options(*flags: str, membership: Any | None = None) -> contract.RunOptions:
@@ -21,10 +21,28 @@ def _options(*flags: str, membership: Any | None = None) -> contract.RunOptions:
     return contract.run_options(opts, EMPTY_PLAN, membership)
 
 
-def _refusal(options: dict) -> str:
+def _refusal(options: dict, plan: dict = EMPTY_PLAN) -> str:  # type: ignore[assignment]
     with pytest.raises(_engine.ConfigError) as refused:
-        _engine.run(EMPTY_PLAN, options)  # type: ignore[arg-type]
+        _engine.run(plan, options)  # type: ignore[arg-type]
     return str(refused.value)
+
+
+@pytest.mark.parametrize("key", sorted(contract.Plan.__required_keys__))
+def test_a_misspelt_plan_key_fails_the_start_with_its_name(key: str) -> None:
+    plan = dict(EMPTY_PLAN)
+    plan[key + "_misspelt"] = plan.pop(key)  # type: ignore[literal-required]
+    message = _refusal(dict(_options()), plan)
+    assert message.startswith("the plan:"), message
+    assert f"missing key '{key}'" in message, message
+
+
+@pytest.mark.parametrize("key", sorted(contract.PipelinePlan.__required_keys__))
+def test_a_misspelt_pipeline_key_is_named(key: str) -> None:
+    pipeline = contract.pipeline_plan("p", {"kind": "gen", "generator": 1, "decode": str}, [], None)
+    pipeline[key + "_misspelt"] = pipeline.pop(key)  # type: ignore[literal-required]
+    plan = contract.app_plan("contract", [pipeline], {})
+    message = _refusal(dict(_options()), dict(plan))
+    assert f"missing key '{key}'" in message, message
 
 
 def test_run_options_hold_every_declared_key() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from wallaroo.contract import RunOptions
+from wallaroo.contract import Plan, RunOptions
 
 __version__: str
 
@@ -31,7 +31,7 @@ class EmbeddedKafka:
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         """Create ``topic`` (no-op if it exists)."""
 
-def run(plan: dict, options: RunOptions) -> dict:
+def run(plan: Plan, options: RunOptions) -> dict:
     """Run a plan from ``wallaroo.plan.compile_plan`` with the options of
     ``wallaroo.contract.run_options``; a summary of the run."""
 

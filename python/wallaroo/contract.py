@@ -1,13 +1,64 @@
 """What the Python side hands the engine (``_engine.run(plan, options)``),
 declared once: the TypedDicts here, read by the ``FromPyObject`` structs of
-the same names in ``src/plan.rs``. Every key is required there (``None``
+the same names in ``src/plan.rs`` (the plan's sources, sinks and steps are
+still dicts read key by key there). Every key is required there (``None``
 where a value is optional), so a key spelt wrongly here fails the start with
 its name."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Literal, TypedDict
+from typing import Any, Callable, Literal, TypedDict
+
+
+class PipelinePlan(TypedDict):
+    """One pipeline: its source, its steps in order, its sink."""
+
+    name: str
+    """The pipeline name."""
+    source: dict
+    """Its source and decoder (``kind`` and the kind's keys)."""
+    steps: list[dict]
+    """Its steps (``kind``, ``name``, ``func`` and the kind's keys)."""
+    sink: dict | None
+    """Its sink and encoder; None: the pipeline ends without one."""
+
+
+class _AppPlan(TypedDict):
+    name: str
+    """The application name."""
+    pipelines: list[PipelinePlan]
+    """Its pipelines."""
+    states: dict[str, Any]
+    """State name -> state class."""
+    serialize: Callable[[Any], bytes] | None
+    """The application's own ``serialize`` (records crossing workers, snapshots)."""
+    deserialize: Callable[[bytes], Any] | None
+    """The application's own ``deserialize``."""
+
+
+class Plan(_AppPlan, total=False):
+    """The application plan :func:`wallaroo.plan.compile_plan` returns."""
+
+    api_version: str
+    """The API the application was written against (read by the runner)."""
+
+
+def pipeline_plan(name: str, source: dict, steps: list[dict], sink: dict | None) -> PipelinePlan:
+    """The plan of one pipeline."""
+    return {"name": name, "source": source, "steps": steps, "sink": sink}
+
+
+def app_plan(name: str, pipelines: list[PipelinePlan], states: dict[str, Any]) -> Plan:
+    """The plan of an application, without codecs of its own (the runner sets
+    ``serialize``/``deserialize`` when the application module defines both)."""
+    return {
+        "name": name,
+        "pipelines": pipelines,
+        "states": states,
+        "serialize": None,
+        "deserialize": None,
+    }
 
 
 class ResilienceOptions(TypedDict):

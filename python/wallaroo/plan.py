@@ -12,7 +12,7 @@ import pickle
 import types
 from typing import Any, Callable
 
-from wallaroo import versions
+from wallaroo import contract, versions
 
 
 class ApplicationError(Exception):
@@ -184,8 +184,8 @@ class _PipelineBuilder:
         self.steps: list = []
         self.sink: dict | None = None
 
-    def plan(self) -> dict:
-        return {"name": self.name, "source": self.source, "steps": self.steps, "sink": self.sink}
+    def plan(self) -> contract.PipelinePlan:
+        return contract.pipeline_plan(self.name, self.source, self.steps, self.sink)
 
 
 #: The application's arguments, for the Kafka flags the 0.5/0.6 ``Default*``
@@ -280,7 +280,7 @@ def compile_plan(actions: Any, origin: str = "application", args: list | None = 
     return plan
 
 
-def _compile_builder(actions: Any, origin: str) -> dict:
+def _compile_builder(actions: Any, origin: str) -> contract.Plan:
     """The plan of a 0.4.2/0.5 ``build()`` list."""
     if not isinstance(actions, (list, tuple)) or not actions:
         raise ApplicationError(
@@ -359,8 +359,4 @@ def _compile_builder(actions: Any, origin: str) -> dict:
     for pipeline in pipelines:
         if pipeline.sink is None and not pipeline.steps:
             raise ApplicationError(f"{origin}: pipeline {pipeline.name!r} has no step and no sink")
-    return {
-        "name": app_name or "application",
-        "pipelines": [p.plan() for p in pipelines],
-        "states": states,
-    }
+    return contract.app_plan(app_name or "application", [p.plan() for p in pipelines], states)

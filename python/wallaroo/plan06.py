@@ -18,6 +18,7 @@ import functools
 import itertools
 from typing import Any, Callable
 
+from wallaroo import contract
 from wallaroo.plan import (
     ApplicationError,
     _compute_step,
@@ -94,9 +95,9 @@ class _Compiler:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ApplicationError(f"{self.origin}: two sources are named {dupes[0]!r}")
-        return {"name": self.app_name, "pipelines": pipelines, "states": self.states}
+        return contract.app_plan(self.app_name, pipelines, self.states)
 
-    def pipeline(self, leaf: int) -> dict:
+    def pipeline(self, leaf: int) -> contract.PipelinePlan:
         _, name, source_tuple = self.vs[leaf][0]
         where = f"{self.origin}: pipeline {name!r}"
         source = _source_plan(self.resolve(source_tuple, sink=False), f"{where} source")
@@ -129,7 +130,7 @@ class _Compiler:
             raise ApplicationError(f"{where}: the pipeline ends without a sink")
         if len(self.leaves) > 1:
             sink["group"] = f"root-{self.root}"
-        return {"name": name, "source": source, "steps": steps, "sink": sink}
+        return contract.pipeline_plan(name, source, steps, sink)
 
     def resolve(self, spec: Any, sink: bool) -> Any:
         if isinstance(spec, tuple) and spec and spec[0] == "kafka-internal":
@@ -233,7 +234,7 @@ class _Compiler:
         return step
 
 
-def compile_application(app: tuple, origin: str, args: list | None = None) -> dict:
+def compile_application(app: tuple, origin: str, args: list | None = None) -> contract.Plan:
     """The plan of a 0.6 application ``(app_name, root_idx, vs, es)``."""
     try:
         app_name, root, vs, es = app
