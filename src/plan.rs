@@ -33,6 +33,8 @@ pub enum SourceKind {
         host: String,
         /// Port to bind.
         port: u16,
+        /// Connections read at once (0.6.1 `parallelism`); None: any number.
+        max_connections: Option<usize>,
     },
     /// Read a file (plain or .gz).
     File {
@@ -352,6 +354,9 @@ impl SourcePlan {
             "tcp" => SourceKind::Tcp {
                 host: string(dict, "host")?,
                 port: port(dict, "port")?,
+                max_connections: optional(dict, "max_connections")?
+                    .map(|v| v.extract())
+                    .transpose()?,
             },
             "file" => SourceKind::File {
                 path: PathBuf::from(string(dict, "path")?),

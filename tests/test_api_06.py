@@ -151,7 +151,12 @@ def test_tcp_source_parallelism_is_0_6():
     config = wallaroo.TCPSourceConfig("127.0.0.1", 0, decode, parallelism=3)
     assert versions.mark_of(config).versions == versions.ONLY_06
     app = wallaroo.build_application("app", wallaroo.source("t", config).to_sink(_sink()))
-    assert compile_plan(app, "app.py")["pipelines"][0]["source"]["kind"] == "tcp"
+    source = compile_plan(app, "app.py")["pipelines"][0]["source"]
+    assert (source["kind"], source["max_connections"]) == ("tcp", 3)
+    bad = wallaroo.TCPSourceConfig("127.0.0.1", 0, decode, parallelism=0)
+    app = wallaroo.build_application("app", wallaroo.source("t", bad).to_sink(_sink()))
+    with pytest.raises(ApplicationError, match="parallelism"):
+        compile_plan(app, "app.py")
 
 
 @pytest.mark.timeout(90)
@@ -308,3 +313,44 @@ def test_hand_written_0_6_classes_subclass_the_wallaroo_bases():
     ][0]["steps"]
     assert (shout["kind"], shout["func"]("a")) == ("map", "a!")
     assert tally["kind"] == "state" and tally["func"]("a", Seen()) == (1, True)
+
+
+@pytest.mark.timeout(120)
+def test_tcp_source_parallelism_limits_the_connections_read_at_once(tcp_app):
+    """parallelism=1: a second connection waits (in the listen backlog) until
+    the first closes, as 0.6.1's pre-created source actors made it wait."""
+    import struct
+    import time
+
+    from wallaroo.receiver import Receiver
+    from wallaroo.sender import connect
+
+    def send(sock, payload: bytes) -> None:
+        sock.sendall(struct.pack(">I", len(payload)) + payload)
+
+    def wait_for(condition, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    with Receiver(length_fmt=">I") as rx:
+        app_path = APPS / "tcp_echo_06.py"
+        args = ("--in", "127.0.0.1:0", "--out", f"127.0.0.1:{rx.port}", "--parallelism", "1")
+        with tcp_app(app_path, *args) as app:
+            ((_, _, in_port),) = app.listening()
+            first = connect("127.0.0.1", in_port)
+            send(first, b"a1")
+            wait_for(lambda: b"a1" in rx.messages(), "a1")
+            second = connect("127.0.0.1", in_port)  # the kernel's backlog takes it
+            send(second, b"b1")
+            send(first, b"a2")
+            wait_for(lambda: b"a2" in rx.messages(), "a2")
+            # The second connection is not read while the first is open.
+            assert b"b1" not in rx.messages()
+            assert "connection 2: accepted" not in app.stderr
+            first.close()
+            wait_for(lambda: b"b1" in rx.messages(), "b1 after the first connection closed")
+            second.close()
+            log = app.stderr
+            assert log.index("connection 1: closed") < log.index("connection 2: accepted")

@@ -398,12 +398,15 @@ class TCPSourceConfig:
         self.host = host
         self.port = _port(port, "TCPSourceConfig")
         self.decoder = decoder
-        #: 0.6.1: the most connections accepted at once (None: no limit).
+        #: 0.6.1: the most connections read at once (None: no limit; the
+        #: others wait to be accepted).
         self.parallelism = parallelism
         if parallelism is not None:
             self._api_mark = Mark("TCPSourceConfig(..., parallelism)", ONLY_06)
 
     def to_tuple(self) -> tuple:
+        if self.parallelism is not None:
+            return ("tcp", self.host, str(self.port), self.decoder, self.parallelism)
         return ("tcp", self.host, str(self.port), self.decoder)
 
 

@@ -74,9 +74,17 @@ def _source_plan(config: Any, where: str) -> dict:
         spec = ("tcp", host, port, decoder)
         kind = "tcp"
     if kind == "tcp":
-        # 0.6.1 adds the parallelism (connections accepted at once) as a 5th item.
+        # 0.6.1 adds the parallelism (connections read at once) as a 5th item.
         _, host, port, decoder = spec[:4]
         plan = {"kind": "tcp", "host": host or "127.0.0.1", "port": int(port)}
+        parallelism = spec[4] if len(spec) > 4 else None
+        if parallelism is not None:
+            if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 1:
+                raise ApplicationError(
+                    f"{where}: TCPSourceConfig parallelism must be a positive int, "
+                    f"got {parallelism!r}"
+                )
+            plan["max_connections"] = parallelism
         plan.update(_decoder_plan(decoder, f"{where}, decoder", framed=True))
     elif kind == "gen":
         _, generator = spec

@@ -181,7 +181,11 @@ pub fn start(
             };
             file::start(path, framing, ctx, after)
         }
-        SourceKind::Tcp { host, port } => tcp::start(&host, port, framing, ctx),
+        SourceKind::Tcp {
+            host,
+            port,
+            max_connections,
+        } => tcp::start(&host, port, max_connections, framing, ctx),
         SourceKind::Gen { generator } => gen::start(generator, ctx, resume.map_or(0, |r| r.sent())),
         SourceKind::Kafka(mut plan) => {
             if let Some(SourcePosition::Kafka(at)) = resume {

@@ -24,6 +24,7 @@ const READ_CHUNK: usize = 256 * 1024;
 pub fn start(
     host: &str,
     port: u16,
+    max_connections: Option<usize>,
     framing: Arc<Framing>,
     ctx: SourceContext,
 ) -> Result<SourceHandle, Error> {
@@ -52,7 +53,7 @@ pub fn start(
     let thread_info = info.clone();
     let thread = std::thread::Builder::new()
         .name(format!("accept {}", ctx.pipeline))
-        .spawn(move || accept_loop(listener, framing, ctx, thread_info, tx))
+        .spawn(move || accept_loop(listener, max_connections, framing, ctx, thread_info, tx))
         .map_err(|e| Error::Config(format!("cannot start a source thread: {e}")))?;
     Ok(SourceHandle {
         rx,
@@ -61,8 +62,12 @@ pub fn start(
     })
 }
 
+/// Accept connections (at most `max_connections` open at once: the others
+/// wait in the listen backlog, as 0.6.1's pre-created source actors made
+/// them) and read each on its own thread.
 fn accept_loop(
     listener: TcpListener,
+    max_connections: Option<usize>,
     framing: Arc<Framing>,
     ctx: SourceContext,
     info: SourceInfo,
@@ -71,6 +76,11 @@ fn accept_loop(
     let mut connections = Vec::new();
     let mut next_id = 0u32;
     while !ctx.finished() {
+        if max_connections.is_some_and(|max| connections.len() >= max) {
+            std::thread::sleep(POLL);
+            connections.retain(|c: &std::thread::JoinHandle<()>| !c.is_finished());
+            continue;
+        }
         match listener.accept() {
             Ok((stream, peer)) => {
                 next_id += 1;
