@@ -5,18 +5,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use pyo3::prelude::*;
 
 use crate::bad_input::BadInput;
-use crate::codec::Codec;
 use crate::control::RunHandle;
 use crate::errors::Error;
 use crate::metrics::PipelineMetrics;
 use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StepKind};
-use crate::recovery;
+use crate::recovery::{self, ResilienceRun};
 use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::{self, SinkContext, SinkMessage};
 use crate::sources::{self, SourceContext, SourceHandle, SourcePosition};
@@ -90,63 +89,12 @@ pub(crate) struct Resources {
     recovered: Option<u64>,
 }
 
-/// Crash recovery for one run: the snapshot writer and where the run began.
-pub(crate) struct ResilienceRun {
-    pub(crate) interval: Duration,
-    pub(crate) writer: recovery::Writer,
-    /// The next snapshot's id (the same sequence on every worker).
-    pub(crate) next_id: std::sync::atomic::AtomicU64,
-    /// The run's lineage, written with each snapshot.
-    pub(crate) tag: String,
-    /// The run's workers, by index.
-    pub(crate) members: Vec<String>,
-    pub(crate) stats: Arc<recovery::WriterStats>,
-}
-
 /// The options sources are made with.
 #[derive(Clone)]
 struct SourceOptions {
     batch_size: usize,
     max_frame_bytes: u64,
     max_records: Option<u64>,
-}
-
-/// Find what to recover, open this worker's store and start its writer.
-fn start_resilience(
-    settings: &crate::plan::ResilienceOptions,
-    names: &[String],
-    worker: usize,
-) -> Result<(ResilienceRun, Option<recovery::Recovered>), Error> {
-    let me = names
-        .get(worker)
-        .cloned()
-        .unwrap_or_else(|| settings.worker.clone());
-    let recovered = recovery::recover(&settings.dir, &settings.app, &me, names)?;
-    let identity = recovery::Identity {
-        app: settings.app.clone(),
-        worker: me,
-    };
-    let mut store = recovery::Store::open(&settings.dir, &identity)?;
-    let base = recovered.as_ref().map_or(0, |r| r.id);
-    // Snapshots after the one recovered were never complete: a new lineage
-    // starts from it.
-    store.truncate_after(base)?;
-    let tag = serde_json::json!({ "base": base, "members": names }).to_string();
-    let stats = Arc::new(recovery::WriterStats::default());
-    let run = ResilienceRun {
-        interval: Duration::from_millis(settings.interval_ms),
-        writer: recovery::Writer::start(
-            store,
-            stats.clone(),
-            Duration::from_millis(settings.give_up_ms),
-            base,
-        )?,
-        stats,
-        next_id: std::sync::atomic::AtomicU64::new(base + 1),
-        tag,
-        members: names.to_vec(),
-    };
-    Ok((run, recovered))
 }
 
 fn declared_keys(py: Python<'_>, plan: &Plan) -> Result<HashMap<String, Vec<Vec<u8>>>, Error> {
@@ -209,7 +157,7 @@ impl Resources {
         };
         let (resilience, recovered) = match &options.resilience {
             Some(settings) => {
-                let (run, recovered) = start_resilience(settings, &names, worker)?;
+                let (run, recovered) = ResilienceRun::start(settings, &names, worker)?;
                 (Some(run), recovered)
             }
             None => (None, None),
@@ -236,7 +184,12 @@ impl Resources {
         };
         let positions = match &recovered {
             Some(recovered) => {
-                resources.restore(recovered)?;
+                recovery::restore(
+                    &resources.stores,
+                    resources.serialize.as_ref(),
+                    resources.deserialize.as_ref(),
+                    recovered,
+                )?;
                 recovered.positions.clone()
             }
             None => BTreeMap::new(),
@@ -249,66 +202,6 @@ impl Resources {
         Ok(resources)
     }
 
-    /// Put the recovered states into the stores.
-    fn restore(&self, recovered: &recovery::Recovered) -> Result<(), Error> {
-        Python::attach(|py| -> Result<(), Error> {
-            let codec = Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
-            let own = recovered.rows.iter().map(|row| (row, false));
-            for (row, adopted) in own.chain(recovered.adopted.iter().map(|row| (row, true))) {
-                let store = self.stores.get(&row.store).ok_or_else(|| {
-                    Error::Config(format!(
-                        "the snapshot has state {:?}, which this application does not declare",
-                        row.store
-                    ))
-                })?;
-                let value = row.value.as_deref().unwrap_or_default();
-                let key = crate::routing::key_from_canonical(py, &row.key).ok_or_else(|| {
-                    Error::Config(format!(
-                        "state {:?}: a key in the snapshot is not a key this engine writes",
-                        row.store
-                    ))
-                })?;
-                let state = codec.decode_value(py, value).map_err(|e| {
-                    Error::Config(format!(
-                        "state {:?}: cannot load the state of key {key} from the snapshot: {}",
-                        row.store,
-                        crate::errors::format_py_err(py, &e)
-                    ))
-                })?;
-                if adopted {
-                    // From another worker's store: written to this one next time.
-                    store.insert(py, &key, &state)?;
-                } else {
-                    store.restore(py, &key, &state)?;
-                }
-            }
-            Ok(())
-        })?;
-        log::info!(
-            "recovered snapshot {} (written by {}): {} keys{}",
-            recovered.id,
-            recovered.members.join(", "),
-            recovered.rows.len() + recovered.adopted.len(),
-            if !recovered.adopted.is_empty() {
-                format!(
-                    ", {} of them from workers no longer in the cluster",
-                    recovered.adopted.len()
-                )
-            } else {
-                String::new()
-            }
-        );
-        for (pipeline, lost) in &recovered.lost {
-            log::warn!(
-                "pipeline {pipeline:?}: its TCP source cannot replay: {lost} records it had \
-                 received after snapshot {} are lost (their effect on state was rolled back); \
-                 the sender must send them again",
-                recovered.id
-            );
-        }
-        Ok(())
-    }
-
     /// Write a snapshot: the keys changed since the last one and where the
     /// sources stand. Called when the epochs before it are complete on
     /// every worker and none after it has started.
@@ -316,68 +209,23 @@ impl Resources {
         let Some(run) = &self.resilience else {
             return Ok(());
         };
-        let id = run.next_id.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let rows = Python::attach(|py| -> Result<Vec<recovery::StateRow>, Error> {
-            let codec = Codec::with(py, self.serialize.as_ref(), self.deserialize.as_ref())?;
-            let mut rows = Vec::new();
-            for (name, store) in &self.stores {
-                for (key, state) in store.take_changes(py)? {
-                    let key = key.bind(py);
-                    let canonical = canonical_key(key).ok_or_else(|| {
-                        Error::Config(format!("state {name:?}: key {key} cannot be stored"))
-                    })?;
-                    let value = match &state {
-                        Some(state) => {
-                            Some(codec.encode_value(py, state.bind(py)).map_err(|e| {
-                                Error::Config(format!(
-                                "state {name:?}: cannot serialize the state of key {key} for a \
-                                 snapshot: {}",
-                                crate::errors::format_py_err(py, &e)
-                            ))
-                            })?)
-                        }
-                        None => None,
-                    };
-                    rows.push(recovery::StateRow {
-                        store: name.clone(),
-                        key: canonical,
-                        value,
-                    });
-                }
-            }
-            Ok(rows)
-        })?;
-        log::debug!(
-            "snapshot {id}: {} changed keys serialized in {:?}",
-            rows.len(),
-            started.elapsed()
-        );
         let positions = self
             .pipelines
             .iter()
             .map(|p| (p.name.clone(), lock(&p.position).clone()))
             .collect();
-        // Every output before the cut is with the sinks (the probe is after
-        // them); the snapshot is stored once they have pushed it out.
-        let mut acks = Vec::new();
-        for tx in self.pipelines.iter().filter_map(|p| p.sink_tx.as_ref()) {
-            let (ack, acked) = crossbeam_channel::bounded(1);
-            if tx.send(SinkMessage::Barrier(id, ack)).is_ok() {
-                acks.push(acked);
-            }
-        }
-        run.writer.snapshot(
-            recovery::Snapshot {
-                id,
-                tag: run.tag.clone(),
-                members: run.members.clone(),
-                rows,
-                positions,
-            },
-            acks,
-        );
-        Ok(())
+        let sinks: Vec<&Sender<SinkMessage>> = self
+            .pipelines
+            .iter()
+            .filter_map(|p| p.sink_tx.as_ref())
+            .collect();
+        run.snapshot(
+            &self.stores,
+            self.serialize.as_ref(),
+            self.deserialize.as_ref(),
+            positions,
+            &sinks,
+        )
     }
 
     /// Note how many records each non-replayable source has handed over.
@@ -607,17 +455,7 @@ impl Resources {
     ) -> Result<Totals, Error> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(run) = &self.resilience {
-            run.writer.finish();
-            let failed = run.stats.failed.load(Ordering::Relaxed);
-            log::info!(
-                "{} snapshots written{}",
-                run.stats.written.load(Ordering::Relaxed),
-                if failed > 0 {
-                    format!(", {failed} failed (see the errors above)")
-                } else {
-                    String::new()
-                }
-            );
+            run.finish();
         }
         let mut pipelines = Vec::new();
         let mut sources = Vec::new();

@@ -16,13 +16,17 @@
 //! * [`recover`]: finding the newest snapshot complete and intact on every
 //!   worker, and loading it.
 //! * [`writer`]: the thread that writes a worker's snapshots.
+//! * [`session`]: a run's recovery as its worker drives it: restoring the
+//!   stores, taking a snapshot at a cut.
 
 pub mod recover;
+pub mod session;
 pub mod snapshot;
 pub mod store;
 pub mod writer;
 
 pub use recover::{recover, Recovered};
+pub(crate) use session::{restore, ResilienceRun};
 pub use snapshot::{Identity, Snapshot, StateRow};
 pub use store::Store;
 pub use writer::{Writer, WriterStats};
