@@ -110,6 +110,10 @@ fn read_file(
         skip = Some(index);
     }
     let mut batch = Vec::with_capacity(ctx.batch_size);
+    // The first batches are small, then double up to the batch size: the
+    // first records reach the worker (and their outputs the sink) at once,
+    // not after whole batches were read and processed.
+    let mut limit = 1;
     loop {
         if ctx.finished() {
             log::info!("{}: stopped before the end of the file", info.label);
@@ -139,11 +143,12 @@ fn read_file(
             );
             break;
         }
-        while batch.len() >= ctx.batch_size {
-            let rest = batch.split_off(ctx.batch_size);
+        while batch.len() >= limit {
+            let rest = batch.split_off(limit);
             if !send_batch(&tx, std::mem::replace(&mut batch, rest), &ctx) {
                 return;
             }
+            limit = (limit * 2).min(ctx.batch_size);
         }
     }
     send_batch(&tx, batch, &ctx);
@@ -197,5 +202,43 @@ impl FilePosition {
     /// record handed over; None when none was.
     pub fn after(&self) -> Option<(u64, u64)> {
         (self.index > 0).then_some((self.offset, self.index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bad_input::BadInput;
+    use crate::metrics::PipelineMetrics;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn first_batches_are_small_then_double_up_to_the_batch_size() {
+        let path = std::env::temp_dir().join(format!("wallaroo-file-{}.txt", std::process::id()));
+        let lines: Vec<String> = (0..3000).map(|i| format!("line {i}")).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let ctx = SourceContext {
+            pipeline: "p".to_owned(),
+            bad: Arc::new(BadInput::new(None).unwrap()),
+            metrics: Arc::new(PipelineMetrics::default()),
+            batch_size: 1000,
+            max_frame_bytes: 1 << 20,
+            stop: Arc::new(AtomicBool::new(false)),
+            worker: 0,
+            peers: 1,
+            remaining: None,
+        };
+        let handle = start(path.clone(), Arc::new(Framing::Lines), ctx, None).unwrap();
+        let batches: Vec<Vec<Frame>> = handle.rx.iter().collect();
+        std::fs::remove_file(&path).unwrap();
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 977],
+            "the first record is handed over alone, then batches double"
+        );
+        let read: Vec<&[u8]> = batches.iter().flatten().map(|f| &f.payload[..]).collect();
+        let want: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        assert_eq!(read, want);
     }
 }
