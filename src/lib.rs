@@ -16,7 +16,7 @@
 //!   [`steps`], [`codec`] and the leaves. [`control`] is the run's handle
 //!   (stop, abort, next membership) passed down to all of them.
 //! * [`steps`] calls the Python steps for a whole batch of records while
-//!   holding the GIL once; partitioned state lives in [`steps::StateStore`].
+//!   holding the GIL once; partitioned state lives in [`state::StateStore`].
 //! * [`sources`] and [`sinks`] are IO threads that never touch Python (except
 //!   a hand-written decoder's `payload_length`); they talk to the worker
 //!   through bounded channels, so a slow sink slows the source down.
@@ -45,6 +45,7 @@ pub mod routing;
 pub mod run;
 pub mod sinks;
 pub mod sources;
+pub mod state;
 pub mod steps;
 pub mod sync;
 pub mod worker;

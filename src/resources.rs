@@ -19,7 +19,8 @@ use crate::recovery::{self, ResilienceRun};
 use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::{self, SinkContext, SinkMessage};
 use crate::sources::{self, SourceContext, SourceHandle, SourcePosition};
-use crate::steps::{Chain, Kind, StateStore, Step};
+use crate::state::StateStore;
+use crate::steps::{Chain, Kind, Step};
 use crate::sync::lock;
 
 /// What a worker's resources tell at the end of the run (the summary's

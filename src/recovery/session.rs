@@ -17,7 +17,7 @@ use crate::errors::Error;
 use crate::routing::canonical_key;
 use crate::sinks::SinkMessage;
 use crate::sources::SourcePosition;
-use crate::steps::StateStore;
+use crate::state::StateStore;
 
 /// Crash recovery for one run: the snapshot writer and where the run began.
 pub(crate) struct ResilienceRun {
