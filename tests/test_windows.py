@@ -286,6 +286,21 @@ def _expected_windows(path: Path, n: int, keys: int, size: int, seed: int) -> se
     }
 
 
+def _assert_every_window_at_least_once(output: Path, expected: set, kills: int) -> None:
+    """At-least-once across ``kills`` kills: a window may come twice, but each
+    line is exactly one of the ``expected`` windows and none is missing. A
+    line cut by a kill is followed, on the same line, by the next run's first
+    line (at most one such torn line per kill)."""
+    lines = output.read_text(errors="replace").splitlines()
+    whole = {line for line in lines if line in expected}
+    torn = [line for line in lines if line not in expected]
+    assert len(torn) <= kills, torn[:3]
+    unexplained = [t for t in torn if not any(t.endswith(e) or e.startswith(t) for e in expected)]
+    assert unexplained == []
+    rescued = {e for e in expected - whole for t in torn if t.endswith(e)}
+    assert expected - whole - rescued == set()
+
+
 def _kill_after_snapshots(chaos, workers: int, kills: int) -> int:
     """Kill the run (one process, started again by hand) or one of its
     workers ``kills`` times, each once every store holds a snapshot newer
@@ -312,17 +327,7 @@ def test_count_windows_are_exact_across_kill_nine(tmp_path, workers):
     log = chaos.output()
     assert code == 0, log
     assert chaos.kills == 5 and chaos.recoveries() >= 5, log
-    lines = output.read_text(errors="replace").splitlines()
-    whole = {line for line in lines if line in expected}
-    # A line cut by a kill is followed, on the same line, by the next run's first line.
-    torn = [line for line in lines if line not in expected]
-    assert len(torn) <= chaos.kills, torn[:3]
-    unexplained = [t for t in torn if not any(t.endswith(e) or e.startswith(t) for e in expected)]
-    assert unexplained == []
-    rescued = {e for e in expected - whole for t in torn if t.endswith(e)}
-    # At-least-once: repeats are allowed, but every window is exactly one of
-    # the expected ones (no window lost, none with other records).
-    assert expected - whole - rescued == set()
+    _assert_every_window_at_least_once(output, expected, chaos.kills)
 
 
 @pytest.mark.timeout(420)
@@ -590,15 +595,7 @@ def test_event_time_windows_are_exact_across_kill_nine(tmp_path, workers):
     log = chaos.output()
     assert code == 0, log
     assert chaos.kills == 4 and chaos.recoveries() >= 4, log
-    lines = output.read_text(errors="replace").splitlines()
-    whole = {line for line in lines if line in expected}
-    torn = [line for line in lines if line not in expected]
-    assert len(torn) <= chaos.kills, torn[:3]
-    assert [t for t in torn if not any(t.endswith(e) or e.startswith(t) for e in expected)] == []
-    rescued = {e for e in expected - whole for t in torn if t.endswith(e)}
-    # At-least-once: a window may come twice, but each is exactly one of the
-    # expected windows and none is missing.
-    assert expected - whole - rescued == set()
+    _assert_every_window_at_least_once(output, expected, chaos.kills)
     assert set(_late_ids(dead)) == late  # late events kept (again after a replay)
 
 
