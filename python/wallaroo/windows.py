@@ -358,6 +358,8 @@ class _Stage:
 
     #: Timer period in ns; ``tick`` does nothing between periods.
     period = 0
+    #: The stage's kind in the metrics.
+    kind = "ingest_time"
 
     def __init__(self, agg: Any, key_of: Callable[[Any], Any], feeders: int) -> None:
         self.agg = agg
@@ -367,6 +369,14 @@ class _Stage:
         self.last_input = time.time_ns()
         #: The first tick comes one period after the start.
         self.next_tick = self.last_input + self.period
+        #: Metrics, plain ints handed to the engine at each timer tick
+        #: (``report``): windows fired (their output computed), windows holding
+        #: records that have not fired, late records, and keys started here (a
+        #: different count of keys means keys arrived or left: count again).
+        self.fired = 0
+        self.open_windows = 0
+        self.late = 0
+        self.keys = 0
 
     def new_state(self) -> KeyWindows:
         """A key's empty windows (the engine's state class)."""
@@ -376,6 +386,15 @@ class _Stage:
         out = self.agg.output(key, acc)
         if out is not None:
             outs.append(out)
+
+    def watermarks(self) -> tuple:
+        """``(watermark, [(source, reader, stream, newest event time, idle), ...])``
+        for the metrics; event time only."""
+        return (None, [])
+
+    def _open_of(self, windows: KeyWindows) -> int:
+        """The windows of one key holding records that have not fired."""
+        raise NotImplementedError
 
     def _ended(self) -> bool:
         """A source feeding this stage ended: whether all of them have."""
@@ -438,6 +457,7 @@ class RangeStage(_Stage):
 
     def _start(self, windows: KeyWindows, data: Any, key_of: Any) -> None:
         windows.started = True
+        self.keys += 1
         windows.key = (key_of or self.key_of)(data)
         windows.identity = self.agg.initial_accumulator()
 
@@ -446,6 +466,7 @@ class RangeStage(_Stage):
         pane = windows.next_start + (t - windows.next_start) // self.pane * self.pane
         acc = windows.panes.get(pane)
         if acc is None:
+            self.open_windows += self._opens(windows, pane)
             acc = windows.panes[pane] = self.agg.initial_accumulator()
         self.agg.update(data, acc)
 
@@ -493,6 +514,37 @@ class RangeStage(_Stage):
             fired = True
         return fired
 
+    def _opens(self, windows: KeyWindows, pane: int) -> int:
+        """The windows a new pane opens: those holding it (from ``next_start``
+        on) that hold no other pane."""
+        slide, wrange, start = self.slide, self.range, windows.next_start
+        first = start + max(0, -(-(pane - wrange + 1 - start) // slide)) * slide
+        last = start + (pane - start) // slide * slide
+        panes = windows.panes
+        if panes and wrange != self.pane:
+            # The nearest panes below and above sharing a window with this one.
+            below = above = None
+            end = last + wrange
+            for other in panes:
+                if other < pane:
+                    if other >= first and (below is None or other > below):
+                        below = other
+                elif other < end and (above is None or other < above):
+                    above = other
+            if below is not None:
+                first = start + ((below - start) // slide + 1) * slide
+            if above is not None:
+                last = min(last, start + (above - wrange - start) // slide * slide)
+        return max(0, (last - first) // slide + 1)
+
+    def _open_of(self, windows: KeyWindows) -> int:
+        panes, slide, start = windows.panes, self.slide, windows.next_start
+        held: set = set()
+        for pane in panes:
+            first = start + max(0, -(-(pane - self.range + 1 - start) // slide)) * slide
+            held.update(range(first, pane + 1, slide))
+        return len(held)
+
     def _panes_in(self, panes: dict, start: int, end: int) -> list:
         """The starts of the panes holding data in ``[start, end)``, oldest first
         (panes sit on the grid ``start + k * pane``)."""
@@ -507,7 +559,10 @@ class RangeStage(_Stage):
         held = self._panes_in(panes, start, start + self.range)
         for pane in held:
             acc = agg.combine(acc, panes[pane])
+        if held:
+            self.open_windows -= 1
         if held or self.fire_empty:
+            self.fired += 1
             window_output = getattr(agg, "output_window", None)
             if window_output is None:
                 self._output(windows.key, acc, outs)
@@ -566,6 +621,7 @@ class EventRangeStage(RangeStage):
     """
 
     fire_empty = False
+    kind = "event_time"
 
     def __init__(
         self,
@@ -626,6 +682,15 @@ class EventRangeStage(RangeStage):
         self.floor = mark
         return mark
 
+    def watermarks(self) -> tuple:
+        now, idle = time.time_ns(), self.idle_timeout
+        heard = self.heard
+        partitions = [
+            (source, reader, stream, newest, now - heard.get((source, reader, stream), now) > idle)
+            for (source, reader, stream), newest in self.partitions.items()
+        ]
+        return (self.floor, partitions)
+
     def limit(self, watermark: int | None) -> int | None:
         """Windows ending before this are due (None: nothing is)."""
         return None if watermark is None else watermark - self.delay + 1
@@ -669,6 +734,7 @@ class EventRangeStage(RangeStage):
             if windows.fired_to is not None and windows.fired_to > open_from:
                 open_from = windows.fired_to
         if open_from is not None and t // slide * slide < open_from:
+            self.late += 1
             return (
                 outs,
                 True,
@@ -734,6 +800,7 @@ class CountStage(_Stage):
     the 5 s timer and when the input ends."""
 
     period = 5_000_000_000
+    kind = "count"
 
     def __init__(self, spec: CountWindows, key_of: Callable[[Any], Any], feeders: int) -> None:
         super().__init__(spec.aggregation, key_of, feeders)
@@ -745,8 +812,10 @@ class CountStage(_Stage):
         if not windows.started:
             windows.started = True
             windows.key = (key_of or self.key_of)(data)
+            self.keys += 1
         if windows.acc is None:
             windows.acc = self.agg.initial_accumulator()
+            self.open_windows += 1
         self.agg.update(data, windows.acc)
         windows.count += 1
         outs: list = []
@@ -765,4 +834,9 @@ class CountStage(_Stage):
 
     def _fire_one(self, windows: KeyWindows, outs: list) -> None:
         acc, windows.acc, windows.count = windows.acc, None, 0
+        self.open_windows -= 1
+        self.fired += 1
         self._output(windows.key, acc, outs)
+
+    def _open_of(self, windows: KeyWindows) -> int:
+        return 0 if windows.acc is None else 1
