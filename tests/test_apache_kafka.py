@@ -150,7 +150,7 @@ def test_transactional_sink_is_exactly_once_across_kills(
             "--pause-ms", str(15 * workers), "--max-records", str(len(keys) // workers),
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
             "--workers", str(workers)]  # fmt: skip
-    chaos = Chaos(argv, tmp_path, seed=80 + workers, log=tmp_path / "run.log")
+    chaos = Chaos(argv, tmp_path, seed=80 + workers, log=tmp_path / "run.log", hold=True)
     code = chaos.single(kills=10) if workers == 1 else chaos.workers(10, workers)
     log = chaos.log.read_text(errors="replace")
     assert code == 0, log[-6000:]

@@ -29,10 +29,10 @@ from conftest import APPS_DIR, RunningApp, app_env
 
 COUNT_APP = APPS_DIR / "resilient_count.py"
 LINE = re.compile(r"^(k\d+) (\d+)$")
-#: The counting app sleeps 15 ms every 100 records: at most 6.6k records/s per
+#: The counting app sleeps 15 ms every 50 records: at most 3.3k records/s per
 #: process, so a run lasts long enough to be killed many times while it needs
-#: little CPU (the run's length barely depends on the machine's load).
-SLOW = ["--pause-every", "100", "--pause-ms", "15"]
+#: little CPU. With ``Chaos(hold=True)`` the pauses stop after the last kill.
+SLOW = ["--pause-every", "50", "--pause-ms", "15"]
 
 
 def write_keys(path: Path, n: int, keys: int, seed: int) -> collections.Counter:
@@ -115,10 +115,19 @@ class Chaos:
     through and were snapshotted since). So each life makes progress and
     each start after a kill recovers from a snapshot, however slow the
     machine is, and a test asserts outcomes (exact counts, one recovery per
-    kill) rather than timings."""
+    kill) rather than timings.
 
-    def __init__(self, argv: list, cwd: Path, seed: int, log: Path) -> None:
+    With ``hold=True`` the app is paced with ``--hold-file`` (apps/pacing.py):
+    its pauses apply until the last kill is made, then the rest of its input
+    runs unpaced. So a run cannot run out of input before its kills however
+    slowly its lives start, and the test lasts no longer for it."""
+
+    def __init__(self, argv: list, cwd: Path, seed: int, log: Path, hold: bool = False) -> None:
         self.argv = [sys.executable, "-m", "wallaroo", *argv]
+        self.hold_file = cwd / "hold"
+        if hold:
+            self.hold_file.touch()
+            self.argv += ["--hold-file", str(self.hold_file)]
         self.cwd = cwd
         self.store = cwd / "snapshots"
         self.rng = random.Random(seed)
@@ -214,6 +223,7 @@ class Chaos:
             if self.kills < kills and self.kill_after_a_snapshot(proc):
                 proc.wait()
                 continue
+            self.release()
             try:
                 return proc.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -231,11 +241,16 @@ class Chaos:
                 self.kill_after_a_snapshot(
                     supervisor, workers, victims=self.workers_of(supervisor, workers)
                 )
+            self.release()
             return supervisor.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pytest.fail(f"the run did not finish\n{self.output()}")
         finally:
             stop(supervisor)
+
+    def release(self) -> None:
+        """The kills are done: the app's pacing stops (``hold=True``)."""
+        self.hold_file.unlink(missing_ok=True)
 
     def output(self) -> str:
         return self.text()[-6000:]
@@ -272,15 +287,14 @@ def kill_ten_times_and_check_counts(
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_nine_file_source_counts_every_record_once(tmp_path: Path, workers: int) -> None:
     keys = tmp_path / "keys.txt"
-    # About 24 s of paced input: twice what ten lives need on a busy machine
-    # (at 80,000 a life went through about 9,000 records and a run ended
-    # after 9 kills).
+    # About 48 s of paced input, four times what ten lives need on a busy
+    # machine; what is left after the last kill runs unpaced (hold=True).
     expected = write_keys(keys, 160_000 * workers, 2_000, seed=workers)
     output = tmp_path / "counts.txt"
     argv = [str(COUNT_APP), "--input", str(keys), "--output", str(output), *SLOW,
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
             "--workers", str(workers)]  # fmt: skip
-    chaos = Chaos(argv, tmp_path, seed=40 + workers, log=tmp_path / "run.log")
+    chaos = Chaos(argv, tmp_path, seed=40 + workers, log=tmp_path / "run.log", hold=True)
     kill_ten_times_and_check_counts(chaos, workers, output, expected)
 
 
@@ -295,9 +309,12 @@ def test_worker_killed_and_restarted_by_hand_with_its_flags(tmp_path: Path) -> N
     keys = tmp_path / "keys.txt"
     expected = write_keys(keys, 120_000, 2_000, seed=11)
     output = tmp_path / "counts.txt"
+    hold = tmp_path / "hold"  # paced until the last kill (apps/pacing.py)
+    hold.touch()
     control, data, member_data = (f"127.0.0.1:{_free_port()}" for _ in range(3))
     common = [sys.executable, "-m", "wallaroo", str(COUNT_APP), "--input", str(keys),
-              "--output", str(output), *SLOW, "-r", str(tmp_path / "snapshots"),
+              "--output", str(output), *SLOW, "--hold-file", str(hold),
+              "-r", str(tmp_path / "snapshots"),
               "--snapshot-interval", "0.3", "-w", "2", "-c", control]  # fmt: skip
     initializer_argv = [*common, "-t", "-d", data, "-n", "first"]
     member_argv = [*common, "-y", member_data, "-n", "second"]
@@ -327,6 +344,7 @@ def test_worker_killed_and_restarted_by_hand_with_its_flags(tmp_path: Path) -> N
             member.wait()
             seen = newest_snapshots(store)
             member = start(member_argv, "second")
+        hold.unlink()
         assert initializer.wait(timeout=180) == 0
         assert member.wait(timeout=30) == 0
     finally:
@@ -357,8 +375,8 @@ def test_kill_nine_kafka_source_counts_every_record_once(
     broker.create_topic(topic, partitions=4)
     from confluent_kafka import Producer
 
-    # 24 s of paced input per worker: a Kafka source's lives are slower to
-    # start than a file's, and at 20,000 a run once ended after 7 kills.
+    # 48 s of paced input per worker (a Kafka source's lives are slower to
+    # start than a file's); what is left after the last kill runs unpaced.
     per_partition = 40_000
     rng = random.Random(7 + workers)
     expected: collections.Counter = collections.Counter()
@@ -375,13 +393,13 @@ def test_kill_nine_kafka_source_counts_every_record_once(
     # Each worker reads its share of the 4 partitions; --max-records bounds
     # the run (per worker source). A worker reading a smaller share pauses
     # longer, so the run lasts as long whatever the worker count.
-    paced = ["--pause-every", "100", "--pause-ms", str(15 * workers)]
+    paced = ["--pause-every", "50", "--pause-ms", str(15 * workers)]
     argv = [str(COUNT_APP), "--kafka_source_topic", topic,
             "--kafka_source_brokers", broker.bootstrap, "--output", str(output), *paced,
             "--max-records", str(4 * per_partition // workers),
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
             "--workers", str(workers)]  # fmt: skip
-    chaos = Chaos(argv, tmp_path, seed=50 + workers, log=tmp_path / "run.log")
+    chaos = Chaos(argv, tmp_path, seed=50 + workers, log=tmp_path / "run.log", hold=True)
     kill_ten_times_and_check_counts(chaos, workers, output, expected)
 
 
@@ -407,7 +425,7 @@ def test_transactional_kafka_sink_commits_at_snapshots_across_kills(
             broker.bootstrap, "--kafka-sink-transactions", *SLOW,
             "--max-records", str(len(keys)), "-r", str(tmp_path / "snapshots"),
             "--snapshot-interval", "0.3"]  # fmt: skip
-    chaos = Chaos(argv, tmp_path, seed=9, log=tmp_path / "run.log")
+    chaos = Chaos(argv, tmp_path, seed=9, log=tmp_path / "run.log", hold=True)
     code = chaos.single(kills=3)
     log = chaos.log.read_text(errors="replace")
     assert code == 0, log[-6000:]

@@ -319,10 +319,10 @@ def test_count_windows_are_exact_across_kill_nine(tmp_path, workers):
     expected = _expected_windows(records, 150_000 * workers, 400, size=7, seed=workers)
     output = tmp_path / "windows.txt"
     argv = [str(RESILIENT_APP), "--input", str(records), "--output", str(output),
-            "--pause-every", "1000", "--pause-ms", "60",
+            "--pause-every", "500", "--pause-ms", "60",
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
             "--workers", str(workers)]  # fmt: skip
-    chaos = Chaos(argv, tmp_path, seed=70 + workers, log=tmp_path / "run.log")
+    chaos = Chaos(argv, tmp_path, seed=70 + workers, log=tmp_path / "run.log", hold=True)
     code = _kill_after_snapshots(chaos, workers, kills=5)
     log = chaos.output()
     assert code == 0, log
@@ -587,10 +587,10 @@ def test_event_time_windows_are_exact_across_kill_nine(tmp_path, workers):
     expected = set(windows)
     output, dead = tmp_path / "windows.txt", tmp_path / "late.jsonl"
     argv = [str(EVENT_APP), "--input", str(events), "--output", str(output),
-            "--dead-letter", str(dead), "--pause-every", "500", "--pause-ms", "60",
+            "--dead-letter", str(dead), "--pause-every", "250", "--pause-ms", "60",
             "-r", str(tmp_path / "snapshots"), "--snapshot-interval", "0.3",
             "--workers", str(workers)]  # fmt: skip
-    chaos = Chaos(argv, tmp_path, seed=80 + workers, log=tmp_path / "run.log")
+    chaos = Chaos(argv, tmp_path, seed=80 + workers, log=tmp_path / "run.log", hold=True)
     code = _kill_after_snapshots(chaos, workers, kills=4)
     log = chaos.output()
     assert code == 0, log

@@ -2,7 +2,7 @@
 with this engine's event-time options).
 
     python -m wallaroo event_windows_06.py --input events.txt --output windows.txt \
-        [--range 100 --slide 50 --lateness 20] [--pause-every N --pause-ms MS] \
+        [--range 100 --slide 50 --lateness 20] [--pause-every N --pause-ms MS [--hold-file PATH]] \
         [--dead-letter late.jsonl] [-r DIR]
 
 Input lines ``key event_time_ms id``. Records are keyed by ``key`` and placed
@@ -13,11 +13,11 @@ events go to the engine's dead-letter file.
 """
 
 import argparse
-import time
 
 import wallaroo
+from pacing import Pacer
 
-PAUSE = {"every": 0, "seconds": 0.0, "seen": 0}
+PACER = Pacer()
 MS = wallaroo.milliseconds(1)
 
 
@@ -28,10 +28,9 @@ def application_setup(args):
     parser.add_argument("--range", type=int, default=100)
     parser.add_argument("--slide", type=int, default=50)
     parser.add_argument("--lateness", type=int, default=20)
-    parser.add_argument("--pause-every", type=int, default=0)
-    parser.add_argument("--pause-ms", type=float, default=0.0)
+    Pacer.add_arguments(parser)
     opts, _ = parser.parse_known_args(args)
-    PAUSE.update(every=opts.pause_every, seconds=opts.pause_ms / 1000.0)
+    PACER.configure(opts)
 
     windows = (
         wallaroo.range_windows(wallaroo.milliseconds(opts.range))
@@ -58,10 +57,7 @@ def decode(bs):
 
 @wallaroo.computation(name="pause")
 def pause(event):
-    if PAUSE["every"]:
-        PAUSE["seen"] += 1
-        if PAUSE["seen"] % PAUSE["every"] == 0:
-            time.sleep(PAUSE["seconds"])
+    PACER.tick()
     return event
 
 

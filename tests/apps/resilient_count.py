@@ -12,17 +12,18 @@ Each key's count lives in its own state (dynamic keys); every record emits
 line may repeat after a recovery, but its highest count is its exact number
 of records when state counted each record once.
 
-``--pause-every N --pause-ms MS`` sleeps MS milliseconds every N records (per
-process), so a test can kill the run at many moments of a known length.
+``--pause-every N --pause-ms MS [--hold-file PATH]`` paces the run (see
+pacing.py), so a test can kill it at many moments.
 ``--fail-on KEY`` makes the count step raise on key KEY (the run fails).
 """
 
 import argparse
-import time
 
 import wallaroo
+from pacing import Pacer
 
-PAUSE = {"every": 0, "seconds": 0.0, "seen": 0, "fail_on": None}
+PACER = Pacer()
+FAIL_ON = {"key": None}
 
 
 def application_setup(args):
@@ -32,11 +33,11 @@ def application_setup(args):
     parser.add_argument("--kafka_sink_topic")
     parser.add_argument("--kafka_source_topic")
     parser.add_argument("--in", dest="tcp_in", help="host:port of a TCP source")
-    parser.add_argument("--pause-every", type=int, default=0)
-    parser.add_argument("--pause-ms", type=float, default=0.0)
+    Pacer.add_arguments(parser)
     parser.add_argument("--fail-on")
     opts, _ = parser.parse_known_args(args)
-    PAUSE.update(every=opts.pause_every, seconds=opts.pause_ms / 1000.0, fail_on=opts.fail_on)
+    PACER.configure(opts)
+    FAIL_ON["key"] = opts.fail_on
 
     ab = wallaroo.ApplicationBuilder("Resilient Count")
     if opts.tcp_in:
@@ -76,12 +77,9 @@ def by_key(key):
 
 @wallaroo.state_computation(name="count")
 def count(key, counter):
-    if key == PAUSE["fail_on"]:
+    if key == FAIL_ON["key"]:
         raise RuntimeError(f"failing on key {key}, as asked")
-    if PAUSE["every"]:
-        PAUSE["seen"] += 1
-        if PAUSE["seen"] % PAUSE["every"] == 0:
-            time.sleep(PAUSE["seconds"])
+    PACER.tick()
     counter.count += 1
     return ((key, counter.count), True)
 

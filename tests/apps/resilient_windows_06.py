@@ -2,7 +2,7 @@
 crash-recovery test of windows.
 
     python -m wallaroo resilient_windows_06.py --input records.txt --output windows.txt \
-        [--size 7] [--pause-every N --pause-ms MS] -r DIR
+        [--size 7] [--pause-every N --pause-ms MS [--hold-file PATH]] -r DIR
 
 Input lines ``key seq``. Records are keyed by ``key`` and collected in count
 windows of ``--size``; each window outputs ``key seq,seq,...`` in arrival
@@ -12,15 +12,15 @@ of each key comes out at the end of input).
 """
 
 import argparse
-import time
 
 import wallaroo
 import wallaroo.windows
+from pacing import Pacer
 
 # Test-only: no partial windows on the 5 s timer (see the docstring).
 wallaroo.windows.CountStage.period = 10**18
 
-PAUSE = {"every": 0, "seconds": 0.0, "seen": 0}
+PACER = Pacer()
 
 
 def application_setup(args):
@@ -28,10 +28,9 @@ def application_setup(args):
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--size", type=int, default=7)
-    parser.add_argument("--pause-every", type=int, default=0)
-    parser.add_argument("--pause-ms", type=float, default=0.0)
+    Pacer.add_arguments(parser)
     opts, _ = parser.parse_known_args(args)
-    PAUSE.update(every=opts.pause_every, seconds=opts.pause_ms / 1000.0)
+    PACER.configure(opts)
 
     records = wallaroo.source("Records", wallaroo.FileSourceConfig(opts.input, decode))
     pipeline = (
@@ -51,10 +50,7 @@ def decode(bs):
 
 @wallaroo.computation(name="pause")
 def pause(record):
-    if PAUSE["every"]:
-        PAUSE["seen"] += 1
-        if PAUSE["seen"] % PAUSE["every"] == 0:
-            time.sleep(PAUSE["seconds"])
+    PACER.tick()
     return record
 
 
