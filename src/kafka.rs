@@ -22,14 +22,17 @@ use crate::sync::lock;
 /// How long start-up waits for broker metadata before going on without it.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One client's connection settings, from the plan.
-#[derive(Debug, Clone)]
+/// One client's connection settings, from the plan
+/// (`wallaroo.contract.KafkaClient`).
+#[derive(Debug, Clone, FromPyObject)]
+#[pyo3(from_item_all)]
 pub struct ClientSettings {
     /// `host:port,...`.
     pub bootstrap: String,
     /// 0.4.2 log level: Fine, Info, Warn, Error.
     pub log_level: String,
     /// librdkafka settings from the command line, applied last.
+    #[pyo3(item("config"))]
     pub extra: Vec<(String, String)>,
 }
 

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
+use pyo3::conversion::FromPyObjectOwned;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
 
 use crate::errors::Error;
 use crate::framing::LengthFormat;
@@ -28,14 +29,7 @@ pub enum Framing {
 /// Where a pipeline reads from.
 pub enum SourceKind {
     /// Listen on a TCP address.
-    Tcp {
-        /// Address to bind.
-        host: String,
-        /// Port to bind.
-        port: u16,
-        /// Connections read at once (0.6.1 `parallelism`); None: any number.
-        max_connections: Option<usize>,
-    },
+    Tcp(TcpSource),
     /// Read a file (plain or .gz).
     File {
         /// The file.
@@ -48,6 +42,19 @@ pub enum SourceKind {
         /// The generator object.
         generator: Py<PyAny>,
     },
+}
+
+/// A TCP source's address (`wallaroo.contract.TcpSource`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct TcpSource {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind.
+    #[pyo3(from_py_with = port)]
+    pub port: u16,
+    /// Connections read at once (0.6.1 `parallelism`); None: any number.
+    pub max_connections: Option<usize>,
 }
 
 /// Where a Kafka source starts when the engine has no position of its own.
@@ -83,7 +90,7 @@ pub struct KafkaSourcePlan {
     pub commit: bool,
 }
 
-/// A Kafka sink.
+/// A Kafka sink (`wallaroo.contract.KafkaSink`).
 pub struct KafkaSinkPlan {
     /// The topic.
     pub topic: String,
@@ -114,12 +121,7 @@ pub struct SourcePlan {
 /// Where a pipeline writes to.
 pub enum SinkKind {
     /// Connect to a TCP address.
-    Tcp {
-        /// Host to connect to.
-        host: String,
-        /// Port to connect to.
-        port: u16,
-    },
+    Tcp(TcpSink),
     /// Write a file.
     File {
         /// The file (created or truncated).
@@ -132,6 +134,17 @@ pub enum SinkKind {
     /// Several sinks (`to_sinks`); the encoder returns a list, item `i` for
     /// sink `i`.
     Many(Vec<SinkKind>),
+}
+
+/// A TCP sink's address (`wallaroo.contract.TcpSink`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct TcpSink {
+    /// Host to connect to.
+    pub host: String,
+    /// Port to connect to.
+    #[pyo3(from_py_with = port)]
+    pub port: u16,
 }
 
 /// A pipeline's sink and encoder.
@@ -152,24 +165,31 @@ pub enum StepKind {
     /// `compute_multi(data)` -> list or None.
     Multi,
     /// `compute(data, state)` -> `(output, changed)`; `multi` when the output is a list.
-    State {
-        /// The state name shared across pipelines.
-        state_name: String,
-        /// The bound `partition` method; None for `to_stateful`.
-        partition: Option<Py<PyAny>>,
-        /// Keys must be non-negative ints (`to_state_partition_u64`).
-        u64_keys: bool,
-        /// `compute_multi`.
-        multi: bool,
-        /// The keys the application declared, in order.
-        keys: Vec<Py<PyAny>>,
-        /// Windows: `tick(states, final)` fires what is due on the engine's
-        /// timer (see [`crate::ticks`]).
-        tick: Option<Py<PyAny>>,
-        /// Event-time windows: `compute(data, state, (reader, stream))`, the
-        /// record's source partition as a third argument.
-        origin: bool,
-    },
+    State(StateStep),
+}
+
+/// What a state step adds to a step (`wallaroo.contract.StateStep`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct StateStep {
+    /// The state name shared across pipelines.
+    pub state_name: String,
+    /// The bound `partition` method; None for `to_stateful`.
+    pub partition: Option<Py<PyAny>>,
+    /// Keys must be non-negative ints (`to_state_partition_u64`).
+    #[pyo3(item("u64"))]
+    pub u64_keys: bool,
+    /// `compute_multi` (kind `state_multi`).
+    #[pyo3(item("kind"), from_py_with = state_multi)]
+    pub multi: bool,
+    /// The keys the application declared, in order.
+    pub keys: Vec<Py<PyAny>>,
+    /// Windows: `tick(states, final)` fires what is due on the engine's
+    /// timer (see [`crate::ticks`]).
+    pub tick: Option<Py<PyAny>>,
+    /// Event-time windows: `compute(data, state, (reader, stream))`, the
+    /// record's source partition as a third argument.
+    pub origin: bool,
 }
 
 /// One step of a pipeline.
@@ -206,6 +226,7 @@ pub struct Plan {
     /// The application name.
     pub name: String,
     /// Its pipelines.
+    #[pyo3(from_py_with = pipeline_plans)]
     pub pipelines: Vec<PipelinePlan>,
     /// State name -> state class.
     #[pyo3(from_py_with = state_classes)]
@@ -314,183 +335,302 @@ pub struct Membership {
     pub token: u64,
 }
 
-fn item<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
-    dict.get_item(key)?
-        .ok_or_else(|| Error::Config(format!("plan is missing {key:?}")).into())
+/// `value` read as `T`; when it does not read, the error names `what` (a
+/// source, sink or step) and chains why as its cause.
+fn read<'py, T: FromPyObjectOwned<'py>>(value: &Bound<'py, PyAny>, what: &str) -> PyResult<T> {
+    value
+        .extract::<T>()
+        .map_err(|err| named(value.py(), what, err.into()))
 }
 
-fn string(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<String> {
-    item(dict, key)?.extract()
+fn named(py: Python<'_>, what: &str, cause: PyErr) -> PyErr {
+    let err: PyErr = Error::Config(what.to_owned()).into();
+    err.set_cause(py, Some(cause));
+    err
 }
 
-fn object(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<Py<PyAny>> {
-    Ok(item(dict, key)?.unbind())
+fn unknown(what: &str, kind: &str) -> PyErr {
+    Error::Config(format!("unknown {what} kind {kind:?}")).into()
 }
 
-fn optional<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-    Ok(dict.get_item(key)?.filter(|v| !v.is_none()))
-}
-
-fn port(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<u16> {
-    let value: i64 = item(dict, key)?.extract()?;
+fn port(value: &Bound<'_, PyAny>) -> PyResult<u16> {
+    let value: i64 = value.extract()?;
     u16::try_from(value).map_err(|_| Error::Config(format!("port out of range: {value}")).into())
 }
 
-fn client_settings(dict: &Bound<'_, PyDict>) -> PyResult<ClientSettings> {
-    Ok(ClientSettings {
-        bootstrap: string(dict, "bootstrap")?,
-        log_level: string(dict, "log_level")?,
-        extra: optional(dict, "config")?
-            .map(|v| v.extract::<Vec<(String, String)>>())
-            .transpose()?
-            .unwrap_or_default(),
-    })
+/// The `kind` every source, sink and step has.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Tagged {
+    kind: String,
 }
 
-impl SourcePlan {
-    fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<SourcePlan> {
-        let kind_name = string(dict, "kind")?;
-        let kind = match kind_name.as_str() {
-            "tcp" => SourceKind::Tcp {
-                host: string(dict, "host")?,
-                port: port(dict, "port")?,
-                max_connections: optional(dict, "max_connections")?
-                    .map(|v| v.extract())
-                    .transpose()?,
-            },
-            "file" => SourceKind::File {
-                path: PathBuf::from(string(dict, "path")?),
-            },
-            "gen" => SourceKind::Gen {
-                generator: object(dict, "generator")?,
-            },
-            "kafka" => SourceKind::Kafka(KafkaSourcePlan {
-                topic: string(dict, "topic")?,
-                settings: client_settings(dict)?,
-                group_id: string(dict, "group_id")?,
-                start_offset: match string(dict, "start_offset")?.as_str() {
-                    "earliest" => StartOffset::Earliest,
-                    "latest" => StartOffset::Latest,
-                    _ => StartOffset::Committed,
-                },
-                create_partitions: optional(dict, "create_partitions")?
-                    .map(|v| v.extract())
-                    .transpose()?,
-                resume: Default::default(),
-                commit: true,
-            }),
-            other => return Err(Error::Config(format!("unknown source kind {other:?}")).into()),
-        };
-        let lines =
-            matches!(kind, SourceKind::File { .. }) && string(dict, "framing")?.as_str() == "lines";
-        let framing = if lines || matches!(kind, SourceKind::Kafka(_) | SourceKind::Gen { .. }) {
-            Framing::Lines
-        } else {
-            let header_length: usize = item(dict, "header_length")?.extract()?;
-            let native = optional(dict, "length_fmt")?
-                .map(|f| f.extract::<String>())
-                .transpose()?
-                .and_then(|f| LengthFormat::parse(&f))
-                .filter(|f| f.size() == header_length);
-            match native {
-                Some(format) => Framing::Native(format),
-                None => Framing::Python {
-                    header_length,
-                    payload_length: object(dict, "payload_length")?,
-                },
-            }
-        };
-        Ok(SourcePlan {
-            kind,
-            framing,
-            decode: object(dict, "decode")?,
-        })
+/// A step's name and function (`wallaroo.contract.Step`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct StepHead {
+    kind: String,
+    name: String,
+    func: Py<PyAny>,
+}
+
+/// `wallaroo.contract.FileSource`.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct FileSource {
+    path: PathBuf,
+    /// `"length"`: framed by the decoder's header; `"lines"`: one record a line.
+    #[pyo3(from_py_with = length_framed)]
+    framing: bool,
+}
+
+/// `wallaroo.contract.GenSource`.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct GenSource {
+    generator: Py<PyAny>,
+}
+
+/// `wallaroo.contract.KafkaSource` (less the client settings).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct KafkaSource {
+    topic: String,
+    group_id: String,
+    #[pyo3(from_py_with = start_offset)]
+    start_offset: StartOffset,
+    create_partitions: Option<i32>,
+}
+
+/// `wallaroo.contract.KafkaSink` (less the client settings).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct KafkaSink {
+    topic: String,
+    max_produce_buffer_ms: u64,
+    max_message_size: usize,
+    create_partitions: Option<i32>,
+    transactions: bool,
+}
+
+/// `wallaroo.contract.ManySink`: the sinks of `to_sinks` (the engine
+/// reads their kinds; their encoders are the fan-out's).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct ManySink<'py> {
+    sinks: Vec<Bound<'py, PyAny>>,
+}
+
+/// A pipeline's name, for the errors of its parts.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Named {
+    name: String,
+}
+
+/// `wallaroo.contract.FileSink`.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct FileSink {
+    path: PathBuf,
+}
+
+/// What every sink has (`wallaroo.contract.Sink`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Encoder {
+    encode: Py<PyAny>,
+    group: Option<String>,
+}
+
+/// A decoder of lines (`wallaroo.contract.Decoder`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Decoder {
+    decode: Py<PyAny>,
+}
+
+/// A decoder of framed records (`wallaroo.contract.FramedDecoder`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct FramedDecoder {
+    decode: Py<PyAny>,
+    header_length: usize,
+    payload_length: Py<PyAny>,
+    length_fmt: Option<String>,
+}
+
+fn length_framed(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    match value.extract::<String>()?.as_str() {
+        "length" => Ok(true),
+        "lines" => Ok(false),
+        other => Err(Error::Config(format!(
+            "framing must be 'lines' or 'length', got {other:?}"
+        ))
+        .into()),
     }
 }
 
-impl SinkPlan {
-    fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<SinkPlan> {
-        Ok(SinkPlan {
-            kind: Self::kind_from_py(dict)?,
-            group: optional(dict, "group")?.map(|v| v.extract()).transpose()?,
-            encode: object(dict, "encode")?,
-        })
-    }
-
-    fn kind_from_py(dict: &Bound<'_, PyDict>) -> PyResult<SinkKind> {
-        Ok(match string(dict, "kind")?.as_str() {
-            "many" => SinkKind::Many(
-                item(dict, "sinks")?
-                    .cast_into::<PyList>()?
-                    .iter()
-                    .map(|sink| Self::kind_from_py(&sink.cast_into::<PyDict>()?))
-                    .collect::<PyResult<_>>()?,
-            ),
-            "tcp" => SinkKind::Tcp {
-                host: string(dict, "host")?,
-                port: port(dict, "port")?,
-            },
-            "file" => SinkKind::File {
-                path: PathBuf::from(string(dict, "path")?),
-            },
-            "stdout" => SinkKind::Stdout,
-            "kafka" => SinkKind::Kafka(KafkaSinkPlan {
-                topic: string(dict, "topic")?,
-                settings: client_settings(dict)?,
-                max_produce_buffer_ms: item(dict, "max_produce_buffer_ms")?.extract()?,
-                max_message_size: item(dict, "max_message_size")?.extract()?,
-                create_partitions: optional(dict, "create_partitions")?
-                    .map(|v| v.extract())
-                    .transpose()?,
-                transactions: optional(dict, "transactions")?.map_or(Ok(false), |v| v.extract())?,
-            }),
-            other => return Err(Error::Config(format!("unknown sink kind {other:?}")).into()),
-        })
+fn start_offset(value: &Bound<'_, PyAny>) -> PyResult<StartOffset> {
+    match value.extract::<String>()?.as_str() {
+        "committed" => Ok(StartOffset::Committed),
+        "earliest" => Ok(StartOffset::Earliest),
+        "latest" => Ok(StartOffset::Latest),
+        other => Err(Error::Config(format!(
+            "start_offset must be 'committed', 'earliest' or 'latest', got {other:?}"
+        ))
+        .into()),
     }
 }
 
-impl StepPlan {
-    fn from_py(dict: &Bound<'_, PyDict>) -> PyResult<StepPlan> {
-        let kind_name = string(dict, "kind")?;
-        let kind = match kind_name.as_str() {
-            "map" => StepKind::Map,
-            "multi" => StepKind::Multi,
-            "state" | "state_multi" => StepKind::State {
-                state_name: string(dict, "state_name")?,
-                partition: optional(dict, "partition")?.map(Bound::unbind),
-                u64_keys: item(dict, "u64")?.extract()?,
-                multi: kind_name == "state_multi",
-                keys: item(dict, "keys")?.extract()?,
-                tick: optional(dict, "tick")?.map(Bound::unbind),
-                origin: optional(dict, "origin")?.map_or(Ok(false), |v| v.extract())?,
-            },
-            other => return Err(Error::Config(format!("unknown step kind {other:?}")).into()),
-        };
-        Ok(StepPlan {
-            name: string(dict, "name")?,
-            func: object(dict, "func")?,
-            kind,
-        })
+fn state_multi(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(value.extract::<String>()? == "state_multi")
+}
+
+/// How a source's records are framed, and its decoder.
+fn decoder(value: &Bound<'_, PyAny>, framed: bool) -> PyResult<(Framing, Py<PyAny>)> {
+    if !framed {
+        let Decoder { decode } = value.extract()?;
+        return Ok((Framing::Lines, decode));
     }
+    let FramedDecoder {
+        decode,
+        header_length,
+        payload_length,
+        length_fmt,
+    } = value.extract()?;
+    let native = length_fmt
+        .as_deref()
+        .and_then(LengthFormat::parse)
+        .filter(|format| format.size() == header_length);
+    let framing = match native {
+        Some(format) => Framing::Native(format),
+        None => Framing::Python {
+            header_length,
+            payload_length,
+        },
+    };
+    Ok((framing, decode))
 }
 
 fn source_plan(value: &Bound<'_, PyAny>) -> PyResult<SourcePlan> {
-    SourcePlan::from_py(value.cast::<PyDict>()?)
+    let Tagged { kind } = read(value, "the source")?;
+    let what = format!("the {kind} source");
+    let (kind, framed) = match kind.as_str() {
+        "tcp" => (SourceKind::Tcp(read(value, &what)?), true),
+        "file" => {
+            let FileSource { path, framing } = read(value, &what)?;
+            (SourceKind::File { path }, framing)
+        }
+        "gen" => {
+            let GenSource { generator } = read(value, &what)?;
+            (SourceKind::Gen { generator }, false)
+        }
+        "kafka" => {
+            let kafka: KafkaSource = read(value, &what)?;
+            let plan = KafkaSourcePlan {
+                topic: kafka.topic,
+                settings: read(value, &what)?,
+                group_id: kafka.group_id,
+                start_offset: kafka.start_offset,
+                create_partitions: kafka.create_partitions,
+                resume: Default::default(),
+                commit: true,
+            };
+            (SourceKind::Kafka(plan), false)
+        }
+        other => return Err(unknown("source", other)),
+    };
+    let (framing, decode) = decoder(value, framed).map_err(|err| named(value.py(), &what, err))?;
+    Ok(SourcePlan {
+        kind,
+        framing,
+        decode,
+    })
 }
 
-fn step_plans(value: &Bound<'_, PyAny>) -> PyResult<Vec<StepPlan>> {
-    value
-        .cast::<PyList>()?
-        .iter()
-        .map(|step| StepPlan::from_py(&step.cast_into::<PyDict>()?))
-        .collect()
+/// A sink's kind, and what errors call it.
+fn sink_kind(value: &Bound<'_, PyAny>, what: &str) -> PyResult<(SinkKind, String)> {
+    let Tagged { kind } = read(value, what)?;
+    let what = format!("{what} ({kind})");
+    let sink = match kind.as_str() {
+        "many" => {
+            let ManySink { sinks } = read(value, &what)?;
+            let kinds = sinks
+                .iter()
+                .enumerate()
+                .map(|(i, sink)| Ok(sink_kind(sink, &format!("{what}, sink {}", i + 1))?.0))
+                .collect::<PyResult<_>>()?;
+            SinkKind::Many(kinds)
+        }
+        "tcp" => SinkKind::Tcp(read(value, &what)?),
+        "file" => {
+            let FileSink { path } = read(value, &what)?;
+            SinkKind::File { path }
+        }
+        "stdout" => SinkKind::Stdout,
+        "kafka" => {
+            let kafka: KafkaSink = read(value, &what)?;
+            SinkKind::Kafka(KafkaSinkPlan {
+                topic: kafka.topic,
+                settings: read(value, &what)?,
+                max_produce_buffer_ms: kafka.max_produce_buffer_ms,
+                max_message_size: kafka.max_message_size,
+                create_partitions: kafka.create_partitions,
+                transactions: kafka.transactions,
+            })
+        }
+        other => return Err(unknown("sink", other)),
+    };
+    Ok((sink, what))
 }
 
 fn sink_plan(value: &Bound<'_, PyAny>) -> PyResult<Option<SinkPlan>> {
     if value.is_none() {
         return Ok(None);
     }
-    SinkPlan::from_py(value.cast::<PyDict>()?).map(Some)
+    let (kind, what) = sink_kind(value, "the sink")?;
+    let Encoder { encode, group } = read(value, &what)?;
+    Ok(Some(SinkPlan {
+        kind,
+        group,
+        encode,
+    }))
+}
+
+fn step_plans(value: &Bound<'_, PyAny>) -> PyResult<Vec<StepPlan>> {
+    let steps: Vec<Bound<'_, PyAny>> = value.extract()?;
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let StepHead { kind, name, func } = read(step, &format!("step {}", i + 1))?;
+            let what = format!("step {} {name:?} ({kind})", i + 1);
+            let kind = match kind.as_str() {
+                "map" => StepKind::Map,
+                "multi" => StepKind::Multi,
+                "state" | "state_multi" => StepKind::State(read(step, &what)?),
+                other => return Err(unknown("step", other)),
+            };
+            Ok(StepPlan { name, func, kind })
+        })
+        .collect()
+}
+
+/// The pipelines, each error naming its pipeline.
+fn pipeline_plans(value: &Bound<'_, PyAny>) -> PyResult<Vec<PipelinePlan>> {
+    let pipelines: Vec<Bound<'_, PyAny>> = value.extract()?;
+    pipelines
+        .iter()
+        .enumerate()
+        .map(|(i, pipeline)| {
+            let name = pipeline.extract::<Named>().map_or_else(
+                |_| format!("pipeline {}", i + 1),
+                |Named { name }| format!("pipeline {name:?}"),
+            );
+            read(pipeline, &name)
+        })
+        .collect()
 }
 
 fn state_classes(value: &Bound<'_, PyAny>) -> PyResult<Vec<(String, Py<PyAny>)>> {

@@ -14,7 +14,7 @@ use crate::bad_input::BadInput;
 use crate::control::RunHandle;
 use crate::errors::Error;
 use crate::metrics::PipelineMetrics;
-use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StepKind};
+use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StateStep, StepKind};
 use crate::recovery::{self, ResilienceRun};
 use crate::routing::{canonical_key, RoutingTable};
 use crate::sinks::{self, SinkContext, SinkMessage};
@@ -102,9 +102,9 @@ fn declared_keys(py: Python<'_>, plan: &Plan) -> Result<HashMap<String, Vec<Vec<
     let mut declared: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
     for pipeline in &plan.pipelines {
         for step in &pipeline.steps {
-            if let StepKind::State {
+            if let StepKind::State(StateStep {
                 state_name, keys, ..
-            } = &step.kind
+            }) = &step.kind
             {
                 let entry = declared.entry(state_name.clone()).or_default();
                 for key in keys {
@@ -402,7 +402,7 @@ impl Resources {
                 let kind = match &step.kind {
                     StepKind::Map => Kind::Map,
                     StepKind::Multi => Kind::Multi,
-                    StepKind::State {
+                    StepKind::State(StateStep {
                         state_name,
                         partition,
                         u64_keys,
@@ -410,7 +410,7 @@ impl Resources {
                         keys: _,
                         tick,
                         origin,
-                    } => Kind::State {
+                    }) => Kind::State {
                         store: self.stores.get(state_name).cloned().ok_or_else(|| {
                             Error::Config(format!("state {state_name:?} has no state class"))
                         })?,

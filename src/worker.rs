@@ -421,7 +421,7 @@ fn drive<A: Allocate>(
         .map(|p| {
             p.steps
                 .iter()
-                .any(|s| matches!(s.kind, StepKind::State { tick: Some(_), .. }))
+                .any(|s| matches!(&s.kind, StepKind::State(state) if state.tick.is_some()))
         })
         .collect();
     let mut interrupted = false;

@@ -1,14 +1,209 @@
 """What the Python side hands the engine (``_engine.run(plan, options)``),
 declared once: the TypedDicts here, read by the ``FromPyObject`` structs of
-the same names in ``src/plan.rs`` (the plan's sources, sinks and steps are
-still dicts read key by key there). Every key is required there (``None``
+the same names in ``src/plan.rs``: the plan, its pipelines, and a TypedDict
+per kind of source, sink and step. Every key is required there (``None``
 where a value is optional), so a key spelt wrongly here fails the start with
-its name."""
+its name and the source, sink or step it belongs to."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Literal, TypedDict
+from typing import Any, Callable, Literal, TypedDict, Union
+
+
+class Decoder(TypedDict):
+    """A source's decoder of whole records (lines, Kafka messages, generator values)."""
+
+    decode: Callable[[bytes], Any]
+    """The decoder's bound ``decode``."""
+
+
+class FramedDecoder(Decoder):
+    """A source's decoder of framed records: a header, then its payload."""
+
+    header_length: int
+    """Header size in bytes."""
+    payload_length: Callable[[bytes], int]
+    """The decoder's bound ``payload_length`` (header -> payload size)."""
+    length_fmt: str | None
+    """A ``struct`` format the engine reads the header with natively, if any."""
+
+
+class TcpSource(FramedDecoder):
+    """Listen on a TCP address."""
+
+    kind: Literal["tcp"]
+    host: str
+    port: int
+    max_connections: int | None
+    """Connections read at once (0.6.1 ``parallelism``); None: any number."""
+
+
+class FileSource(Decoder):
+    """A file (plain or .gz), one record a line."""
+
+    kind: Literal["file"]
+    path: str
+    framing: Literal["lines"]
+
+
+class FramedFileSource(FramedDecoder):
+    """A file (plain or .gz) of framed records."""
+
+    kind: Literal["file"]
+    path: str
+    framing: Literal["length"]
+
+
+class GenSource(Decoder):
+    """The values of a 0.5/0.6 generator object (``initial_value``, then ``apply``)."""
+
+    kind: Literal["gen"]
+    generator: Any
+
+
+class KafkaClient(TypedDict):
+    """A Kafka source's or sink's connection; :meth:`wallaroo.kafka.KafkaSetup.prepare`
+    sets these in place of the ``brokers`` the plan is compiled with."""
+
+    bootstrap: str
+    """``host:port,...``."""
+    log_level: str
+    """0.4.2 log level: Fine, Info, Warn, Error."""
+    config: list[tuple[str, str]]
+    """librdkafka settings from the command line, applied last."""
+
+
+class KafkaSource(Decoder, KafkaClient):
+    """Consume a Kafka topic."""
+
+    kind: Literal["kafka"]
+    topic: str
+    group_id: str
+    """The consumer group offsets are committed under."""
+    start_offset: Literal["committed", "earliest", "latest"]
+    create_partitions: int | None
+    """Create the topic with this many partitions when it is missing."""
+
+
+Source = Union[TcpSource, FileSource, FramedFileSource, GenSource, KafkaSource]
+"""A pipeline's source and decoder, by ``kind``."""
+
+
+class _Sink(TypedDict):
+    encode: Callable[[Any], Any]
+    """The encoder's bound ``encode``."""
+    group: str | None
+    """Pipelines with the same group write through one sink (a merged 0.6 pipeline)."""
+
+
+class TcpSink(_Sink):
+    """Connect to a TCP address."""
+
+    kind: Literal["tcp"]
+    host: str
+    port: int
+
+
+class FileSink(_Sink):
+    """Write a file (created or truncated)."""
+
+    kind: Literal["file"]
+    path: str
+
+
+class StdoutSink(_Sink):
+    """Write standard output."""
+
+    kind: Literal["stdout"]
+
+
+class KafkaSink(_Sink, KafkaClient):
+    """Produce to a Kafka topic."""
+
+    kind: Literal["kafka"]
+    topic: str
+    max_produce_buffer_ms: int
+    """librdkafka's ``linger.ms``."""
+    max_message_size: int
+    """Larger encoded records are bad output."""
+    create_partitions: int | None
+    """Create the topic with this many partitions when it is missing."""
+    transactions: bool
+    """Output committed at each snapshot (``--kafka-sink-transactions``)."""
+
+
+class ManySink(_Sink):
+    """Several sinks (``to_sinks``): the encoder returns a list, item ``i`` for
+    sink ``i``; the engine reads the kinds of ``sinks``, not their encoders."""
+
+    kind: Literal["many"]
+    sinks: list[Sink]
+
+
+Sink = Union[TcpSink, FileSink, StdoutSink, KafkaSink, ManySink]
+"""A pipeline's sink and encoder, by ``kind``."""
+
+
+class Step(TypedDict):
+    """A stateless step."""
+
+    kind: Literal["map", "multi"]
+    """``map``: ``compute(data)`` -> output or None; ``multi``: a list."""
+    name: str
+    """The name from ``name()``."""
+    func: Callable[..., Any]
+    """The bound ``compute`` / ``compute_multi``."""
+
+
+class StateStep(TypedDict):
+    """A step with partitioned state: ``func(data, state)`` -> ``(output, changed)``."""
+
+    kind: Literal["state", "state_multi"]
+    """``state_multi``: the output is a list."""
+    name: str
+    func: Callable[..., Any]
+    state_name: str
+    """The state name shared across pipelines."""
+    partition: Callable[[Any], Any] | None
+    """Record -> partition key; None: one state (``to_stateful``)."""
+    keys: list
+    """The keys the application declared, in order."""
+    u64: bool
+    """Keys must be non-negative ints (``to_state_partition_u64``)."""
+    tick: Callable[..., Any] | None
+    """Windows: ``tick(states, final)`` fires what is due on the engine's timer."""
+    origin: bool
+    """Event-time windows: ``func`` takes the record's ``(reader, stream)`` third."""
+
+
+AnyStep = Union[Step, StateStep]
+"""A pipeline step, by ``kind``."""
+
+
+def state_step(
+    step: Step,
+    state_name: str,
+    partition: Callable[[Any], Any] | None,
+    keys: list | None = None,
+    *,
+    u64: bool = False,
+    tick: Callable[..., Any] | None = None,
+    origin: bool = False,
+) -> StateStep:
+    """``step`` (its name, its function, ``multi`` or not) as a step on the
+    state ``state_name``."""
+    return {
+        "kind": "state_multi" if step["kind"] == "multi" else "state",
+        "name": step["name"],
+        "func": step["func"],
+        "state_name": state_name,
+        "partition": partition,
+        "keys": list(keys or []),
+        "u64": u64,
+        "tick": tick,
+        "origin": origin,
+    }
 
 
 class PipelinePlan(TypedDict):
@@ -16,11 +211,11 @@ class PipelinePlan(TypedDict):
 
     name: str
     """The pipeline name."""
-    source: dict
+    source: Source
     """Its source and decoder (``kind`` and the kind's keys)."""
-    steps: list[dict]
+    steps: list[AnyStep]
     """Its steps (``kind``, ``name``, ``func`` and the kind's keys)."""
-    sink: dict | None
+    sink: Sink | None
     """Its sink and encoder; None: the pipeline ends without one."""
 
 
@@ -44,7 +239,9 @@ class Plan(_AppPlan, total=False):
     """The API the application was written against (read by the runner)."""
 
 
-def pipeline_plan(name: str, source: dict, steps: list[dict], sink: dict | None) -> PipelinePlan:
+def pipeline_plan(
+    name: str, source: Source, steps: list[AnyStep], sink: Sink | None
+) -> PipelinePlan:
     """The plan of one pipeline."""
     return {"name": name, "source": source, "steps": steps, "sink": sink}
 

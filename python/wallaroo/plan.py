@@ -43,19 +43,24 @@ def _step_name(obj: Any, where: str, decorator: str) -> str:
 
 
 def _decoder_plan(decoder: Any, where: str, framed: bool) -> dict:
+    """The decoder's part of a source: a :class:`contract.Decoder`, or with
+    ``framed`` a :class:`contract.FramedDecoder`."""
     decorator = "@wallaroo.decoder(header_length=4, length_fmt='>I')"
-    plan: dict = {"decode": _method(decoder, "decode", where, decorator)}
-    if framed:
-        header_length = _method(decoder, "header_length", where)()
-        if not isinstance(header_length, int) or header_length <= 0:
-            raise ApplicationError(
-                f"{where}: header_length() must return a positive int, got {header_length!r}"
-            )
-        plan["header_length"] = header_length
-        plan["payload_length"] = _method(decoder, "payload_length", where)
-        length_fmt = getattr(decoder, "length_fmt", None)
-        plan["length_fmt"] = length_fmt() if callable(length_fmt) else None
-    return plan
+    decode = _method(decoder, "decode", where, decorator)
+    if not framed:
+        return contract.Decoder(decode=decode)
+    header_length = _method(decoder, "header_length", where)()
+    if not isinstance(header_length, int) or header_length <= 0:
+        raise ApplicationError(
+            f"{where}: header_length() must return a positive int, got {header_length!r}"
+        )
+    length_fmt = getattr(decoder, "length_fmt", None)
+    return contract.FramedDecoder(
+        decode=decode,
+        header_length=header_length,
+        payload_length=_method(decoder, "payload_length", where),
+        length_fmt=length_fmt() if callable(length_fmt) else None,
+    )
 
 
 def _source_plan(config: Any, where: str) -> dict:
@@ -78,13 +83,13 @@ def _source_plan(config: Any, where: str) -> dict:
         _, host, port, decoder = spec[:4]
         plan = {"kind": "tcp", "host": host or "127.0.0.1", "port": int(port)}
         parallelism = spec[4] if len(spec) > 4 else None
+        plan["max_connections"] = parallelism
         if parallelism is not None:
             if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 1:
                 raise ApplicationError(
                     f"{where}: TCPSourceConfig parallelism must be a positive int, "
                     f"got {parallelism!r}"
                 )
-            plan["max_connections"] = parallelism
         plan.update(_decoder_plan(decoder, f"{where}, decoder", framed=True))
     elif kind == "gen":
         _, generator = spec
@@ -97,6 +102,7 @@ def _source_plan(config: Any, where: str) -> dict:
         _, topic, brokers, log_level, decoder = spec
         if not topic:
             raise ApplicationError(f"{where}: the Kafka source has no topic (--kafka_source_topic)")
+        # brokers: wallaroo.kafka.KafkaSetup.prepare completes the contract.KafkaSource.
         plan = {"kind": "kafka", "topic": topic, "brokers": brokers, "log_level": log_level}
         plan.update(_decoder_plan(decoder, f"{where}, decoder", framed=False))
     else:
@@ -143,6 +149,7 @@ def _sink_plan(config: Any, where: str) -> dict:
     else:
         raise ApplicationError(f"{where}: unknown sink kind {kind!r}")
     plan["encode"] = _method(encoder, "encode", f"{where}, encoder", "@wallaroo.encoder")
+    plan["group"] = None
     return plan
 
 
@@ -163,10 +170,14 @@ def _sinks_plan(configs: Any, where: str) -> dict:
     if len(configs) == 1:
         return _sink_plan(configs[0], where)
     sinks = [_sink_plan(config, f"{where} {i + 1}") for i, config in enumerate(configs)]
-    return {"kind": "many", "sinks": sinks, "encode": _fan_out([s["encode"] for s in sinks])}
+    encode = _fan_out([s["encode"] for s in sinks])
+    return contract.ManySink(kind="many", sinks=sinks, encode=encode, group=None)
 
 
-def _compute_step(computation: Any, where: str, stateful: bool) -> dict:
+def _compute_step(computation: Any, where: str, stateful: bool) -> contract.Step:
+    """The step of ``computation`` (``map``, or ``multi`` for a
+    ``compute_multi``); ``stateful`` names the state decorators in messages
+    (:func:`contract.state_step` makes it a state step)."""
     multi = hasattr(computation, "compute_multi") and not hasattr(computation, "compute")
     decorator = (
         "@wallaroo.state_computation(name=...) (or state_computation_multi)"
@@ -175,8 +186,7 @@ def _compute_step(computation: Any, where: str, stateful: bool) -> dict:
     )
     name = _step_name(computation, where, decorator)
     func = _method(computation, "compute_multi" if multi else "compute", f"{where} {name!r}")
-    kind = ("state_multi" if multi else "state") if stateful else ("multi" if multi else "map")
-    return {"kind": kind, "name": name, "func": func}
+    return contract.Step(kind="multi" if multi else "map", name=name, func=func)
 
 
 def _state_class(state_class: Any, where: str) -> Any:
@@ -186,11 +196,11 @@ def _state_class(state_class: Any, where: str) -> Any:
 
 
 class _PipelineBuilder:
-    def __init__(self, name: str, source: dict) -> None:
+    def __init__(self, name: str, source: Any) -> None:
         self.name = name
         self.source = source
-        self.steps: list = []
-        self.sink: dict | None = None
+        self.steps: list[contract.AnyStep] = []
+        self.sink: Any = None
 
     def plan(self) -> contract.PipelinePlan:
         return contract.pipeline_plan(self.name, self.source, self.steps, self.sink)
@@ -254,7 +264,7 @@ def _drop_none_decoded(pipeline: dict) -> None:
         return
     first = steps[0]
     if first["kind"].startswith("state"):
-        if first.get("partition") is not None:
+        if first["partition"] is not None:
             first["partition"] = _none_guard(first["partition"], None)
         first["func"] = _none_guard(first["func"], (None, False))
     else:
@@ -323,26 +333,25 @@ def _compile_builder(actions: Any, origin: str) -> contract.Plan:
             )
         where = f"{origin}: pipeline {current.name!r} step {len(current.steps) + 1}"
         if verb in ("to", "to_parallel"):
-            step = _compute_step(args[0], where, stateful=False)
-            step["parallel"] = verb == "to_parallel"
-            current.steps.append(step)
+            current.steps.append(_compute_step(args[0], where, stateful=False))
         elif verb == "to_stateful":
             computation, state_class, state_name = args
             step = _compute_step(computation, where, stateful=True)
-            step.update(state_name=state_name, partition=None, keys=[], u64=False)
             states.setdefault(state_name, _state_class(state_class, where))
-            current.steps.append(step)
+            current.steps.append(contract.state_step(step, state_name, None))
         elif verb in ("to_state_partition", "to_state_partition_u64"):
             computation, state_class, state_name, partition_function, keys = args
-            step = _compute_step(computation, where, stateful=True)
             partition = _method(
-                partition_function, "partition", f"{where} partition function",
+                partition_function,
+                "partition",
+                f"{where} partition function",
                 "@wallaroo.partition",
             )
-            step.update(
-                state_name=state_name,
-                partition=partition,
-                keys=list(keys or []),
+            step = contract.state_step(
+                _compute_step(computation, where, stateful=True),
+                state_name,
+                partition,
+                keys,
                 u64=verb == "to_state_partition_u64",
             )
             if step["u64"]:

@@ -150,17 +150,15 @@ class _Compiler:
             raise ApplicationError(f"{where}: {obj!r:.100} has no {name}() method")
         return method
 
-    def stateless(self, computation: Any, where: str) -> dict:
+    def stateless(self, computation: Any, where: str) -> contract.Step:
         if getattr(computation, "is_stateful", False) or hasattr(computation, "initial_state"):
             raise ApplicationError(
                 f"{where}: {computation!r:.100} is a state computation; a hand-written one "
                 "must subclass wallaroo.StateComputation"
             )
-        step = _compute_step(computation, where, stateful=False)
-        step["parallel"] = True
-        return step
+        return _compute_step(computation, where, stateful=False)
 
-    def state(self, computation: Any, key_of: Any, place: tuple, where: str) -> dict:
+    def state(self, computation: Any, key_of: Any, place: tuple, where: str) -> contract.AnyStep:
         initial_state = getattr(computation, "initial_state", None)
         if not callable(initial_state):
             raise ApplicationError(
@@ -169,25 +167,16 @@ class _Compiler:
             )
         step = _compute_step(computation, where, stateful=True)
         if key_of is None:
-            multi = step["kind"] == "state_multi"
-            return {
-                "kind": "multi" if multi else "map",
-                "name": step["name"],
-                "func": _fresh_state(step["func"], initial_state),
-                "parallel": True,
-            }
+            step["func"] = _fresh_state(step["func"], initial_state)
+            return step
         state_name = f"{self.app_name}/{place[0]}.{place[1]}/{step['name']}"
         self.states[state_name] = initial_state
-        step.update(
-            func=_output_only(step["func"]),
-            state_name=state_name,
-            partition=key_of,
-            keys=[],
-            u64=False,
-        )
-        return step
+        step["func"] = _output_only(step["func"])
+        return contract.state_step(step, state_name, key_of)
 
-    def windows(self, stage: tuple, key_of: Any, place: tuple, where: str, source: str) -> dict:
+    def windows(
+        self, stage: tuple, key_of: Any, place: tuple, where: str, source: str
+    ) -> contract.StateStep:
         from wallaroo.windows import (
             CountStage,
             CountWindows,
@@ -217,21 +206,13 @@ class _Compiler:
         name = _step_name(runner.agg, where, "")
         state_name = f"{self.app_name}/{place[0]}.{place[1]}/{name}"
         self.states[state_name] = runner.new_state
-        step = {
-            "kind": "state_multi",
-            "name": name,
-            "func": functools.partial(runner.process, key_of=key_of),
-            "state_name": state_name,
-            "partition": key_of,
-            "keys": [],
-            "u64": False,
-            "tick": runner.tick,
-        }
-        if isinstance(runner, EventRangeStage):
-            # Watermarks per source partition: the engine passes (reader, stream).
-            step.update(func=functools.partial(runner.process, key_of=key_of, source=source))
-            step["origin"] = True
-        return step
+        # Event-time windows keep watermarks per source partition: the engine
+        # passes the record's (reader, stream) as `origin`.
+        origin = isinstance(runner, EventRangeStage)
+        source_of = {"source": source} if origin else {}
+        func = functools.partial(runner.process, key_of=key_of, **source_of)
+        step = contract.Step(kind="multi", name=name, func=func)
+        return contract.state_step(step, state_name, key_of, tick=runner.tick, origin=origin)
 
 
 def compile_application(app: tuple, origin: str, args: list | None = None) -> contract.Plan:

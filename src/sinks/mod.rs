@@ -143,7 +143,7 @@ fn open_writer(kind: SinkKind, ctx: &SinkContext) -> Result<Box<dyn BatchWriter>
     Ok(match kind {
         SinkKind::File { path } => Box::new(file::open(&path, ctx)?),
         SinkKind::Stdout => Box::new(stdout::open()),
-        SinkKind::Tcp { host, port } => Box::new(tcp::TcpWriter::new(host, port, ctx)),
+        SinkKind::Tcp(tcp) => Box::new(tcp::TcpWriter::new(tcp.host, tcp.port, ctx)),
         SinkKind::Kafka(plan) => Box::new(kafka::KafkaWriter::new(plan, ctx)?),
         SinkKind::Many(kinds) => Box::new(many::ManyWriter::new(
             kinds

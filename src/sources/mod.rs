@@ -181,11 +181,7 @@ pub fn start(
             };
             file::start(path, framing, ctx, after)
         }
-        SourceKind::Tcp {
-            host,
-            port,
-            max_connections,
-        } => tcp::start(&host, port, max_connections, framing, ctx),
+        SourceKind::Tcp(tcp) => tcp::start(&tcp.host, tcp.port, tcp.max_connections, framing, ctx),
         SourceKind::Gen { generator } => gen::start(generator, ctx, resume.map_or(0, |r| r.sent())),
         SourceKind::Kafka(mut plan) => {
             if let Some(SourcePosition::Kafka(at)) = resume {

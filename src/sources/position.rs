@@ -36,7 +36,7 @@ impl SourcePosition {
     pub fn start(kind: &SourceKind) -> SourcePosition {
         match kind {
             SourceKind::File { .. } => SourcePosition::File(FilePosition::default()),
-            SourceKind::Tcp { .. } => SourcePosition::Tcp(Counted::default()),
+            SourceKind::Tcp(_) => SourcePosition::Tcp(Counted::default()),
             SourceKind::Kafka(_) => SourcePosition::Kafka(KafkaPosition::default()),
             SourceKind::Gen { .. } => SourcePosition::Gen(Counted::default()),
         }
