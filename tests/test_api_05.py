@@ -137,6 +137,27 @@ def test_default_kafka_parsers_take_flags_named_after_the_connector():
     assert resolved == ("kafka", "o", [], "Warn", 0, 1000000, encode)
 
 
+def test_default_kafka_parsers_are_resolved_from_the_args_compile_plan_is_given():
+    source = wallaroo.DefaultKafkaSourceCLIParser(decode, name="feed")
+    sink = wallaroo.DefaultKafkaSinkCLIParser(encode)
+    builder = wallaroo.ApplicationBuilder("app")
+    builder.new_pipeline("p", source).to(double).to_sink(sink)
+    pipeline_app = wallaroo.build_application("app", wallaroo.source("p", source).to_sink(sink))
+
+    def topics(app, args):
+        (pipeline,) = compile_plan(app, "app.py", args)["pipelines"]
+        return pipeline["source"]["topic"], pipeline["sink"]["topic"]
+
+    for app in (builder.build(), pipeline_app):
+        first = ["--feed_topic", "in1", "--kafka_sink_topic", "out1"]
+        assert topics(app, first) == ("in1", "out1")
+        # Each compile reads its own arguments (nothing kept from the one before).
+        second = ["--feed_topic", "in2", "--kafka_sink_topic", "out2"]
+        assert topics(app, second) == ("in2", "out2")
+        with pytest.raises(ApplicationError, match="no topic"):
+            topics(app, [])
+
+
 def test_gen_source_config_needs_the_generator_methods():
     with pytest.raises(wallaroo.WallarooParameterError, match="initial_value"):
         wallaroo.GenSourceConfig(object())

@@ -63,21 +63,31 @@ def _decoder_plan(decoder: Any, where: str, framed: bool) -> dict:
     )
 
 
-def _source_plan(config: Any, where: str) -> dict:
+def _resolve_spec(config: Any, where: str, app_args: list, sink: bool) -> tuple:
+    """The spec tuple of a source or sink ``config``: its ``to_tuple()``, a
+    0.5 ``kafka-internal`` config resolved from the application's arguments
+    ``app_args`` (the Kafka flags its default CLI parser leaves to the
+    engine), and a 0.6 connector as the TCP address it is: a listener for
+    connector scripts with the decoder (a source), or a connection with the
+    encoder (a sink)."""
     spec = config.to_tuple() if hasattr(config, "to_tuple") else config
     if not isinstance(spec, tuple) or not spec:
-        raise ApplicationError(f"{where}: unknown source config {config!r}")
-    kind = spec[0]
-    if kind == "kafka-internal":
+        raise ApplicationError(f"{where}: unknown {'sink' if sink else 'source'} config {config!r}")
+    if spec[0] == "kafka-internal":
         from wallaroo.api05 import resolve_internal_kafka
 
-        spec = resolve_internal_kafka(spec, _APP_ARGS, sink=False)
-        kind = "kafka"
-    if kind == "source_connector":
-        # 0.6: a TCP listener for connector scripts; frames read by the decoder.
-        _, _name, host, port, _encoder, decoder = spec
-        spec = ("tcp", host, port, decoder)
-        kind = "tcp"
+        spec = resolve_internal_kafka(spec, app_args, sink=sink)
+    if spec[0] == ("sink_connector" if sink else "source_connector"):
+        _, _name, host, port, encoder, decoder = spec
+        spec = ("tcp", host, port, encoder if sink else decoder)
+    return spec
+
+
+def _source_plan(config: Any, where: str, app_args: list) -> dict:
+    """The :data:`contract.Source` of a source config (``app_args``: see
+    :func:`_resolve_spec`)."""
+    spec = _resolve_spec(config, where, app_args, sink=False)
+    kind = spec[0]
     if kind == "tcp":
         # 0.6.1 adds the parallelism (connections read at once) as a 5th item.
         _, host, port, decoder = spec[:4]
@@ -110,21 +120,11 @@ def _source_plan(config: Any, where: str) -> dict:
     return plan
 
 
-def _sink_plan(config: Any, where: str) -> dict:
-    spec = config.to_tuple() if hasattr(config, "to_tuple") else config
-    if not isinstance(spec, tuple) or not spec:
-        raise ApplicationError(f"{where}: unknown sink config {config!r}")
+def _sink_plan(config: Any, where: str, app_args: list) -> dict:
+    """The :data:`contract.Sink` of a sink config (``app_args``: see
+    :func:`_resolve_spec`)."""
+    spec = _resolve_spec(config, where, app_args, sink=True)
     kind = spec[0]
-    if kind == "kafka-internal":
-        from wallaroo.api05 import resolve_internal_kafka
-
-        spec = resolve_internal_kafka(spec, _APP_ARGS, sink=True)
-        kind = "kafka"
-    if kind == "sink_connector":
-        # 0.6: connect to the connector script; the encoder writes its frames.
-        _, _name, host, port, encoder, _decoder = spec
-        spec = ("tcp", host, port, encoder)
-        kind = "tcp"
     if kind == "tcp":
         _, host, port, encoder = spec
         plan = {"kind": "tcp", "host": host or "127.0.0.1", "port": int(port)}
@@ -162,14 +162,14 @@ def _fan_out(encoders: list) -> Callable[[Any], list]:
     return encode
 
 
-def _sinks_plan(configs: Any, where: str) -> dict:
+def _sinks_plan(configs: Any, where: str, app_args: list) -> dict:
     """The sink of ``to_sinks(configs)``: one sink, or a ``many`` sink."""
     configs = list(configs)
     if not configs:
         raise ApplicationError(f"{where}: to_sinks() needs at least one sink")
     if len(configs) == 1:
-        return _sink_plan(configs[0], where)
-    sinks = [_sink_plan(config, f"{where} {i + 1}") for i, config in enumerate(configs)]
+        return _sink_plan(configs[0], where, app_args)
+    sinks = [_sink_plan(config, f"{where} {i + 1}", app_args) for i, config in enumerate(configs)]
     encode = _fan_out([s["encode"] for s in sinks])
     return contract.ManySink(kind="many", sinks=sinks, encode=encode, group=None)
 
@@ -204,11 +204,6 @@ class _PipelineBuilder:
 
     def plan(self) -> contract.PipelinePlan:
         return contract.pipeline_plan(self.name, self.source, self.steps, self.sink)
-
-
-#: The application's arguments, for the Kafka flags the 0.5/0.6 ``Default*``
-#: CLI parsers leave to the engine (set by :func:`compile_plan`).
-_APP_ARGS: list = []
 
 
 def _marks(actions: Any) -> list:
@@ -278,8 +273,6 @@ def compile_plan(actions: Any, origin: str = "application", args: list | None = 
     ``origin`` names the application (its file) in error messages; ``args`` are
     its arguments (read for the Kafka flags of the 0.5/0.6 default parsers).
     """
-    global _APP_ARGS
-    _APP_ARGS = list(args or [])
     pipeline_app = _is_pipeline_app(actions)
     try:
         version = versions.decide(_tree_marks(actions) if pipeline_app else _marks(actions))
@@ -290,7 +283,7 @@ def compile_plan(actions: Any, origin: str = "application", args: list | None = 
 
         plan = compile_application(actions, origin, args)
     else:
-        plan = _compile_builder(actions, origin)
+        plan = _compile_builder(actions, origin, list(args or []))
     if version != versions.V042:
         for pipeline in plan["pipelines"]:
             _drop_none_decoded(pipeline)
@@ -298,8 +291,8 @@ def compile_plan(actions: Any, origin: str = "application", args: list | None = 
     return plan
 
 
-def _compile_builder(actions: Any, origin: str) -> contract.Plan:
-    """The plan of a 0.4.2/0.5 ``build()`` list."""
+def _compile_builder(actions: Any, origin: str, app_args: list) -> contract.Plan:
+    """The plan of a 0.4.2/0.5 ``build()`` list (``app_args``: see :func:`_resolve_spec`)."""
     if not isinstance(actions, (list, tuple)) or not actions:
         raise ApplicationError(
             f"{origin}: application_setup() must return ApplicationBuilder(...).build(), "
@@ -319,7 +312,7 @@ def _compile_builder(actions: Any, origin: str) -> contract.Plan:
         if verb == "new_pipeline":
             name, source_config = args
             current = _PipelineBuilder(
-                name, _source_plan(source_config, f"{origin}: pipeline {name!r} source")
+                name, _source_plan(source_config, f"{origin}: pipeline {name!r} source", app_args)
             )
             pipelines.append(current)
             continue
@@ -332,6 +325,7 @@ def _compile_builder(actions: Any, origin: str) -> contract.Plan:
                 + ("to_sink() of its pipeline" if current else "no new_pipeline()")
             )
         where = f"{origin}: pipeline {current.name!r} step {len(current.steps) + 1}"
+        where_sink = f"{origin}: pipeline {current.name!r} sink"
         if verb in ("to", "to_parallel"):
             current.steps.append(_compute_step(args[0], where, stateful=False))
         elif verb == "to_stateful":
@@ -364,9 +358,9 @@ def _compile_builder(actions: Any, origin: str) -> contract.Plan:
             states.setdefault(state_name, _state_class(state_class, where))
             current.steps.append(step)
         elif verb == "to_sink":
-            current.sink = _sink_plan(args[0], f"{origin}: pipeline {current.name!r} sink")
+            current.sink = _sink_plan(args[0], where_sink, app_args)
         elif verb == "to_sinks":
-            current.sink = _sinks_plan(args[0], f"{origin}: pipeline {current.name!r} sink")
+            current.sink = _sinks_plan(args[0], where_sink, app_args)
         elif verb == "done":
             current = None
         else:

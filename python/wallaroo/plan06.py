@@ -67,7 +67,7 @@ class _Compiler:
     def __init__(self, origin: str, app: tuple, args: list | None) -> None:
         self.origin = origin
         self.app_name, self.root, self.vs, self.es = app
-        self.args = args
+        self.args = list(args or [])
         self.parent: dict = {}
         for node, children in enumerate(self.es):
             for child in children:
@@ -100,7 +100,7 @@ class _Compiler:
     def pipeline(self, leaf: int) -> contract.PipelinePlan:
         _, name, source_tuple = self.vs[leaf][0]
         where = f"{self.origin}: pipeline {name!r}"
-        source = _source_plan(self.resolve(source_tuple, sink=False), f"{where} source")
+        source = _source_plan(source_tuple, f"{where} source", self.args)
         steps: list = []
         sink = None
         key_of: Callable[[Any], Any] | None = None
@@ -132,17 +132,10 @@ class _Compiler:
             sink["group"] = f"root-{self.root}"
         return contract.pipeline_plan(name, source, steps, sink)
 
-    def resolve(self, spec: Any, sink: bool) -> Any:
-        if isinstance(spec, tuple) and spec and spec[0] == "kafka-internal":
-            from wallaroo.api05 import resolve_internal_kafka
-
-            return resolve_internal_kafka(spec, self.args or [], sink=sink)
-        return spec
-
     def sink(self, spec: Any, where: str, many: bool = False) -> dict:
         if many:
-            return _sinks_plan([self.resolve(s, sink=True) for s in spec], f"{where} sink")
-        return _sink_plan(self.resolve(spec, sink=True), f"{where} sink")
+            return _sinks_plan(spec, f"{where} sink", self.args)
+        return _sink_plan(spec, f"{where} sink", self.args)
 
     def method(self, obj: Any, name: str, where: str) -> Callable[..., Any]:
         method = getattr(obj, name, None)
