@@ -17,6 +17,7 @@ import argparse
 import pickle
 import struct
 import sys
+import types
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -25,6 +26,19 @@ from wallaroo.versions import BUILDER, ONLY_042, ONLY_06, Mark
 __all__ = [
     "Aggregation",
     "ApplicationBuilder",
+    "BaseWrapped",
+    "Computation",
+    "ComputationMulti",
+    "ConnectorDecoder",
+    "ConnectorEncoder",
+    "Decoder",
+    "Encoder",
+    "OctetDecoder",
+    "OctetEncoder",
+    "Partition",
+    "StateBuilder",
+    "StateComputation",
+    "StateComputationMulti",
     "CountWindows",
     "CountWindowsBuilder",
     "CustomKafkaSinkCLIParser",
@@ -239,8 +253,76 @@ class Encoder(_Decorated):
         return self._func(data)
 
 
-def _named_decorator(cls: type, name: str | None) -> Callable[[Callable[..., Any]], Any]:
+#: The names 0.5 and 0.6 gave these base classes.
+BaseWrapped = _Decorated
+Partition = PartitionFunction
+OctetDecoder = Decoder
+OctetEncoder = Encoder
+
+
+class StateBuilder:
+    """Makes a named state's object (0.4.2/0.5 put one in their ``to_stateful``
+    actions; kept for code that names it)."""
+
+    def __init__(self, name: str, state_cls: Callable[[], Any]) -> None:
+        self.name = name
+        self.state_cls = state_cls
+
+    def ____wallaroo_build____(self) -> Any:
+        return self.state_cls()
+
+
+def _where(func: Any) -> str:
+    """``name()`` with its file and line, for messages about a decorated function."""
+    code = getattr(func, "__code__", None)
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if name is None:
+        return f"{func!r:.100}"
+    if code is None:
+        return f"{name}()"
+    return f"{name}() ({code.co_filename}, line {code.co_firstlineno})"
+
+
+#: ``co_flags`` bit of a function taking ``*args``.
+_CO_VARARGS = 0x04
+
+
+def _accepts(func: Any, count: int) -> bool:
+    """Whether ``func`` can be called with ``count`` positional arguments."""
+    if isinstance(func, types.FunctionType):
+        code = func.__code__
+        required_kwonly = code.co_kwonlyargcount - len(func.__kwdefaults__ or {})
+        required = code.co_argcount - len(func.__defaults__ or ())
+        varargs = bool(code.co_flags & _CO_VARARGS)
+        return required_kwonly == 0 and required <= count and (count <= code.co_argcount or varargs)
+    import inspect  # other callables (classes, partials, instances): rare, checked slowly
+
+    try:
+        inspect.signature(func).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins): it is checked when called
+        return True
+    return True
+
+
+def _check_arity(func: Any, count: int, call: str, called_with: str) -> None:
+    """Wallaroo 0.5+ checked a decorated function's arity when decorating: a
+    function that cannot take ``count`` positional arguments fails the start
+    naming ``call`` (the decorator as written), the function and what it gets."""
+    if not callable(func):
+        raise WallarooParameterError(f"{call}: expected a function, got {func!r:.100}")
+    if not _accepts(func, count):
+        plural = "argument" if count == 1 else "arguments"
+        raise WallarooParameterError(
+            f"{call} on {_where(func)}: the function must accept {count} positional "
+            f"{plural} ({called_with}); Wallaroo calls it as f({called_with})"
+        )
+
+
+def _named_decorator(cls: type, name: str | None, call: str) -> Callable[[Callable[..., Any]], Any]:
     def wrap(func: Callable[..., Any]) -> Any:
+        _check_arity(func, 1, f"@wallaroo.{call}", "data")
         return cls(func, name if name is not None else func.__name__)
 
     return wrap
@@ -248,14 +330,14 @@ def _named_decorator(cls: type, name: str | None) -> Callable[[Callable[..., Any
 
 def computation(name: str | None = None) -> Callable[[Callable[[Any], Any]], Computation]:
     """``@computation(name=...)`` on ``f(data)``: a stateless step."""
-    return _named_decorator(Computation, name)
+    return _named_decorator(Computation, name, f"computation(name={name!r})")
 
 
 def computation_multi(
     name: str | None = None,
 ) -> Callable[[Callable[[Any], Any]], ComputationMulti]:
     """``@computation_multi(name=...)`` on ``f(data)`` returning a list: fan-out."""
-    return _named_decorator(ComputationMulti, name)
+    return _named_decorator(ComputationMulti, name, f"computation_multi(name={name!r})")
 
 
 class _State06:
@@ -292,8 +374,13 @@ class StateComputationMulti06(_State06, StateComputationMulti):
 _STATE_042_MARK = Mark("state_computation(name)", BUILDER)
 
 
-def _state_decorator(cls: type, cls06: type, name: str | None, state: Any) -> Callable:
+def _state_decorator(
+    cls: type, cls06: type, name: str | None, state: Any, decorator: str
+) -> Callable:
+    call = f"@wallaroo.{decorator}(name={name!r}" + (", state=...)" if state else ")")
+
     def wrap(func: Callable[..., Any]) -> Any:
+        _check_arity(func, 2, call, "data, state")
         step_name = name if name is not None else func.__name__
         if state is not None:
             return cls06(func, step_name, state)
@@ -309,7 +396,9 @@ def state_computation(
 ) -> Callable[[Callable[[Any, Any], Any]], StateComputation]:
     """``@state_computation(name)`` on ``f(data, state)`` -> ``(output, changed)`` (0.4.2, 0.5);
     ``@state_computation(name, state)`` on ``f(data, state)`` -> output (0.6)."""
-    return _state_decorator(StateComputation, StateComputation06, name, state)
+    return _state_decorator(
+        StateComputation, StateComputation06, name, state, "state_computation"
+    )
 
 
 def state_computation_multi(
@@ -317,11 +406,14 @@ def state_computation_multi(
 ) -> Callable[[Callable[[Any, Any], Any]], StateComputationMulti]:
     """``@state_computation_multi(name)`` -> ``(list, changed)`` (0.4.2, 0.5);
     ``@state_computation_multi(name, state)`` -> list or None (0.6)."""
-    return _state_decorator(StateComputationMulti, StateComputationMulti06, name, state)
+    return _state_decorator(
+        StateComputationMulti, StateComputationMulti06, name, state, "state_computation_multi"
+    )
 
 
 def partition(func: Callable[[Any], Any]) -> PartitionFunction:
     """``@partition`` on ``f(data)`` returning the record's partition key."""
+    _check_arity(func, 1, "@wallaroo.partition", "data")
     obj = PartitionFunction(func)
     obj._api_mark = Mark("partition", BUILDER)  # type: ignore[attr-defined]
     return obj
@@ -335,6 +427,8 @@ def decoder(header_length: int = 4, length_fmt: str = ">I") -> Callable[[Callabl
         )
 
     def wrap(func: Callable[[bytes], Any]) -> Decoder:
+        call = f"@wallaroo.decoder(header_length={header_length!r}, length_fmt={length_fmt!r})"
+        _check_arity(func, 1, call, "payload bytes")
         return Decoder(func, header_length, length_fmt)
 
     return wrap
@@ -342,6 +436,7 @@ def decoder(header_length: int = 4, length_fmt: str = ">I") -> Callable[[Callabl
 
 def encoder(func: Callable[[Any], Any]) -> Encoder:
     """``@encoder`` on ``f(data)`` returning bytes or str (or None to write nothing)."""
+    _check_arity(func, 1, "@wallaroo.encoder", "data")
     return Encoder(func)
 
 
@@ -537,10 +632,46 @@ class ApplicationBuilder:
 
     def __init__(self, name: str) -> None:
         self._actions: list = [("name", name)]
+        #: 0.5 connectors by name: (source, sink) -> {name: config}.
+        self._connectors: dict = {"source": {}, "sink": {}}
+        self._next_port = {"source": 7100, "sink": 7200}
+
+    def _connector(self, role: str, name: str, encoder: Any, decoder: Any, port: Any) -> None:
+        from wallaroo.api05 import declare_connector
+
+        self._actions.append(
+            declare_connector(self._connectors, self._next_port, role, name, encoder, decoder, port)
+        )
+
+    def source_connector(
+        self, name: str, encoder: Any, decoder: Any, port: Any = None
+    ) -> ApplicationBuilder:
+        """Declare a source connector (0.5): a pipeline whose source is ``name``
+        listens on ``port`` (default 7100, 7101, ... in declaration order) for
+        connector scripts' frames, read by ``decoder``."""
+        self._connector("source", name, encoder, decoder, port)
+        return self
+
+    def sink_connector(
+        self, name: str, encoder: Any, decoder: Any, port: Any = None
+    ) -> ApplicationBuilder:
+        """Declare a sink connector (0.5): a pipeline whose sink is ``name``
+        connects to ``port`` (default 7200, 7201, ...) and writes ``encoder``'s frames."""
+        self._connector("sink", name, encoder, decoder, port)
+        return self
+
+    def _config(self, role: str, config: Any, call: str) -> Any:
+        if not isinstance(config, str):
+            return config
+        from wallaroo.api05 import connector_config
+
+        return connector_config(self._connectors, role, config, call)
 
     def new_pipeline(self, name: str, source_config: Any) -> ApplicationBuilder:
-        """Start a pipeline reading ``source_config`` (closes the one before)."""
-        self._actions.append(("new_pipeline", name, source_config))
+        """Start a pipeline reading ``source_config`` (or the source connector
+        of that name, 0.5); closes the one before."""
+        config = self._config("source", source_config, f"new_pipeline({name!r}, ...)")
+        self._actions.append(("new_pipeline", name, config))
         return self
 
     def to(self, computation: Any) -> ApplicationBuilder:
@@ -602,13 +733,14 @@ class ApplicationBuilder:
         return self
 
     def to_sink(self, sink_config: Any) -> ApplicationBuilder:
-        """End the pipeline at ``sink_config``."""
-        self._actions.append(("to_sink", sink_config))
+        """End the pipeline at ``sink_config`` (or the sink connector of that name, 0.5)."""
+        self._actions.append(("to_sink", self._config("sink", sink_config, "to_sink(...)")))
         return self
 
     def to_sinks(self, sink_configs: Iterable[Any]) -> ApplicationBuilder:
         """End the pipeline at every sink of ``sink_configs`` (0.5)."""
-        self._actions.append(("to_sinks", list(sink_configs)))
+        configs = [self._config("sink", c, "to_sinks([...])") for c in sink_configs]
+        self._actions.append(("to_sinks", configs))
         return self
 
     def done(self) -> ApplicationBuilder:
@@ -617,7 +749,14 @@ class ApplicationBuilder:
         return self
 
     def build(self) -> list:
-        """The application description: a list of action tuples."""
+        """The application description: a list of action tuples.
+
+        An application written for 0.5 (told from its calls) is checked as
+        0.5's ``build()`` checked it (:func:`wallaroo.api05.check_build`).
+        """
+        from wallaroo.api05 import check_build
+
+        check_build(self._actions)
         return list(self._actions)
 
 
@@ -697,7 +836,7 @@ def kafka_parse_sink_options(args: list) -> tuple:
     )
 
 
-from wallaroo import experimental  # noqa: E402, F401  (0.6 imported it with the package)
+from wallaroo import experimental  # noqa: E402, F401  (0.5 and 0.6 imported it with the package)
 from wallaroo.api05 import (  # noqa: E402  (they use the names above)
     CustomKafkaSinkCLIParser,
     CustomKafkaSourceCLIParser,
@@ -712,6 +851,7 @@ from wallaroo.api06 import (  # noqa: E402
     key_extractor,
     source,
 )
+from wallaroo.experimental import ConnectorDecoder, ConnectorEncoder  # noqa: E402
 from wallaroo.windows import (  # noqa: E402
     Aggregation,
     CountWindows,

@@ -200,6 +200,7 @@ class KeyExtractor:
 
 def key_extractor(func: Callable[[Any], Any]) -> KeyExtractor:
     """``@key_extractor`` on ``f(data)`` returning the record's key."""
-    if not callable(func):
-        raise _error(f"key_extractor: expected a function, got {func!r:.100}")
+    from wallaroo import _check_arity
+
+    _check_arity(func, 1, "@wallaroo.key_extractor", "data")
     return KeyExtractor(func)

@@ -80,6 +80,11 @@ def _resolve_spec(config: Any, where: str, app_args: list, sink: bool) -> tuple:
     if spec[0] == ("sink_connector" if sink else "source_connector"):
         _, _name, host, port, encoder, decoder = spec
         spec = ("tcp", host, port, encoder if sink else decoder)
+    elif spec[0] == "connector":
+        # 0.5: the same, with the one codec of its side; its "localhost" is
+        # 127.0.0.1, where the 0.5 connector scripts dial and listen.
+        _, host, port, codec = spec
+        spec = ("tcp", "127.0.0.1" if host in ("localhost", "", None) else host, port, codec)
     return spec
 
 
@@ -212,6 +217,8 @@ def _marks(actions: Any) -> list:
     verb_marks = {
         "to_state_partition_u64": versions.Mark("to_state_partition_u64", versions.ONLY_042),
         "to_sinks": versions.Mark("to_sinks", versions.ONLY_05),
+        "source_connector": versions.Mark("source_connector", versions.ONLY_05),
+        "sink_connector": versions.Mark("sink_connector", versions.ONLY_05),
     }
     for action in actions if isinstance(actions, (list, tuple)) else ():
         if not isinstance(action, tuple) or not action:
@@ -266,6 +273,23 @@ def _drop_none_decoded(pipeline: dict) -> None:
         first["func"] = _none_guard(first["func"], None)
 
 
+def _chr_of_int(partition: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def key(data: Any) -> Any:
+        result = partition(data)
+        if isinstance(result, int) and not isinstance(result, bool):
+            return chr(result)
+        return result
+
+    return key
+
+
+def _int_keys_as_chr(pipeline: dict) -> None:
+    """0.5.4: an int from a partition function is the key ``chr(int)``."""
+    for step in pipeline["steps"]:
+        if step.get("partition") is not None and not step.get("u64"):
+            step["partition"] = _chr_of_int(step["partition"])
+
+
 def compile_plan(actions: Any, origin: str = "application", args: list | None = None) -> dict:
     """Check ``actions`` (what ``application_setup`` returned: a 0.4.2/0.5
     ``build()`` list or a 0.6 ``build_application`` tuple) and return the plan.
@@ -284,9 +308,10 @@ def compile_plan(actions: Any, origin: str = "application", args: list | None = 
         plan = compile_application(actions, origin, args)
     else:
         plan = _compile_builder(actions, origin, list(args or []))
-    if version != versions.V042:
-        for pipeline in plan["pipelines"]:
-            _drop_none_decoded(pipeline)
+    for pipeline in plan["pipelines"] if version == versions.V05 else ():
+        _int_keys_as_chr(pipeline)
+    for pipeline in plan["pipelines"] if version != versions.V042 else ():
+        _drop_none_decoded(pipeline)
     plan["api_version"] = version
     return plan
 
@@ -309,6 +334,8 @@ def _compile_builder(actions: Any, origin: str, app_args: list) -> contract.Plan
         if verb == "name":
             app_name = args[0]
             continue
+        if verb in ("source_connector", "sink_connector"):
+            continue  # for the connector scripts; pipelines name them by their configs
         if verb == "new_pipeline":
             name, source_config = args
             current = _PipelineBuilder(
