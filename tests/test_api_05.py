@@ -194,3 +194,219 @@ def test_to_sinks_compiles_to_one_sink_per_config():
     assert sink["kind"] == "many"
     assert [s["kind"] for s in sink["sinks"]] == ["tcp", "file"]
     assert sink["encode"](3) == ["3", "3"]
+
+
+# ---------------------------------------------------------------------------
+# Arity checks of the decorators (0.5+) and the checks of 0.5's build()
+# ---------------------------------------------------------------------------
+
+
+def _two(data, extra):
+    return data
+
+
+def _none():
+    return None
+
+
+def _three(data, state, extra):
+    return data
+
+
+def _one(data):
+    return data
+
+
+_EX = wallaroo.experimental
+_ARITY_CASES = [
+    # (decorator, function, the decorator as the message names it, what it expects)
+    (wallaroo.computation(name="c"), _two, "computation(name='c')", "1 positional argument (data)"),
+    (wallaroo.computation_multi(name="m"), _none, "computation_multi(name='m')", "(data)"),
+    (
+        wallaroo.state_computation(name="s"),
+        _one,
+        "state_computation(name='s')",
+        "2 positional arguments (data, state)",
+    ),
+    (
+        wallaroo.state_computation_multi(name="sm"),
+        _three,
+        "state_computation_multi(name='sm')",
+        "(data, state)",
+    ),
+    (
+        wallaroo.state_computation(name="s6", state=dict),
+        _one,
+        "state_computation(name='s6', state=...)",
+        "(data, state)",
+    ),
+    (wallaroo.partition, _two, "partition", "(data)"),
+    (
+        wallaroo.decoder(header_length=4, length_fmt=">I"),
+        _none,
+        "decoder(header_length=4, length_fmt='>I')",
+        "(payload bytes)",
+    ),
+    (wallaroo.encoder, _two, "encoder", "(data)"),
+    (wallaroo.key_extractor, _none, "key_extractor", "(data)"),
+    (_EX.stream_message_encoder, _two, "experimental.stream_message_encoder", "(data)"),
+    (_EX.stream_message_decoder, _none, "experimental.stream_message_decoder", "(payload bytes)"),
+]
+
+
+@pytest.mark.parametrize(("decorate", "func", "call", "expects"), _ARITY_CASES)
+def test_a_decorated_function_of_the_wrong_arity_fails_naming_it(decorate, func, call, expects):
+    with pytest.raises(wallaroo.WallarooParameterError) as err:
+        decorate(func)
+    message = str(err.value)
+    assert message.startswith(f"@wallaroo.{call} on {func.__name__}() ({__file__}, line ")
+    assert f"line {func.__code__.co_firstlineno})" in message
+    assert expects in message
+
+
+def test_arity_accepts_what_can_be_called_so():
+    def defaults(data, state, extra=1):
+        return (data, True)
+
+    def star(*args):
+        return args[0]
+
+    class Callable:
+        def __call__(self, data):
+            return data
+
+    assert wallaroo.state_computation(name="d")(defaults).compute(1, None) == (1, True)
+    assert wallaroo.computation(name="star")(star).compute(3) == 3
+    assert wallaroo.computation(name="inst")(Callable()).compute(4) == 4
+    assert wallaroo.encoder(lambda x: x).encode("y") == "y"
+    with pytest.raises(wallaroo.WallarooParameterError, match="must accept 1 positional"):
+        wallaroo.computation(name="kw")(lambda data, *, keyword: data)
+    with pytest.raises(wallaroo.WallarooParameterError, match="expected a function, got 5"):
+        wallaroo.partition(5)
+
+
+def _state_app(**extra):
+    """A 0.5 app (to_sinks) whose second step is configurable."""
+
+    @wallaroo.state_computation(name="count")
+    def count(x, state):
+        return (x, True)
+
+    ab = wallaroo.ApplicationBuilder("checks")
+    ab.new_pipeline("p", wallaroo.GenSourceConfig(Gen())).to_stateful(count, Counter, "tally")
+    ab.to_sinks([wallaroo.TCPSinkConfig("127.0.0.1", 9, encode)])
+    return ab, count
+
+
+@wallaroo.partition
+def _by_parity(x):
+    return x % 2
+
+
+def test_05_build_rejects_a_reused_pipeline_name():
+    ab, _ = _state_app()
+    ab.new_pipeline("p", wallaroo.GenSourceConfig(Gen())).to(double).done()
+    with pytest.raises(wallaroo.WallarooParameterError) as err:
+        ab.build()
+    assert str(err.value) == (
+        "ApplicationBuilder.build(): new_pipeline('p', ...): a pipeline named 'p' exists already; "
+        "pipeline names must be unique (Wallaroo 0.5 checks this; the app is 0.5 because it "
+        "calls GenSourceConfig(...))"
+    )
+
+
+def test_05_build_rejects_a_state_name_with_another_class_or_partitioning():
+    ab, count = _state_app()
+    ab.new_pipeline("q", wallaroo.GenSourceConfig(Gen())).to_stateful(count, dict, "tally")
+    with pytest.raises(wallaroo.WallarooParameterError) as err:
+        ab.build()
+    assert "to_stateful(" in str(err.value) and "state 'tally' is made by Counter" in str(err.value)
+    ab, count = _state_app()
+    ab.new_pipeline("q", wallaroo.GenSourceConfig(Gen()))
+    ab.to_state_partition(count, Counter, "tally", _by_parity, ["0", "1"])
+    keys = r"partitioned by keys None .*here by \['0', '1'\]"
+    with pytest.raises(wallaroo.WallarooParameterError, match=keys):
+        ab.build()
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [(["a", "b", "a"], "partition key 'a' is listed twice"), ([["a"]], "cannot be hashed")],
+)
+def test_05_build_rejects_bad_partition_keys(keys, problem):
+    ab, count = _state_app()
+    ab.new_pipeline("q", wallaroo.GenSourceConfig(Gen()))
+    ab.to_state_partition(count, Counter, "by key", _by_parity, keys).to_sink(
+        wallaroo.TCPSinkConfig("127.0.0.1", 9, encode)
+    )
+    with pytest.raises(wallaroo.WallarooParameterError, match=problem):
+        ab.build()
+
+
+def test_05_build_needs_a_sink_and_042_build_checks_nothing():
+    ab = wallaroo.ApplicationBuilder("no sink")
+    ab.new_pipeline("p", wallaroo.GenSourceConfig(Gen())).to(double).done()
+    with pytest.raises(wallaroo.WallarooParameterError, match="the application has no sink"):
+        ab.build()
+    # The same mistakes in a 0.4.2 app: 0.4.2's build() did not check them.
+    ab = wallaroo.ApplicationBuilder("0.4.2")
+    source = wallaroo.TCPSourceConfig("127.0.0.1", 0, decode)
+    ab.new_pipeline("p", source).to(double).done()
+    ab.new_pipeline("p", source).to(double).done()
+    assert [a[0] for a in ab.build()] == ["name", "new_pipeline", "to", "done"] * 1 + [
+        "new_pipeline",
+        "to",
+        "done",
+    ]
+
+
+def test_05_int_partition_keys_become_characters():
+    @wallaroo.state_computation(name="total")
+    def total(x, state):
+        return (x, True)
+
+    def plan(*sinks):
+        ab = wallaroo.ApplicationBuilder("keys")
+        ab.new_pipeline("p", wallaroo.TCPSourceConfig("127.0.0.1", 0, decode))
+        ab.to_state_partition(total, Counter, "t", _by_parity, ["\x00", "\x01"])
+        ab.to_sinks(sinks) if len(sinks) > 1 else ab.to_sink(sinks[0])
+        return compile_plan(ab.build(), "app.py")
+
+    sink = wallaroo.TCPSinkConfig("127.0.0.1", 9, encode)
+    plan05 = plan(sink, sink)
+    assert plan05["api_version"] == versions.V05
+    assert plan05["pipelines"][0]["steps"][0]["partition"](3) == "\x01"
+    plan042 = plan(sink)
+    assert plan042["api_version"] == versions.V042
+    assert plan042["pipelines"][0]["steps"][0]["partition"](3) == 1
+
+
+def test_05_names_of_the_base_classes():
+    assert isinstance(_by_parity, wallaroo.Partition)
+    assert isinstance(double, wallaroo.BaseWrapped) and isinstance(decode, wallaroo.OctetDecoder)
+    assert isinstance(encode, wallaroo.OctetEncoder)
+    assert wallaroo.StateBuilder("s", Counter).____wallaroo_build____() == Counter()
+
+
+BAD_ARITY_APP = '''
+import wallaroo
+
+@wallaroo.state_computation(name="add up")
+def add_up(vote):
+    return (vote, True)
+
+def application_setup(args):
+    raise AssertionError("not reached")
+'''
+
+
+def test_a_bad_arity_fails_the_start_naming_the_function(run_app, tmp_path):
+    app = tmp_path / "bad_arity.py"
+    app.write_text(BAD_ARITY_APP)
+    result = run_app(app)
+    assert result.returncode != 0
+    assert (
+        f"@wallaroo.state_computation(name='add up') on add_up() ({app}, line 4): the function "
+        "must accept 2 positional arguments (data, state)"
+    ) in result.stderr
+    assert "not reached" not in result.stderr
