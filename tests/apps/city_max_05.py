@@ -34,7 +34,7 @@ def application_setup(args):
     return ab.build()
 
 
-class Hottest(object):
+class Hottest:
     def __init__(self):
         self.celsius = None
 
@@ -55,7 +55,7 @@ def keep_max(reading, hottest):
     city, celsius = reading
     if hottest.celsius is None or celsius > hottest.celsius:
         hottest.celsius = celsius
-    return ("%s max %.1f" % (city, hottest.celsius), True)
+    return (f"{city} max {hottest.celsius:.1f}", True)
 
 
 @wallaroo.experimental.stream_message_encoder
