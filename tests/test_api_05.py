@@ -410,3 +410,103 @@ def test_a_bad_arity_fails_the_start_naming_the_function(run_app, tmp_path):
         "must accept 2 positional arguments (data, state)"
     ) in result.stderr
     assert "not reached" not in result.stderr
+
+
+def test_05_chained_pipelines_share_state_and_a_second_may_end_in_done():
+    """0.5.4 market_spread's shape: ``.to_sink(...).new_pipeline(...)`` without
+    ``done()`` between, the second pipeline sink-less, ended by ``done()``,
+    both on one state name."""
+
+    @wallaroo.state_computation(name="check order")
+    def check(order, quotes):
+        return (None, False)
+
+    @wallaroo.state_computation(name="update quote")
+    def update(quote, quotes):
+        return (None, True)
+
+    keys = ["AA", "BB"]
+    ab = wallaroo.ApplicationBuilder("spread")
+    ab.new_pipeline("Orders", wallaroo.GenSourceConfig(Gen()))
+    ab.to_state_partition(check, dict, "quotes", _by_parity, keys)
+    ab.to_sink(wallaroo.TCPSinkConfig("127.0.0.1", 9, encode))
+    ab.new_pipeline("Quotes", wallaroo.GenSourceConfig(Gen()))
+    ab.to_state_partition(update, dict, "quotes", _by_parity, keys).done()
+    plan = compile_plan(ab.build(), "spread.py")
+    assert plan["api_version"] == versions.V05
+    orders, quotes = plan["pipelines"]
+    assert (orders["name"], orders["sink"]["kind"]) == ("Orders", "tcp")
+    assert (quotes["name"], quotes["sink"]) == ("Quotes", None)
+    assert [s["state_name"] for s in orders["steps"] + quotes["steps"]] == ["quotes", "quotes"]
+    assert list(plan["states"]) == ["quotes"]
+
+
+PRINTING_APP = '''
+import wallaroo
+
+def application_setup(args):
+    port = args[args.index("--port") + 1]
+    ab = wallaroo.ApplicationBuilder("printing")
+    ab.new_pipeline("p", wallaroo.TCPSourceConfig("127.0.0.1", port, decode))
+    ab.to(show).to_sinks([wallaroo.FileSinkConfig(args[args.index("--out") + 1], encode)])
+    return ab.build()
+
+@wallaroo.decoder(header_length=4, length_fmt=">I")
+def decode(bs):
+    return bs.decode()
+
+@wallaroo.computation(name="show")
+def show(text):
+    print("saw " + text)
+    return text
+
+@wallaroo.encoder
+def encode(text):
+    return text + "\\n"
+'''
+
+
+@pytest.mark.timeout(120)
+def test_05_app_output_to_a_pipe_shows_at_once(app_env, free_port, tmp_path):
+    """0.5.4 flushed stdout at every write when it was not a terminal: a
+    line the app prints reaches the pipe while it runs, not at its exit."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    app = tmp_path / "printing.py"
+    app.write_text(PRINTING_APP)
+    env = app_env()
+    env.pop("PYTHONUNBUFFERED", None)
+    port = free_port()
+    argv = [sys.executable, "-m", "wallaroo", str(app), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*argv, "--out", str(tmp_path / "out.txt")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "app not listening"
+                time.sleep(0.1)
+        with conn:
+            conn.sendall(len(b"hello").to_bytes(4, "big") + b"hello")
+            while b"saw hello\n" not in lines:
+                assert time.monotonic() < deadline, f"not printed while running: {lines}"
+                assert proc.poll() is None, "the app exited"
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)

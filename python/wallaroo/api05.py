@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from typing import Any
 
 from wallaroo import (
@@ -86,6 +87,16 @@ class DefaultKafkaSinkCLIParser:
 
     def to_tuple(self) -> tuple:
         return ("kafka-internal", self.name, self.encoder)
+
+
+def flush_every_line() -> None:
+    """0.5.4 and 0.6 flushed the app's standard output and error at every
+    write when they were not a terminal (a pipe, a file), so what an app
+    prints shows at once there: here at every line (``print`` ends one)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure) and not stream.isatty():
+            reconfigure(line_buffering=True)
 
 
 def _flag_prefix(name: str) -> str:

@@ -311,6 +311,10 @@ def main(argv: list | None = None) -> int:
         plan = compile_plan(actions, origin, args=app_args)
     except ApplicationError as err:
         return _fail(EXIT_BAD_APP, str(err))
+    if plan.get("api_version") != "0.4.2":
+        from wallaroo.api05 import flush_every_line
+
+        flush_every_line()
     plan.update(_app_codecs(module))
     return run_plan(plan, opts, demo=demo)
 
