@@ -194,6 +194,31 @@ def test_scripts_find_their_connector_in_either_version():
         SourceConnector(_script_args(CITY, "readings"), required_params=["file"])
 
 
+TO_SINKS_06 = """
+import wallaroo
+import wallaroo.experimental as ex
+
+def application_setup(args):
+    feed = ex.SourceConnectorConfig("feed", codec, codec, 7500, host="127.0.0.2")
+    sinks = [ex.SinkConnectorConfig(name, codec, codec, port) for name, port in
+             [("left", 7501), ("right", 7502)]]
+    return wallaroo.build_application("fan", wallaroo.source("s", feed).to_sinks(sinks))
+
+@ex.stream_message_encoder
+def codec(x):
+    return x
+"""
+
+
+def test_a_06_script_finds_a_sink_connector_inside_to_sinks(tmp_path):
+    app = tmp_path / "fan_06.py"
+    app.write_text(TO_SINKS_06)
+    sink = SinkConnector(_script_args(str(app), "right"))
+    assert (sink._host, sink._port) == ("127.0.0.1", "7502")
+    source = SourceConnector(_script_args(str(app), "feed"))
+    assert (source._host, source._port) == ("127.0.0.2", "7500")
+
+
 def test_sink_connector_reads_frames_from_any_connection(free_port):
     port = free_port()
     sink = SinkConnector(_script_args(CITY, "maxima", "--report-port", str(port)))
