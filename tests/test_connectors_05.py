@@ -262,8 +262,11 @@ def test_source_connector_waits_for_the_application(free_port):
 
 
 def _start_script(name: str, *args: str, env: dict) -> subprocess.Popen:
+    """Start a connector script; a Python 2 one (``py2_*``) through
+    ``python -m wallaroo.experimental``, which translates it."""
+    runner = ["-m", "wallaroo.experimental"] if name.startswith("py2_") else []
     return subprocess.Popen(
-        [sys.executable, str(SCRIPTS / name), *args],
+        [sys.executable, *runner, str(SCRIPTS / name), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -273,7 +276,9 @@ def _start_script(name: str, *args: str, env: dict) -> subprocess.Popen:
     )
 
 
-def _run_between_scripts(tcp_app, app_env, app, app_flags, feed, out, lines, tmp_path):
+def _run_between_scripts(
+    tcp_app, app_env, app, app_flags, feed, out, lines, tmp_path, source_script="lines_source"
+):
     """Start the sink script, the app and the source script (in that order,
     as 0.5's ``run_sample``); return the lines the sink script received."""
     env = app_env()
@@ -296,7 +301,7 @@ def _run_between_scripts(tcp_app, app_env, app, app_flags, feed, out, lines, tmp
         assert sink.stdout is not None and sink.stdout.readline() == "listening\n", sink.stderr
         with tcp_app(APPS / app, *app_flags, env=env) as running:
             source = _start_script(
-                "lines_source",
+                source_script,
                 *common,
                 "--connector",
                 feed,
@@ -315,7 +320,9 @@ def _run_between_scripts(tcp_app, app_env, app, app_flags, feed, out, lines, tmp
 
 
 @pytest.mark.timeout(180)
-def test_a_05_app_runs_between_connector_scripts(tcp_app, app_env, free_port, tmp_path):
+def test_a_05_app_runs_between_connector_scripts_one_in_python_2(
+    tcp_app, app_env, free_port, tmp_path
+):
     cities = ["oslo", "rome", "lima"] * 20
     readings = [f"{city}:{(i * 7) % 23 - 5}.5" for i, city in enumerate(cities)]
     feed_port, report_port = free_port(), free_port()
@@ -328,6 +335,7 @@ def test_a_05_app_runs_between_connector_scripts(tcp_app, app_env, free_port, tm
         "maxima",
         readings,
         tmp_path,
+        source_script="py2_lines_source",  # a Python 2 script, as 0.5's were
     )
     # Independently: each reading's city and the highest value of that city so far.
     expected: dict = {}
@@ -357,3 +365,24 @@ def test_a_06_app_runs_between_the_same_connector_scripts(tcp_app, app_env, free
         tmp_path,
     )
     assert got == [w.upper() for w in words]
+
+
+def test_the_script_runner_translates_python_2_and_passes_the_arguments(
+    tmp_path, capsys, monkeypatch
+):
+    from wallaroo.experimental.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the runner sets the script's
+
+    script = tmp_path / "py2_script"
+    out = tmp_path / "out.txt"
+    script.write_text(
+        "import sys\n"
+        "d = {'a': 1}\n"
+        "print >>open(sys.argv[2], 'w'), sys.argv[1], d.has_key('a'), __name__\n"
+    )
+    assert main([str(script), "hello", str(out)]) == 0
+    assert out.read_text() == "hello True __main__\n"
+    assert main([]) == 2
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "cannot read the connector script" in capsys.readouterr().err
