@@ -477,6 +477,53 @@ def test_watermarks_travel_with_the_keys_windows(monkeypatch):
     assert late == [("k", 30)]  # [30, 40) is due at watermark 47
 
 
+class Bounds(Ids):
+    """Ids with each window's bounds in its output."""
+
+    def output_window(self, key, acc, start, end):
+        return (key, start, sorted(acc))
+
+
+def test_every_due_window_fires_on_the_tick_and_no_other_does(monkeypatch):
+    """Random out-of-order events of a few keys, a timer tick after random
+    records: after each tick the windows fired so far are exactly those due,
+    computed here from the events taken (a window holding one of them, not
+    due when it came, and ending at least the allowed lateness before the
+    newest event time)."""
+    Clock(monkeypatch, 0)
+    rng = random.Random(19)
+    for trial in range(300):
+        slide = rng.choice([1, 2, 5])
+        wrange = slide * rng.choice([1, 2, 3])
+        lateness = rng.choice([0, 1, 4])
+        builder = wallaroo.range_windows(wrange).with_slide(slide)
+        builder = builder.with_allowed_lateness(lateness).with_event_time(_event_time)
+        stage = win.EventRangeStage(builder.over(Bounds), lambda d: d[0], 1, f"test/due{trial}")
+        states: dict = {}
+        taken: dict = defaultdict(set)
+        fired: list = []
+        newest, t = None, 0
+        for _ in range(rng.randint(1, 40)):
+            t += rng.randint(0, 4)
+            record = (rng.choice("abc"), max(0, t - rng.choice([0, 0, 3, 9])))
+            result = stage.process(record, states.setdefault(record[0], stage.new_state()), (0, 0))
+            fired += result[0]
+            newest = record[1] if newest is None else max(newest, record[1])
+            if len(result) == 2:
+                taken[record[0]].add((record[1], newest))
+            if rng.random() < 0.5:
+                fired += [out for _key, outs in stage.tick(states, False) for out in outs]
+                due = {
+                    (key, start)
+                    for key, times in taken.items()
+                    for e, then in times
+                    for start in range(e // slide * slide - wrange + slide, e + 1, slide)
+                    # Due now, and not yet when the event came (it joined no due window).
+                    if then - lateness < start + wrange <= newest - lateness
+                }
+                assert sorted((key, start) for key, start, _ in fired) == sorted(due), trial
+
+
 def test_event_times_in_every_accepted_form():
     import datetime as dt
 

@@ -202,8 +202,10 @@ class _Compiler:
         # Event-time windows keep watermarks per source partition: the engine
         # passes the record's (reader, stream) as `origin`.
         origin = isinstance(runner, EventRangeStage)
-        source_of = {"source": source} if origin else {}
-        func = functools.partial(runner.process, key_of=key_of, **source_of)
+        if origin:
+            func = runner.step_for(source, key_of)
+        else:
+            func = functools.partial(runner.process, key_of=key_of)
         step = contract.Step(kind="multi", name=name, func=func)
         return contract.state_step(step, state_name, key_of, tick=runner.tick, origin=origin)
 

@@ -318,8 +318,10 @@ def _restore_key_windows(fields: dict) -> KeyWindows:
     watermarks = fields.pop("watermarks", None)
     windows.__dict__.update(fields)
     stage = _STAGES.get(windows.stage)
-    if stage is not None and watermarks:
-        stage.learn(*watermarks)
+    if stage is not None:
+        stage.reindex = True  # a key the timer's buckets do not know yet
+        if watermarks:
+            stage.learn(*watermarks)
     return windows
 
 
@@ -335,6 +337,8 @@ class KeyWindows:
         self.next_start = 0
         #: Range windows: every window starting before this has fired.
         self.fired_to = 0
+        #: Event time: start of the earliest window holding data, not fired (None: none).
+        self.due: int | None = None
         #: Range windows: pane start -> accumulator (panes with data only).
         self.panes: dict = {}
         #: Range windows: the identity accumulator of ``combine`` (made once).
@@ -514,10 +518,12 @@ class RangeStage(_Stage):
             fired = True
         return fired
 
-    def _opens(self, windows: KeyWindows, pane: int) -> int:
-        """The windows a new pane opens: those holding it (from ``next_start``
-        on) that hold no other pane."""
-        slide, wrange, start = self.slide, self.range, windows.next_start
+    def _opens(self, windows: KeyWindows, pane: int, start: int | None = None) -> int:
+        """The windows a new pane opens: those holding it (from ``start``, by
+        default ``next_start``, on) that hold no other pane."""
+        slide, wrange = self.slide, self.range
+        if start is None:
+            start = windows.next_start
         first = start + max(0, -(-(pane - wrange + 1 - start) // slide)) * slide
         last = start + (pane - start) // slide * slide
         panes = windows.panes
@@ -537,8 +543,10 @@ class RangeStage(_Stage):
                 last = min(last, start + (above - wrange - start) // slide * slide)
         return max(0, (last - first) // slide + 1)
 
-    def _open_of(self, windows: KeyWindows) -> int:
-        panes, slide, start = windows.panes, self.slide, windows.next_start
+    def _open_of(self, windows: KeyWindows, start: int | None = None) -> int:
+        panes, slide = windows.panes, self.slide
+        if start is None:
+            start = windows.next_start
         held: set = set()
         for pane in panes:
             first = start + max(0, -(-(pane - self.range + 1 - start) // slide)) * slide
@@ -614,10 +622,21 @@ def _iso(ns: int | None) -> str:
 class EventRangeStage(RangeStage):
     """Range windows on event time, fired by watermarks (see the module docs).
 
-    ``partitions`` maps a source partition ``(source, reader worker, stream)``
-    to the newest event time seen on it; ``heard`` to when (wall clock) it last
-    sent a record. The watermark is the minimum over the partitions heard from
-    within the idle timeout, or the maximum over all when every one is idle.
+    ``table`` maps a source partition ``(source, reader worker, stream)`` to
+    ``[newest event time, last heard, active]``: last heard is wall-clock ns,
+    or None for "since the last tick" (records do not read the clock; the
+    timer stamps them), and active is whether the partition was heard from
+    within the idle timeout at the last tick (or sent since). The watermark
+    ``mark`` is the minimum newest time over the active partitions, or the
+    maximum over all when none is active; it never goes back. A record only
+    recomputes it when its partition is new, was idle, or was the slowest
+    one and passed the second slowest.
+
+    Per key (``KeyWindows``): ``due`` is the start of the earliest window
+    holding data and not fired (None: no data), ``fired_to`` the start every
+    earlier window has fired before. The timer finds the keys with due
+    windows in ``buckets`` (window start -> keys, starts in the heap
+    ``starts``) instead of scanning every key.
     """
 
     fire_empty = False
@@ -640,60 +659,106 @@ class EventRangeStage(RangeStage):
         else:
             self.extract = getattr(extractor, "extract_timestamp", extractor)
         self.idle_timeout = spec.idle_timeout
-        self.partitions: dict = {}
-        self.heard: dict = {}
-        #: The highest watermark so far.
-        self.floor: int | None = None
-        #: (next window start, sequence, key): when the timer looks at a key.
-        self.due: list = []
-        self.sequence = 0
-        #: Keys this stage knows of (a different count rebuilds ``due``).
+        self.window_output = getattr(self.agg, "output_window", None)
+        self.table: dict = {}
+        #: The watermark (None before any record); never goes back.
+        self.mark: int | None = None
+        #: The active partition whose newest time is the watermark (None: none active).
+        self.slowest: list | None = None
+        #: The second lowest newest time over the active partitions (or above).
+        self.runner_up: float = math.inf
+        #: Window start -> keys whose ``due`` was that start; the starts in a heap.
+        self.buckets: dict = {}
+        self.starts: list = []
+        #: Keys this stage knows of (a different count rebuilds the buckets).
         self.indexed = 0
+        #: Keys arrived other than by a record (restore, hand-over): rebuild.
+        self.reindex = False
+        self.steps: dict = {}
         _STAGES[stage_id] = self
 
     def new_state(self) -> KeyWindows:
         return KeyWindows(self.stage_id)
 
+    # -- watermarks ---------------------------------------------------------
+
+    @property
+    def partitions(self) -> dict:
+        """Source partition -> the newest event time seen on it."""
+        return {partition: entry[0] for partition, entry in self.table.items()}
+
+    @property
+    def floor(self) -> int | None:
+        """The highest watermark so far (the watermark itself: it never goes back)."""
+        return self.mark
+
     def learn(self, partitions: dict, floor: int | None) -> None:
         """Take the newer of ours and those of a snapshot or another worker, per
         partition; they count as heard from now."""
-        now = time.time_ns()
+        table = self.table
         for partition, newest in partitions.items():
-            if newest > self.partitions.get(partition, newest - 1):
-                self.partitions[partition] = newest
-            self.heard.setdefault(partition, now)
-        if floor is not None and (self.floor is None or floor > self.floor):
-            self.floor = floor
+            entry = table.get(partition)
+            if entry is None:
+                table[partition] = [newest, None, True]
+            elif newest > entry[0]:
+                entry[0] = newest
+        if floor is not None and (self.mark is None or floor > self.mark):
+            self.mark = floor
+        self._recompute()
+
+    def _join(self, partition: tuple, t: int) -> None:
+        """A record of a partition new to the stage or idle until now."""
+        entry = self.table.get(partition)
+        if entry is None:
+            self.table[partition] = [t, None, True]
+        else:
+            if t > entry[0]:
+                entry[0] = t
+            entry[1] = None
+            entry[2] = True
+        self._recompute()
+
+    def _recompute(self) -> None:
+        """The watermark from the table (activity as of the last tick)."""
+        active = sorted((e for e in self.table.values() if e[2]), key=_newest)
+        if active:
+            self.slowest = active[0]
+            self.runner_up = active[1][0] if len(active) > 1 else math.inf
+            mark = active[0][0]
+        elif self.table:
+            self.slowest, self.runner_up = None, math.inf
+            mark = max(e[0] for e in self.table.values())
+        else:
+            return
+        if self.mark is None or mark > self.mark:
+            self.mark = mark
 
     def watermark(self, now: int) -> int | None:
-        """The stage's watermark now (None before any record). It never goes
-        back: a partition sending again after being idle does not lower it."""
-        partitions = self.partitions
-        if len(partitions) == 1:
-            (mark,) = partitions.values()
-        elif not partitions:
-            return None
-        else:
-            heard, idle = self.heard, self.idle_timeout
-            active = [t for p, t in partitions.items() if now - heard.get(p, now) <= idle]
-            mark = min(active) if active else max(partitions.values())
-        if self.floor is not None and mark < self.floor:
-            return self.floor
-        self.floor = mark
-        return mark
+        """The stage's watermark at wall-clock ``now`` (None before any record):
+        partitions that sent since the last call count as heard at ``now``;
+        those silent longer than the idle timeout stop holding it back."""
+        idle = self.idle_timeout
+        for entry in self.table.values():
+            if entry[1] is None:
+                entry[1] = now
+            entry[2] = now - entry[1] <= idle
+        self._recompute()
+        return self.mark
 
     def watermarks(self) -> tuple:
-        now, idle = time.time_ns(), self.idle_timeout
-        heard = self.heard
+        """``(watermark, [(source, reader, stream, newest, idle), ...])``,
+        idleness as of the last tick."""
         partitions = [
-            (source, reader, stream, newest, now - heard.get((source, reader, stream), now) > idle)
-            for (source, reader, stream), newest in self.partitions.items()
+            (source, reader, stream, entry[0], not entry[2])
+            for (source, reader, stream), entry in self.table.items()
         ]
-        return (self.floor, partitions)
+        return (self.mark, partitions)
 
     def limit(self, watermark: int | None) -> int | None:
         """Windows ending before this are due (None: nothing is)."""
         return None if watermark is None else watermark - self.delay + 1
+
+    # -- records ------------------------------------------------------------
 
     def process(  # type: ignore[override]
         self,
@@ -704,62 +769,155 @@ class EventRangeStage(RangeStage):
         source: str = "",
     ) -> tuple:
         """The engine's state step (``origin``: the record's reader worker and
-        stream): add ``data`` at its event time, fire what is due; a late
-        record comes back as the third item, for the engine to keep."""
-        t = self.extract(data)
-        if type(t) is not int:
-            t = event_ns(t)
-        now = time.time_ns()
-        partition = (source, origin[0], origin[1])
-        partitions = self.partitions
-        if t > partitions.get(partition, t - 1):
-            partitions[partition] = t
-        self.heard[partition] = now
-        watermark = self.watermark(now)
-        outs: list = []
-        if not windows.started:
-            self._start(windows, data, key_of)
-            windows.next_start = windows.fired_to = None
-            self.indexed += 1
-        was = windows.next_start
-        slide = self.slide
-        if watermark is None:
-            open_from = windows.fired_to
-        else:
-            limit = watermark - self.delay + 1
-            if was is not None:
-                self.fire_until(windows, limit, False, outs)
-            # The earliest window still open: not fired for this key, not due.
-            open_from = ((limit - 1 - self.range) // slide + 1) * slide
-            if windows.fired_to is not None and windows.fired_to > open_from:
-                open_from = windows.fired_to
-        if open_from is not None and t // slide * slide < open_from:
-            self.late += 1
-            return (
-                outs,
-                True,
-                f"late event of key {windows.key!r:.100}: event time {_iso(t)}; its windows "
-                f"have fired (watermark {_iso(watermark)}, allowed lateness {self.delay} ns)",
-            )
-        # An earlier event of the key can open earlier windows.
-        first = ((t - self.range) // slide + 1) * slide
-        if open_from is not None and open_from > first:
-            first = open_from
-        if was is None or first < windows.next_start:
-            windows.next_start = first
-        if windows.next_start != was:
-            self._index(windows)
-        self._add(windows, data, t)
-        return (outs, True)
+        stream): see :meth:`step_for`."""
+        return self.step_for(source, key_of)(data, windows, origin)
 
-    def _index(self, windows: KeyWindows) -> None:
-        """Note when the timer must look at this key again (its next window)."""
-        self.sequence += 1
-        heapq.heappush(self.due, (windows.next_start, self.sequence, windows.key))
+    def step_for(
+        self, source: str, key_of: Any = None
+    ) -> Callable[[Any, KeyWindows, tuple], tuple]:
+        """The state step for the records of ``source``: ``step(data, windows,
+        origin)`` adds ``data`` at its event time and fires what is due; a late
+        record comes back as the third item, for the engine to keep. One
+        closure per source, everything it reads bound once."""
+        step = self.steps.get((source, key_of))
+        if step is not None:
+            return step
+        stage = self
+        table = self.table
+        extract = self.extract
+        update = self.agg.update
+        initial = self.agg.initial_accumulator
+        wrange, slide, pane, delay = self.range, self.slide, self.pane, self.delay
+        index = self._index
+        opens = self._opens
+        begin = self._begin
+        fire = self._fire
+
+        def step(data: Any, windows: KeyWindows, origin: tuple) -> tuple:
+            t = extract(data)
+            if type(t) is not int:
+                t = event_ns(t)
+            partition = (source, origin[0], origin[1])
+            entry = table.get(partition)
+            if entry is None or not entry[2]:
+                stage._join(partition, t)
+            else:
+                entry[1] = None
+                if t > entry[0]:
+                    entry[0] = t
+                    if entry is stage.slowest:
+                        if t <= stage.runner_up:
+                            if t > stage.mark:
+                                stage.mark = t
+                        else:
+                            stage._recompute()
+            limit = stage.mark - delay + 1
+            outs: list = []
+            if not windows.started:
+                begin(windows, data, key_of)
+            due = windows.due
+            if due is not None and due + wrange < limit:
+                fire(windows, limit, outs)
+                due = windows.due
+                if due is not None:
+                    index(due, windows.key)
+            # The earliest window still open: not fired for this key, not due.
+            open_from = ((limit - 1 - wrange) // slide + 1) * slide
+            fired_to = windows.fired_to
+            if fired_to is not None and fired_to > open_from:
+                open_from = fired_to
+            if t // slide * slide < open_from:
+                return (outs, True, stage._late(windows, t))
+            first = ((t - wrange) // slide + 1) * slide
+            if first < open_from:
+                first = open_from
+            if due is None or first < due:
+                windows.due = first
+                index(first, windows.key)
+            panes = windows.panes
+            at = t // pane * pane
+            acc = panes.get(at)
+            if acc is None:
+                stage.open_windows += opens(windows, at, first)
+                acc = panes[at] = initial()
+            update(data, acc)
+            return (outs, True)
+
+        self.steps[(source, key_of)] = step
+        return step
+
+    def _begin(self, windows: KeyWindows, data: Any, key_of: Any) -> None:
+        """The first record of a key."""
+        self._start(windows, data, key_of)
+        windows.fired_to = windows.due = None
+        self.indexed += 1
+
+    def _late(self, windows: KeyWindows, t: int) -> str:
+        self.late += 1
+        return (
+            f"late event of key {windows.key!r:.100}: event time {_iso(t)}; its windows "
+            f"have fired (watermark {_iso(self.mark)}, allowed lateness {self.delay} ns)"
+        )
+
+    # -- firing -------------------------------------------------------------
+
+    def _index(self, start: int, key: Any) -> None:
+        """Note that the timer must look at ``key`` once windows from ``start`` are due."""
+        bucket = self.buckets.get(start)
+        if bucket is None:
+            self.buckets[start] = [key]
+            heapq.heappush(self.starts, start)
+        else:
+            bucket.append(key)
+
+    def _fire(self, windows: KeyWindows, limit: int | None, outs: list) -> None:
+        """Fire the windows of one key that hold data and end before ``limit``
+        (None: every one), oldest first; windows without data are skipped."""
+        panes = windows.panes
+        held = sorted(panes)
+        last = len(held)
+        wrange, slide = self.range, self.slide
+        combine, output, window_output = self.agg.combine, self.agg.output, self.window_output
+        key, identity = windows.key, windows.identity
+        start = windows.due
+        lo = fired = 0
+        while limit is None or start + wrange < limit:
+            end = start + wrange
+            acc = identity
+            i = lo
+            while i < last and held[i] < end:
+                acc = combine(acc, panes[held[i]])
+                i += 1
+            if window_output is None:
+                out = output(key, acc)
+            else:
+                out = window_output(key, acc, start, end)
+            if out is not None:
+                outs.append(out)
+            fired += 1
+            start += slide
+            # Panes before the next window start are in no window left.
+            while lo < last and held[lo] < start:
+                del panes[held[lo]]
+                lo += 1
+            if lo == last:
+                break
+            first = ((held[lo] - wrange) // slide + 1) * slide
+            if first > start:
+                start = first
+        self.fired += fired
+        self.open_windows -= fired
+        windows.due = start if lo < last else None
+        if limit is not None:
+            # Windows before the first one not due have fired (those without data too).
+            open_from = ((limit - 1 - wrange) // slide + 1) * slide
+            if lo == last or open_from < start:
+                start = open_from
+        windows.fired_to = start
 
     def tick(self, states: dict, final: bool) -> list | None:
         """Fire the windows the watermark made due (``final``: every window once
-        all sources feeding the stage ended). Keys come from the index of next
+        all sources feeding the stage ended). Keys come from the buckets of due
         windows, rebuilt when keys arrived other than by a record (a restore,
         a hand-over) or left."""
         if final:
@@ -769,30 +927,43 @@ class EventRangeStage(RangeStage):
         limit = self.limit(self.watermark(time.time_ns()))
         if limit is None:
             return None
-        if len(states) != self.indexed:
-            self.due = []
-            for windows in states.values():
-                if windows.started and windows.panes:
-                    self._index(windows)
+        if self.reindex or len(states) != self.indexed:
+            self.buckets, self.starts = {}, []
+            for key, windows in states.items():
+                if windows.started and windows.due is not None:
+                    self._index(windows.due, key)
             self.indexed = len(states)
+            self.reindex = False
         bound = self.first_start(limit - 1)
         changed = []
-        due = self.due
-        while due and due[0][0] < bound:
-            start, _, key = heapq.heappop(due)
-            windows = states.get(key)
-            if windows is None or windows.next_start != start:
-                continue  # moved away, or fired on one of its records since
-            outs: list = []
-            if self.fire_until(windows, limit, False, outs):
+        starts, buckets = self.starts, self.buckets
+        while starts and starts[0] < bound:
+            start = heapq.heappop(starts)
+            for key in buckets.pop(start):
+                windows = states.get(key)
+                if windows is None or windows.due != start:
+                    continue  # moved away, or fired on one of its records since
+                outs: list = []
+                self._fire(windows, limit, outs)
                 changed.append((key, outs))
-            if windows.panes:
-                self._index(windows)
+                if windows.due is not None:
+                    self._index(windows.due, key)
         return changed
+
+    def _open_of(self, windows: KeyWindows, start: int | None = None) -> int:
+        # Windows before the earliest one holding data and not fired hold none.
+        return 0 if windows.due is None else super()._open_of(windows, windows.due)
 
     def fire(self, windows: KeyWindows, now: int, flush: bool, outs: list) -> bool:
         """``now`` is the fire limit here (see ``tick``)."""
-        return self.fire_until(windows, now, flush, outs)
+        if windows.due is None:
+            return False
+        self._fire(windows, None if flush else now, outs)
+        return True
+
+
+def _newest(entry: list) -> int:
+    return entry[0]
 
 
 class CountStage(_Stage):
