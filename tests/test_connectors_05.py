@@ -277,7 +277,16 @@ def _start_script(name: str, *args: str, env: dict) -> subprocess.Popen:
 
 
 def _run_between_scripts(
-    tcp_app, app_env, app, app_flags, feed, out, lines, tmp_path, source_script="lines_source"
+    tcp_app,
+    app_env,
+    app,
+    app_flags,
+    feed,
+    out,
+    lines,
+    tmp_path,
+    source_script="lines_source",
+    runner_flags=(),
 ):
     """Start the sink script, the app and the source script (in that order,
     as 0.5's ``run_sample``); return the lines the sink script received."""
@@ -299,7 +308,7 @@ def _run_between_scripts(
     source = None
     try:
         assert sink.stdout is not None and sink.stdout.readline() == "listening\n", sink.stderr
-        with tcp_app(APPS / app, *app_flags, env=env) as running:
+        with tcp_app(APPS / app, *app_flags, *runner_flags, env=env) as running:
             source = _start_script(
                 source_script,
                 *common,
@@ -319,9 +328,10 @@ def _run_between_scripts(
     return received.read_text().splitlines()
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_05_app_runs_between_connector_scripts_one_in_python_2(
-    tcp_app, app_env, free_port, tmp_path
+    tcp_app, app_env, free_port, tmp_path, workers
 ):
     cities = ["oslo", "rome", "lima"] * 20
     readings = [f"{city}:{(i * 7) % 23 - 5}.5" for i, city in enumerate(cities)]
@@ -336,6 +346,7 @@ def test_a_05_app_runs_between_connector_scripts_one_in_python_2(
         readings,
         tmp_path,
         source_script="py2_lines_source",  # a Python 2 script, as 0.5's were
+        runner_flags=["--workers", str(workers)] if workers > 1 else [],
     )
     # Independently: each reading's city and the highest value of that city so far.
     expected: dict = {}
