@@ -366,9 +366,13 @@ def test_bad_input_counted_logged_and_kept(broker, tmp_path) -> None:
     assert "5000" in oversize["error"] and "1000" in oversize["error"]
     assert len(kept) == 5
     # Count in = good out + bad; the engine's own counters agree (the oversize record
-    # counts as out and as bad output, not as a delivery failure: it is kept).
+    # counts as out and as bad output, not as a delivery failure: it is kept; what
+    # counts as delivered is what the broker acknowledged).
     assert len(inputs) == len(records) + len(kept)
-    summary = rf"pipeline 'checked': {len(inputs)} in, {len(good) + 1} out, .* 0 not delivered"
+    summary = (
+        rf"pipeline 'checked': {len(inputs)} in, {len(good) + 1} out, .* "
+        rf"{len(good)} delivered, 0 not delivered"
+    )
     assert re.search(summary, log), log
 
 
@@ -481,6 +485,7 @@ def test_broker_lost_mid_run_loses_nothing(proxied_broker) -> None:
     # Observed: no duplicates and input order kept (idempotent producers on both sides).
     assert got == [f"SEQ-{i}" for i in range(n)]
     assert f"pipeline 'echo': {n} in, {n} out" in app.stderr, app.stderr
+    assert f"{n} delivered, 0 not delivered" in app.stderr, app.stderr
     # The engine's clients did lose their connections.
     assert re.search(r"librdkafka: .*Connect to \S+ failed: Connection refused", app.stderr)
 

@@ -156,10 +156,11 @@ impl PipelineMetrics {
     }
 
     /// The sink thread wrote a batch whose records were read at `read_ns`
-    /// ([`now_ns`]; 0: unknown): count it and observe the latency of each
-    /// record (one clock read per batch).
-    pub fn sink_wrote(&self, read_ns: impl ExactSizeIterator<Item = u64>) {
-        Self::add(&self.sink_records, read_ns.len() as u64);
+    /// ([`now_ns`]; 0: unknown), `delivered` of them delivered by the write:
+    /// count those and observe the latency of each record (one clock read
+    /// per batch).
+    pub fn sink_wrote(&self, delivered: u64, read_ns: impl Iterator<Item = u64>) {
+        Self::add(&self.sink_records, delivered);
         if !enabled() {
             return;
         }

@@ -48,6 +48,9 @@ pub struct DeliveryReports {
     topic: String,
     bad: Arc<BadInput>,
     metrics: Arc<PipelineMetrics>,
+    /// Transactional: a record counts as delivered when its transaction
+    /// commits, not when the brokers acknowledge it.
+    transactional: bool,
     /// Records the brokers acknowledged since the open transaction began
     /// (transactional mode: what a failed or aborted transaction loses).
     acked: AtomicU64,
@@ -60,7 +63,11 @@ impl ProducerContext for DeliveryReports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if result.is_ok() {
-            self.acked.fetch_add(1, Ordering::Relaxed);
+            if self.transactional {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            } else {
+                PipelineMetrics::add(&self.metrics.sink_records, 1);
+            }
         }
         if let Err((error, message)) = result {
             PipelineMetrics::add(&self.metrics.sink_errors, 1);
@@ -107,6 +114,7 @@ impl KafkaWriter {
             topic: plan.topic.clone(),
             bad: ctx.bad.clone(),
             metrics: ctx.metrics.clone(),
+            transactional: ctx.transactional_id.is_some(),
             acked: AtomicU64::new(0),
         };
         let mut settings = vec![
@@ -166,6 +174,7 @@ impl KafkaWriter {
         let records = self.producer.context().acked.swap(0, Ordering::Relaxed);
         match result {
             Ok(()) => {
+                PipelineMetrics::add(&self.metrics.sink_records, records);
                 log::debug!(
                     "{}: transaction of snapshot {snapshot} committed ({records} records) in {:?}",
                     self.label(),
@@ -197,6 +206,9 @@ impl KafkaWriter {
         }
         let _ = self.producer.flush(self.final_flush);
         let records = self.producer.context().acked.swap(0, Ordering::Relaxed);
+        // Aborted: not delivered (the run ended in an error; its next start
+        // produces them again from the last snapshot).
+        PipelineMetrics::add(&self.metrics.sink_errors, records);
         match self.producer.abort_transaction(TRANSACTION_TIMEOUT) {
             Ok(()) if records > 0 => log::warn!(
                 "{}: aborted the open transaction: its {records} records came after the last \
@@ -249,7 +261,9 @@ impl KafkaWriter {
 }
 
 impl BatchWriter for KafkaWriter {
-    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()> {
+    /// Returns 0: a record counts as delivered when the brokers acknowledge
+    /// it (transactional: when its transaction commits).
+    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<u64> {
         for record in batch {
             if record.value.len() > self.max_message_size {
                 // Bad output, like bad input: kept, not a delivery failure.
@@ -269,7 +283,7 @@ impl BatchWriter for KafkaWriter {
             self.send(record);
         }
         self.producer.poll(Duration::ZERO);
-        Ok(())
+        Ok(0)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -392,14 +406,17 @@ mod tests {
     fn a_failed_final_flush_counts_its_records_as_not_delivered() {
         let cluster = MockCluster::new(1).unwrap();
         let mut sink = writer(&cluster, "final-flush", false);
-        sink.write_batch(&records(3)).unwrap();
+        assert_eq!(sink.write_batch(&records(3)).unwrap(), 0);
         sink.finish().unwrap();
+        // Counted as delivered once acknowledged, not when handed over.
+        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_records), 3);
         cluster.broker_down(1).unwrap();
         sink.final_flush = Duration::from_millis(500);
         sink.write_batch(&records(7)).unwrap();
         let err = sink.finish().unwrap_err().to_string();
         assert!(err.contains("7 records not acknowledged"), "{err}");
         assert_eq!(PipelineMetrics::get(&sink.metrics.sink_errors), 7);
+        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_records), 3);
         assert_eq!(sink.bad.counts().get("delivery_failed"), Some(&7));
     }
 
@@ -409,6 +426,7 @@ mod tests {
         let mut sink = writer(&cluster, "failed-commit", true);
         sink.write_batch(&records(4)).unwrap();
         sink.sync(1).unwrap();
+        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_records), 4);
         sink.write_batch(&records(5)).unwrap();
         cluster.request_errors(
             RDKafkaApiKey::EndTxn,
@@ -418,6 +436,7 @@ mod tests {
         assert!(err.contains("snapshot 2 failed to commit"), "{err}");
         assert!(err.contains("its 5 records are not delivered"), "{err}");
         assert_eq!(PipelineMetrics::get(&sink.metrics.sink_errors), 5);
+        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_records), 4);
         let end = sink.finish().unwrap_err().to_string();
         assert_eq!(end, err);
         let aborted = sink.control.peek_abort().unwrap_or_default();
@@ -432,6 +451,8 @@ mod tests {
         sink.sync(1).unwrap();
         sink.write_batch(&records(3)).unwrap();
         sink.finish().unwrap();
-        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_errors), 0);
+        // Committed: delivered; aborted: not (a run started again makes them).
+        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_records), 2);
+        assert_eq!(PipelineMetrics::get(&sink.metrics.sink_errors), 3);
     }
 }

@@ -29,7 +29,7 @@ impl ManyWriter {
 }
 
 impl BatchWriter for ManyWriter {
-    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()> {
+    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<u64> {
         let mut parts: Vec<Vec<Output>> = vec![Vec::new(); self.writers.len()];
         for record in batch {
             if let Some(part) = parts.get_mut(usize::from(record.sink)) {
@@ -37,10 +37,15 @@ impl BatchWriter for ManyWriter {
             }
         }
         let mut parts = parts.into_iter();
+        let mut delivered = 0;
         self.each(|writer| match parts.next() {
-            Some(part) if !part.is_empty() => writer.write_batch(&part),
+            Some(part) if !part.is_empty() => {
+                delivered += writer.write_batch(&part)?;
+                Ok(())
+            }
             _ => Ok(()),
-        })
+        })?;
+        Ok(delivered)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -69,13 +74,13 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Vec<u8>>>>, &'static str);
 
     impl BatchWriter for Recorder {
-        fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()> {
+        fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<u64> {
             let mut seen = self
                 .0
                 .lock()
                 .map_err(|_| std::io::Error::other("poisoned"))?;
             seen.extend(batch.iter().map(|r| r.value.clone()));
-            Ok(())
+            Ok(batch.len() as u64)
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
@@ -106,7 +111,8 @@ mod tests {
             output(b"3", 0),
             output(b"x", 7),
         ];
-        many.write_batch(&batch).expect("write");
+        // Delivered: what the sinks said they delivered (no sink 7).
+        assert_eq!(many.write_batch(&batch).expect("write"), 3);
         assert_eq!(*a.lock().expect("lock"), vec![b"1".to_vec(), b"3".to_vec()]);
         assert_eq!(*b.lock().expect("lock"), vec![b"2".to_vec()]);
         assert_eq!(many.label(), "a + b");

@@ -82,8 +82,11 @@ pub struct SinkHandle {
 
 /// Something a sink thread writes batches to.
 pub trait BatchWriter: Send {
-    /// Write one batch; errors are counted and logged by the caller.
-    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()>;
+    /// Write one batch; errors are counted and logged by the caller. Returns
+    /// how many of its records are delivered by this write (the caller counts
+    /// them); a writer that learns of its deliveries later (Kafka: when the
+    /// brokers acknowledge them) counts them itself and returns 0.
+    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<u64>;
     /// Push buffered bytes out.
     fn flush(&mut self) -> std::io::Result<()>;
     /// Name for logs.
@@ -111,11 +114,11 @@ pub struct StreamWriter<W: Write + Send> {
 }
 
 impl<W: Write + Send> BatchWriter for StreamWriter<W> {
-    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()> {
+    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<u64> {
         for record in batch {
             self.out.write_all(&record.value)?;
         }
-        Ok(())
+        Ok(batch.len() as u64)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -183,9 +186,10 @@ fn write_loop(
         };
         let bytes: usize = batch.iter().map(|r| r.value.len()).sum();
         match writer.write_batch(&batch) {
-            Ok(()) => {
+            Ok(delivered) => {
                 PipelineMetrics::add(&ctx.metrics.bytes_out, bytes as u64);
-                ctx.metrics.sink_wrote(batch.iter().map(|r| r.read_ns));
+                ctx.metrics
+                    .sink_wrote(delivered, batch.iter().map(|r| r.read_ns));
                 if failing > 0 {
                     log::warn!(
                         "pipeline {:?}: {}: delivering again, after {failing} records not \

@@ -135,9 +135,10 @@ impl BatchWriter for TcpWriter {
     /// A lost connection is made again (waiting up to the connect timeout,
     /// the pipeline held back meanwhile) and the whole batch written again:
     /// at-least-once.
-    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<()> {
+    fn write_batch(&mut self, batch: &[Output]) -> std::io::Result<u64> {
+        let delivered = batch.len() as u64;
         match self.try_write(batch) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(delivered),
             Err(first) if self.stream.is_some() => {
                 log::warn!(
                     "pipeline {:?}: TCP sink {}:{} lost its connection ({first}); \
@@ -148,7 +149,7 @@ impl BatchWriter for TcpWriter {
                 );
                 self.stream = None;
                 crate::metrics::PipelineMetrics::add(&self.metrics.sink_retries, 1);
-                self.try_write(batch)
+                self.try_write(batch).map(|()| delivered)
             }
             Err(e) => Err(e),
         }
