@@ -11,11 +11,19 @@ watermark computed from the events sent.
 
 from __future__ import annotations
 
+import pickle
 import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import wallaroo
+from conftest import APPS_DIR
+from test_metrics import Scrape, metrics_url, output_lines, running, scrape, status_json, wait_for
 from wallaroo import windows as win
+from wallaroo.sender import send_messages
 
 
 class Clock:
@@ -156,3 +164,204 @@ def test_count_window_counters_match_the_outputs(monkeypatch):
     # Count windows name no start: key the expectation by the record ids alone.
     assert seen == _expected(records, outputs, late)
     assert seen[-1] == (0, len(outputs), 0)
+
+
+def test_the_report_counts_open_windows_again_when_keys_come_back(monkeypatch):
+    Clock(monkeypatch, 0)
+    spec = wallaroo.range_windows(30).with_slide(10).with_event_time(_time).over(Named)
+    stage = win.EventRangeStage(spec, _key, 1, "test/metrics/report")
+    stage.label("test/metrics/report", "Events", "Named")
+    records = _records(300, 9, seed=5, disorder=3, gaps=False)
+    states: dict = {}
+    for record in records:
+        stage.process(record, states.setdefault(record[0], stage.new_state()), (0, 0), source="src")
+    stage.tick(states, final=False)  # fire what is due: the fresh stage's tick fires nothing
+    assert stage.open_windows > 0
+    reports = []
+    monkeypatch.setattr(
+        "wallaroo._engine.metrics_windows", lambda *args: reports.append(args), raising=True
+    )
+    # A new process restores the keys from a snapshot: the report counts them.
+    snapshot = pickle.dumps(states)
+    fresh = win.EventRangeStage(spec, _key, 1, "test/metrics/report")
+    fresh.label("test/metrics/report", "Events", "Named")
+    restored = pickle.loads(snapshot)
+    assert fresh.timer(restored, final=False) == []
+    newest = max(t for _k, t, _i in records)
+    assert reports == [
+        (
+            "test/metrics/report", "Events", "Named", "event_time",
+            stage.open_windows, 0, 0, newest, [("src", 0, 0, newest, False)],
+        )
+    ]  # fmt: skip
+    # Half the keys move away (a hand-over): counted again at the next report.
+    for key in sorted(restored)[::2]:
+        del restored[key]
+    fresh.report(restored)
+    assert reports[-1][4] == sum(fresh._open_of(w) for w in restored.values()) > 0
+
+
+# ---------------------------------------------------------------------------
+# End to end: /metrics and /status of a running event-time app
+# ---------------------------------------------------------------------------
+
+TCP_EVENT_APP = APPS_DIR / "tcp_event_windows_06.py"
+RANGE, SLIDE, LATENESS = 100, 50, 20
+
+
+class Events:
+    """``n`` events ``key event_time_ms id`` for ``tcp_event_windows_06.py``,
+    event times starting a minute before now: in order up to LATENESS ms
+    (never late, on any worker) and about 3% very late ones (a full window
+    plus the lateness behind their key's newest event: late on any worker).
+    What the app must make of them is computed here from the events alone."""
+
+    def __init__(self, n: int, keys: int, seed: int) -> None:
+        rng = random.Random(seed)
+        clock = int(time.time() * 1000) - 60_000
+        newest: dict = {}
+        self.payloads: list = []
+        self.windows: dict = defaultdict(list)
+        self.late: list = []
+        for ident in range(n):
+            clock += rng.randrange(0, 3)
+            key = f"k{rng.randrange(keys)}"
+            if key in newest and rng.random() < 0.03:
+                ms = newest[key] - (RANGE + LATENESS + rng.randrange(1, 300))
+                self.late.append(str(ident))
+            else:
+                ms = clock - rng.randrange(0, LATENESS + 1)
+                newest[key] = max(newest.get(key, ms), ms)
+                last = ms // SLIDE * SLIDE
+                for start in range(last - RANGE + SLIDE, last + 1, SLIDE):
+                    self.windows[(key, start)].append(str(ident))
+            self.payloads.append(f"{key} {ms} {ident}".encode())
+        #: The watermark once every event arrived (one source partition).
+        self.watermark_ms = max(newest.values())
+
+    def line(self, key: str, start: int) -> str:
+        return f"{key} {start} {','.join(self.windows[(key, start)])}"
+
+    def due(self, watermark_ms: int) -> list:
+        """The window lines a watermark fires."""
+        return sorted(
+            self.line(key, start)
+            for key, start in self.windows
+            if start + RANGE <= watermark_ms - LATENESS
+        )
+
+
+def _window_samples(s: Scrape, name: str) -> dict:
+    return {x.labels["worker"]: x.value for x in s.samples(name, step="Ids")}
+
+
+def _quiet(base: str, output: Path, events: Events, workers: int) -> Callable[[], object]:
+    """A check: every worker reported a window stage that took every event
+    (each window open or fired, each late event counted) and fired what the
+    output file shows."""
+
+    def check() -> object:
+        s = scrape(base)
+        fired = _window_samples(s, "wallaroo_window_fired_total")
+        opened = _window_samples(s, "wallaroo_window_open")
+        late = _window_samples(s, "wallaroo_window_late_events_total")
+        done = (
+            len(fired) == workers
+            and sum(fired.values()) + sum(opened.values()) == len(events.windows)
+            and sum(late.values()) == len(events.late)
+            and sum(fired.values()) == len(output_lines(output))
+        )
+        return s if done else None
+
+    return check
+
+
+@pytest.mark.timeout(120)
+def test_metrics_and_status_show_the_window_stage(tmp_path: Path) -> None:
+    events = Events(3000, 30, seed=19)
+    output, dead = tmp_path / "windows.txt", tmp_path / "late.jsonl"
+    args = ["--in", "127.0.0.1:0", "--output", str(output), "--dead-letter", str(dead)]
+    with running(str(TCP_EVENT_APP), *args) as app:
+        base = metrics_url(app)
+        ((_, _, port),) = app.listening()
+        assert send_messages("127.0.0.1", port, events.payloads) == len(events.payloads)
+        wait_for(_quiet(base, output, events, 1), 60, "the windows to settle")
+        before = time.time()
+        s, status = scrape(base), status_json(base)
+        after = time.time()
+    # The windows the final watermark made due fired, the others are open.
+    fired = events.due(events.watermark_ms)
+    assert sorted(output_lines(output)) == fired
+    labels = {"worker": "initializer", "pipeline": "Events", "step": "Ids"}
+    assert s.total("wallaroo_window_fired_total", **labels) == len(fired)
+    assert s.total("wallaroo_window_open", **labels) == len(events.windows) - len(fired) > 0
+    # Late events: each kept once in the dead-letter file, the same count as bad input.
+    late_kept = len(dead.read_text().splitlines())
+    assert s.total("wallaroo_window_late_events_total", **labels) == len(events.late) == late_kept
+    assert s.total("wallaroo_bad_input_total", kind="late_event") == len(events.late)
+    # The watermark is the newest event time; its lag, the worker's clock minus it.
+    watermark = events.watermark_ms / 1000
+    assert s.total("wallaroo_window_watermark_seconds", **labels) == pytest.approx(
+        watermark, abs=1e-3
+    )
+    lag = s.total("wallaroo_window_watermark_lag_seconds", **labels)
+    assert before - watermark - 0.01 <= lag <= after - watermark + 0.01
+    assert s.total("wallaroo_window_event_time_lag_seconds", **labels) == 0
+    # One source partition (the connection; its stream number is the source's).
+    (partition,) = s.samples("wallaroo_window_partition_event_time_seconds")
+    assert partition.value == pytest.approx(watermark, abs=1e-3)
+    assert {k: v for k, v in partition.labels.items() if k != "stream"} == {
+        **labels, "source": "Events", "reader": "0",
+    }  # fmt: skip
+    assert s.total("wallaroo_window_partition_lag_seconds", **partition.labels) == pytest.approx(
+        lag, abs=1e-3
+    )
+    assert s.total("wallaroo_window_partition_idle", **partition.labels) == 0
+    # /status: the same numbers, per stage and per worker.
+    (stage,) = status["windows"]
+    assert (stage["pipeline"], stage["step"], stage["kind"]) == ("Events", "Ids", "event_time")
+    assert (stage["open"], stage["fired"], stage["late_events"]) == (
+        len(events.windows) - len(fired), len(fired), len(events.late),
+    )  # fmt: skip
+    assert stage["watermark"] == pytest.approx(watermark, abs=1e-3)
+    (worker,) = stage["workers"]
+    assert worker["worker"] == "initializer" and worker["fired"] == len(fired)
+    stream = int(partition.labels["stream"])
+    assert [(p["source"], p["reader"], p["stream"], p["idle"]) for p in worker["partitions"]] == [
+        ("Events", 0, stream, False)
+    ]
+
+
+@pytest.mark.timeout(180)
+def test_each_worker_of_a_cluster_reports_its_windows(tmp_path: Path) -> None:
+    events = Events(3000, 30, seed=23)
+    output = tmp_path / "windows.txt"
+    args = ["--in", "127.0.0.1:0", "--output", str(output), "--workers", "2"]
+    with running(str(TCP_EVENT_APP), *args) as app:
+        base = metrics_url(app)
+        ((_, _, port),) = app.listening()
+        assert send_messages("127.0.0.1", port, events.payloads) == len(events.payloads)
+        s = wait_for(_quiet(base, output, events, 2), 90, "both workers' windows to settle")
+        status = status_json(base)
+    # Each worker fires by its own watermark (the newest event time of the
+    # records reaching its keys): what fired is what the output shows, each
+    # window once, and every window fired or open on one of the workers.
+    lines = output_lines(output)
+    assert len(set(lines)) == len(lines)
+    every = {events.line(key, start) for key, start in events.windows}
+    assert set(lines) <= every
+    fired = _window_samples(s, "wallaroo_window_fired_total")
+    assert sorted(fired) == ["worker-0", "worker-1"] and all(fired.values())
+    watermarks = _window_samples(s, "wallaroo_window_watermark_seconds")
+    assert sorted(watermarks) == ["worker-0", "worker-1"]
+    assert max(watermarks.values()) == pytest.approx(events.watermark_ms / 1000, abs=1e-3)
+    # The partition is the one the initializer's source reads, on both.
+    partitions = s.samples("wallaroo_window_partition_event_time_seconds")
+    assert sorted((x.labels["worker"], x.labels["reader"]) for x in partitions) == [
+        ("worker-0", "0"), ("worker-1", "0"),
+    ]  # fmt: skip
+    (stage,) = status["windows"]
+    assert [w["worker"] for w in stage["workers"]] == ["worker-0", "worker-1"]
+    assert stage["fired"] == len(lines)
+    assert stage["late_events"] == len(events.late)
+    assert stage["watermark"] == pytest.approx(min(watermarks.values()), abs=1e-3)

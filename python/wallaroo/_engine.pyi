@@ -86,3 +86,16 @@ def metrics_peer_lost(name: str, lost: bool = True) -> None:
 
 def metrics_totals() -> dict:
     """Totals over every known worker, for the progress line."""
+
+def metrics_windows(
+    stage: str,
+    pipeline: str,
+    step: str,
+    kind: str,
+    open: int,
+    fired: int,
+    late: int,
+    watermark: float | None,
+    partitions: list[tuple[str, int, int, float, bool]],
+) -> None:
+    """A window stage's counts, handed over at its timer tick (times in ns)."""

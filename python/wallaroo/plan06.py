@@ -207,7 +207,8 @@ class _Compiler:
         else:
             func = functools.partial(runner.process, key_of=key_of)
         step = contract.Step(kind="multi", name=name, func=func)
-        return contract.state_step(step, state_name, key_of, tick=runner.tick, origin=origin)
+        runner.label(state_name, source, name)
+        return contract.state_step(step, state_name, key_of, tick=runner.timer, origin=origin)
 
 
 def compile_application(app: tuple, origin: str, args: list | None = None) -> contract.Plan:

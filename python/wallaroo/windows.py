@@ -381,6 +381,8 @@ class _Stage:
         self.open_windows = 0
         self.late = 0
         self.keys = 0
+        #: Names in the metrics: (stage id, pipelines, step, kind); see ``label``.
+        self.labels: tuple = ("", [], "", self.kind)
 
     def new_state(self) -> KeyWindows:
         """A key's empty windows (the engine's state class)."""
@@ -390,6 +392,35 @@ class _Stage:
         out = self.agg.output(key, acc)
         if out is not None:
             outs.append(out)
+
+    def label(self, stage: str, pipeline: str, step: str) -> None:
+        """Name this stage in the metrics (a merged stage is in several pipelines)."""
+        _, pipelines, _, _ = self.labels
+        if pipeline not in pipelines:
+            pipelines.append(pipeline)
+        self.labels = (stage, pipelines, step, self.kind)
+
+    def timer(self, states: dict, final: bool) -> list | None:
+        """The engine's timer step: ``tick``, then hand the metrics over."""
+        try:
+            return self.tick(states, final)
+        finally:
+            self.report(states)
+
+    def report(self, states: dict) -> None:
+        """Hand this stage's metrics to the engine (once per timer tick)."""
+        from wallaroo._engine import metrics_windows
+
+        if len(states) != self.keys:
+            # Keys came back from a snapshot, or moved in or out: count again.
+            self.open_windows = sum(self._open_of(w) for w in states.values())
+            self.keys = len(states)
+        stage, pipelines, step, kind = self.labels
+        watermark, partitions = self.watermarks()
+        metrics_windows(
+            stage, "+".join(pipelines), step, kind,
+            self.open_windows, self.fired, self.late, watermark, partitions,
+        )  # fmt: skip
 
     def watermarks(self) -> tuple:
         """``(watermark, [(source, reader, stream, newest event time, idle), ...])``

@@ -7,7 +7,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::histogram::HistogramSnapshot;
-use super::snapshot::{KnownWorker, PipelineSnapshot, StepSnapshot, WorkerSnapshot};
+use super::snapshot::{
+    KnownWorker, PartitionSnapshot, PipelineSnapshot, StepSnapshot, WindowSnapshot, WorkerSnapshot,
+};
 
 /// The snapshots as a prometheus-client collector (encoded at each scrape).
 #[derive(Debug)]
@@ -373,6 +375,116 @@ fn write_epochs_and_state(e: Encoder, workers: &[&WorkerSnapshot]) -> Written {
     )
 }
 
+/// `worker="...",pipeline="...",step="..."` of a window stage.
+fn window_labels(s: &WorkerSnapshot, w: &WindowSnapshot) -> LabelPairs {
+    vec![
+        ("worker", s.worker.clone()),
+        ("pipeline", w.pipeline.clone()),
+        ("step", w.step.clone()),
+    ]
+}
+
+/// One sample per window stage of every worker, where `f` gives one.
+fn per_window(
+    workers: &[&WorkerSnapshot],
+    f: impl Fn(&WindowSnapshot) -> Option<f64>,
+) -> Vec<(LabelPairs, f64)> {
+    workers
+        .iter()
+        .flat_map(|s| {
+            s.windows
+                .iter()
+                .filter_map(|w| f(w).map(|v| (window_labels(s, w), v)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// One sample per source partition of every event-time window stage.
+fn per_partition(
+    workers: &[&WorkerSnapshot],
+    f: impl Fn(&PartitionSnapshot) -> f64,
+) -> Vec<(LabelPairs, f64)> {
+    let mut samples = Vec::new();
+    for s in workers {
+        for w in &s.windows {
+            for p in &w.partitions {
+                let mut labels = window_labels(s, w);
+                labels.push(("source", p.source.clone()));
+                labels.push(("reader", p.reader.to_string()));
+                labels.push(("stream", p.stream.to_string()));
+                samples.push((labels, f(p)));
+            }
+        }
+    }
+    samples
+}
+
+/// Window stages: open and fired windows, late events, watermarks.
+fn write_windows(e: Encoder, workers: &[&WorkerSnapshot]) -> Written {
+    gauge(
+        e,
+        "window_open",
+        "Windows of a window stage holding records that have not fired yet.",
+        per_window(workers, |w| Some(w.open as f64)),
+    )?;
+    counter(
+        e,
+        "window_fired",
+        "Windows a window stage fired (their output computed; on ingest time also empty ones).",
+        None,
+        per_window(workers, |w| Some(w.fired as f64)),
+    )?;
+    counter(
+        e,
+        "window_late_events",
+        "Records that came after all their windows fired (event time), by stage: the records of \
+         wallaroo_bad_input_total{kind=\"late_event\"}.",
+        None,
+        per_window(workers, |w| Some(w.late_events as f64)),
+    )?;
+    gauge(
+        e,
+        "window_watermark_seconds",
+        "An event-time window stage's watermark (Unix time): the minimum over its source \
+         partitions not idle.",
+        per_window(workers, |w| w.watermark),
+    )?;
+    gauge(
+        e,
+        "window_watermark_lag_seconds",
+        "How far the watermark is behind the worker's clock.",
+        per_window(workers, |w| w.watermark_lag_seconds),
+    )?;
+    gauge(
+        e,
+        "window_event_time_lag_seconds",
+        "How far the watermark is behind the newest event time of its partitions (what the \
+         slowest partition holds back).",
+        per_window(workers, |w| w.event_time_lag_seconds),
+    )?;
+    gauge(
+        e,
+        "window_partition_event_time_seconds",
+        "The newest event time seen on a source partition of an event-time window stage (Unix \
+         time).",
+        per_partition(workers, |p| p.event_time),
+    )?;
+    gauge(
+        e,
+        "window_partition_lag_seconds",
+        "How far a source partition's newest event time is behind the worker's clock.",
+        per_partition(workers, |p| p.lag_seconds),
+    )?;
+    gauge(
+        e,
+        "window_partition_idle",
+        "1 while a source partition is silent longer than the idle timeout (not holding the \
+         watermark back).",
+        per_partition(workers, |p| if p.idle { 1.0 } else { 0.0 }),
+    )
+}
+
 impl prometheus_client::collector::Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Written {
         let e = &mut encoder;
@@ -383,7 +495,8 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
         write_steps(e, &workers)?;
         write_batches_and_latency(e, &workers)?;
         write_sinks(e, &workers)?;
-        write_epochs_and_state(e, &workers)
+        write_epochs_and_state(e, &workers)?;
+        write_windows(e, &workers)
     }
 }
 
@@ -471,6 +584,7 @@ mod tests {
             dead_letter_failed: 1,
             recent_bad: Vec::new(),
             state_keys: BTreeMap::from([("counts".to_owned(), 42), ("totals".to_owned(), 7)]),
+            windows: fixed_windows(1_700_000_010.25),
         };
         let lost = WorkerSnapshot {
             worker: "worker-1".to_owned(),
@@ -495,6 +609,55 @@ mod tests {
                 lost: true,
             },
         ]
+    }
+
+    /// An event-time stage with two partitions (one idle) and a count stage.
+    pub(crate) fn fixed_windows(now: f64) -> Vec<WindowSnapshot> {
+        let partition = |stream, event_time, idle| PartitionSnapshot {
+            source: "Events".to_owned(),
+            reader: 0,
+            stream,
+            event_time,
+            idle,
+            ..PartitionSnapshot::default()
+        };
+        let event = WindowSnapshot {
+            stage: "app/1.0/Hourly".to_owned(),
+            pipeline: "Events".to_owned(),
+            step: "Hourly".to_owned(),
+            kind: "event_time".to_owned(),
+            open: 24,
+            fired: 1_000,
+            late_events: 3,
+            watermark: Some(1_700_000_000.0),
+            partitions: vec![
+                partition(0, 1_700_000_000.0, false),
+                partition(1, 1_700_000_004.5, true),
+            ],
+            ..WindowSnapshot::default()
+        };
+        let count = WindowSnapshot {
+            stage: "app/2.0/Batches".to_owned(),
+            pipeline: "Left+Right".to_owned(),
+            step: "Batches".to_owned(),
+            kind: "count".to_owned(),
+            open: 2,
+            fired: 7,
+            ..WindowSnapshot::default()
+        };
+        vec![event.at(now), count.at(now)]
+    }
+
+    #[test]
+    fn window_lags_are_taken_at_the_report() {
+        let windows = fixed_windows(1_700_000_010.25);
+        let event = &windows[0];
+        assert_eq!(event.watermark_lag_seconds, Some(10.25));
+        assert_eq!(event.event_time_lag_seconds, Some(4.5));
+        let lags: Vec<f64> = event.partitions.iter().map(|p| p.lag_seconds).collect();
+        assert_eq!(lags, [10.25, 5.75]);
+        assert_eq!(windows[1].watermark_lag_seconds, None);
+        assert_eq!(windows[1].event_time_lag_seconds, None);
     }
 
     #[test]

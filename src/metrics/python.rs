@@ -8,6 +8,7 @@ use pyo3::types::PyDict;
 
 use super::registry::registry;
 use super::server::{serve, stop_all};
+use super::snapshot::{PartitionSnapshot, WindowSnapshot};
 
 /// Set this worker's name and application; `enabled` false turns the
 /// per-step counts, sampled timings and latencies off (the plain counters stay).
@@ -77,6 +78,50 @@ fn metrics_peer_lost(name: &str, lost: bool) {
     registry().peer_lost(name, lost);
 }
 
+/// A window stage's counts (its timer tick hands them over): open windows,
+/// windows fired, late events, and on event time the watermark and each source
+/// partition's `(source, reader, stream, newest event time, idle)`; times in
+/// nanoseconds since the epoch. Kept for the current run's metrics.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn metrics_windows(
+    stage: String,
+    pipeline: String,
+    step: String,
+    kind: String,
+    open: i64,
+    fired: u64,
+    late: u64,
+    watermark: Option<f64>,
+    partitions: Vec<(String, u32, u32, f64, bool)>,
+) {
+    let Some(run) = registry().current_run() else {
+        return;
+    };
+    run.report_windows(WindowSnapshot {
+        stage,
+        pipeline,
+        step,
+        kind,
+        open: u64::try_from(open).unwrap_or(0),
+        fired,
+        late_events: late,
+        watermark: watermark.map(|ns| ns / 1e9),
+        partitions: partitions
+            .into_iter()
+            .map(|(source, reader, stream, newest, idle)| PartitionSnapshot {
+                source,
+                reader,
+                stream,
+                event_time: newest / 1e9,
+                idle,
+                ..PartitionSnapshot::default()
+            })
+            .collect(),
+        ..WindowSnapshot::default()
+    });
+}
+
 /// Totals over every known worker, for the progress line.
 #[pyfunction]
 fn metrics_totals(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -102,5 +147,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(metrics_report, m)?)?;
     m.add_function(wrap_pyfunction!(metrics_peer_lost, m)?)?;
     m.add_function(wrap_pyfunction!(metrics_totals, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics_windows, m)?)?;
     Ok(())
 }

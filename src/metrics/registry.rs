@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::clock::unix_seconds;
 use super::counters::{EpochMetrics, PipelineMetrics};
 use super::server::Servers;
-use super::snapshot::{BadCount, KnownWorker, RecentBad, Totals, WorkerSnapshot};
+use super::snapshot::{BadCount, KnownWorker, RecentBad, Totals, WindowSnapshot, WorkerSnapshot};
 use crate::bad_input::BadInput;
 use crate::errors::shorten;
 use crate::sync::lock;
@@ -29,6 +29,7 @@ pub struct RunMetrics {
     /// Epoch progress.
     pub epochs: EpochMetrics,
     state_keys: Mutex<Vec<(String, Arc<AtomicU64>)>>,
+    windows: Mutex<BTreeMap<String, WindowSnapshot>>,
     running: AtomicBool,
 }
 
@@ -135,6 +136,7 @@ impl Registry {
             bad: bad.clone(),
             epochs: EpochMetrics::default(),
             state_keys: Mutex::new(Vec::new()),
+            windows: Mutex::new(BTreeMap::new()),
             running: AtomicBool::new(true),
         });
         *lock(&self.run) = Some(run.clone());
@@ -245,11 +247,16 @@ impl Registry {
         for (state, keys) in lock(&run.state_keys).iter() {
             *state_keys.entry(state.clone()).or_insert(0) += keys.load(Ordering::Relaxed);
         }
+        let time = unix_seconds();
+        let windows = lock(&run.windows)
+            .values()
+            .map(|w| w.clone().at(time))
+            .collect();
         WorkerSnapshot {
             worker: name,
             index: run.index,
             workers: run.peers,
-            time: unix_seconds(),
+            time,
             started: run.started,
             state: if run.running.load(Ordering::Relaxed) {
                 "running"
@@ -265,6 +272,7 @@ impl Registry {
             dead_letter_failed: run.bad.dead_letter_failed(),
             recent_bad,
             state_keys,
+            windows,
         }
     }
 
@@ -319,6 +327,11 @@ impl RunMetrics {
         let keys = Arc::new(AtomicU64::new(0));
         lock(&self.state_keys).push((name.to_owned(), keys.clone()));
         keys
+    }
+
+    /// A window stage's counts now (its stage names it).
+    pub fn report_windows(&self, window: WindowSnapshot) {
+        lock(&self.windows).insert(window.stage.clone(), window);
     }
 
     /// The run ended (its counters stay visible).

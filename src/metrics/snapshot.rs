@@ -93,6 +93,71 @@ pub struct RecentBad {
     pub payload: String,
 }
 
+/// A source partition of an event-time window stage: the newest event time
+/// seen on it (its own watermark).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionSnapshot {
+    /// The source (pipeline) name.
+    pub source: String,
+    /// The worker whose source read the partition's records.
+    pub reader: u32,
+    /// The connection or partition of the source.
+    pub stream: u32,
+    /// The newest event time seen (Unix seconds).
+    pub event_time: f64,
+    /// The worker's clock minus `event_time` when it reported.
+    pub lag_seconds: f64,
+    /// Silent longer than the idle timeout: not holding the watermark back.
+    pub idle: bool,
+}
+
+/// A window stage on one worker (the stage counts; the engine reads the
+/// counts at each timer tick).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowSnapshot {
+    /// The stage's state name (unique in the application).
+    pub stage: String,
+    /// Its pipeline (a merged stage: the pipelines joined by `+`).
+    pub pipeline: String,
+    /// Its step name (the aggregation's).
+    pub step: String,
+    /// `ingest_time`, `event_time` or `count`.
+    pub kind: String,
+    /// Windows holding records that have not fired.
+    pub open: u64,
+    /// Windows fired (their output computed).
+    pub fired: u64,
+    /// Records that came after every window they belong to had fired (also
+    /// counted as bad input of kind `late_event`).
+    pub late_events: u64,
+    /// Event time: the stage's watermark (Unix seconds), once it has one.
+    pub watermark: Option<f64>,
+    /// The worker's clock minus the watermark when it reported.
+    pub watermark_lag_seconds: Option<f64>,
+    /// The newest event time of any partition minus the watermark (how far
+    /// the slowest partition holds the watermark back).
+    pub event_time_lag_seconds: Option<f64>,
+    /// Event time: its source partitions.
+    pub partitions: Vec<PartitionSnapshot>,
+}
+
+impl WindowSnapshot {
+    /// The lags as of `now` (Unix seconds).
+    pub fn at(mut self, now: f64) -> WindowSnapshot {
+        for partition in &mut self.partitions {
+            partition.lag_seconds = now - partition.event_time;
+        }
+        self.watermark_lag_seconds = self.watermark.map(|w| now - w);
+        let newest = self
+            .partitions
+            .iter()
+            .map(|p| p.event_time)
+            .max_by(f64::total_cmp);
+        self.event_time_lag_seconds = self.watermark.zip(newest).map(|(w, n)| (n - w).max(0.0));
+        self
+    }
+}
+
 /// Everything one worker measured, at one moment.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WorkerSnapshot {
@@ -125,6 +190,9 @@ pub struct WorkerSnapshot {
     pub recent_bad: Vec<RecentBad>,
     /// Keys held per state.
     pub state_keys: BTreeMap<String, u64>,
+    /// Window stages.
+    #[serde(default)]
+    pub windows: Vec<WindowSnapshot>,
 }
 
 impl WorkerSnapshot {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::clock::unix_seconds;
 use super::history::Point;
 use super::registry::{Registry, RECENT_BAD_IN_SNAPSHOT};
-use super::snapshot::{PipelineSnapshot, RecentBad, Totals, WorkerSnapshot};
+use super::snapshot::{PipelineSnapshot, RecentBad, Totals, WindowSnapshot, WorkerSnapshot};
 
 #[derive(Default, Serialize)]
 struct StepStatus {
@@ -66,6 +66,58 @@ struct WorkerStatus {
     state_keys: BTreeMap<String, u64>,
 }
 
+/// A window stage on one worker.
+#[derive(Serialize)]
+struct WindowOnWorker {
+    worker: String,
+    #[serde(flatten)]
+    window: WindowSnapshot,
+}
+
+/// `pick` of the two when both are known, else the one known.
+fn either(a: Option<f64>, b: Option<f64>, pick: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(pick(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A window stage: sums over the workers, and each worker's own.
+#[derive(Default, Serialize)]
+struct WindowStatus {
+    stage: String,
+    pipeline: String,
+    step: String,
+    kind: String,
+    open: u64,
+    fired: u64,
+    late_events: u64,
+    /// The lowest watermark of the workers (each fires by its own).
+    watermark: Option<f64>,
+    /// The largest lag of a worker's watermark behind its clock.
+    watermark_lag_seconds: Option<f64>,
+    workers: Vec<WindowOnWorker>,
+}
+
+impl WindowStatus {
+    /// Add worker `worker`'s report of this stage.
+    fn add(&mut self, worker: &str, w: &WindowSnapshot) {
+        self.open += w.open;
+        self.fired += w.fired;
+        self.late_events += w.late_events;
+        self.watermark = either(self.watermark, w.watermark, f64::min);
+        self.watermark_lag_seconds = either(
+            self.watermark_lag_seconds,
+            w.watermark_lag_seconds,
+            f64::max,
+        );
+        self.workers.push(WindowOnWorker {
+            worker: worker.to_owned(),
+            window: w.clone(),
+        });
+    }
+}
+
 /// The sums over workers and the current rates.
 #[derive(Serialize)]
 struct StatusTotals {
@@ -89,6 +141,8 @@ pub(super) struct Status {
     pipelines: Vec<PipelineStatus>,
     workers: Vec<WorkerStatus>,
     keys: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Window stages (empty without windows).
+    windows: Vec<WindowStatus>,
     bad_input: BTreeMap<String, u64>,
     pub(super) recent_bad_input: Vec<RecentBad>,
     /// Whether `recent_bad_input` carries payload previews
@@ -167,8 +221,24 @@ pub(super) fn status(registry: &Registry, point: &Point, everyone: bool) -> Stat
     let mut bad_by_kind: BTreeMap<String, u64> = BTreeMap::new();
     let mut recent = Vec::new();
     let mut worker_rows = Vec::new();
+    let mut windows: Vec<WindowStatus> = Vec::new();
     for known in &workers {
         let s = &known.snapshot;
+        for w in &s.windows {
+            let row = row_named(
+                &mut windows,
+                &w.stage,
+                |r| &r.stage,
+                || WindowStatus {
+                    stage: w.stage.clone(),
+                    pipeline: w.pipeline.clone(),
+                    step: w.step.clone(),
+                    kind: w.kind.clone(),
+                    ..WindowStatus::default()
+                },
+            );
+            row.add(&s.worker, w);
+        }
         for (state, n) in &s.state_keys {
             keys.entry(state.clone())
                 .or_default()
@@ -259,6 +329,7 @@ pub(super) fn status(registry: &Registry, point: &Point, everyone: bool) -> Stat
         pipelines,
         workers: worker_rows,
         keys,
+        windows,
         bad_input: bad_by_kind,
         recent_bad_input: recent,
         payload_previews: true,
@@ -276,6 +347,22 @@ mod tests {
     use crate::metrics::counters::PipelineMetrics;
     use crate::metrics::history::WorkerPoint;
 
+    /// Worker `index`'s report of the window stage `app/w`.
+    fn window(index: u64) -> WindowSnapshot {
+        WindowSnapshot {
+            stage: "app/w".to_owned(),
+            pipeline: "p".to_owned(),
+            step: "Sum".to_owned(),
+            kind: "event_time".to_owned(),
+            open: 2 + index,
+            fired: 10 * (index + 1),
+            late_events: index,
+            watermark: Some(1_000.0 + index as f64),
+            ..WindowSnapshot::default()
+        }
+        .at(1_010.0)
+    }
+
     /// Worker `index`'s report, as the control channel brings it.
     fn report(index: usize, records_in: u64, sink_errors: u64) -> String {
         let m = PipelineMetrics::with_steps(["double"]);
@@ -287,6 +374,7 @@ mod tests {
             workers: 3,
             state: "running".to_owned(),
             pipelines: vec![m.snapshot("p")],
+            windows: vec![window(index as u64)],
             ..WorkerSnapshot::default()
         };
         serde_json::to_string(&snapshot).expect("a snapshot is JSON")
@@ -311,6 +399,7 @@ mod tests {
         run.state_keys("counts")
             .fetch_add(4, std::sync::atomic::Ordering::Relaxed);
         bad.keep("p", "in0.txt:3", "decode_error", "ValueError: x", b"xx");
+        run.report_windows(window(0));
         for (name, index, records_in, sink_errors) in
             [("worker-1", 1, 20, 2), ("worker-2", 2, 30, 0)]
         {
@@ -378,6 +467,43 @@ mod tests {
         assert_eq!(status["keys"], json!({"counts": {"initializer": 4}}));
         assert_eq!(status["bad_input"], json!({"decode_error": 1}));
         assert_eq!(status["recent_bad_input"][0]["position"], "in0.txt:3");
+        // The window stage: sums, the lowest watermark, each worker's report.
+        let windows = status["windows"].as_array().expect("windows");
+        assert_eq!(windows.len(), 1);
+        let w = &windows[0];
+        assert_eq!(
+            (&w["pipeline"], &w["step"], &w["kind"]),
+            (&json!("p"), &json!("Sum"), &json!("event_time"))
+        );
+        assert_eq!(
+            (&w["open"], &w["fired"], &w["late_events"]),
+            (&json!(9), &json!(60), &json!(3))
+        );
+        assert_eq!(w["watermark"], 1_000.0);
+        // The local report's lags are taken now, the others' at their report.
+        let lags: Vec<f64> = w["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .filter_map(|r| r["watermark_lag_seconds"].as_f64())
+            .collect();
+        assert_eq!(lags[1..], [9.0, 8.0]);
+        assert!(lags[0] > 1e8, "{lags:?}");
+        assert_eq!(w["watermark_lag_seconds"].as_f64(), Some(lags[0]));
+        let per_worker: Vec<(Value, Value)> = w["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|r| (r["worker"].clone(), r["fired"].clone()))
+            .collect();
+        assert_eq!(
+            per_worker,
+            [
+                (json!("initializer"), json!(10)),
+                (json!("worker-1"), json!(20)),
+                (json!("worker-2"), json!(30))
+            ]
+        );
     }
 
     #[test]
