@@ -238,6 +238,11 @@ class Events:
             self.payloads.append(f"{key} {ms} {ident}".encode())
         #: The watermark once every event arrived (one source partition).
         self.watermark_ms = max(newest.values())
+        #: Then one event per key far ahead: every window above fires on every
+        #: worker, and each of these opens two windows (the test sends them).
+        self.flush_ms = self.watermark_ms + 10_000
+        keys_seen = sorted(newest)
+        self.flush = [f"{key} {self.flush_ms} {n + i}".encode() for i, key in enumerate(keys_seen)]
 
     def line(self, key: str, start: int) -> str:
         return f"{key} {start} {','.join(self.windows[(key, start)])}"
@@ -255,22 +260,23 @@ def _window_samples(s: Scrape, name: str) -> dict:
     return {x.labels["worker"]: x.value for x in s.samples(name, step="Ids")}
 
 
-def _quiet(base: str, output: Path, events: Events, workers: int) -> Callable[[], object]:
-    """A check: every worker reported a window stage that took every event
-    (each window open or fired, each late event counted) and fired what the
-    output file shows."""
+def _settled(base: str, workers: int, fired: int, opened: int, late: int) -> Callable[[], object]:
+    """A check: every worker reported its window stage, and together they
+    fired ``fired`` windows, hold ``opened`` and found ``late`` events late."""
 
     def check() -> object:
         s = scrape(base)
-        fired = _window_samples(s, "wallaroo_window_fired_total")
-        opened = _window_samples(s, "wallaroo_window_open")
-        late = _window_samples(s, "wallaroo_window_late_events_total")
-        done = (
-            len(fired) == workers
-            and sum(fired.values()) + sum(opened.values()) == len(events.windows)
-            and sum(late.values()) == len(events.late)
-            and sum(fired.values()) == len(output_lines(output))
-        )
+        counts = [
+            _window_samples(s, name)
+            for name in (
+                "wallaroo_window_fired_total",
+                "wallaroo_window_open",
+                "wallaroo_window_late_events_total",
+            )
+        ]
+        done = len(counts[0]) == workers and [sum(c.values()) for c in counts] == [
+            fired, opened, late,
+        ]  # fmt: skip
         return s if done else None
 
     return check
@@ -285,12 +291,13 @@ def test_metrics_and_status_show_the_window_stage(tmp_path: Path) -> None:
         base = metrics_url(app)
         ((_, _, port),) = app.listening()
         assert send_messages("127.0.0.1", port, events.payloads) == len(events.payloads)
-        wait_for(_quiet(base, output, events, 1), 60, "the windows to settle")
+        # The windows the final watermark made due fire, the others stay open.
+        fired = events.due(events.watermark_ms)
+        opened, late = len(events.windows) - len(fired), len(events.late)
+        wait_for(_settled(base, 1, len(fired), opened, late), 60, "the windows to settle")
         before = time.time()
         s, status = scrape(base), status_json(base)
         after = time.time()
-    # The windows the final watermark made due fired, the others are open.
-    fired = events.due(events.watermark_ms)
     assert sorted(output_lines(output)) == fired
     labels = {"worker": "initializer", "pipeline": "Events", "step": "Ids"}
     assert s.total("wallaroo_window_fired_total", **labels) == len(fired)
@@ -340,21 +347,22 @@ def test_each_worker_of_a_cluster_reports_its_windows(tmp_path: Path) -> None:
     with running(str(TCP_EVENT_APP), *args) as app:
         base = metrics_url(app)
         ((_, _, port),) = app.listening()
-        assert send_messages("127.0.0.1", port, events.payloads) == len(events.payloads)
-        s = wait_for(_quiet(base, output, events, 2), 90, "both workers' windows to settle")
+        payloads = events.payloads + events.flush
+        assert send_messages("127.0.0.1", port, payloads) == len(payloads)
+        # Each worker fires by its own watermark (the newest event time of the
+        # records reaching its keys): the last events take every worker's far
+        # enough for all windows but theirs (two each) to fire.
+        expected = (len(events.windows), 2 * len(events.flush), len(events.late))
+        s = wait_for(_settled(base, 2, *expected), 90, "both workers' windows to settle")
         status = status_json(base)
-    # Each worker fires by its own watermark (the newest event time of the
-    # records reaching its keys): what fired is what the output shows, each
-    # window once, and every window fired or open on one of the workers.
     lines = output_lines(output)
-    assert len(set(lines)) == len(lines)
-    every = {events.line(key, start) for key, start in events.windows}
-    assert set(lines) <= every
+    assert sorted(lines) == sorted(events.line(key, start) for key, start in events.windows)
     fired = _window_samples(s, "wallaroo_window_fired_total")
     assert sorted(fired) == ["worker-0", "worker-1"] and all(fired.values())
     watermarks = _window_samples(s, "wallaroo_window_watermark_seconds")
-    assert sorted(watermarks) == ["worker-0", "worker-1"]
-    assert max(watermarks.values()) == pytest.approx(events.watermark_ms / 1000, abs=1e-3)
+    assert watermarks == pytest.approx(
+        {"worker-0": events.flush_ms / 1000, "worker-1": events.flush_ms / 1000}, abs=1e-3
+    )
     # The partition is the one the initializer's source reads, on both.
     partitions = s.samples("wallaroo_window_partition_event_time_seconds")
     assert sorted((x.labels["worker"], x.labels["reader"]) for x in partitions) == [
@@ -362,6 +370,5 @@ def test_each_worker_of_a_cluster_reports_its_windows(tmp_path: Path) -> None:
     ]  # fmt: skip
     (stage,) = status["windows"]
     assert [w["worker"] for w in stage["workers"]] == ["worker-0", "worker-1"]
-    assert stage["fired"] == len(lines)
-    assert stage["late_events"] == len(events.late)
-    assert stage["watermark"] == pytest.approx(min(watermarks.values()), abs=1e-3)
+    assert [w["fired"] for w in stage["workers"]] == [fired["worker-0"], fired["worker-1"]]
+    assert (stage["fired"], stage["open"], stage["late_events"]) == expected
