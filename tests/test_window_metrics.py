@@ -274,12 +274,24 @@ def _settled(base: str, workers: int, fired: int, opened: int, late: int) -> Cal
                 "wallaroo_window_late_events_total",
             )
         ]
-        done = len(counts[0]) == workers and [sum(c.values()) for c in counts] == [
-            fired, opened, late,
-        ]  # fmt: skip
-        return s if done else None
+        seen = {"workers": len(counts[0]), "counts": [sum(c.values()) for c in counts]}
+        done = seen == {"workers": workers, "counts": [fired, opened, late]}
+        return s if done else _NotYet(seen)
 
     return check
+
+
+class _NotYet:
+    """A falsy check result naming what was seen (``wait_for`` shows it on timeout)."""
+
+    def __init__(self, seen: object) -> None:
+        self.seen = seen
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"not yet: {self.seen}"
 
 
 @pytest.mark.timeout(120)

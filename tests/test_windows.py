@@ -683,3 +683,16 @@ def test_the_timer_fires_keys_whose_windows_fired_on_their_records_before(monkey
     outs, late = _feed(stage, states, [("n", 3), ("n", 35)])
     assert late == [("n", 3)] and outs == []
     assert stage.tick(states, final=True) == [("j", [("j", [31])]), ("n", [("n", [35])])]
+
+
+def test_the_timer_fires_a_key_whose_late_event_fired_its_windows(monkeypatch):
+    Clock(monkeypatch, 0)
+    stage = _event_stage(10, 10, lateness=5)
+    states: dict = {}
+    _feed(stage, states, [("k", 5), ("k", 18), ("k", 24), ("j", 33)])
+    # k's late event fires k's [10,20) on the way (the watermark is 33)...
+    outs, late = _feed(stage, states, [("k", 1)])
+    assert (outs, late) == ([("k", [18])], [("k", 1)])
+    # ... and the timer still knows when k's [20,30) is due.
+    _feed(stage, states, [("j", 45)])
+    assert ("k", [("k", [24])]) in stage.tick(states, final=False)
