@@ -326,7 +326,11 @@ class ApacheKafka(BrokerClients):
         try:
             md = consumer.list_topics(topic, timeout=10).topics[topic]
             parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(md.partitions)]
-            ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+            marks = {p.partition: consumer.get_watermark_offsets(p, timeout=10) for p in parts}
+            ends = {p: high for p, (_, high) in marks.items()}
+            # An empty partition (or one whose records are all deleted) has no
+            # position until a record comes: it is done from the start.
+            empty = {p for p, (low, high) in marks.items() if high <= low}
             consumer.assign(parts)
             out: dict = {p: [] for p in ends}
             deadline = time.monotonic() + timeout
@@ -335,7 +339,8 @@ class ApacheKafka(BrokerClients):
                     if msg.error() is None:
                         out[msg.partition()].append(msg)
                 done = all(
-                    tp.offset >= ends[tp.partition] for tp in consumer.position(parts)
+                    tp.partition in empty or tp.offset >= ends[tp.partition]
+                    for tp in consumer.position(parts)
                 )
                 if done:
                     return [m for p in sorted(out) for m in out[p]]
