@@ -10,6 +10,7 @@ Without Chromium these tests fail, unless ``WALLAROO_SKIP_BROWSER=1``.
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from browser import require_chromium
 from test_metrics import APP, HOST, metrics_url, numbers, running
+from test_window_metrics import TCP_EVENT_APP, Events
 from wallaroo.sender import send_messages
 
 pytestmark = pytest.mark.timeout(120)
@@ -108,6 +110,8 @@ def test_page_shows_live_charts_while_an_app_runs(
             assert hidden == ["hidden (--bad-input-previews shows it)"] * 2, hidden
             facts = browser.evaluate("document.querySelector('#steps tr.pipeline').textContent")
             assert "0 not delivered" in facts, facts
+            # No window stage: no Windows panel.
+            assert browser.evaluate("document.getElementById('windows-panel').hidden") is True
             tiles = browser.evaluate("document.getElementById('tile-rate').textContent")
             assert tiles not in ("", "–", "0")
             browser.screenshot(artifacts / "metrics.png")
@@ -117,3 +121,61 @@ def test_page_shows_live_charts_while_an_app_runs(
     width, height = struct.unpack(">II", png[16:24])
     assert (width, height) == (1280, 900)
     assert len(png) > 20_000  # charts and tables, not a blank page
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_windows_panel_shows_open_and_fired_windows_and_the_watermark(
+    tmp_path: Path, artifacts: Path, workers: int
+) -> None:
+    """An event-time app (``tcp_event_windows_06.py``): the panel shows what
+    the events sent make of the stage (see ``test_window_metrics.Events``): on
+    one worker the windows the watermark made due fired and the rest are open;
+    on two, the last events make every worker fire all but their own windows,
+    and the panel shows the sums, then each worker."""
+    chromium = require_chromium()
+    from browser import Browser
+
+    events = Events(2000, 20, seed=29)
+    if workers == 1:
+        payloads, watermark_ms = events.payloads, events.watermark_ms
+        fired = len(events.due(watermark_ms))
+        expected = [len(events.windows) - fired, fired, len(events.late)]
+    else:
+        payloads, watermark_ms = events.payloads + events.flush, events.flush_ms
+        expected = [2 * len(events.flush), len(events.windows), len(events.late)]
+    cluster = ["--workers", str(workers)] if workers > 1 else []
+    out = tmp_path / "windows.txt"
+    with running(str(TCP_EVENT_APP), "--in", f"{HOST}:0", "--output", str(out), *cluster) as app:
+        url = metrics_url(app)
+        ((_, _, in_port),) = app.listening()
+        assert send_messages(HOST, in_port, payloads) == len(payloads)
+        with Browser(chromium) as browser:
+            browser.open(url)
+            row = "document.querySelector('#windows tr.window-stage')"
+            counts = "[r.dataset.open, r.dataset.fired, r.dataset.late].map(Number)"
+            shown = f"JSON.stringify((r => r ? {counts} : [])({row}))"
+            want = json.dumps(json.dumps(expected, separators=(",", ":")))
+            browser.wait_for(f"{shown} === {want}", timeout=60)
+            assert browser.evaluate("document.getElementById('windows-panel').hidden") is False
+            cells = browser.evaluate(f"[...{row}.cells].map(c => c.textContent)")
+            total = "initializer" if workers == 1 else "all workers"
+            assert cells[:2] == ["Events / Ids event time", total], cells
+            assert [int(c.replace(",", "")) for c in cells[2:5]] == expected, cells
+            watermark = number(browser, f"{row}.dataset.watermark")
+            assert watermark == pytest.approx(watermark_ms / 1000, abs=1e-3)
+            # The event times started a minute before the run: the watermark lags the clock.
+            lag = number(browser, f"{row}.dataset.watermarkLag")
+            assert lag > 40, lag
+            per_worker = browser.evaluate(
+                "[...document.querySelectorAll('#windows tr.window')]"
+                ".map(r => [r.dataset.worker, Number(r.dataset.fired)])"
+            )
+            if workers == 1:
+                assert per_worker == []
+                assert cells[7] == "0" and cells[8].startswith("Events 0/"), cells
+            else:
+                assert [name for name, _ in per_worker] == ["worker-0", "worker-1"]
+                assert sum(fired for _, fired in per_worker) == expected[1]
+            browser.evaluate("document.getElementById('windows-panel').scrollIntoView()")
+            browser.screenshot(artifacts / "windows.png")
+            (artifacts / "windows.html").write_text(browser.dom())

@@ -364,6 +364,55 @@ function renderTables(status) {
     )));
 }
 
+// The Windows panel (shown only when the application has window stages): a
+// row per stage (sums over workers, the lowest watermark), then a row per
+// worker. Each row carries its numbers in data-* attributes.
+function renderWindows(status) {
+  const stages = status.windows || [];
+  document.getElementById("windows-panel").hidden = stages.length === 0;
+  app.dataset.windowStages = String(stages.length);
+  const rows = [];
+  const optional = (v, format) => (v === null || v === undefined ? "–" : format(v));
+  const row = (cls, label, who, w) => el("tr", {
+    class: cls,
+    "data-stage": w.stage,
+    "data-pipeline": w.pipeline,
+    "data-step": w.step,
+    "data-worker": who,
+    "data-open": String(w.open),
+    "data-fired": String(w.fired),
+    "data-late": String(w.late_events),
+    "data-watermark": w.watermark === null ? "" : String(w.watermark),
+    "data-watermark-lag": w.watermark_lag_seconds === null ? "" : String(w.watermark_lag_seconds),
+  },
+    el("td", {}, label),
+    el("td", {}, who),
+    el("td", { class: "num" }, fmtCount(w.open)),
+    el("td", { class: "num" }, fmtCount(w.fired)),
+    el("td", { class: "num" }, fmtCount(w.late_events)),
+    el("td", {}, optional(w.watermark, fmtTime)),
+    el("td", { class: "num" }, optional(w.watermark_lag_seconds, fmtSeconds)),
+    el("td", { class: "num" }, optional(w.event_time_lag_seconds, fmtSeconds)),
+    el("td", { class: "wrap" }, ...(w.partitions || []).map((p, i) => el(
+      "span", { class: p.idle ? "idle" : "" },
+      `${i ? ", " : ""}${p.source} ${p.reader}/${p.stream}: ${fmtSeconds(p.lag_seconds)}${p.idle ? " (idle)" : ""}`,
+    ))),
+  );
+  for (const stage of stages) {
+    const label = `${stage.pipeline} / ${stage.step}`;
+    const kind = el("span", { class: "muted" }, ` ${stage.kind.replace("_", " ")}`);
+    if (stage.workers.length === 1) {
+      const only = stage.workers[0];
+      rows.push(row("window-stage", el("span", {}, label, kind), only.worker, only));
+      continue;
+    }
+    rows.push(row("window-stage", el("span", {}, label, kind), "all workers",
+                  { ...stage, event_time_lag_seconds: null, partitions: [] }));
+    for (const w of stage.workers) rows.push(row("window", "", w.worker, w));
+  }
+  document.querySelector("#windows tbody").replaceChildren(...rows);
+}
+
 function renderTiles(status) {
   const t = status.totals;
   const set = (id, text, bad) => {
@@ -426,6 +475,7 @@ async function poll() {
     failures = 0;
     renderTiles(status);
     renderTables(status);
+    renderWindows(status);
     drawCharts();
   } catch (err) {
     failures += 1;
