@@ -689,33 +689,79 @@ fn to_bytes(obj: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
     None
 }
 
-/// An encoder's result as bytes: bytes, str (UTF-8), bytearray, or `(value, key)`.
+/// An encoder's result as bytes: bytes, str (UTF-8), bytearray, `(value,
+/// key)` (0.4.2) or `(value, key, partition)` (0.5+; the Kafka partition, an
+/// int, or None for the producer's partitioner).
 pub fn to_output(encoded: &Bound<'_, PyAny>) -> Option<Output> {
     if let Some(value) = to_bytes(encoded) {
         return Some(Output {
             value,
-            key: None,
-            read_ns: 0,
-            sink: 0,
+            ..Output::default()
         });
     }
-    // (value, key) in 0.4.2; (value, key, partition) from 0.5 (the partition
-    // is left to the producer's partitioner).
-    let pair = encoded.cast::<PyTuple>().ok()?;
-    if !matches!(pair.len(), 2 | 3) {
+    let items = encoded.cast::<PyTuple>().ok()?;
+    if !matches!(items.len(), 2 | 3) {
         return None;
     }
-    let value = to_bytes(&pair.get_item(0).ok()?)?;
-    let key = pair.get_item(1).ok()?;
+    let value = to_bytes(&items.get_item(0).ok()?)?;
+    let key = items.get_item(1).ok()?;
     let key = if key.is_none() {
         None
     } else {
         Some(to_bytes(&key)?)
     };
+    let partition = match items.get_item(2) {
+        Ok(partition) if !partition.is_none() => Some(partition.extract::<i32>().ok()?),
+        _ => None,
+    };
     Some(Output {
         value,
         key,
-        read_ns: 0,
-        sink: 0,
+        partition,
+        ..Output::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+
+    use super::*;
+
+    fn output_of(code: &str) -> Option<Output> {
+        Python::initialize();
+        Python::attach(|py| {
+            let code = CString::new(code).expect("no NUL in test code");
+            let encoded = py
+                .eval(&code, None, None)
+                .expect("test expression evaluates");
+            to_output(&encoded)
+        })
+    }
+
+    #[test]
+    fn an_encoder_result_gives_value_key_and_partition() {
+        let plain = output_of("'v'").expect("a str is an output");
+        assert_eq!(
+            (plain.value, plain.key, plain.partition),
+            (b"v".to_vec(), None, None)
+        );
+        let keyed = output_of("(b'v', 'k')").expect("0.4.2's (value, key)");
+        assert_eq!((keyed.key, keyed.partition), (Some(b"k".to_vec()), None));
+        let placed = output_of("(b'v', None, 2)").expect("0.5's (value, key, partition)");
+        assert_eq!((placed.key, placed.partition), (None, Some(2)));
+        let unplaced = output_of("('v', b'k', None)").expect("a None partition");
+        assert_eq!(
+            (unplaced.key, unplaced.partition),
+            (Some(b"k".to_vec()), None)
+        );
+        assert!(
+            output_of("(b'v', None, 'two')").is_none(),
+            "a partition must be an int"
+        );
+        assert!(
+            output_of("(b'v', None, 2, 3)").is_none(),
+            "at most three items"
+        );
+    }
 }

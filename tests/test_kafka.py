@@ -687,3 +687,31 @@ def test_partitions_split_over_two_workers(broker, run_app) -> None:
     assert sorted(got) == sorted(v for vs in sent.values() for v in vs)
     for partition, expected in sent.items():
         assert [v for v in got if v.startswith(f"P{partition}-".encode())] == expected
+
+
+@pytest.mark.timeout(60)
+def test_05_encoder_names_the_partition(broker) -> None:
+    """0.5+: an encoder's ``(value, key, partition)`` goes to that partition
+    (whatever its key); ``(value, None, None)``: no key, the producer chooses."""
+    rng = random.Random(5)
+    orders = [(i, rng.choice(["north", "south", "east", "any", "west"])) for i in range(300)]
+    in_topic, out_topic = new_topic("orders"), new_topic("by_region")
+    broker.create_topic(in_topic, partitions=1)
+    broker.create_topic(out_topic, partitions=3)
+    broker.produce(in_topic, [f"{i},{region}".encode() for i, region in orders])
+    expected = [(i, region) for i, region in orders if region != "west"]
+
+    app = APPS_DIR / "kafka_partitioned_05.py"
+    with kafka_app(app, *kafka_flags(broker.bootstrap, in_topic, out_topic)) as running:
+        records = consume_exactly(broker, out_topic, len(expected), running)
+    assert_nothing_more(broker, out_topic, len(expected))
+
+    got = []
+    for r in records:
+        order_id, region = r.value.decode().split(",")
+        got.append((int(order_id), region))
+        if region == "any":
+            assert r.key is None, r
+        else:
+            assert (r.key, r.partition) == (region.encode(), int(order_id) % 3), r
+    assert sorted(got) == expected

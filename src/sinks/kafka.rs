@@ -233,6 +233,9 @@ impl KafkaWriter {
             if let Some(key) = &record.key {
                 message = message.key(key);
             }
+            if let Some(partition) = record.partition {
+                message = message.partition(partition);
+            }
             match self.producer.send(message) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

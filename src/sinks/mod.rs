@@ -33,6 +33,10 @@ pub struct Output {
     /// The message key, when the encoder returned `(value, key)`.
     #[serde(with = "serde_bytes")]
     pub key: Option<Vec<u8>>,
+    /// The Kafka partition, when the encoder returned `(value, key, partition)`
+    /// with one (0.5+); None: the producer's partitioner chooses.
+    #[serde(default)]
+    pub partition: Option<i32>,
     /// When the source read the record this came from ([`crate::metrics::now_ns`]; 0: unknown).
     #[serde(default)]
     pub read_ns: u64,
