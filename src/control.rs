@@ -1,13 +1,16 @@
 //! Control of one run from outside its worker: stop requests (the runner's
 //! signal handlers), aborts (the cluster's control channel, a failed Kafka
-//! commit), a new membership, and the generation counters the runner reads.
+//! commit), a new membership, and the generation counters the runner reads;
+//! and the run's metrics counters.
 //!
 //! A run makes one [`RunControl`] and hands it down to everything that reads
-//! or sets these (cluster, worker, chains, sinks) as a [`RunHandle`].
+//! or sets these (cluster, worker, chains, sinks, state stores) as a
+//! [`RunHandle`].
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::metrics::RunMetrics;
 use crate::sync::lock;
 
 /// The run's control, shared by everything that runs for it.
@@ -31,7 +34,7 @@ pub struct NextMembership {
 }
 
 /// What can be asked of a running worker from outside it, and what it tells.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RunControl {
     /// Set by the runner's signal handlers (Ctrl-C, SIGTERM): a flag, not an
     /// exception, so user code that happens to run when the signal arrives
@@ -45,12 +48,28 @@ pub struct RunControl {
     generation: AtomicU64,
     /// The last generation whose workers all connected.
     connected_generation: AtomicU64,
+    /// The run's counters (registered with the process's metrics registry
+    /// for the HTTP server; the run's code reaches them here).
+    counters: Arc<RunMetrics>,
 }
 
 impl RunControl {
-    /// A fresh control for a new run.
+    /// A fresh control whose counters nothing reads (before a run, tests).
     pub fn new() -> RunHandle {
         Arc::new(RunControl::default())
+    }
+
+    /// A fresh control for a new run counting into `counters`.
+    pub fn with_counters(counters: Arc<RunMetrics>) -> RunHandle {
+        Arc::new(RunControl {
+            counters,
+            ..RunControl::default()
+        })
+    }
+
+    /// The run's counters.
+    pub fn counters(&self) -> &Arc<RunMetrics> {
+        &self.counters
     }
 
     /// Ask the running worker to stop cleanly, or (`at_once`, a second

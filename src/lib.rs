@@ -76,9 +76,8 @@ fn run_plan<'py>(
     let options: plan::Options = options
         .extract()
         .map_err(|e| plan::contract_error(py, "the run options", e))?;
-    let summary = py.detach(|| run::run(plan, options));
-    metrics::end_run();
-    summary?.to_py(py)
+    let summary = py.detach(|| run::run(plan, options))?;
+    summary.to_py(py)
 }
 
 /// Stop the running worker with an error naming `reason` (used by the

@@ -134,13 +134,13 @@ impl Resources {
         stop: Arc<AtomicBool>,
         control: RunHandle,
     ) -> Result<Resources, Error> {
-        let bad = Arc::new(BadInput::new(options.dead_letter.as_deref())?);
-        crate::metrics::begin_run(worker, peers, &bad);
+        let bad = control.counters().bad_input().clone();
         let cluster = options.cluster.is_some();
         let (stores, declared) = Python::attach(|py| -> Result<_, Error> {
             let mut stores = HashMap::new();
             for (name, class) in &plan.states {
-                let mut store = StateStore::new(py, name.clone(), class.clone_ref(py));
+                let keys = control.counters().state_keys(name);
+                let mut store = StateStore::new(py, name.clone(), class.clone_ref(py), keys);
                 if options.resilience.is_some() {
                     store.track_changes(py)?;
                 }
@@ -279,7 +279,7 @@ impl Resources {
         resume: Option<SourcePosition>,
     ) -> Result<PipelineResources, Error> {
         let position = resume.unwrap_or_else(|| SourcePosition::start(&pipeline.source.kind));
-        let metrics = crate::metrics::register_pipeline(
+        let metrics = self.control.counters().register_pipeline(
             &pipeline.name,
             pipeline.steps.iter().map(|s| s.name.as_str()),
         );

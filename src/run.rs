@@ -17,6 +17,7 @@ use timely::communication::allocator::thread::Thread;
 use timely::worker::Worker;
 use timely::WorkerConfig;
 
+use crate::bad_input::BadInput;
 use crate::cluster;
 use crate::control::{RunControl, RunHandle};
 use crate::errors::Error;
@@ -84,23 +85,31 @@ impl Summary {
 /// Run the application until its sources end, it is interrupted, or user code
 /// fails under the stop policy.
 pub fn run(plan: Plan, options: Options) -> Result<Summary, Error> {
+    let bad = Arc::new(BadInput::new(options.dead_letter.as_deref())?);
+    let (index, peers) = options
+        .cluster
+        .as_ref()
+        .map_or((0, 1), |m| (m.index, m.addresses.len()));
     // A new run starts with a fresh control: no stop, abort or membership
-    // from before it.
-    let control = RunControl::new();
+    // from before it, its counters from zero.
+    let control = RunControl::with_counters(crate::metrics::begin_run(index, peers, &bad));
     *lock(&CURRENT_RUN) = Some(control.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    match options.cluster.clone() {
+    let outcome = match options.cluster.clone() {
         None => {
             let mut worker = Worker::new(
                 WorkerConfig::default(),
                 Thread::default(),
                 Some(Instant::now()),
             );
-            let resources = Resources::new(plan, &options, 0, 1, stop, control)?;
-            let outcome = worker::run_alone(&mut worker, &resources, &options);
-            resources.finish(outcome, 0, 1)
+            Resources::new(plan, &options, 0, 1, stop, control.clone()).and_then(|resources| {
+                let outcome = worker::run_alone(&mut worker, &resources, &options);
+                resources.finish(outcome, 0, 1)
+            })
         }
-        Some(membership) => cluster::execute(plan, options, membership, stop, control),
-    }
-    .map(Summary)
+        Some(membership) => cluster::execute(plan, options, membership, stop, control.clone()),
+    };
+    // The run ended (its counters stay visible).
+    control.counters().end();
+    outcome.map(Summary)
 }

@@ -2,6 +2,9 @@
 //! (a Python dict, created on first use by calling the state class), the
 //! keys changed since the last snapshot, and which keys are valid.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PySet, PyString, PyTuple};
 
@@ -14,7 +17,7 @@ pub struct StateStore {
     class: Py<PyAny>,
     pub(crate) states: Py<PyDict>,
     /// Keys held, for the metrics (bumped when a key's state is created).
-    keys: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    keys: Arc<AtomicU64>,
     /// With crash recovery: the keys whose state ran or arrived since the
     /// last snapshot, and those that left this worker.
     changes: Option<Changes>,
@@ -30,10 +33,11 @@ struct Changes {
 pub type Change = (Py<PyAny>, Option<Py<PyAny>>);
 
 impl StateStore {
-    /// An empty store whose states are made by calling `class()`.
-    pub fn new(py: Python<'_>, name: String, class: Py<PyAny>) -> StateStore {
+    /// An empty store whose states are made by calling `class()`; `keys`
+    /// counts its keys (the run's metrics).
+    pub fn new(py: Python<'_>, name: String, class: Py<PyAny>, keys: Arc<AtomicU64>) -> StateStore {
         StateStore {
-            keys: crate::metrics::state_keys(&name),
+            keys,
             name,
             class,
             states: PyDict::new(py).unbind(),

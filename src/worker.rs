@@ -411,7 +411,7 @@ fn drive<A: Allocate>(
     let mut epoch = 0u64;
     let mut epoch_records = 0usize;
     let mut last_epoch = Instant::now();
-    let mut epochs = crate::metrics::EpochTracker::new();
+    let mut epochs = crate::metrics::EpochTracker::new(control.counters());
     let mut last_signal_check = Instant::now();
     let mut last_tick = Instant::now();
     // Pipelines with timer steps (windows) get marker frames; others never.

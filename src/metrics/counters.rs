@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::clock::now_ns;
 use super::histogram::{bucket_of, Histogram, BATCH_RECORDS, CALL_NS, EPOCH_NS, LATENCY_NS};
-use super::registry::{enabled, registry, RunMetrics};
+use super::registry::RunMetrics;
 use super::snapshot::{PipelineSnapshot, StepSnapshot};
 use crate::sync::lock;
 
@@ -92,6 +92,9 @@ pub struct PipelineMetrics {
     pub latency: Histogram,
     /// `[decoder, steps..., encoder]`; empty when the steps are not known.
     pub steps: Vec<StepMetrics>,
+    /// Whether the per-step counts, timings and latencies are kept (the
+    /// run's setting, [`RunMetrics::detailed`]).
+    pub detailed: bool,
     labels: Mutex<Labels>,
 }
 
@@ -110,6 +113,7 @@ impl Default for PipelineMetrics {
             batch_sizes: Histogram::new(BATCH_RECORDS, 1.0),
             latency: Histogram::nanos(LATENCY_NS),
             steps: Vec::new(),
+            detailed: true,
             labels: Mutex::new(Labels::default()),
         }
     }
@@ -161,7 +165,7 @@ impl PipelineMetrics {
     /// per batch).
     pub fn sink_wrote(&self, delivered: u64, read_ns: impl Iterator<Item = u64>) {
         Self::add(&self.sink_records, delivered);
-        if !enabled() {
+        if !self.detailed {
             return;
         }
         let now = now_ns();
@@ -271,7 +275,7 @@ impl ChainStats {
     /// A batch of `records` source records starts (0 for records handed
     /// over by other workers).
     pub fn begin(&self, metrics: &PipelineMetrics, records: usize) {
-        let on = enabled() && !metrics.steps.is_empty();
+        let on = metrics.detailed && !metrics.steps.is_empty();
         self.on.set(on);
         self.sampling.set(false);
         if !on {
@@ -428,20 +432,11 @@ pub struct EpochTracker {
     open: std::collections::VecDeque<(u64, Instant)>,
 }
 
-impl Default for EpochTracker {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl EpochTracker {
-    /// A tracker for the current run (inert when metrics are off).
-    pub fn new() -> EpochTracker {
-        let metrics = if enabled() {
-            registry().current_run()
-        } else {
-            None
-        };
+    /// A tracker for the run whose counters are `run` (inert when its
+    /// detailed metrics are off).
+    pub fn new(run: &Arc<RunMetrics>) -> EpochTracker {
+        let metrics = run.detailed().then(|| run.clone());
         let mut open = std::collections::VecDeque::new();
         if metrics.is_some() {
             open.push_back((0, Instant::now()));

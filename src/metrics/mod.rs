@@ -36,4 +36,4 @@ mod status;
 pub use clock::{now_ns, unix_seconds};
 pub use counters::{ChainStats, EpochTracker, PipelineMetrics};
 pub use python::register;
-pub use registry::{begin_run, enabled, end_run, register_pipeline, state_keys};
+pub use registry::{begin_run, RunMetrics};

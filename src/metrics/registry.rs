@@ -31,6 +31,16 @@ pub struct RunMetrics {
     state_keys: Mutex<Vec<(String, Arc<AtomicU64>)>>,
     windows: Mutex<BTreeMap<String, WindowSnapshot>>,
     running: AtomicBool,
+    /// Whether the per-step counts, timings and latencies are kept (the
+    /// process's setting when the run began).
+    detailed: bool,
+}
+
+impl Default for RunMetrics {
+    /// The counters of a run nothing reads (tests, the control before a run).
+    fn default() -> Self {
+        RunMetrics::new(0, 1, &Arc::default(), true)
+    }
 }
 
 /// This process's identity in the metrics.
@@ -54,10 +64,12 @@ struct Peer {
 /// the extension's Python functions (`metrics_configure`, `metrics_report`,
 /// `metrics_totals`, `metrics_serve`, `metrics_stop`, ...) are called by the
 /// runner's threads (control channel, progress line, shutdown) before,
-/// during and after a run, with nothing to hold a handle in; and the run's
-/// threads find their counters here when a run registers them. Everything
-/// below it (a run's counters, the history, a server's state) is handed
-/// down as a handle; a `Registry` of its own serves the unit tests.
+/// during and after a run, with nothing to hold a handle in. A run's entry
+/// registers the run's counters here ([`begin_run`]) for them and the HTTP
+/// server to read; the run's own code reaches its counters through the
+/// run's handle (`control::RunControl::counters`), never through this.
+/// Everything below it (a run's counters, the history, a server's state) is
+/// handed down as a handle; a `Registry` of its own serves the unit tests.
 pub struct Registry {
     enabled: AtomicBool,
     identity: Mutex<Identity>,
@@ -128,17 +140,7 @@ impl Registry {
 
     /// A run starts on this process: counters start from zero.
     pub fn begin_run(&self, index: usize, peers: usize, bad: &Arc<BadInput>) -> Arc<RunMetrics> {
-        let run = Arc::new(RunMetrics {
-            index,
-            peers,
-            started: unix_seconds(),
-            pipelines: Mutex::new(Vec::new()),
-            bad: bad.clone(),
-            epochs: EpochMetrics::default(),
-            state_keys: Mutex::new(Vec::new()),
-            windows: Mutex::new(BTreeMap::new()),
-            running: AtomicBool::new(true),
-        });
+        let run = Arc::new(RunMetrics::new(index, peers, bad, self.enabled()));
         *lock(&self.run) = Some(run.clone());
         run
     }
@@ -310,13 +312,42 @@ impl Registry {
 }
 
 impl RunMetrics {
+    /// The counters of worker `index` of `peers`, from zero; `detailed`:
+    /// whether the per-step counts, timings and latencies are kept.
+    pub fn new(index: usize, peers: usize, bad: &Arc<BadInput>, detailed: bool) -> RunMetrics {
+        RunMetrics {
+            index,
+            peers,
+            started: unix_seconds(),
+            pipelines: Mutex::new(Vec::new()),
+            bad: bad.clone(),
+            epochs: EpochMetrics::default(),
+            state_keys: Mutex::new(Vec::new()),
+            windows: Mutex::new(BTreeMap::new()),
+            running: AtomicBool::new(true),
+            detailed,
+        }
+    }
+
+    /// Whether the per-step counts, timings and latencies are kept.
+    pub fn detailed(&self) -> bool {
+        self.detailed
+    }
+
+    /// The run's record of bad input (counted in its snapshots).
+    pub fn bad_input(&self) -> &Arc<BadInput> {
+        &self.bad
+    }
+
     /// The counters of a pipeline of this run, with its steps.
     pub fn register_pipeline<'a>(
         &self,
         name: &str,
         steps: impl IntoIterator<Item = &'a str>,
     ) -> Arc<PipelineMetrics> {
-        let metrics = Arc::new(PipelineMetrics::with_steps(steps));
+        let mut metrics = PipelineMetrics::with_steps(steps);
+        metrics.detailed = self.detailed;
+        let metrics = Arc::new(metrics);
         lock(&self.pipelines).push((name.to_owned(), metrics.clone()));
         metrics
     }
@@ -340,42 +371,9 @@ impl RunMetrics {
     }
 }
 
-// The process registry's run, for the run's code (dataflow, steps, sources).
-
-/// Whether the per-step counts, timings and latencies are kept.
-pub fn enabled() -> bool {
-    REGISTRY.enabled()
-}
-
-/// A run starts on this process: counters start from zero.
+/// A run starts on this process: its counters, from zero, registered for the
+/// Python-facing functions and the HTTP server to read (the run's entry
+/// hands them down in the run's handle).
 pub fn begin_run(index: usize, peers: usize, bad: &Arc<BadInput>) -> Arc<RunMetrics> {
     REGISTRY.begin_run(index, peers, bad)
-}
-
-/// The run on this process ended (its counters stay visible).
-pub fn end_run() {
-    if let Some(run) = REGISTRY.current_run() {
-        run.end();
-    }
-}
-
-/// The counters of a pipeline of the current run, with its steps (not kept
-/// anywhere without a run).
-pub fn register_pipeline<'a>(
-    name: &str,
-    steps: impl IntoIterator<Item = &'a str>,
-) -> Arc<PipelineMetrics> {
-    match REGISTRY.current_run() {
-        Some(run) => run.register_pipeline(name, steps),
-        None => Arc::new(PipelineMetrics::with_steps(steps)),
-    }
-}
-
-/// The number of keys of state `name` held on this worker (see
-/// [`RunMetrics::state_keys`]).
-pub fn state_keys(name: &str) -> Arc<AtomicU64> {
-    match REGISTRY.current_run() {
-        Some(run) => run.state_keys(name),
-        None => Arc::new(AtomicU64::new(0)),
-    }
 }

@@ -387,7 +387,7 @@ mod tests {
         let ctx = SinkContext {
             pipeline: name.to_owned(),
             bad: Arc::new(BadInput::new(None).unwrap()),
-            metrics: crate::metrics::register_pipeline(name, []),
+            metrics: Arc::new(crate::metrics::PipelineMetrics::default()),
             connect_timeout_s: 1.0,
             append: false,
             transactional_id: transactional.then(|| format!("test.{name}")),

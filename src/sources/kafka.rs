@@ -232,7 +232,7 @@ fn report_lag(
     next: &BTreeMap<i32, i64>,
     ctx: &SourceContext,
 ) {
-    if !crate::metrics::enabled() {
+    if !ctx.metrics.detailed {
         return;
     }
     let Ok(name) = std::ffi::CString::new(topic) else {

@@ -459,7 +459,7 @@ pub fn send_batch(tx: &Sender<Vec<Frame>>, mut batch: Vec<Frame>, ctx: &SourceCo
     }
     PipelineMetrics::add(&ctx.metrics.records_in, batch.len() as u64);
     // One clock read per batch: the source-to-sink latency starts here.
-    let read_ns = if crate::metrics::enabled() {
+    let read_ns = if ctx.metrics.detailed {
         crate::metrics::now_ns()
     } else {
         0
