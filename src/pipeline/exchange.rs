@@ -438,3 +438,7 @@ pub(crate) fn build<A: Allocate>(
     });
     Box::new(ClusterInput::new(handle, me))
 }
+
+#[cfg(test)]
+#[path = "exchange_tests.rs"]
+mod tests;
