@@ -664,8 +664,9 @@ class EventRangeStage(RangeStage):
     one and passed the second slowest.
 
     Per key (``KeyWindows``): ``due`` is the start of the earliest window
-    holding data and not fired (None: no data), ``fired_to`` the start every
-    earlier window has fired before. The timer finds the keys with due
+    holding data and not fired (None: no data). A window has fired once the
+    watermark passed its end (plus the allowed lateness), or, after the final
+    flush, when it starts before ``fired_to``. The timer finds the keys with due
     windows in ``buckets`` (window start -> keys, starts in the heap
     ``starts``) instead of scanning every key.
     """
@@ -737,17 +738,18 @@ class EventRangeStage(RangeStage):
             self.mark = floor
         self._recompute()
 
-    def _join(self, partition: tuple, t: int) -> None:
-        """A record of a partition new to the stage or idle until now."""
+    def _join(self, partition: tuple, t: int) -> list:
+        """A record of a partition new to the stage or idle until now: its entry."""
         entry = self.table.get(partition)
         if entry is None:
-            self.table[partition] = [t, None, True]
+            entry = self.table[partition] = [t, None, True]
         else:
             if t > entry[0]:
                 entry[0] = t
             entry[1] = None
             entry[2] = True
         self._recompute()
+        return entry
 
     def _recompute(self) -> None:
         """The watermark from the table (activity as of the last tick)."""
@@ -814,24 +816,25 @@ class EventRangeStage(RangeStage):
         if step is not None:
             return step
         stage = self
-        table = self.table
+        #: origin -> the table's entry of partition (source, *origin).
+        entries: dict = {}
         extract = self.extract
         update = self.agg.update
         initial = self.agg.initial_accumulator
         wrange, slide, pane, delay = self.range, self.slide, self.pane, self.delay
-        index = self._index
+        buckets, index = self.buckets, self._index
         opens = self._opens
         begin = self._begin
         fire = self._fire
+        nothing = ((), True)
 
         def step(data: Any, windows: KeyWindows, origin: tuple) -> tuple:
             t = extract(data)
             if type(t) is not int:
                 t = event_ns(t)
-            partition = (source, origin[0], origin[1])
-            entry = table.get(partition)
+            entry = entries.get(origin)
             if entry is None or not entry[2]:
-                stage._join(partition, t)
+                entry = entries[origin] = stage._join((source, *origin), t)
             else:
                 entry[1] = None
                 if t > entry[0]:
@@ -842,37 +845,47 @@ class EventRangeStage(RangeStage):
                                 stage.mark = t
                         else:
                             stage._recompute()
-            limit = stage.mark - delay + 1
-            outs: list = []
+            behind = stage.mark - delay
             if not windows.started:
                 begin(windows, data, key_of)
+            result = nothing
             due = windows.due
-            if due is not None and due + wrange < limit:
-                fire(windows, limit, outs)
+            if due is not None and due + wrange <= behind:
+                outs: list = []
+                fire(windows, behind + 1, outs)
+                result = (outs, True)
                 due = windows.due
                 if due is not None:
                     index(due, windows.key)
-            # The earliest window still open: not fired for this key, not due.
-            open_from = ((limit - 1 - wrange) // slide + 1) * slide
-            fired_to = windows.fired_to
-            if fired_to is not None and fired_to > open_from:
-                open_from = fired_to
-            if t // slide * slide < open_from:
-                return (outs, True, stage._late(windows, t))
             first = ((t - wrange) // slide + 1) * slide
-            if first < open_from:
-                first = open_from
+            fired_to = windows.fired_to
+            if t < behind or (fired_to is not None and fired_to > first):
+                # Behind the watermark: its earliest windows may have fired.
+                open_from = ((behind - wrange) // slide + 1) * slide
+                if fired_to is not None and fired_to > open_from:
+                    open_from = fired_to
+                if t // slide * slide < open_from:
+                    return (result[0], True, stage._late(windows, t))
+                if first < open_from:
+                    first = open_from
             if due is None or first < due:
                 windows.due = first
-                index(first, windows.key)
+                bucket = buckets.get(first)
+                if bucket is None:
+                    index(first, windows.key)
+                else:
+                    bucket.append(windows.key)
             panes = windows.panes
             at = t // pane * pane
             acc = panes.get(at)
             if acc is None:
-                stage.open_windows += opens(windows, at, first)
+                if panes:
+                    stage.open_windows += opens(windows, at, first)
+                else:
+                    stage.open_windows += (at - at % slide - first) // slide + 1
                 acc = panes[at] = initial()
             update(data, acc)
-            return (outs, True)
+            return result
 
         self.steps[(source, key_of)] = step
         return step
@@ -905,46 +918,67 @@ class EventRangeStage(RangeStage):
         """Fire the windows of one key that hold data and end before ``limit``
         (None: every one), oldest first; windows without data are skipped."""
         panes = windows.panes
-        held = sorted(panes)
-        last = len(held)
         wrange, slide = self.range, self.slide
         combine, output, window_output = self.agg.combine, self.agg.output, self.window_output
         key, identity = windows.key, windows.identity
         start = windows.due
-        lo = fired = 0
-        while limit is None or start + wrange < limit:
-            end = start + wrange
-            acc = identity
-            i = lo
-            while i < last and held[i] < end:
-                acc = combine(acc, panes[held[i]])
-                i += 1
-            if window_output is None:
-                out = output(key, acc)
-            else:
-                out = window_output(key, acc, start, end)
-            if out is not None:
-                outs.append(out)
-            fired += 1
-            start += slide
-            # Panes before the next window start are in no window left.
-            while lo < last and held[lo] < start:
-                del panes[held[lo]]
-                lo += 1
-            if lo == last:
-                break
-            first = ((held[lo] - wrange) // slide + 1) * slide
-            if first > start:
-                start = first
+        fired = 0
+        if len(panes) == 1:
+            # One pane (the common case): the windows holding it, from ``due``.
+            for at in panes:
+                acc = panes[at]
+            stop = last = at - at % slide
+            if limit is not None and limit - 1 - wrange < last:
+                stop = limit - 1 - wrange
+            while start <= stop:
+                end = start + wrange
+                if window_output is None:
+                    out = output(key, combine(identity, acc))
+                else:
+                    out = window_output(key, combine(identity, acc), start, end)
+                if out is not None:
+                    outs.append(out)
+                fired += 1
+                start += slide
+            left = start <= last
+            if not left:
+                del panes[at]
+        else:
+            held = sorted(panes)
+            count = len(held)
+            lo = 0
+            while limit is None or start + wrange < limit:
+                end = start + wrange
+                acc = identity
+                i = lo
+                while i < count and held[i] < end:
+                    acc = combine(acc, panes[held[i]])
+                    i += 1
+                if window_output is None:
+                    out = output(key, acc)
+                else:
+                    out = window_output(key, acc, start, end)
+                if out is not None:
+                    outs.append(out)
+                fired += 1
+                start += slide
+                # Panes before the next window start are in no window left.
+                while lo < count and held[lo] < start:
+                    del panes[held[lo]]
+                    lo += 1
+                if lo == count:
+                    break
+                first = ((held[lo] - wrange) // slide + 1) * slide
+                if first > start:
+                    start = first
+            left = lo < count
         self.fired += fired
         self.open_windows -= fired
-        windows.due = start if lo < last else None
-        if limit is not None:
-            # Windows before the first one not due have fired (those without data too).
-            open_from = ((limit - 1 - wrange) // slide + 1) * slide
-            if lo == last or open_from < start:
-                start = open_from
-        windows.fired_to = start
+        windows.due = start if left else None
+        if limit is None:
+            # The final flush: every window has fired. (Otherwise the
+            # watermark, which never goes back, tells which windows have.)
+            windows.fired_to = start
 
     def tick(self, states: dict, final: bool) -> list | None:
         """Fire the windows the watermark made due (``final``: every window once
@@ -959,26 +993,61 @@ class EventRangeStage(RangeStage):
         if limit is None:
             return None
         if self.reindex or len(states) != self.indexed:
-            self.buckets, self.starts = {}, []
+            self.buckets.clear()  # in place: the steps hold them
+            self.starts.clear()
             for key, windows in states.items():
                 if windows.started and windows.due is not None:
                     self._index(windows.due, key)
             self.indexed = len(states)
             self.reindex = False
         bound = self.first_start(limit - 1)
-        changed = []
-        starts, buckets = self.starts, self.buckets
+        changed: list = []
+        starts, buckets, get = self.starts, self.buckets, states.get
+        slide, stop = self.slide, limit - 1 - self.range
+        combine, output, window_output = self.agg.combine, self.agg.output, self.window_output
+        fired = 0
         while starts and starts[0] < bound:
             start = heapq.heappop(starts)
             for key in buckets.pop(start):
-                windows = states.get(key)
+                windows = get(key)
                 if windows is None or windows.due != start:
                     continue  # moved away, or fired on one of its records since
                 outs: list = []
-                self._fire(windows, limit, outs)
+                panes = windows.panes
+                if len(panes) != 1:
+                    self._fire(windows, limit, outs)
+                else:
+                    # One pane (the common case, as in ``_fire``), inline.
+                    for at in panes:
+                        acc = panes[at]
+                    last = at - at % slide
+                    identity = windows.identity
+                    window = start
+                    while window <= stop and window <= last:
+                        if window_output is None:
+                            out = output(key, combine(identity, acc))
+                        else:
+                            end = window + self.range
+                            out = window_output(key, combine(identity, acc), window, end)
+                        if out is not None:
+                            outs.append(out)
+                        fired += 1
+                        window += slide
+                    if window > last:
+                        del panes[at]
+                        windows.due = None
+                    else:
+                        windows.due = window
                 changed.append((key, outs))
-                if windows.due is not None:
-                    self._index(windows.due, key)
+                due = windows.due
+                if due is not None:
+                    bucket = buckets.get(due)
+                    if bucket is None:
+                        self._index(due, key)
+                    else:
+                        bucket.append(key)
+        self.fired += fired
+        self.open_windows -= fired
         return changed
 
     def _open_of(self, windows: KeyWindows, start: int | None = None) -> int:
