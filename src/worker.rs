@@ -458,14 +458,16 @@ fn drive<A: Allocate>(
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         live[i] = false;
-                        let cut = options.max_records.is_some()
-                            || next_membership.is_some()
-                            || stop.load(Ordering::Relaxed);
+                        // A later run goes on from what the steps hold
+                        // after a new membership, or after a stop or
+                        // --max-records with crash recovery (the last
+                        // snapshot keeps it). Otherwise the input is over
+                        // for good: steps with timers fire what they hold
+                        // (a stop without -r would lose open windows).
+                        let cut = next_membership.is_some()
+                            || (clock.is_some()
+                                && (options.max_records.is_some() || stop.load(Ordering::Relaxed)));
                         if timers[i] && !cut {
-                            // The input ended by itself (not a stop, a new
-                            // membership or --max-records, after which a
-                            // later run goes on): steps with timers fire
-                            // what they hold.
                             input.send(vec![Frame::marker(true)]);
                         }
                         if clock.is_none() {
