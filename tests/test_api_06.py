@@ -119,6 +119,41 @@ def test_key_extractor_int_becomes_a_character():
     assert as_number.extract_key("anything") == "A"
 
 
+class _Count(wallaroo.Aggregation):
+    def initial_accumulator(self):
+        return [0]
+
+    def update(self, data, acc):
+        acc[0] += 1
+
+    def combine(self, a, b):
+        return [a[0] + b[0]]
+
+    def output(self, key, acc):
+        return (key, acc[0])
+
+
+def test_a_decoders_none_is_dropped_by_the_first_keyed_window_step_itself():
+    """0.5.1+: a decoder's None drops the record. The key function and the
+    event-time window step of a first keyed stage take None themselves (no
+    wrapper call per record): None keys None, the step drops it."""
+    windows = (
+        wallaroo.range_windows(10).with_event_time(lambda data: int(data[1:]))
+        .over(_Count)
+    )  # fmt: skip
+    app = wallaroo.build_application(
+        "app", _source().key_by(as_number).to(windows).to_sink(_sink())
+    )
+    step = compile_plan(app, "app.py")["pipelines"][0]["steps"][0]
+    key_of, func = step["partition"], step["func"]
+    assert getattr(key_of, "none_safe", False) and getattr(func, "none_safe", False)
+    assert key_of(None) is None and key_of("x5") == "A"  # an int key is a character
+    state = wallaroo.windows.KeyWindows()
+    assert func(None, state, (0, 0)) == (None, False)
+    assert not state.started
+    assert list(func("x5", state, (0, 0))[0]) == [] and state.started
+
+
 def test_0_6_state_computation_objects():
     assert remember.name() == "remember"
     assert isinstance(remember.initial_state(), Seen)

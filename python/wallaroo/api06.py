@@ -189,6 +189,24 @@ class KeyExtractor:
             return chr(key)
         return key
 
+    def key_function(self) -> Callable[[Any], Any]:
+        """``extract_key`` as one function, None for None data (a dropped
+        record: see ``plan._none_guard``)."""
+        func = self._func
+        if func is None or type(self).extract_key is not KeyExtractor.extract_key:
+            return self.extract_key
+
+        def key(data: Any) -> Any:
+            if data is None:
+                return None
+            key = func(data)
+            if isinstance(key, int) and not isinstance(key, bool):
+                return chr(key)
+            return key
+
+        key.none_safe = True  # type: ignore[attr-defined]
+        return key
+
     def __reduce__(self) -> Any:
         import sys
 

@@ -110,7 +110,11 @@ class _Compiler:
                 step_where = f"{where} stage {len(steps) + 1} ({stage[0]})"
                 verb = stage[0]
                 if verb == "key_by":
-                    key_of = self.method(stage[1], "extract_key", step_where)
+                    key_function = getattr(stage[1], "key_function", None)
+                    if callable(key_function):
+                        key_of = key_function()
+                    else:
+                        key_of = self.method(stage[1], "extract_key", step_where)
                 elif verb == "collect":
                     key_of = _constant(f"collect-key-{node}-{position}")
                 elif verb == "to":

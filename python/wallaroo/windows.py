@@ -827,8 +827,11 @@ class EventRangeStage(RangeStage):
         begin = self._begin
         fire = self._fire
         nothing = ((), True)
+        dropped = (None, False)
 
         def step(data: Any, windows: KeyWindows, origin: tuple) -> tuple:
+            if data is None:
+                return dropped  # a decoder's None (see ``plan._none_guard``)
             t = extract(data)
             if type(t) is not int:
                 t = event_ns(t)
@@ -887,6 +890,7 @@ class EventRangeStage(RangeStage):
             update(data, acc)
             return result
 
+        step.none_safe = True  # type: ignore[attr-defined]
         self.steps[(source, key_of)] = step
         return step
 
