@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import heapq
+import logging
 import math
 import time
 from typing import Any, Callable
@@ -641,6 +642,9 @@ def event_ns(value: Any) -> int:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+#: Event times below this (ns, 1973-03-03) were most likely meant as seconds,
+#: milliseconds or microseconds since the epoch.
+_SECONDS_AS_NS = 10**17
 
 
 def _iso(ns: int | None) -> str:
@@ -707,6 +711,8 @@ class EventRangeStage(RangeStage):
         #: Keys arrived other than by a record (restore, hand-over): rebuild.
         self.reindex = False
         self.steps: dict = {}
+        #: Whether the stage said that its first event time looked like seconds.
+        self.warned_unit = False
         _STAGES[stage_id] = self
 
     def new_state(self) -> KeyWindows:
@@ -742,6 +748,8 @@ class EventRangeStage(RangeStage):
         """A record of a partition new to the stage or idle until now: its entry."""
         entry = self.table.get(partition)
         if entry is None:
+            if 0 <= t < _SECONDS_AS_NS and not self.warned_unit:
+                self._warn_unit(t)
             entry = self.table[partition] = [t, None, True]
         else:
             if t > entry[0]:
@@ -750,6 +758,18 @@ class EventRangeStage(RangeStage):
             entry[2] = True
         self._recompute()
         return entry
+
+    def _warn_unit(self, t: int) -> None:
+        """Say once that an event time reads as a date in 1970-1973: an int is
+        nanoseconds, and epoch seconds or milliseconds are a common mistake."""
+        self.warned_unit = True
+        stage, pipelines, step, _ = self.labels
+        logging.getLogger("wallaroo.windows").warning(
+            "window stage %s of pipeline %s: the first event time of a source is %s: "
+            "the timestamp extractor's int is read as nanoseconds since the epoch; "
+            "return float seconds (or seconds * 10**9) if it gave seconds or milliseconds",
+            step or stage, "+".join(pipelines), _iso(t),
+        )  # fmt: skip
 
     def _recompute(self) -> None:
         """The watermark from the table (activity as of the last tick)."""
