@@ -119,20 +119,6 @@ def test_key_extractor_int_becomes_a_character():
     assert as_number.extract_key("anything") == "A"
 
 
-class _Count(wallaroo.Aggregation):
-    def initial_accumulator(self):
-        return [0]
-
-    def update(self, data, acc):
-        acc[0] += 1
-
-    def combine(self, a, b):
-        return [a[0] + b[0]]
-
-    def output(self, key, acc):
-        return (key, acc[0])
-
-
 def test_a_decoders_none_is_dropped_by_the_first_keyed_window_step_itself():
     """0.5.1+: a decoder's None drops the record. The key function and the
     event-time window step of a first keyed stage take None themselves (no
