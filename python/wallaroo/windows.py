@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 from wallaroo.versions import ONLY_06, Mark
 
+_log = logging.getLogger("wallaroo.windows")
+
 _WINDOWS_MARK = Mark("range_windows/count_windows", ONLY_06)
 
 
@@ -384,10 +386,27 @@ class _Stage:
         self.keys = 0
         #: Names in the metrics: (stage id, pipelines, step, kind); see ``label``.
         self.labels: tuple = ("", [], "", self.kind)
+        #: Whether the stage said that ``update`` returned a new accumulator.
+        self.warned_update = False
 
     def new_state(self) -> KeyWindows:
         """A key's empty windows (the engine's state class)."""
         return KeyWindows()
+
+    def _first_update(self, data: Any, acc: Any) -> None:
+        """``update`` on a fresh accumulator (once per pane or count window, not
+        per record), saying once when it returned a new accumulator: Wallaroo
+        uses only the one it passed in (0.6.1 did too), so an ``int`` total
+        ``return acc + x`` adds up to nothing."""
+        result = self.agg.update(data, acc)
+        if result is not None and result is not acc and not self.warned_update:
+            self.warned_update = True
+            _log.warning(
+                "aggregation %s: update() returned %.60r, which is not used: as in "
+                "Wallaroo 0.6.1, update must change the accumulator it is given in place "
+                "(an int or str accumulator cannot change: use a list or an object)",
+                self.agg.name(), result,
+            )  # fmt: skip
 
     def _output(self, key: Any, acc: Any, outs: list) -> None:
         out = self.agg.output(key, acc)
@@ -504,6 +523,8 @@ class RangeStage(_Stage):
         if acc is None:
             self.open_windows += self._opens(windows, pane)
             acc = windows.panes[pane] = self.agg.initial_accumulator()
+            self._first_update(data, acc)
+            return
         self.agg.update(data, acc)
 
     def process(self, data: Any, windows: KeyWindows, key_of: Any = None) -> tuple:
@@ -764,7 +785,7 @@ class EventRangeStage(RangeStage):
         nanoseconds, and epoch seconds or milliseconds are a common mistake."""
         self.warned_unit = True
         stage, pipelines, step, _ = self.labels
-        logging.getLogger("wallaroo.windows").warning(
+        _log.warning(
             "window stage %s of pipeline %s: the first event time of a source is %s: "
             "the timestamp extractor's int is read as nanoseconds since the epoch; "
             "return float seconds (or seconds * 10**9) if it gave seconds or milliseconds",
@@ -907,6 +928,8 @@ class EventRangeStage(RangeStage):
                 else:
                     stage.open_windows += (at - at % slide - first) // slide + 1
                 acc = panes[at] = initial()
+                stage._first_update(data, acc)
+                return result
             update(data, acc)
             return result
 
@@ -1111,7 +1134,9 @@ class CountStage(_Stage):
         if windows.acc is None:
             windows.acc = self.agg.initial_accumulator()
             self.open_windows += 1
-        self.agg.update(data, windows.acc)
+            self._first_update(data, windows.acc)
+        else:
+            self.agg.update(data, windows.acc)
         windows.count += 1
         outs: list = []
         if windows.count >= self.size:
