@@ -31,7 +31,8 @@ EXIT_BAD_APP = 2
 EXIT_INTERRUPTED = 130
 
 DESCRIPTION = """\
-Run a Wallaroo 0.4.2 Python application on the Rust engine.
+Run a Wallaroo Python application (0.4.2, 0.5 or 0.6.1 API, told from the
+calls it makes) on the Rust engine.
 
 APP is a .py file, a directory holding APP/APP.py (the directory goes on the
 Python path, so sibling modules import), a module importable from the current
@@ -414,7 +415,10 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
         handler = _StopOnSignal(_engine, leave)
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, handler)
-    log.info("running application %r (%d pipelines)", plan["name"], len(plan["pipelines"]))
+    log.info(
+        "%srunning application %r (%d pipelines)",
+        _worker_label(members), plan["name"], len(plan["pipelines"]),
+    )  # fmt: skip
     summary = None
     code, failure = EXIT_OK, None
     try:
@@ -441,7 +445,7 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if summary is not None:
-        _report(summary)
+        _report(summary, _worker_label(members))
     if failure is not None:
         return _fail(code, failure)
     return EXIT_OK
@@ -505,13 +509,24 @@ def _print_user_traceback(err: BaseException) -> None:
     traceback.print_exception(type(err), err, first if first is not None else tb)
 
 
-def _report(summary: dict) -> None:
-    """Log the run's summary."""
+def _worker_label(members: Any) -> str:
+    """``"worker 'NAME': "`` in a cluster, where every worker logs its own
+    summary (only the worker reading a file source counts records in, only the
+    one writing a file sink delivers), else ``""``."""
+    membership = getattr(members, "membership", None)
+    if membership is None or not 0 <= membership.index < len(membership.names):
+        return ""
+    return f"worker {membership.names[membership.index]!r}: "
+
+
+def _report(summary: dict, worker: str = "") -> None:
+    """Log the run's summary (``worker``: the label of this worker's lines)."""
     for name, counters in summary["pipelines"].items():
         log.log(
             logging.ERROR if counters["sink_errors"] else logging.INFO,
-            "pipeline %r: %d in, %d out, %d filtered, %d skipped after errors, "
+            "%spipeline %r: %d in, %d out, %d filtered, %d skipped after errors, "
             "%d delivered, %d not delivered",
+            worker,
             name,
             counters["records_in"],
             counters["records_out"],
@@ -529,7 +544,8 @@ def _report(summary: dict) -> None:
             summary["dead_letter_failed"],
         )
     log.info(
-        "finished in %.2f s%s",
+        "%sfinished in %.2f s%s",
+        worker,
         summary["seconds"],
         " (stopped by signal)" if summary["interrupted"] else "",
     )
