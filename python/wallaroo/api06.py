@@ -168,6 +168,20 @@ def build_application(app_name: str, pipeline: Pipeline) -> tuple:
     return pipeline.__to_tuple__(app_name)
 
 
+def _int_key(func: Any, key: int) -> str:
+    """The key of an int, as 0.6 made it: ``chr(key)``; a key ``chr`` cannot
+    take is a ValueError naming the key extractor and the way out."""
+    try:
+        return chr(key)
+    except (ValueError, OverflowError):
+        name = getattr(func, "__qualname__", repr(func))
+        raise ValueError(
+            f"key_extractor {name} returned the int {key}: Wallaroo 0.6 turns an int key "
+            "into chr(key), which takes 0 to 1114111 (0x10FFFF); return str(...) of it "
+            "(or another str) to key by a larger number"
+        ) from None
+
+
 class KeyExtractor:
     """Maps a record to its key: ``extract_key(data)`` (an int becomes ``chr(int)``)."""
 
@@ -186,7 +200,7 @@ class KeyExtractor:
     def extract_key(self, data: Any) -> Any:
         key = self._func(data) if self._func is not None else None
         if isinstance(key, int) and not isinstance(key, bool):
-            return chr(key)
+            return _int_key(self._func, key)
         return key
 
     def key_function(self) -> Callable[[Any], Any]:
@@ -201,7 +215,7 @@ class KeyExtractor:
                 return None
             key = func(data)
             if isinstance(key, int) and not isinstance(key, bool):
-                return chr(key)
+                return _int_key(func, key)
             return key
 
         key.none_safe = True  # type: ignore[attr-defined]
