@@ -571,12 +571,10 @@ class RangeStage(_Stage):
             fired = True
         return fired
 
-    def _opens(self, windows: KeyWindows, pane: int, start: int | None = None) -> int:
-        """The windows a new pane opens: those holding it (from ``start``, by
-        default ``next_start``, on) that hold no other pane."""
-        slide, wrange = self.slide, self.range
-        if start is None:
-            start = windows.next_start
+    def _opens(self, windows: KeyWindows, pane: int) -> int:
+        """The windows a new pane opens: those holding it (from ``next_start``
+        on) that hold no other pane."""
+        slide, wrange, start = self.slide, self.range, windows.next_start
         first = start + max(0, -(-(pane - wrange + 1 - start) // slide)) * slide
         last = start + (pane - start) // slide * slide
         panes = windows.panes
@@ -864,7 +862,6 @@ class EventRangeStage(RangeStage):
         initial = self.agg.initial_accumulator
         wrange, slide, pane, delay = self.range, self.slide, self.pane, self.delay
         buckets, index = self.buckets, self._index
-        opens = self._opens
         begin = self._begin
         fire = self._fire
         nothing = ((), True)
@@ -923,10 +920,21 @@ class EventRangeStage(RangeStage):
             at = t // pane * pane
             acc = panes.get(at)
             if acc is None:
+                # It opens the windows holding it from `first` on that hold no
+                # other pane (inline: most keys have none or one).
+                top = at - at % slide
                 if panes:
-                    stage.open_windows += opens(windows, at, first)
+                    low = first
+                    for other in panes:
+                        if other < at:
+                            if other >= low:
+                                low = (other // slide + 1) * slide
+                        elif other - wrange < top:
+                            top = (other - wrange) // slide * slide
+                    if top >= low:
+                        stage.open_windows += (top - low) // slide + 1
                 else:
-                    stage.open_windows += (at - at % slide - first) // slide + 1
+                    stage.open_windows += (top - first) // slide + 1
                 acc = panes[at] = initial()
                 stage._first_update(data, acc)
                 return result
