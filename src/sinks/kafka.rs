@@ -294,6 +294,10 @@ impl BatchWriter for KafkaWriter {
         Ok(())
     }
 
+    fn idle(&mut self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
     fn finish(&mut self) -> std::io::Result<()> {
         if self.transactional {
             return self.abort_open();

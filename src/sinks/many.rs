@@ -52,6 +52,10 @@ impl BatchWriter for ManyWriter {
         self.each(|w| w.flush())
     }
 
+    fn idle(&mut self) {
+        self.writers.iter_mut().for_each(|w| w.idle());
+    }
+
     fn label(&self) -> String {
         let labels: Vec<String> = self.writers.iter().map(|w| w.label()).collect();
         labels.join(" + ")

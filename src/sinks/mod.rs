@@ -12,8 +12,9 @@ pub mod tcp;
 use std::io::Write;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::bad_input::BadInput;
 use crate::control::RunHandle;
@@ -107,7 +108,15 @@ pub trait BatchWriter: Send {
     fn sync(&mut self, _snapshot: u64) -> std::io::Result<()> {
         self.flush()
     }
+    /// No output came for [`IDLE_POLL`]: a writer that learns of its
+    /// deliveries later (Kafka) takes them in, so they count while the
+    /// pipeline is quiet, not only at its next batch or the end of the run.
+    fn idle(&mut self) {}
 }
+
+/// How long a sink thread waits for output before calling
+/// [`BatchWriter::idle`].
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// A [`BatchWriter`] over any [`Write`].
 pub struct StreamWriter<W: Write + Send> {
@@ -170,7 +179,15 @@ fn write_loop(
 ) -> Option<String> {
     // Records not delivered since the last batch that was.
     let mut failing = 0usize;
-    for message in rx.iter() {
+    loop {
+        let message = match rx.recv_timeout(IDLE_POLL) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => {
+                writer.idle();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let batch = match message {
             SinkMessage::Batch(batch) => batch,
             SinkMessage::Barrier(snapshot, ack) => {
