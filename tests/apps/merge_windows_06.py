@@ -1,16 +1,21 @@
 """Two sources merged, keyed by account, summed in windows (Wallaroo 0.6.1 style).
 
     python -m wallaroo merge_windows_06.py --deposits D --withdrawals W --output OUT
-        [--window tumbling|sliding|count] [--gen N]
+        [--window tumbling|sliding|count] [--gen N] [--no-partial-timer]
 
 Each input line is ``account amount``; withdrawals count negative. Each output
 line is ``account total count``: the sum and number of the records of one
 window. ``--gen N`` adds a generator source of N records ``gen i`` (amount i).
+``--no-partial-timer`` switches off the 5 s timer that fires partial count
+windows (0.6.1), so that a count window's content depends only on the records
+however slowly the run goes (the last partial window of each key comes out
+at the end of input).
 """
 
 import argparse
 
 import wallaroo
+import wallaroo.windows
 
 
 def application_setup(args):
@@ -20,7 +25,10 @@ def application_setup(args):
     parser.add_argument("--output", required=True)
     parser.add_argument("--window", default="tumbling")
     parser.add_argument("--gen", type=int, default=0)
+    parser.add_argument("--no-partial-timer", action="store_true")
     opts, _ = parser.parse_known_args(args)
+    if opts.no_partial_timer:
+        wallaroo.windows.CountStage.period = 10**18
 
     deposits = wallaroo.source("Deposits", wallaroo.FileSourceConfig(opts.deposits, decode))
     withdrawals = wallaroo.source(
