@@ -81,12 +81,6 @@ pub(crate) fn run_generation<A: Allocate>(
     let mut sources: Vec<Option<GenerationSource>> = Vec::new();
     for pipeline in &resources.pipelines {
         let chain = Python::attach(|py| resources.chain(py, pipeline, tables, options.on_error))?;
-        let part = PipelineParts {
-            name: pipeline.name.clone(),
-            chain: Rc::new(chain),
-            sink_tx: pipeline.sink_tx.clone(),
-            sink_everywhere: pipeline.sink_everywhere,
-        };
         let source = match &pipeline.kafka {
             Some(plan) => {
                 let stop = Arc::new(AtomicBool::new(resources.stop.load(Ordering::Relaxed)));
@@ -116,6 +110,16 @@ pub(crate) fn run_generation<A: Allocate>(
             None => lock(&pipeline.source)
                 .take()
                 .map(|handle| GenerationSource { handle, own: None }),
+        };
+        let part = PipelineParts {
+            name: pipeline.name.clone(),
+            chain: Rc::new(chain),
+            sink_tx: pipeline.sink_tx.clone(),
+            sink_everywhere: pipeline.sink_everywhere,
+            read_everywhere: source
+                .as_ref()
+                .map(|s| s.handle.read_everywhere.clone())
+                .unwrap_or_default(),
         };
         let input = pipeline::build(worker, &part, failure.clone(), &probe, resources.cluster);
         // A worker without this source closes its input at once, so the

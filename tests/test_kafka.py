@@ -38,6 +38,7 @@ APPS_DIR = Path(__file__).resolve().parent / "apps"
 JSON_APP = APPS_DIR / "kafka_json.py"
 KEYED_APP = APPS_DIR / "kafka_keyed.py"
 ECHO_APP = APPS_DIR / "kafka_echo.py"
+WHERE_APP = APPS_DIR / "kafka_where_decoded.py"
 BAD_INPUT_APP = APPS_DIR / "kafka_bad_input.py"
 FILE_TO_TOPIC_APP = APPS_DIR / "kafka_file_to_topic.py"
 
@@ -715,3 +716,51 @@ def test_05_encoder_names_the_partition(broker) -> None:
         else:
             assert (r.key, r.partition) == (region.encode(), int(order_id) % 3), r
     assert sorted(got) == expected
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_batches_are_decoded_where_read_when_every_worker_reads(broker, run_app, partitions):
+    """2 workers. A 2-partition topic: each worker reads one partition and
+    decodes its batches itself (nothing crosses to be decoded; the state
+    keys of its partition are its own, so no record crosses at all). A
+    1-partition topic: its reader spreads the batches over both workers.
+    Either way every record comes out once, per key in order."""
+    in_topic, out_topic = new_topic("where-in"), new_topic("where-out")
+    broker.create_topic(in_topic, partitions=partitions)
+    broker.create_topic(out_topic, partitions=1)
+    per_partition = 1000
+    sent = {p: [f"p{p}-{i:05d}" for i in range(per_partition)] for p in range(2)}
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for p, texts in sent.items():
+        for text in texts:
+            producer.produce(in_topic, text.encode(), partition=p % partitions)
+    assert producer.flush(30) == 0
+    result = run_app(
+        WHERE_APP,
+        *kafka_flags(broker.bootstrap, in_topic, out_topic),
+        "--max-records", str(2 * per_partition // partitions),
+        "--batch-size", "50",
+        "--workers", "2",
+        timeout=120,
+    )  # fmt: skip
+    result.check()
+    got = [v.decode().split() for v in values(broker.consume(out_topic, 2001, timeout=15))]
+    decoders: dict = defaultdict(set)
+    for key in ("p0", "p1"):
+        mine = [row for row in got if row[0].startswith(key + "-")]
+        assert [row[0] for row in mine] == sent[int(key[1])]
+        assert [int(row[3]) for row in mine] == list(range(1, per_partition + 1))
+        assert len({row[2] for row in mine}) == 1, "one owner per key"
+        decoders[key] = {row[1] for row in mine}
+    owners = {row[2] for row in got}
+    assert len(owners) == 2
+    if partitions == 2:
+        # Each partition decoded by its reader alone, which owns its key.
+        for key in ("p0", "p1"):
+            owner = {row[2] for row in got if row[0].startswith(key + "-")}
+            assert decoders[key] == owner, decoders
+    else:
+        assert decoders["p0"] | decoders["p1"] == owners, decoders

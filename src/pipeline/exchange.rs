@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! source (reading worker) -> batches spread round-robin over all workers
+//!        (or kept where read when every worker reads its own share)
 //!   -> decode + stateless steps -> partition key -> owner of the key
 //!        same worker: the Python object as is; other worker: serialized
 //!   -> state step at the owner: a reader's batches in order, each as soon
@@ -20,6 +21,8 @@
 //! garbage-collector work).
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use timely::communication::Allocate;
@@ -42,19 +45,44 @@ use crate::steps::{Chain, Emitted, Kind, SortKey};
 
 type BatchInput = InputHandleCore<u64, CapacityContainerBuilder<Vec<FrameBatch>>>;
 
-/// The input of a cluster pipeline: numbers its batches.
+/// The input of a cluster pipeline: numbers its batches and says which
+/// worker decodes each.
 struct ClusterInput {
     handle: BatchInput,
     /// The next batch's id.
     next: BatchId,
+    /// Workers in the cluster.
+    peers: u32,
+    /// Every worker reads its own share of the source: batches are decoded
+    /// here, where they were read, rather than spread round-robin.
+    read_everywhere: Arc<AtomicBool>,
 }
 
 impl ClusterInput {
-    fn new(handle: BatchInput, reader: usize) -> ClusterInput {
+    fn new(
+        handle: BatchInput,
+        reader: usize,
+        peers: usize,
+        read_everywhere: Arc<AtomicBool>,
+    ) -> ClusterInput {
         let reader = u32::try_from(reader).unwrap_or(u32::MAX);
         ClusterInput {
             handle,
             next: BatchId { reader, seq: 0 },
+            peers: u32::try_from(peers).unwrap_or(u32::MAX).max(1),
+            read_everywhere,
+        }
+    }
+
+    /// The worker that decodes batch `id`: its reader when every worker
+    /// reads (no batch crosses, and records whose keys the reader owns stay
+    /// Python objects), else the workers in turn.
+    fn decoder(&self, id: BatchId) -> u32 {
+        if self.read_everywhere.load(Ordering::Relaxed) {
+            id.reader
+        } else {
+            let turn = id.seq.wrapping_add(u64::from(id.reader)) % u64::from(self.peers);
+            u32::try_from(turn).unwrap_or(0)
         }
     }
 }
@@ -63,7 +91,12 @@ impl PipelineInput for ClusterInput {
     fn send(&mut self, frames: Vec<Frame>) {
         let id = self.next;
         self.next.seq += 1;
-        self.handle.send(FrameBatch { id, frames });
+        let decoder = self.decoder(id);
+        self.handle.send(FrameBatch {
+            id,
+            decoder,
+            frames,
+        });
     }
 
     fn advance_to(&mut self, epoch: u64) {
@@ -269,9 +302,8 @@ fn prefix_operator<G: Scope<Timestamp = u64>>(
 ) -> ChainStreams<G> {
     let name = format!("decode {}", stage.chain.pipeline);
     let mut builder = OperatorBuilder::new(name, batches.scope());
-    let spread =
-        Exchange::new(|batch: &FrameBatch| batch.id.seq.wrapping_add(u64::from(batch.id.reader)));
-    let mut input = builder.new_input(batches, spread);
+    let to_decoder = Exchange::new(|batch: &FrameBatch| u64::from(batch.decoder));
+    let mut input = builder.new_input(batches, to_decoder);
     let (out0, outputs) = builder.new_output::<Vec<Output>>();
     let (out1, local) = builder.new_output::<Vec<LocalPart>>();
     let (out2, remote) = builder.new_output::<Vec<RemotePart>>();
@@ -377,7 +409,12 @@ pub(crate) fn build<A: Allocate>(
                 position: String::new(),
                 detail,
             });
-            return Box::new(ClusterInput::new(handle, me));
+            return Box::new(ClusterInput::new(
+                handle,
+                me,
+                peers,
+                part.read_everywhere.clone(),
+            ));
         }
     };
     let state_steps: Vec<String> = chain
@@ -436,7 +473,12 @@ pub(crate) fn build<A: Allocate>(
         };
         sink_and_probe(&to_sink, &name, sink_tx, probe);
     });
-    Box::new(ClusterInput::new(handle, me))
+    Box::new(ClusterInput::new(
+        handle,
+        me,
+        peers,
+        part.read_everywhere.clone(),
+    ))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub mod sequencer;
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use pyo3::prelude::*;
@@ -40,6 +42,9 @@ pub(crate) struct PipelineParts {
     pub sink_tx: Option<Sender<SinkMessage>>,
     /// Whether its sink runs on every worker (Kafka) rather than on worker 0.
     pub sink_everywhere: bool,
+    /// Set once every worker reads its own share of the source
+    /// ([`crate::sources::SourceHandle::read_everywhere`]).
+    pub read_everywhere: Arc<AtomicBool>,
 }
 
 /// The shared slot where an operator reports a failure of user code.

@@ -27,6 +27,8 @@ pub struct BatchId {
 pub struct FrameBatch {
     /// Which batch this is.
     pub id: BatchId,
+    /// The worker that decodes it.
+    pub decoder: u32,
     /// The records.
     pub frames: Vec<Frame>,
 }

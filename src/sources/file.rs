@@ -91,6 +91,7 @@ pub fn start(
         rx,
         info,
         threads: vec![thread],
+        read_everywhere: Default::default(),
     })
 }
 

@@ -27,6 +27,7 @@ pub fn start(generator: Py<PyAny>, ctx: SourceContext, skip: u64) -> Result<Sour
         rx,
         info,
         threads: vec![thread],
+        read_everywhere: Default::default(),
     })
 }
 

@@ -4,6 +4,8 @@
 //! handed over under the group id so lag tools see progress.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
@@ -69,24 +71,29 @@ pub fn start(plan: KafkaSourcePlan, ctx: SourceContext) -> Result<SourceHandle, 
     };
     let (tx, rx) = bounded(CHANNEL_BATCHES);
     let thread_info = info.clone();
+    let read_everywhere = Arc::new(AtomicBool::new(false));
+    let everywhere = read_everywhere.clone();
     let thread = std::thread::Builder::new()
         .name(format!("kafka {}", ctx.pipeline))
-        .spawn(move || consume(consumer, plan, ctx, thread_info, tx))
+        .spawn(move || consume(consumer, plan, ctx, thread_info, tx, &everywhere))
         .map_err(|e| Error::Config(format!("cannot start a source thread: {e}")))?;
     Ok(SourceHandle {
         rx,
         info,
         threads: vec![thread],
+        read_everywhere,
     })
 }
 
-/// The topic's partitions, waiting (with back-off) while the brokers do not answer.
+/// This worker's share of the topic's partitions, and whether every worker
+/// of the cluster has a share; waits (with back-off) while the brokers do
+/// not answer.
 fn wait_for_partitions(
     consumer: &BaseConsumer,
     topic: &str,
     ctx: &SourceContext,
     label: &str,
-) -> Option<Vec<i32>> {
+) -> Option<(Vec<i32>, bool)> {
     let mut delay = Duration::from_millis(200);
     let mut throttle = Throttle::default();
     while !ctx.finished() {
@@ -99,14 +106,8 @@ fn wait_for_partitions(
                     .flat_map(|t| t.partitions().iter().map(|p| p.id()))
                     .collect();
                 if !partitions.is_empty() {
-                    // In a cluster each worker reads its share of the partitions.
-                    let mine = partitions
-                        .into_iter()
-                        .filter(|p| {
-                            usize::try_from(*p).unwrap_or(0) % ctx.peers.max(1) == ctx.worker
-                        })
-                        .collect();
-                    return Some(mine);
+                    let everywhere = partitions.len() >= ctx.peers;
+                    return Some((mine(partitions, ctx.worker, ctx.peers), everywhere));
                 }
                 if throttle.ready() {
                     log::warn!("{label}: the topic has no partitions yet; waiting");
@@ -124,6 +125,14 @@ fn wait_for_partitions(
         delay = (delay * 2).min(Duration::from_secs(5));
     }
     None
+}
+
+/// Worker `worker`'s share of `partitions` among `peers` workers.
+fn mine(partitions: Vec<i32>, worker: usize, peers: usize) -> Vec<i32> {
+    partitions
+        .into_iter()
+        .filter(|p| usize::try_from(*p).unwrap_or(0) % peers.max(1) == worker)
+        .collect()
 }
 
 fn starting_offsets(
@@ -267,11 +276,15 @@ fn consume(
     ctx: SourceContext,
     info: SourceInfo,
     tx: Sender<Vec<Frame>>,
+    read_everywhere: &AtomicBool,
 ) {
     let label = info.label.clone();
-    let Some(partitions) = wait_for_partitions(&consumer, &plan.topic, &ctx, &label) else {
+    let Some((partitions, everywhere)) = wait_for_partitions(&consumer, &plan.topic, &ctx, &label)
+    else {
         return;
     };
+    // Set before the first batch is sent: the worker sees it with every batch.
+    read_everywhere.store(everywhere, Ordering::Relaxed);
     if partitions.is_empty() {
         log::info!(
             "{label}: no partition for worker {} of {}",

@@ -160,6 +160,11 @@ pub struct SourceHandle {
     pub info: SourceInfo,
     /// The source's threads, joined at the end of the run.
     pub threads: Vec<JoinHandle<()>>,
+    /// Set by a source once it knows that every worker of the cluster reads
+    /// its own share of the input (a Kafka topic with at least as many
+    /// partitions as workers): its batches are then decoded where they are
+    /// read instead of spread over the workers.
+    pub read_everywhere: Arc<AtomicBool>,
 }
 
 /// Start the source of a pipeline.

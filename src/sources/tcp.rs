@@ -59,6 +59,7 @@ pub fn start(
         rx,
         info,
         threads: vec![thread],
+        read_everywhere: Default::default(),
     })
 }
 
