@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import random
 import re
 import signal
@@ -782,6 +783,31 @@ def children_of(pid: int) -> dict:
         except (OSError, IndexError, ValueError):
             continue
     return out
+
+
+#: wait4 on x86_64 (the first field of /proc/PID/syscall).
+WAIT4_X86_64 = "61"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers of x86_64")
+def test_supervisor_waits_for_its_workers_without_polling(
+    tmp_path: Path, app_env, slow_input: Path
+) -> None:
+    """While the workers run, the supervisor sleeps in wait4 until one ends,
+    instead of waking up every few milliseconds to poll them (CPU taken from
+    the workers; its polling loop slept in clock_nanosleep)."""
+    with processes(tmp_path, app_env) as start:
+        supervisor = start("supervisor", CLUSTER_SLOW, "--input", str(slow_input),
+                           "--output", str(tmp_path / "out.txt"), *BATCH, "--workers", "2")
+        supervisor.wait_for("running application", timeout=20, count=2)
+        wait_output(tmp_path / "out.txt")
+        syscall = Path(f"/proc/{supervisor.proc.pid}/syscall")
+        samples = []
+        for _ in range(5):
+            samples.append(syscall.read_text().split()[0])
+            time.sleep(0.05)
+        assert samples == [WAIT4_X86_64] * 5, samples
 
 
 @pytest.mark.timeout(60)

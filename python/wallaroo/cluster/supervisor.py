@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 from wallaroo.cluster.options import SECRET_ENV
@@ -60,24 +59,25 @@ def supervise(argv: list, workers: int, secret: str | None = None) -> int:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = 0
-        while any(child.poll() is None for child in children):
-            for index, child in enumerate(children):
-                status = child.poll()
-                if status is not None and status < 0 and resilient and not stopping.is_set():
-                    # Killed: with crash recovery it starts again, and the
-                    # cluster recovers from the last complete snapshot.
-                    log.warning(
-                        "worker %d was killed (signal %d); starting it again", index, -status
-                    )
-                    children[index] = subprocess.Popen(commands[index], env=env)
-                    continue
-                if status not in (None, 0) and code == 0:
-                    code = status if status > 0 else 1
-                    log.error("worker %d exited with status %s; stopping the others", index, status)
-                    for other in children:
-                        if other.poll() is None:
-                            other.terminate()
-            time.sleep(0.02)
+        # Blocks until a worker ends (a signal runs `forward` meanwhile): no
+        # polling, so the supervisor takes no CPU while the workers run.
+        while any(child.returncode is None for child in children):
+            index = _wait_any(children)
+            if index is None:
+                break
+            status = children[index].returncode
+            if status is not None and status < 0 and resilient and not stopping.is_set():
+                # Killed: with crash recovery it starts again, and the
+                # cluster recovers from the last complete snapshot.
+                log.warning("worker %d was killed (signal %d); starting it again", index, -status)
+                children[index] = subprocess.Popen(commands[index], env=env)
+                continue
+            if status not in (None, 0) and code == 0:
+                code = status if status > 0 else 1
+                log.error("worker %d exited with status %s; stopping the others", index, status)
+                for other in children:
+                    if other.poll() is None:
+                        other.terminate()
         for child in children:
             if child.returncode not in (0, None) and code == 0:
                 code = child.returncode if child.returncode > 0 else 1
@@ -85,6 +85,23 @@ def supervise(argv: list, workers: int, secret: str | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _wait_any(children: list) -> int | None:
+    """Wait for one of ``children`` to end; the index of the one that did (its
+    ``returncode`` set), or None when none is left to wait for."""
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            # Every child reaped already (by ``poll`` in the signal handler).
+            for child in children:
+                child.poll()
+            return None
+        for index, child in enumerate(children):
+            if child.pid == pid:
+                child.returncode = os.waitstatus_to_exitcode(status)
+                return index
 
 
 def _without_flag(argv: list, flag: str) -> list:
