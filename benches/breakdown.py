@@ -38,7 +38,14 @@ MARSHAL = re.compile(r"^(w_|r_|marshal_|PyMarshal_)")
 PY_MEMORY = re.compile(r"(_PyObject_Malloc|_PyObject_Free|_PyObject_Realloc|pymalloc|"
                        r"^gc_|^visit_|_PyObject_GC_|deduce_unreachable|move_unreachable|"
                        r"subtract_refs|update_refs|_PyMem_)")
-SERIAL = "serialization (marshal, pickle, cluster.rs)"
+PY_COMPILE = re.compile(r"(_PyPegen|^tok_|_rule$|_rule'|^assemble|^compiler_|_PyAST_|symtable)")
+SERIAL = "serialization (marshal, pickle, codec.rs, bincode)"
+#: Functions whose inclusive cost (their callees' included) is shown apart:
+#: the records crossing workers, objects built by marshal included.
+CROSSING = {
+    "_engine::codec::Codec::encode": "crossing: encode (marshal.dumps, plain-data check)",
+    "_engine::codec::Codec::decode": "crossing: decode (marshal.loads, objects built)",
+}
 #: Engine components by a part of the (demangled) Rust symbol; the first match wins.
 ENGINE = (
     ("::sinks::", "sinks"),
@@ -50,6 +57,8 @@ ENGINE = (
     ("hyper", "metrics"),
     ("::cluster::", SERIAL),
     ("::peers::", SERIAL),
+    ("::codec::", SERIAL),
+    ("bincode", SERIAL),
     ("crossbeam", "engine: channels (crossbeam)"),
     ("timely", "engine: timely dataflow"),
     ("pyo3", "engine: PyO3 calls, conversions"),
@@ -69,6 +78,8 @@ def component(function: str, obj: str) -> str:
             return SERIAL
         if PY_MEMORY.search(function):
             return "Python: memory (pymalloc, GC)"
+        if PY_COMPILE.search(function):
+            return "Python: compiling modules (0 with the cache warm)"
         return "Python interpreter (app steps, runner code)"
     if name.startswith("_engine"):
         for part, label in ENGINE:
@@ -104,11 +115,14 @@ def costs(outfile: str) -> Counter:
 
     obj = function = "???"
     after_call = False
+    called = ""
     with open(outfile) as data:
         for line in data:
             if line[:1].isdigit() or line[:1] in "+-*":
                 if not after_call:
                     found[obj, function] += int(line.split()[-1])
+                elif called in CROSSING and function not in CROSSING:
+                    found["(inclusive)", called] += int(line.split()[-1])
                 after_call = False
                 continue
             key, sep, value = line.partition("=")
@@ -118,14 +132,30 @@ def costs(outfile: str) -> Counter:
                 after_call = True
                 continue
             value = name(kinds[key], value.strip())
+            if key == "cfn":
+                called = value
             if key == "ob":
                 obj = value
             elif key == "fn":
                 function = value
     by_component: Counter = Counter()
     for (obj, function), cost in found.items():
-        by_component[component(function, obj)] += cost
+        if obj == "(inclusive)":
+            by_component[CROSSING[function]] += cost
+        else:
+            by_component[component(function, obj)] += cost
     return by_component
+
+
+def process_of(outfile: str) -> str:
+    """Which process of a run a callgrind file is: worker-N, else the
+    supervisor of ``--workers N`` (or the one process of a run alone)."""
+    with open(outfile) as data:
+        for line in data:
+            if line.startswith("cmd:"):
+                found = re.search(r" -n (\S+)", line)
+                return found.group(1) if found else "supervisor / the one process"
+    return "?"
 
 
 def callgrind(command: list, workdir: str, tag: str, stdout_path: str, env: dict) -> Counter:
@@ -138,7 +168,11 @@ def callgrind(command: list, workdir: str, tag: str, stdout_path: str, env: dict
         subprocess.run(traced, check=True, stdout=out, env=env)
     total: Counter = Counter()
     for name in os.listdir(outdir):
-        total += costs(os.path.join(outdir, name))
+        path = os.path.join(outdir, name)
+        found = costs(path)
+        total += found
+        total["process: " + process_of(path)] += sum(
+            cost for label, cost in found.items() if label not in CROSSING.values())
     return total
 
 
@@ -187,12 +221,18 @@ def main() -> None:
     import star_file
 
     with tempfile.TemporaryDirectory(prefix="wallaroo-breakdown-") as tmp:
-        small, empty, big = (os.path.join(tmp, name) for name in ("small", "empty", "big"))
+        small, empty, big, warm = (os.path.join(tmp, name)
+                                   for name in ("small", "empty", "big", "warm"))
         star_file.write_events(small, opts.events)
         open(empty, "w").close()
         env = star_file.bytecode_env(os.path.join(tmp, "pycache"))
-        for _label, workers in CONFIGS:  # writes the bytecode cache, as an install has
-            command, stdout_path = command_of(workers, empty, os.path.join(tmp, "warm"))
+        # Writes the bytecode cache, as an install has, of every module a run
+        # imports, those imported on the first record included (the app's
+        # strptime imports _strptime and calendar): an empty input would
+        # leave them to be compiled inside the counted runs.
+        star_file.write_events(warm, 200)
+        for _label, workers in CONFIGS:
+            command, stdout_path = command_of(workers, warm, os.path.join(tmp, "warm-out"))
             timed(command, stdout_path, env)
         load = [os.getloadavg()[0]]
         jobs = {}
@@ -221,7 +261,11 @@ def main() -> None:
     names = sorted({name for found in counted.values() for name in found})
     per_event = {label: {name: (counted[label, "n"][name] - counted[label, "0"][name])
                          / opts.events for name in names} for label, _w in CONFIGS}
-    totals = {label: sum(per_event[label].values()) for label, _w in CONFIGS}
+    # Rows of their own (not parts of the total): inclusive costs, processes.
+    apart = [name for name in names
+             if name in CROSSING.values() or name.startswith("process: ")]
+    names = [name for name in names if name not in apart]
+    totals = {label: sum(per_event[label][name] for name in names) for label, _w in CONFIGS}
     print(f"cost breakdown, original star leaders app from a file, {opts.events:,} events "
           f"under callgrind ({outputs['bare loop']:,} leaderboards); load average "
           f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores")
@@ -239,8 +283,12 @@ def main() -> None:
     print(f"  {'total per event':<45}"
           + "".join(f"{totals[label]:>11,.0f}{'':9}" for label, _w in CONFIGS))
     print(f"  {'start-up (empty file), whole run':<45}"
-          + "".join(f"{sum(counted[label, '0'].values()):>14,.0f}{'':6}"
+          + "".join(f"{sum(counted[label, '0'][name] for name in names):>14,.0f}{'':6}"
                     for label, _w in CONFIGS))
+    print("of which (inclusive of callees) / by process:")
+    for name in apart:
+        cells = "".join(f"{per_event[label][name]:>11,.0f}{'':9}" for label, _w in CONFIGS)
+        print(f"  {name:<45}{cells}")
     print(f"time, {opts.wall_events:,} events, median of {opts.repeat}, whole command "
           "(start-up included)")
     bare_wall = statistics.median(wall for wall, _cpu in times["bare loop"])
