@@ -121,7 +121,7 @@ pub(crate) fn run_generation<A: Allocate>(
                 .map(|s| s.handle.read_everywhere.clone())
                 .unwrap_or_default(),
         };
-        let input = pipeline::build(worker, &part, failure.clone(), &probe, resources.cluster);
+        let input = pipeline::build(worker, &part, failure.clone(), &probe);
         // A worker without this source closes its input at once, so the
         // epochs of the others are not held back (with snapshots, it waits
         // at the next cut instead: see SnapshotClock).

@@ -1,4 +1,7 @@
-//! A pipeline's dataflow in a cluster: the chain is cut at its state steps:
+//! A pipeline's dataflow, on a worker alone or in a cluster: the chain is
+//! cut at its routed state steps. On a worker alone no step is routed (there
+//! is no routing table), so the first operator runs the whole chain and
+//! hands its output to the sink. In a cluster:
 //!
 //! ```text
 //! source (reading worker) -> batches spread round-robin over all workers
@@ -417,10 +420,20 @@ pub(crate) fn build<A: Allocate>(
             ));
         }
     };
+    // The state steps whose keys are routed (every one in a cluster, none
+    // on a worker alone).
     let state_steps: Vec<String> = chain
         .steps
         .iter()
-        .filter(|s| matches!(s.kind, Kind::State { .. }))
+        .filter(|s| {
+            matches!(
+                s.kind,
+                Kind::State {
+                    routing: Some(_),
+                    ..
+                }
+            )
+        })
         .map(|s| s.name.clone())
         .collect();
     let stage = |downstream: bool| Stage {

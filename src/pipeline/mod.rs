@@ -2,13 +2,13 @@
 //! every builder shares: the input the worker loop feeds, the guarded call
 //! into the chain, and the sink at the end.
 //!
-//! On a worker alone ([`local`]) a pipeline is its input, one operator
-//! running the whole chain, and the sink. In a cluster ([`exchange`]) the
-//! chain is cut at its state steps and records travel to the owners of their
-//! keys, where [`sequencer`] restores per-key order.
+//! One builder for a worker alone and a cluster ([`exchange`]): the chain
+//! is cut at its routed state steps and records travel to the owners of
+//! their keys, where [`sequencer`] restores per-key order. On a worker alone
+//! no state step is routed, so a pipeline is its input, one operator
+//! running the whole chain, and the sink.
 
 pub mod exchange;
-pub mod local;
 pub mod parts;
 pub mod sequencer;
 
@@ -58,20 +58,15 @@ pub(crate) trait PipelineInput {
     fn advance_to(&mut self, epoch: u64);
 }
 
-/// Build one pipeline of this generation (`cluster`: cut at its state steps
-/// and spread over the workers); returns its input.
+/// Build one pipeline of this generation (cut at its routed state steps,
+/// spread over the workers); returns its input.
 pub(crate) fn build<A: Allocate>(
     worker: &mut Worker<A>,
     part: &PipelineParts,
     failure: FailureSlot,
     probe: &ProbeHandle<u64>,
-    cluster: bool,
 ) -> Box<dyn PipelineInput> {
-    if cluster {
-        exchange::build(worker, part, failure, probe)
-    } else {
-        local::build(worker, part, failure, probe)
-    }
+    exchange::build(worker, part, failure, probe)
 }
 
 /// The end of a pipeline's dataflow: hand batches to the sink thread, then
