@@ -838,6 +838,51 @@ def test_supervisor_exits_non_zero_when_a_worker_is_killed(
         assert not alive, f"worker-0 (pid {other}) still running"
 
 
+@pytest.mark.timeout(120)
+def test_ctrl_c_in_a_terminal_stops_every_worker_once(tmp_path: Path, app_env) -> None:
+    """A terminal's Ctrl-C goes to its whole foreground job. Before, that was
+    the supervisor and its workers, which then got it again from the
+    supervisor (a second Ctrl-C: stop at once, exit 130), and a worker took
+    it as "leave the cluster", racing the initializer's own stop ("lost the
+    initializer before it gave the verdict" on a loaded machine). Now the
+    workers have a session of their own: the supervisor passes the signal
+    on once, every worker drains and stops, exit 0, every record out."""
+    from wallaroo.sender import send_messages
+
+    out, log_path = tmp_path / "counts.txt", tmp_path / "run.log"
+    command = [sys.executable, "-m", "wallaroo", str(APPS_DIR / "resilient_count.py"),
+               "--in", f"{HOST}:0", "--output", str(out), "--workers", "2"]  # fmt: skip
+    with open(log_path, "wb") as log:
+        # As a shell starts a job: a process group of its own.
+        proc = subprocess.Popen(command, env=app_env(), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"listening for TCP input on [\d.]+:(\d+)",
+                                      log_path.read_text(errors="replace"))):  # fmt: skip
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        keys = [f"k{i % 7}".encode() for i in range(500)]
+        assert send_messages(HOST, int(found.group(1)), keys) == len(keys)
+        while len(out.read_bytes().splitlines() if out.exists() else []) < len(keys):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    assert code == 0, text
+    assert "leaving the cluster" not in text, text
+    assert "stopped at once" not in text and "interrupted" not in text, text
+    # Each worker got the signal once and stopped (none left the cluster).
+    assert text.count("SIGINT: stopping after what was read") == 2, text
+    counts = Counter(line.split()[0] for line in out.read_text().splitlines())
+    assert counts == Counter(k.decode() for k in keys)
+
+
 # ---------------------------------------------------------------------------
 # A cluster that never forms
 # ---------------------------------------------------------------------------

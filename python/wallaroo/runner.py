@@ -411,7 +411,11 @@ def run_plan(plan: dict, opts: argparse.Namespace, demo: Any | None = None) -> i
     previous: dict = {}
     if threading_is_main():
         member = members is not None and not opts.cluster_initializer
-        leave = members.request_leave if member and not opts.resilience_dir else None
+        # A worker of --workers N stops on a signal (its supervisor passes
+        # it to every worker); one started by hand leaves the cluster.
+        supervised = os.environ.get(cluster.SUPERVISED_ENV) == "1"
+        can_leave = member and not opts.resilience_dir and not supervised
+        leave = members.request_leave if can_leave else None
         handler = _StopOnSignal(_engine, leave)
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, handler)

@@ -36,11 +36,18 @@ one-process run never loads it (start-up time).
 from __future__ import annotations
 
 from wallaroo._lazy import lazy_names
-from wallaroo.cluster.options import SECRET_ENV, add_arguments, load_secret, wanted
+from wallaroo.cluster.options import (
+    SECRET_ENV,
+    SUPERVISED_ENV,
+    add_arguments,
+    load_secret,
+    wanted,
+)
 
 __all__ = [
     "GROW_WITH_RESILIENCE",
     "SECRET_ENV",
+    "SUPERVISED_ENV",
     "Cluster",
     "ClusterSetupError",
     "Membership",

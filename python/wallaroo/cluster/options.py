@@ -9,6 +9,10 @@ import os
 
 #: The environment variable holding the cluster secret.
 SECRET_ENV = "WALLAROO_CLUSTER_SECRET"
+#: Set in the environment of the workers of ``--workers N``: a signal they get
+#: means "stop" (the supervisor passes it to every worker), never "leave the
+#: cluster", which would race the initializer's own stop.
+SUPERVISED_ENV = "WALLAROO_SUPERVISED"
 
 
 def wanted(opts: argparse.Namespace) -> bool:

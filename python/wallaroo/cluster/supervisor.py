@@ -11,10 +11,14 @@ import sys
 import threading
 from typing import Any
 
-from wallaroo.cluster.options import SECRET_ENV
+from wallaroo.cluster.options import SECRET_ENV, SUPERVISED_ENV
 from wallaroo.cluster.wire import free_address
 
 log = logging.getLogger("wallaroo.cluster")
+
+#: Passed on to the workers (a hang-up as SIGTERM: they drain and stop).
+FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM,
+             signal.SIGHUP: signal.SIGTERM}  # fmt: skip
 
 
 def supervise(argv: list, workers: int, secret: str | None = None) -> int:
@@ -31,7 +35,7 @@ def supervise(argv: list, workers: int, secret: str | None = None) -> int:
     base = argv
     for flag in ("--workers", "--cluster-secret", "--cluster-secret-file"):
         base = _without_flag(base, flag)
-    env = dict(os.environ, **{SECRET_ENV: secret or secrets.token_hex(32)})
+    env = dict(os.environ, **{SECRET_ENV: secret or secrets.token_hex(32), SUPERVISED_ENV: "1"})
     resilient = any(arg in ("-r", "--resilience-dir") or arg.startswith("--resilience-dir=")
                     for arg in base)
     control = free_address()
@@ -46,7 +50,7 @@ def supervise(argv: list, workers: int, secret: str | None = None) -> int:
         if index > 0:
             command += ["--no-demo"]
         commands.append(command)
-    children = [subprocess.Popen(command, env=env) for command in commands]
+    children = [_start(command, env) for command in commands]
     log.info("supervising %d workers (control %s)", workers, control)
     stopping = threading.Event()
 
@@ -54,9 +58,9 @@ def supervise(argv: list, workers: int, secret: str | None = None) -> int:
         stopping.set()
         for child in children:
             if child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(FORWARDED[signal.Signals(signum)])
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
         code = 0
         # Blocks until a worker ends (a signal runs `forward` meanwhile): no
@@ -70,7 +74,7 @@ def supervise(argv: list, workers: int, secret: str | None = None) -> int:
                 # Killed: with crash recovery it starts again, and the
                 # cluster recovers from the last complete snapshot.
                 log.warning("worker %d was killed (signal %d); starting it again", index, -status)
-                children[index] = subprocess.Popen(commands[index], env=env)
+                children[index] = _start(commands[index], env)
                 continue
             if status not in (None, 0) and code == 0:
                 code = status if status > 0 else 1
@@ -85,6 +89,28 @@ def supervise(argv: list, workers: int, secret: str | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _start(command: list, env: dict) -> subprocess.Popen:
+    """A worker in a session of its own, so a terminal's Ctrl-C or hang-up
+    reaches only the supervisor, which passes it on once (a worker that got
+    Ctrl-C from the terminal and again from the supervisor took it as a
+    second Ctrl-C: stop at once, what was in flight not delivered). On Linux
+    the worker gets SIGTERM when the supervisor dies, even by SIGKILL."""
+    linux = sys.platform == "linux"
+    return subprocess.Popen(
+        command, env=env, start_new_session=True, preexec_fn=_term_with_parent if linux else None
+    )
+
+
+def _term_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGTERM this process when the thread that started it ends."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 def _wait_any(children: list) -> int | None:
