@@ -23,6 +23,7 @@ import wallaroo
 from conftest import APPS_DIR
 from test_metrics import Scrape, metrics_url, output_lines, running, scrape, status_json, wait_for
 from wallaroo import windows as win
+from wallaroo import windows_event as wev
 from wallaroo.sender import send_messages
 
 
@@ -74,7 +75,7 @@ def _run(stage: win._Stage, records: list, clock: Clock | None, ticks: float) ->
         if clock is not None:
             clock.now = record[1]
         state = states.setdefault(record[0], stage.new_state())
-        if isinstance(stage, win.EventRangeStage):
+        if isinstance(stage, wev.EventRangeStage):
             result = stage.process(record, state, (0, record[2] % 2), source="src")
         else:
             result = stage.process(record, state)
@@ -136,7 +137,7 @@ def test_event_time_counters_match_the_outputs(monkeypatch, wrange, slide, laten
         wallaroo.range_windows(wrange).with_slide(slide).with_allowed_lateness(lateness)
         .with_event_time(_time).over(Named)
     )  # fmt: skip
-    stage = win.EventRangeStage(spec, _key, 1, f"test/metrics/{wrange}/{slide}")
+    stage = wev.EventRangeStage(spec, _key, 1, f"test/metrics/{wrange}/{slide}")
     records = _records(600, 7, seed=wrange + slide, disorder=disorder, gaps=True, late=100)
     seen, outputs, late, _ = _run(stage, records, None, ticks=0.2)
     assert late, "the inputs have late events"
@@ -169,7 +170,7 @@ def test_count_window_counters_match_the_outputs(monkeypatch):
 def test_the_report_counts_open_windows_again_when_keys_come_back(monkeypatch):
     Clock(monkeypatch, 0)
     spec = wallaroo.range_windows(30).with_slide(10).with_event_time(_time).over(Named)
-    stage = win.EventRangeStage(spec, _key, 1, "test/metrics/report")
+    stage = wev.EventRangeStage(spec, _key, 1, "test/metrics/report")
     stage.label("test/metrics/report", "Events", "Named")
     records = _records(300, 9, seed=5, disorder=3, gaps=False)
     states: dict = {}
@@ -183,7 +184,7 @@ def test_the_report_counts_open_windows_again_when_keys_come_back(monkeypatch):
     )
     # A new process restores the keys from a snapshot: the report counts them.
     snapshot = pickle.dumps(states)
-    fresh = win.EventRangeStage(spec, _key, 1, "test/metrics/report")
+    fresh = wev.EventRangeStage(spec, _key, 1, "test/metrics/report")
     fresh.label("test/metrics/report", "Events", "Named")
     restored = pickle.loads(snapshot)
     assert fresh.timer(restored, final=False) == []

@@ -10,6 +10,7 @@ import logging
 import pytest
 import wallaroo
 from wallaroo import windows as win
+from wallaroo import windows_event as wev
 
 
 class IntSum(wallaroo.Aggregation):
@@ -47,14 +48,14 @@ def _stages(agg):
     yield win.RangeStage(wallaroo.range_windows(100).over(agg), lambda d: d[0], 1)
     yield win.CountStage(wallaroo.count_windows(2).over(agg), lambda d: d[0], 1)
     spec = wallaroo.range_windows(10**10).with_event_time(_t).over(agg)
-    yield win.EventRangeStage(spec, lambda d: d[0], 1, f"test/update/{agg.__name__}")
+    yield wev.EventRangeStage(spec, lambda d: d[0], 1, f"test/update/{agg.__name__}")
 
 
 def _run(stage, records):
     states: dict = {}
     for record in records:
         state = states.setdefault(record[0], stage.new_state())
-        if isinstance(stage, win.EventRangeStage):
+        if isinstance(stage, wev.EventRangeStage):
             stage.process(record, state, (0, 0), source="src")
         else:
             stage.process(record, state)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import wallaroo
 from wallaroo import windows as win
+from wallaroo import windows_event as wev
 
 APPS = Path(__file__).resolve().parent / "apps"
 MS = 1_000_000
@@ -399,7 +400,7 @@ def _event_stage(wrange, slide, lateness=0, idle=None, stage_id="test/event"):
     builder = builder.with_event_time(_event_time)
     if idle is not None:
         builder = builder.with_idle_timeout(idle)
-    return win.EventRangeStage(builder.over(Ids), lambda d: d[0], 1, stage_id)
+    return wev.EventRangeStage(builder.over(Ids), lambda d: d[0], 1, stage_id)
 
 
 def _feed(stage, states, records, origin=(0, 0)):
@@ -503,7 +504,7 @@ def test_every_due_window_fires_on_the_tick_and_no_other_does(monkeypatch):
         lateness = rng.choice([0, 1, 4])
         builder = wallaroo.range_windows(wrange).with_slide(slide)
         builder = builder.with_allowed_lateness(lateness).with_event_time(_event_time)
-        stage = win.EventRangeStage(builder.over(Bounds), lambda d: d[0], 1, f"test/due{trial}")
+        stage = wev.EventRangeStage(builder.over(Bounds), lambda d: d[0], 1, f"test/due{trial}")
         states: dict = {}
         taken: dict = defaultdict(set)
         fired: list = []
@@ -532,12 +533,12 @@ def test_every_due_window_fires_on_the_tick_and_no_other_does(monkeypatch):
 def test_event_times_in_every_accepted_form():
     import datetime as dt
 
-    assert win.event_ns(5) == 5
-    assert win.event_ns(1.5) == 1_500_000_000
-    assert win.event_ns("1970-01-01T00:00:02Z") == 2 * 10**9
-    assert win.event_ns(dt.datetime(1970, 1, 1, 0, 0, 3)) == 3 * 10**9
+    assert wev.event_ns(5) == 5
+    assert wev.event_ns(1.5) == 1_500_000_000
+    assert wev.event_ns("1970-01-01T00:00:02Z") == 2 * 10**9
+    assert wev.event_ns(dt.datetime(1970, 1, 1, 0, 0, 3)) == 3 * 10**9
     with pytest.raises(TypeError):
-        win.event_ns(None)
+        wev.event_ns(None)
 
 
 def test_epoch_aligned_ingest_time_windows_start_on_the_grid(monkeypatch):

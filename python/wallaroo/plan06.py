@@ -174,13 +174,8 @@ class _Compiler:
     def windows(
         self, stage: tuple, key_of: Any, place: tuple, where: str, source: str
     ) -> contract.StateStep:
-        from wallaroo.windows import (
-            CountStage,
-            CountWindows,
-            EventRangeStage,
-            RangeStage,
-            RangeWindows,
-        )
+        from wallaroo.windows import CountStage, CountWindows, RangeStage, RangeWindows
+        from wallaroo.windows_event import EventRangeStage
 
         if key_of is None:
             key_of = _per_record_key()
