@@ -883,6 +883,36 @@ def test_ctrl_c_in_a_terminal_stops_every_worker_once(tmp_path: Path, app_env) -
     assert counts == Counter(k.decode() for k in keys)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_supervisor_killed_by_sigkill_leaves_no_worker_behind(tmp_path: Path, app_env) -> None:
+    """The workers run in a session of their own (Ctrl-C reaches them once,
+    through the supervisor), so nothing else would stop them if the
+    supervisor died without passing a signal on: they get SIGTERM then (a
+    TCP source with no input: nothing to finish, they stop at once)."""
+    with processes(tmp_path, app_env) as start:
+        supervisor = start("supervisor", APPS_DIR / "resilient_count.py", "--in", f"{HOST}:0",
+                           "--output", str(tmp_path / "out.txt"), "--workers", "2")  # fmt: skip
+        supervisor.wait_for("running application", timeout=20, count=2)
+        workers = children_of(supervisor.proc.pid)
+        assert len(workers) == 2, workers
+        supervisor.proc.kill()
+        supervisor.proc.wait()
+
+        def alive(pid: int) -> bool:
+            status = Path(f"/proc/{pid}/stat")
+            try:
+                return status.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except (OSError, IndexError):
+                return False
+
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if alive(pid)], supervisor.stderr
+        assert "SIGTERM: stopping after what was read" in supervisor.stderr
+
+
 # ---------------------------------------------------------------------------
 # A cluster that never forms
 # ---------------------------------------------------------------------------

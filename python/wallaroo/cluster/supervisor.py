@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from wallaroo.cluster.options import SECRET_ENV, SUPERVISED_ENV
 from wallaroo.cluster.wire import free_address
@@ -97,20 +97,26 @@ def _start(command: list, env: dict) -> subprocess.Popen:
     Ctrl-C from the terminal and again from the supervisor took it as a
     second Ctrl-C: stop at once, what was in flight not delivered). On Linux
     the worker gets SIGTERM when the supervisor dies, even by SIGKILL."""
-    linux = sys.platform == "linux"
-    return subprocess.Popen(
-        command, env=env, start_new_session=True, preexec_fn=_term_with_parent if linux else None
-    )
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_TERM_WITH_PARENT)
 
 
-def _term_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: SIGTERM this process when the thread that started it ends."""
+def _term_with_parent() -> Callable[[], None] | None:
+    """Linux: what a child calls between fork and exec to get SIGTERM when the
+    thread that started it ends (``prctl(PR_SET_PDEATHSIG)``). Looked up here,
+    in the parent: the child only calls it (no import after a fork)."""
+    if sys.platform != "linux":
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, sigterm)
+
+
+_TERM_WITH_PARENT = _term_with_parent()
 
 
 def _wait_any(children: list) -> int | None:
