@@ -88,6 +88,15 @@ def app_env(*extra_paths: Path | str, apps_on_path: bool = True) -> dict:
     return env
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (Linux /proc; a zombie does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

@@ -37,6 +37,7 @@ from itertools import accumulate
 from pathlib import Path
 
 import pytest
+from conftest import process_alive
 
 TESTS_DIR = Path(__file__).resolve().parent
 APPS_DIR = TESTS_DIR / "apps"
@@ -833,9 +834,7 @@ def test_supervisor_exits_non_zero_when_a_worker_is_killed(
         deadline = time.monotonic() + 5
         while Path(f"/proc/{other}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        status = Path(f"/proc/{other}/stat")
-        alive = status.exists() and status.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        assert not alive, f"worker-0 (pid {other}) still running"
+        assert not process_alive(other), f"worker-0 (pid {other}) still running"
 
 
 @pytest.mark.timeout(120)
@@ -898,18 +897,10 @@ def test_a_supervisor_killed_by_sigkill_leaves_no_worker_behind(tmp_path: Path, 
         assert len(workers) == 2, workers
         supervisor.proc.kill()
         supervisor.proc.wait()
-
-        def alive(pid: int) -> bool:
-            status = Path(f"/proc/{pid}/stat")
-            try:
-                return status.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            except (OSError, IndexError):
-                return False
-
         deadline = time.monotonic() + 30
-        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(process_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [pid for pid in workers if alive(pid)], supervisor.stderr
+        assert not [pid for pid in workers if process_alive(pid)], supervisor.stderr
         assert "SIGTERM: stopping after what was read" in supervisor.stderr
 
 

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON_DIR, app_env
+from conftest import PYTHON_DIR, app_env, process_alive
 
 EXAMPLE_DIR = PYTHON_DIR / "wallaroo" / "examples" / "star_leaders"
 REPO_ROOT = PYTHON_DIR.parent
@@ -517,14 +517,6 @@ def _children(pid: int) -> dict:
     return children
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _listening_socket(port: int) -> str:
     """The inode of the loopback TCP socket listening on ``port``."""
     with open("/proc/net/tcp") as table:
@@ -583,15 +575,15 @@ def test_demo_companions_run_beside_the_engine_not_inside_it(tmp_path: Path) -> 
         os.kill(by_role["streamer"], signal.SIGKILL)
         run.wait_for(r"demo streamer exited with status -9; the app runs on without it")
         assert run.proc.poll() is None
-        assert _alive(by_role["dashboard"])
+        assert process_alive(by_role["dashboard"])
     finally:
         code = run.stop(signal.SIGINT)
     assert code == 0, run.text[-3000:]
     assert "final top: 1." in run.text
     deadline = time.monotonic() + 15
-    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in children if _alive(pid)], "a companion outlived the runner"
+    assert not [pid for pid in children if process_alive(pid)], "a companion outlived the runner"
 
 
 def test_runner_api_and_cluster_import_nothing_of_the_demo() -> None:
@@ -645,9 +637,9 @@ def test_demo_companions_end_when_the_runner_is_killed(tmp_path: Path) -> None:
         run.proc.kill()
         run.proc.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in children if _alive(pid)], "a companion outlived the runner"
+    assert not [pid for pid in children if process_alive(pid)], "a companion outlived the runner"
 
 
 @pytest.mark.parametrize(
