@@ -91,7 +91,6 @@ pub struct KafkaWriter {
     bad: Arc<BadInput>,
     metrics: Arc<PipelineMetrics>,
     queue_full: Throttle,
-    transactional: bool,
     /// A failed commit aborts the run through it.
     control: RunHandle,
     /// Transactional mode: why a commit failed (its records were counted as
@@ -150,7 +149,6 @@ impl KafkaWriter {
             bad: ctx.bad.clone(),
             metrics: ctx.metrics.clone(),
             queue_full: Throttle::default(),
-            transactional: ctx.transactional_id.is_some(),
             control: ctx.control.clone(),
             failed: None,
             final_flush: FINAL_FLUSH,
@@ -299,7 +297,7 @@ impl BatchWriter for KafkaWriter {
     }
 
     fn finish(&mut self) -> std::io::Result<()> {
-        if self.transactional {
+        if self.producer.context().transactional {
             return self.abort_open();
         }
         let started = Instant::now();
@@ -326,7 +324,7 @@ impl BatchWriter for KafkaWriter {
     }
 
     fn sync(&mut self, snapshot: u64) -> std::io::Result<()> {
-        if self.transactional {
+        if self.producer.context().transactional {
             // The interval's records reach the brokers first (a crash meanwhile
             // aborts them); the line is logged before the commit itself: a crash
             // from there until the snapshot is written makes this interval's
