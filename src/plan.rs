@@ -187,6 +187,10 @@ pub struct StateStep {
     /// Windows: `tick(states, final)` fires what is due on the engine's
     /// timer (see [`crate::ticks`]).
     pub tick: Option<Py<PyAny>>,
+    /// Event-time windows: `share()` -> what this worker's stage knows of
+    /// the source partitions; in a cluster it goes with every timer tick to
+    /// every worker, whose `tick` then gets `(end, shared)` for `end`.
+    pub share: Option<Py<PyAny>>,
     /// Event-time windows: `compute(data, state, (reader, stream))`, the
     /// record's source partition as a third argument.
     pub origin: bool,

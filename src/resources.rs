@@ -409,6 +409,7 @@ impl Resources {
                         multi,
                         keys: _,
                         tick,
+                        share,
                         origin,
                     }) => Kind::State {
                         store: self.stores.get(state_name).cloned().ok_or_else(|| {
@@ -419,6 +420,7 @@ impl Resources {
                         u64_keys: *u64_keys,
                         multi: *multi,
                         tick: tick.as_ref().map(|t| t.clone_ref(py)),
+                        share: share.as_ref().map(|s| s.clone_ref(py)),
                         origin: *origin,
                     },
                 };

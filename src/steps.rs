@@ -54,6 +54,9 @@ pub enum Kind {
         /// Windows: `tick(states, end)` -> `[(key, outputs), ...]` or None,
         /// called on the engine's timer and at the end of input.
         tick: Option<Py<PyAny>>,
+        /// Event-time windows in a cluster: `share()` -> what goes with each
+        /// tick to every worker (the tick's value is then `(end, shared)`).
+        share: Option<Py<PyAny>>,
         /// Event-time windows: called as `compute(data, state, (reader,
         /// stream))`, so they keep a watermark per source partition.
         origin: bool,
@@ -274,7 +277,7 @@ impl Chain {
         for (order, step, key, value) in records {
             let (key, value) = (key.into_bound(py), value.into_bound(py));
             let applied = if is_timer_key(&key) {
-                self.tick_step(py, step, value.is_truthy().unwrap_or(false), out)
+                self.tick_step(py, step, &value, out)
             } else {
                 self.batch_counts.stats.record();
                 self.run_state(py, &Cursor { order }, step, key, value, out)
@@ -291,42 +294,75 @@ impl Chain {
     /// A timer tick (`end`: the pipeline's input ended): every step with a
     /// timer fires what is due over its states. In a cluster the tick goes
     /// to every worker as a keyed record of [`TIMER_KEY`] (each worker holds
-    /// the states of its own keys).
+    /// the states of its own keys); a step that shares (event-time windows:
+    /// this worker's source partitions and their newest event times) sends
+    /// `(end, shared)` instead of `end`, so every worker's watermark is the
+    /// minimum over every partition any worker heard from.
     fn tick(&self, py: Python<'_>, end: bool, out: &mut Emitted) -> Result<(), StepFailure> {
         for (index, step) in self.steps.iter().enumerate() {
             let Kind::State {
                 tick: Some(_),
                 routing,
+                share,
                 ..
             } = &step.kind
             else {
                 continue;
             };
-            match routing {
-                Some(routing) => {
-                    for owner in 0..routing.workers() {
-                        out.keyed.push(KeyedRecord {
-                            order: SortKey::default(),
-                            step: index,
-                            owner,
-                            key: PyString::new(py, TIMER_KEY).into_any().unbind(),
-                            value: PyBool::new(py, end).to_owned().into_any().unbind(),
-                        });
-                    }
-                }
-                None => self.tick_step(py, index, end, out)?,
+            let flag = PyBool::new(py, end).to_owned().into_any();
+            let Some(routing) = routing else {
+                self.tick_step(py, index, &flag, out)?;
+                continue;
+            };
+            let value = match share {
+                Some(share) => share
+                    .bind(py)
+                    .call0()
+                    .and_then(|shared| PyTuple::new(py, [flag.clone(), shared]))
+                    .map(|pair| pair.into_any())
+                    .map_err(|err| self.timer_failure(py, step, &flag, &err))?,
+                None => flag,
+            };
+            for owner in 0..routing.workers() {
+                out.keyed.push(KeyedRecord {
+                    order: SortKey::default(),
+                    step: index,
+                    owner,
+                    key: PyString::new(py, TIMER_KEY).into_any().unbind(),
+                    value: value.clone().unbind(),
+                });
             }
         }
         Ok(())
     }
 
-    /// Fire what the timer step `index` holds due here; its outputs go
-    /// through the rest of the chain like those of a record.
+    /// A timer step's call failed (`value`: the tick's value).
+    fn timer_failure(
+        &self,
+        py: Python<'_>,
+        step: &Step,
+        value: &Bound<'_, PyAny>,
+        err: &PyErr,
+    ) -> StepFailure {
+        let cursor = Cursor {
+            order: SortKey::default(),
+        };
+        self.failure(
+            &cursor,
+            &format!("{} (timer)", step.name),
+            value,
+            format_py_err(py, err),
+        )
+    }
+
+    /// Fire what the timer step `index` holds due here (`value`: the tick's,
+    /// see [`Chain::tick`]); its outputs go through the rest of the chain
+    /// like those of a record.
     fn tick_step(
         &self,
         py: Python<'_>,
         index: usize,
-        end: bool,
+        value: &Bound<'_, PyAny>,
         out: &mut Emitted,
     ) -> Result<(), StepFailure> {
         let step = &self.steps[index];
@@ -342,17 +378,9 @@ impl Chain {
         let cursor = Cursor {
             order: SortKey::default(),
         };
-        let flag = PyBool::new(py, end);
-        let failure = |err: PyErr| {
-            self.failure(
-                &cursor,
-                &format!("{} (timer)", step.name),
-                flag.as_any(),
-                format_py_err(py, &err),
-            )
-        };
+        let failure = |err: PyErr| self.timer_failure(py, step, value, &err);
         let states = store.states.bind(py);
-        let fired = call2(tick.bind(py), states.as_any(), flag.as_any()).map_err(failure)?;
+        let fired = call2(tick.bind(py), states.as_any(), value).map_err(failure)?;
         if fired.is_none() {
             return Ok(());
         }

@@ -136,7 +136,7 @@ STEPS: list[tuple[type, dict, str]] = [
     (contract.Step, {"kind": "map", "name": "double", "func": str}, "step 1 \"double\" (map)"),
     (contract.StateStep,
      {"kind": "state", "name": "count", "func": str, "state_name": "s", "partition": None,
-      "keys": [], "u64": False, "tick": None, "origin": False},
+      "keys": [], "u64": False, "tick": None, "share": None, "origin": False},
      "step 1 \"count\" (state)"),
 ]  # fmt: skip
 PARTS = [("source", *c) for c in SOURCES] + [("sink", *c) for c in SINKS]

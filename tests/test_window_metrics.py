@@ -24,7 +24,7 @@ from conftest import APPS_DIR
 from test_metrics import Scrape, metrics_url, output_lines, running, scrape, status_json, wait_for
 from wallaroo import windows as win
 from wallaroo import windows_event as wev
-from wallaroo.sender import send_messages
+from wallaroo.sender import connect, frame, send_messages
 
 
 class Clock:
@@ -398,3 +398,61 @@ def test_each_worker_of_a_cluster_reports_its_windows(tmp_path: Path) -> None:
     assert [w["worker"] for w in stage["workers"]] == ["worker-0", "worker-1"]
     assert [w["fired"] for w in stage["workers"]] == [fired["worker-0"], fired["worker-1"]]
     assert (stage["fired"], stage["open"], stage["late_events"]) == expected
+
+
+def _partitions_by_worker(s: Scrape) -> dict:
+    """Worker -> the source partitions ``(reader, stream)`` its stage knows."""
+    known: dict = defaultdict(set)
+    for x in s.samples("wallaroo_window_partition_event_time_seconds"):
+        known[x.labels["worker"]].add((x.labels["reader"], x.labels["stream"]))
+    return dict(known)
+
+
+@pytest.mark.timeout(180)
+def test_workers_wait_for_partitions_only_another_worker_heard(tmp_path: Path) -> None:
+    """Two connections to a 2-worker cluster: a slow one S (event times about
+    a minute ago) and a fast one F (100 s later). S first sends one event of
+    key ``a`` only: one worker hears S itself, the other learns it from the
+    first one's timer ticks. F then sends an event for each of 20 keys (on both
+    workers), and S one more for each, 100 s behind F's: each worker's
+    watermark waits for S, so none of them is late (on its own, the worker
+    without ``a`` would have had F's time as watermark, fired nothing yet but
+    found all of S's events for its keys late)."""
+    output, dead = tmp_path / "windows.txt", tmp_path / "late.jsonl"
+    args = ["--in", "127.0.0.1:0", "--output", str(output), "--dead-letter", str(dead),
+            "--workers", "2"]  # fmt: skip
+    base_ms = (int(time.time()) - 60) * 1000
+    keys = [f"k{i}" for i in range(20)]
+    slow = [("a", base_ms)] + [(key, base_ms + 10 + i) for i, key in enumerate(keys)]
+    fast = [(key, base_ms + 100_000) for key in keys]
+    ids = {event: str(ident) for ident, event in enumerate(slow + fast)}
+
+    def send(sock, events: list) -> None:
+        sock.sendall(b"".join(frame(f"{k} {ms} {ids[(k, ms)]}".encode()) for k, ms in events))
+
+    with running(str(TCP_EVENT_APP), *args) as app:
+        base = metrics_url(app)
+        ((_, _, port),) = app.listening()
+        with connect("127.0.0.1", port) as s_conn, connect("127.0.0.1", port) as f_conn:
+            send(s_conn, slow[:1])
+            wait_for(
+                lambda: [len(p) for p in _partitions_by_worker(scrape(base)).values()] == [1, 1],
+                60, "both workers to know the slow connection",
+            )  # fmt: skip
+            send(f_conn, fast)
+            # Key a's two windows and two for each fast event: nothing fired.
+            wait_for(_settled(base, 2, 0, 2 + 2 * len(fast), 0), 60, "the fast events")
+            send(s_conn, slow[1:])
+            opened = 2 + 2 * len(fast) + 2 * len(keys)
+            s = wait_for(_settled(base, 2, 0, opened, 0), 60, "the slow events")
+    # Both workers held keys of both connections, and know both.
+    held = _window_samples(s, "wallaroo_window_open")  # type: ignore[arg-type]
+    assert sorted(held) == ["worker-0", "worker-1"] and min(held.values()) > 2
+    assert [len(p) for p in _partitions_by_worker(s).values()] == [2, 2]  # type: ignore[arg-type]
+    assert not dead.exists() or dead.read_text() == ""
+    # Stopped without -r, every window fired once with its event.
+    expected = []
+    for (key, ms), ident in ids.items():
+        last = ms // SLIDE * SLIDE
+        expected += [f"{key} {start} {ident}" for start in (last - SLIDE, last)]
+    assert sorted(output_lines(output)) == sorted(expected)

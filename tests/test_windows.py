@@ -466,6 +466,42 @@ def test_the_watermark_is_the_minimum_over_partitions_until_one_goes_idle(monkey
     assert late == [("k", 2)]
 
 
+def test_workers_share_partitions_so_each_waits_for_every_partition(monkeypatch):
+    """The stages of two workers of one cluster, A and B, and what each shares
+    with its timer ticks (``timer(states, (final, shared))``): B's watermark
+    waits for partition (0, 0), which only A heard, so an event of (0, 0) for
+    one of B's keys is not late; what a worker learned and shares back (an
+    echo) does not keep an idle partition alive."""
+    clock = Clock(monkeypatch, 0)
+    a = _event_stage(10, 10, idle=1000, stage_id="test/share/a")
+    b = _event_stage(10, 10, idle=1000, stage_id="test/share/b")
+    a_states: dict = {}
+    b_states: dict = {}
+    _feed(a, a_states, [("a", 1)], origin=(0, 0))
+    assert a.timer(a_states, False) == []
+    assert b.timer(b_states, (False, a.share())) == []  # no key of its own yet
+    outs, late = _feed(b, b_states, [("b", 50), ("b", 60), ("b", 5)], origin=(0, 1))
+    assert (outs, late) == ([], []) and b.watermark(clock.now) == 1
+    outs, late = _feed(b, b_states, [("b", 4)], origin=(0, 0))
+    assert (outs, late) == ([], [])
+    assert b.timer(b_states, (False, a.share())) == []
+    assert b.watermarks() == (4, [("src", 0, 0, 4, False), ("src", 0, 1, 60, False)])
+    # Alone, B's watermark would have been 60 at its record of 60, and 5 late.
+    alone = _event_stage(10, 10, idle=1000, stage_id="test/share/alone")
+    outs, late = _feed(alone, {}, [("b", 50), ("b", 60), ("b", 5)], origin=(0, 1))
+    assert late == [("b", 5)]
+    # Later, A hears a partition of its own; (0, 0) and (0, 1) were last heard
+    # at 0, also in what B shares back: idle, they stop holding A back.
+    clock.now = 1500
+    _feed(a, a_states, [("a", 100)], origin=(0, 2))
+    assert a.timer(a_states, (False, b.share())) == [("a", [("a", [1])])]
+    assert a.watermark(clock.now) == 100
+    # The final tick: every window left fires, shared or not.
+    assert b.timer(b_states, (True, a.share())) == [
+        ("b", [("b", [4, 5]), ("b", [50]), ("b", [60])])
+    ]
+
+
 def test_watermarks_travel_with_the_keys_windows(monkeypatch):
     import pickle
 

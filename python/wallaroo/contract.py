@@ -173,6 +173,10 @@ class StateStep(TypedDict):
     """Keys must be non-negative ints (``to_state_partition_u64``)."""
     tick: Callable[..., Any] | None
     """Windows: ``tick(states, final)`` fires what is due on the engine's timer."""
+    share: Callable[[], Any] | None
+    """Event-time windows: ``share()`` -> what this worker's stage knows of its
+    source partitions; in a cluster it goes with every timer tick to every
+    worker, whose ``tick`` then gets ``(final, shared)`` as ``final``."""
     origin: bool
     """Event-time windows: ``func`` takes the record's ``(reader, stream)`` third."""
 
@@ -189,6 +193,7 @@ def state_step(
     *,
     u64: bool = False,
     tick: Callable[..., Any] | None = None,
+    share: Callable[[], Any] | None = None,
     origin: bool = False,
 ) -> StateStep:
     """``step`` (its name, its function, ``multi`` or not) as a step on the
@@ -202,6 +207,7 @@ def state_step(
         "keys": list(keys or []),
         "u64": u64,
         "tick": tick,
+        "share": share,
         "origin": origin,
     }
 

@@ -207,7 +207,10 @@ class _Compiler:
             func = functools.partial(runner.process, key_of=key_of)
         step = contract.Step(kind="multi", name=name, func=func)
         runner.label(state_name, source, name)
-        return contract.state_step(step, state_name, key_of, tick=runner.timer, origin=origin)
+        share = runner.share if origin else None
+        return contract.state_step(
+            step, state_name, key_of, tick=runner.timer, share=share, origin=origin
+        )
 
 
 def compile_application(app: tuple, origin: str, args: list | None = None) -> contract.Plan:

@@ -418,12 +418,21 @@ class _Stage:
             pipelines.append(pipeline)
         self.labels = (stage, pipelines, step, self.kind)
 
-    def timer(self, states: dict, final: bool) -> list | None:
-        """The engine's timer step: ``tick``, then hand the metrics over."""
+    def timer(self, states: dict, final: Any) -> list | None:
+        """The engine's timer step: ``tick``, then hand the metrics over. In a
+        cluster, an event-time stage's tick comes as ``(final, shared)``: what
+        the sending worker's stage knows (:meth:`learn_shared`)."""
+        if type(final) is tuple:
+            final, shared = final
+            self.learn_shared(shared)
         try:
             return self.tick(states, final)
         finally:
             self.report(states)
+
+    def learn_shared(self, shared: Any) -> None:
+        """What another worker's stage shared: only event-time stages share
+        (their source partitions), so here there is nothing to learn."""
 
     def report(self, states: dict) -> None:
         """Hand this stage's metrics to the engine (once per timer tick)."""

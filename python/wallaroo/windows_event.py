@@ -143,8 +143,8 @@ class EventRangeStage(RangeStage):
         return self.mark
 
     def learn(self, partitions: dict, floor: int | None) -> None:
-        """Take the newer of ours and those of a snapshot or another worker, per
-        partition; they count as heard from now."""
+        """Take the newer of ours and those of a snapshot, per partition; they
+        count as heard from now."""
         table = self.table
         for partition, newest in partitions.items():
             entry = table.get(partition)
@@ -152,9 +152,39 @@ class EventRangeStage(RangeStage):
                 table[partition] = [newest, None, True]
             elif newest > entry[0]:
                 entry[0] = newest
+                entry[1] = None
+                entry[2] = True
         if floor is not None and (self.mark is None or floor > self.mark):
             self.mark = floor
         self._recompute()
+
+    def share(self) -> dict:
+        """For the other workers (sent with each timer tick, see
+        :meth:`learn_shared`): source partition -> ``(newest event time, last
+        heard)``, last heard in wall-clock ns."""
+        now = time.time_ns()
+        return {
+            partition: (entry[0], now if entry[1] is None else entry[1])
+            for partition, entry in self.table.items()
+        }
+
+    def learn_shared(self, shared: dict) -> None:
+        """What another worker's stage shared: per partition the newer event
+        time and the later time heard of (what it heard itself or learned: an
+        echo changes nothing, so a partition idle everywhere goes idle here
+        too). Each worker thus holds back its watermark for every partition
+        that any worker heard from, not only those reaching its own keys; the
+        timer's :meth:`watermark` then decides activity and the watermark."""
+        table = self.table
+        for partition, (newest, heard) in shared.items():
+            entry = table.get(partition)
+            if entry is None:
+                table[partition] = [newest, heard, False]
+                continue
+            if newest > entry[0]:
+                entry[0] = newest
+            if entry[1] is not None and heard > entry[1]:
+                entry[1] = heard
 
     def _join(self, partition: tuple, t: int) -> list:
         """A record of a partition new to the stage or idle until now: its entry."""

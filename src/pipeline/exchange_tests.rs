@@ -45,6 +45,7 @@ fn keyed_chain(py: Python<'_>, routing: &Arc<RoutingTable>) -> Chain {
                 multi: false,
                 routing: Some(routing.clone()),
                 tick: Some(eval(py, "lambda states, end: None")),
+                share: None,
                 origin: false,
             },
         }],
