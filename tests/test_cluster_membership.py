@@ -26,9 +26,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start(args: list, log: Path) -> subprocess.Popen:
+def _start(args: list, log: Path, app: str = APP) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "wallaroo", APP, *args],
+        [sys.executable, "-m", "wallaroo", app, *args],
         env=app_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -176,6 +176,54 @@ def test_a_worker_leaves_on_sigterm(tmp_path: Path, lines) -> None:
     assert "leaving the cluster once this worker's keys are handed over" in member_log.read_text()
     assert "the cluster now has 1 workers (init)" in init_log.read_text()
     _check_counts(output, records)
+
+
+@pytest.mark.timeout(300)
+def test_event_time_windows_move_with_their_keys_as_a_worker_joins_and_leaves(
+    tmp_path: Path,
+) -> None:
+    """Sliding event-time windows with late events: a worker joins the running
+    cluster and leaves it again while windows are open. Every window comes
+    out once with exactly its events and every late event is kept once, as
+    computed from the events (the same expectation as without moves)."""
+    from test_windows import EVENT_APP, _event_inputs, _late_ids
+
+    events = tmp_path / "events.txt"
+    expected, late = _event_inputs(events, 20_000, 200, seed=11)
+    output, dead, hold = tmp_path / "windows.txt", tmp_path / "late.jsonl", tmp_path / "hold"
+    hold.touch()  # paced until the worker has left, then the rest at full speed
+    control, external = _free_port(), _free_port()
+    common = ["--input", str(events), "--output", str(output), "--dead-letter", str(dead),
+              "--pause-every", "50", "--pause-ms", "40", "--hold-file", str(hold)]  # fmt: skip
+    init_log, joiner_log = tmp_path / "init.log", tmp_path / "joiner.log"
+    app = str(EVENT_APP)
+    init = _start(
+        [*common, "-t", "-w", "1", "-c", f"127.0.0.1:{control}",
+         "-e", f"127.0.0.1:{external}", "-n", "init"],
+        init_log, app,
+    )  # fmt: skip
+    joiner = None
+    try:
+        _wait_for(init_log, "running application")
+        _wait_lines(output, 100)  # keys hold windows to hand over
+        joiner = _start([*common, "-j", f"127.0.0.1:{control}", "-n", "w2"], joiner_log, app)
+        _wait_for(joiner_log, "took over")
+        _wait_lines(output, output.read_bytes().count(b"\n") + 100)
+        answer = _command(external, "shrink w2")
+        assert '"ok": true' in answer, answer
+        _wait_exit(joiner, joiner_log)
+        hold.unlink()
+        _wait_exit(init, init_log)
+    finally:
+        for proc in (init, joiner):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    joiner_text = joiner_log.read_text()
+    moved_in = [int(n) for n in re.findall(r"took over (\d+) keys", joiner_text)]
+    assert moved_in and moved_in[0] > 0, joiner_text
+    assert "the cluster now has 1 workers (init)" in init_log.read_text()
+    assert sorted(output.read_text().splitlines()) == sorted(expected)
+    assert sorted(_late_ids(dead), key=int) == sorted(late, key=int)
 
 
 @pytest.mark.timeout(120)
