@@ -540,18 +540,29 @@ impl Chain {
             .get_or_create(py, &key, *u64_keys)
             .map_err(|detail| self.failure(cursor, &step.name, &value, detail))?;
         let func = step.func.bind(py);
-        let result = self
-            .batch_counts
-            .stats
-            .call(index + 1, || {
-                if *origin {
-                    let from = (cursor.order.reader, cursor.order.stream).into_pyobject(py)?;
-                    call3(func, &value, &state, from.as_any())
-                } else {
-                    call2(func, &value, &state)
+        let result = match self.batch_counts.stats.call(index + 1, || {
+            if *origin {
+                let from = (cursor.order.reader, cursor.order.stream).into_pyobject(py)?;
+                call3(func, &value, &state, from.as_any())
+            } else {
+                call2(func, &value, &state)
+            }
+        }) {
+            Ok(result) => result,
+            Err(err) => {
+                // A window step that fired windows before the record's
+                // `update` raised hands their outputs over on the exception
+                // (they left the state): they go on, then the record fails.
+                let fired = err
+                    .value(py)
+                    .getattr(pyo3::intern!(py, "_wallaroo_fired"))
+                    .ok();
+                if let Some(fired) = fired {
+                    self.next(py, cursor, step, index, &value, fired, *multi, out)?;
                 }
-            })
-            .map_err(py_failure)?;
+                return Err(py_failure(err));
+            }
+        };
         let shape_error = || {
             self.failure(
                 cursor,

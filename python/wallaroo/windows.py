@@ -395,7 +395,12 @@ class _Stage:
         """``update`` on a fresh accumulator (once per pane or count window, not
         per record), saying once when it returned a new accumulator: Wallaroo
         uses only the one it passed in (0.6.1 did too), so an ``int`` total
-        ``return acc + x`` adds up to nothing."""
+        ``return acc + x`` adds up to nothing.
+
+        Callers keep ``acc`` only once this returned: when ``update`` raises
+        (a step error, skipped under ``--on-error skip``), the pane or count
+        window is not opened, so a window whose only records failed is a
+        window without records."""
         result = self.agg.update(data, acc)
         if result is not None and result is not acc and not self.warned_update:
             self.warned_update = True
@@ -528,9 +533,11 @@ class RangeStage(_Stage):
         pane = windows.next_start + (t - windows.next_start) // self.pane * self.pane
         acc = windows.panes.get(pane)
         if acc is None:
-            self.open_windows += self._opens(windows, pane)
-            acc = windows.panes[pane] = self.agg.initial_accumulator()
-            self._first_update(data, acc)
+            opens = self._opens(windows, pane)
+            acc = self.agg.initial_accumulator()
+            self._first_update(data, acc)  # raises: no pane opened
+            windows.panes[pane] = acc
+            self.open_windows += opens
             return
         self.agg.update(data, acc)
 
@@ -544,7 +551,15 @@ class RangeStage(_Stage):
                 windows.next_start = self.first_start(now)
             else:
                 windows.next_start = now - (self.range + self.delay)
-        if now >= windows.next_start:
+            try:
+                self._add(windows, data, now)
+            except BaseException:
+                # The key's first record failed (a step error): the key has
+                # not started, like a key no record came for (no empty
+                # windows). ``keys`` still counts its state (in ``states``).
+                windows.started = False
+                raise
+        elif now >= windows.next_start:
             self._add(windows, data, now)
         outs: list = []
         self.fire(windows, now, False, outs)
@@ -661,9 +676,10 @@ class CountStage(_Stage):
             windows.key = (key_of or self.key_of)(data)
             self.keys += 1
         if windows.acc is None:
-            windows.acc = self.agg.initial_accumulator()
+            acc = self.agg.initial_accumulator()
+            self._first_update(data, acc)  # raises: no window opened
+            windows.acc = acc
             self.open_windows += 1
-            self._first_update(data, windows.acc)
         else:
             self.agg.update(data, windows.acc)
         windows.count += 1

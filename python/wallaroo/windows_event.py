@@ -332,17 +332,24 @@ class EventRangeStage(RangeStage):
                     return (result[0], True, stage._late(windows, t))
                 if first < open_from:
                     first = open_from
-            if due is None or first < due:
-                windows.due = first
-                bucket = buckets.get(first)
-                if bucket is None:
-                    index(first, windows.key)
-                else:
-                    bucket.append(windows.key)
             panes = windows.panes
             at = t // pane * pane
             acc = panes.get(at)
-            if acc is None:
+            fresh = acc is None
+            try:
+                if fresh:
+                    acc = initial()
+                    stage._first_update(data, acc)
+                else:
+                    update(data, acc)
+            except BaseException as err:
+                # A step error: a new pane is not opened (a window whose only
+                # records failed is a window without records). Windows fired
+                # above left the state: the engine sends them on first.
+                if result is not nothing:
+                    err._wallaroo_fired = result[0]  # type: ignore[attr-defined]
+                raise
+            if fresh:
                 # It opens the windows holding it from `first` on that hold no
                 # other pane (inline: most keys have none or one).
                 top = at - at % slide
@@ -358,10 +365,14 @@ class EventRangeStage(RangeStage):
                         stage.open_windows += (top - low) // slide + 1
                 else:
                     stage.open_windows += (top - first) // slide + 1
-                acc = panes[at] = initial()
-                stage._first_update(data, acc)
-                return result
-            update(data, acc)
+                panes[at] = acc
+            if due is None or first < due:
+                windows.due = first
+                bucket = buckets.get(first)
+                if bucket is None:
+                    index(first, windows.key)
+                else:
+                    bucket.append(windows.key)
             return result
 
         step.none_safe = True  # type: ignore[attr-defined]
