@@ -375,3 +375,96 @@ def test_tcp_source_parallelism_limits_the_connections_read_at_once(tcp_app):
             second.close()
             log = app.stderr
             assert log.index("connection 1: closed") < log.index("connection 2: accepted")
+
+
+CLONE_APP = '''
+import wallaroo
+
+
+@wallaroo.decoder(header_length=4, length_fmt=">I")
+def decode(bs):
+    return int(bs)
+
+
+@wallaroo.computation(name="plus one")
+def plus_one(x):
+    return x + 1
+
+
+@wallaroo.computation(name="times ten")
+def times_ten(x):
+    return x * 10
+
+
+@wallaroo.computation(name="negate")
+def negate(x):
+    return -x
+
+
+class Total:
+    def __init__(self):
+        self.value = 0
+
+
+@wallaroo.state_computation(name="total", state=Total)
+def total(x, state):
+    state.value += x
+    return f"{x} {state.value}"
+
+
+@wallaroo.encoder
+def encode(line):
+    return line + "\\n"
+
+
+def application_setup(args):
+    import sys
+
+    where = args[args.index("--where") + 1]
+    if where == "tcp":
+        config = wallaroo.TCPSourceConfig("127.0.0.1", args[args.index("--port") + 1], decode)
+    else:
+        config = wallaroo.FileSourceConfig(args[args.index("--input") + 1], decode)
+    numbers = wallaroo.source("Numbers", config).to(plus_one)
+    copy = numbers.clone().to(times_ten)
+    both = copy.merge(numbers.to(negate)).collect().to(total)
+    sink = wallaroo.FileSinkConfig(args[args.index("--output") + 1], encode)
+    return wallaroo.build_application("Clone merged back", both.to_sink(sink))
+'''
+
+
+def test_a_clone_merged_back_reads_its_source_twice(run_app, tmp_path):
+    """``p.clone()`` merged back with ``p`` (both from one source): as in
+    0.6.1, the source is in the application twice, each copy reading every
+    record, so each record goes down both branches and the branches meet in
+    the merged stages (here one state: the total of both)."""
+    app = tmp_path / "clone_app.py"
+    app.write_text(CLONE_APP)
+    numbers, output = tmp_path / "numbers.txt", tmp_path / "out.txt"
+    numbers.write_text("".join(f"{n}\n" for n in range(1, 6)))
+    result = run_app(
+        app, "--where", "file", "--input", str(numbers), "--output", str(output)
+    )
+    assert result.returncode == 0, result.stderr
+    lines = output.read_text().splitlines()
+    values = sorted(int(line.split()[0]) for line in lines)
+    assert values == sorted([(n + 1) * 10 for n in range(1, 6)] + [-(n + 1) for n in range(1, 6)])
+    # One state after the merge: its last total is the sum over both branches.
+    assert sum(values) in {int(line.split()[1]) for line in lines}
+    assert "'Numbers': 5 in" in result.stderr and "'Numbers (2)': 5 in" in result.stderr
+
+
+def test_a_clone_of_a_tcp_source_merged_back_fails_at_start_up_naming_the_calls(
+    run_app, tmp_path, free_port
+):
+    """0.6.1 failed here too (its second listener was "unable to listen")."""
+    app = tmp_path / "clone_app.py"
+    app.write_text(CLONE_APP)
+    port = free_port()
+    output = tmp_path / "out.txt"
+    result = run_app(app, "--where", "tcp", "--port", str(port), "--output", str(output))
+    assert result.returncode != 0
+    assert "two sources are named" not in result.stderr
+    both = f"pipelines 'Numbers' and 'Numbers (2)' both listen on 127.0.0.1:{port}"
+    assert both in result.stderr, result.stderr
+    assert "merged with a clone of itself (Pipeline.clone()" in result.stderr

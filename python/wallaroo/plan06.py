@@ -76,6 +76,8 @@ class _Compiler:
         self.states: dict = {}
         #: (node, position) -> the compiled step shared by the pipelines through it.
         self.window_stages: dict = {}
+        #: Engine pipeline name -> the name given to ``wallaroo.source``.
+        self.source_names: dict = {}
 
     def feeders(self, node: int) -> int:
         """The sources whose records reach ``node``."""
@@ -90,15 +92,63 @@ class _Compiler:
     def compile(self) -> dict:
         if not self.leaves:
             raise ApplicationError(f"{self.origin}: the application has no source")
-        pipelines = [self.pipeline(leaf) for leaf in self.leaves]
-        names = [p["name"] for p in pipelines]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ApplicationError(f"{self.origin}: two sources are named {dupes[0]!r}")
+        pipelines = [self.pipeline(leaf, name) for leaf, name in self.engine_names()]
+        self.check_listeners(pipelines)
         return contract.app_plan(self.app_name, pipelines, self.states)
 
-    def pipeline(self, leaf: int) -> contract.PipelinePlan:
-        _, name, source_tuple = self.vs[leaf][0]
+    def engine_names(self) -> list:
+        """``(leaf, engine pipeline name)`` of every leaf. A source in the tree
+        twice (a pipeline merged with a clone of itself, or two pipelines from
+        one ``wallaroo.source``) is, as in 0.6.1 (machida made one
+        ``Wallaroo.source`` per leaf), two sources reading the same input, so
+        each record goes down both ways: the later copies run as pipelines
+        ``NAME (2)``, ``NAME (3)``..., named for the engine only."""
+        seen: dict = {}
+        taken = {self.vs[leaf][0][1] for leaf in self.leaves}
+        names = []
+        for leaf in self.leaves:
+            name = self.vs[leaf][0][1]
+            seen[name] = seen.get(name, 0) + 1
+            engine_name = name
+            if seen[name] > 1:
+                copy = seen[name]
+                while f"{name} ({copy})" in taken:
+                    copy += 1
+                engine_name = f"{name} ({copy})"
+                taken.add(engine_name)
+            names.append((leaf, engine_name))
+            self.source_names[engine_name] = name
+        return names
+
+    def check_listeners(self, pipelines: list) -> None:
+        """Two TCP sources cannot listen on one address: with the same source
+        in the tree twice, say which call made the second (0.6.1 failed at
+        start-up here too: its second listener was "unable to listen")."""
+        listening: dict = {}
+        for plan in pipelines:
+            source = plan["source"]
+            if source.get("kind") != "tcp" or not source.get("port"):
+                continue
+            address = (source["host"], source["port"])
+            first = listening.setdefault(address, plan["name"])
+            if first == plan["name"]:
+                continue
+            if self.source_names.get(first) != self.source_names.get(plan["name"]):
+                raise ApplicationError(
+                    f"{self.origin}: pipelines {first!r} and {plan['name']!r} both listen on "
+                    f"{address[0]}:{address[1]}: two TCP sources cannot listen on one address"
+                )
+            raise ApplicationError(
+                f"{self.origin}: pipelines {first!r} and {plan['name']!r} both listen on "
+                f"{address[0]}:{address[1]}: a pipeline merged with a clone of itself "
+                "(Pipeline.clone() or two pipelines from one wallaroo.source(...), then "
+                "merge()) reads its source twice, as in Wallaroo 0.6.1, and a TCP source "
+                "cannot listen twice (0.6.1 failed here too). Do both branches' work "
+                "in one computation_multi, or give each branch a source of its own"
+            )
+
+    def pipeline(self, leaf: int, name: str) -> contract.PipelinePlan:
+        source_tuple = self.vs[leaf][0][2]
         where = f"{self.origin}: pipeline {name!r}"
         source = _source_plan(source_tuple, f"{where} source", self.args)
         steps: list = []
