@@ -248,6 +248,28 @@ def test_one_worker_counters_equal_what_was_sent_and_written(tmp_path: Path) -> 
     assert worker["name"] == "initializer" and worker["up"] and worker["serving"]
 
 
+def test_every_step_that_ran_has_a_python_time_after_a_few_records(tmp_path: Path) -> None:
+    """Step Python time is calls times the mean of timed calls; records are
+    timed one in 64, and each step's first calls always are: after 4 records
+    every step that ran (encoder included) has a non-zero time."""
+    out = tmp_path / "out.txt"
+    with running(APP, "--in", f"{HOST}:0", "--output", str(out)) as app:
+        base = metrics_url(app)
+        ((_, _, in_port),) = app.listening()
+        assert send_messages(HOST, in_port, numbers(4)) == 4
+        s = wait_for(settled(base, 4, 2), 30, "4 records counted")
+        status = status_json(base)
+    for step in ("decoder", "keep even", "count", "encoder"):
+        assert s.total("wallaroo_step_python_seconds_total", step=step) > 0, step  # type: ignore[attr-defined]
+    (pipeline,) = status["pipelines"]
+    assert {st["name"]: st["python_seconds"] > 0 for st in pipeline["steps"]} == {
+        "decoder": True,
+        "keep even": True,
+        "count": True,
+        "encoder": True,
+    }
+
+
 def test_rates_and_latency_appear_in_status_while_records_flow(tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     with running(APP, "--in", f"{HOST}:0", "--output", str(out)) as app:

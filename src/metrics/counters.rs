@@ -16,6 +16,10 @@ use crate::sync::lock;
 /// One record in this many has its Python calls timed.
 pub const SAMPLE_ONE_IN: u64 = 64;
 
+/// The first calls of each step on each worker are timed too, so a step that
+/// ran a few times has a Python time (not 0 until a sampled record came).
+pub const FIRST_TIMED: u64 = 8;
+
 // ---------------------------------------------------------------- per step
 
 /// Counters of one step of a pipeline (also the decoder and the encoder).
@@ -249,6 +253,8 @@ struct LocalStep {
     sampled_calls: Cell<u64>,
     /// Calls not yet turned into Python time (no sample seen yet).
     unestimated: Cell<u64>,
+    /// Calls timed since the start (never reset: see [`FIRST_TIMED`]).
+    timed: Cell<u64>,
     durations: [Cell<u64>; CALL_NS.len() + 1],
 }
 
@@ -335,16 +341,18 @@ impl ChainStats {
         }
     }
 
-    /// Call the Python code of `slot` (timed when the record is sampled).
+    /// Call the Python code of `slot` (timed when the record is sampled, and
+    /// for the step's first [`FIRST_TIMED`] calls).
     #[inline]
     pub fn call<R>(&self, slot: usize, f: impl FnOnce() -> R) -> R {
         let Some(step) = self.slot(slot) else {
             return f();
         };
         bump(&step.calls);
-        if !self.sampling.get() {
+        if !self.sampling.get() && step.timed.get() >= FIRST_TIMED {
             return f();
         }
+        bump(&step.timed);
         let started = Instant::now();
         let result = f();
         let ns = started.elapsed().as_nanos() as u64;
@@ -504,9 +512,44 @@ mod tests {
         assert_eq!(snap.steps[1].dropped, 100);
         assert_eq!(snap.steps[1].records_out, 0);
         assert_eq!(snap.batch_sizes.count, 1);
-        let sampled = snap.steps[1].call_duration.count;
-        if sampled > 0 {
-            assert!(snap.steps[1].python_seconds >= 100.0 * 20e-6 * 0.9);
+        // The first calls are timed whatever the sample: a time for each step.
+        assert!(snap.steps[1].call_duration.count >= FIRST_TIMED);
+        assert!(snap.steps[1].python_seconds >= 100.0 * 20e-6 * 0.9);
+    }
+
+    #[test]
+    fn a_step_called_a_few_times_has_a_python_time() {
+        let metrics = PipelineMetrics::with_steps(["a"]);
+        let stats = ChainStats::default();
+        stats.begin(&metrics, 3);
+        for _ in 0..3 {
+            stats.record();
+            stats.call(ChainStats::DECODER, || ());
+            stats.call(1, || std::thread::sleep(Duration::from_micros(50)));
+            stats.call(2, || std::thread::sleep(Duration::from_micros(50)));
         }
+        stats.flush(&metrics);
+        let snap = metrics.snapshot("p");
+        for step in &snap.steps[1..] {
+            assert_eq!(step.records_in, 3, "{}", step.name);
+            assert_eq!(step.call_duration.count, 3, "{}", step.name);
+            assert!(
+                step.python_seconds >= 3.0 * 50e-6,
+                "{}: {}",
+                step.name,
+                step.python_seconds
+            );
+        }
+        // Later calls go back to the sample only: after FIRST_TIMED calls
+        // with no record sampled, no further call is timed.
+        stats.begin(&metrics, 100);
+        for _ in 0..100 {
+            stats.call(1, || ());
+        }
+        stats.flush(&metrics);
+        assert_eq!(
+            metrics.snapshot("p").steps[1].call_duration.count,
+            FIRST_TIMED
+        );
     }
 }

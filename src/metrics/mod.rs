@@ -5,7 +5,8 @@
 //! keeps its counts for the batch in progress in plain cells
 //! ([`ChainStats`]) and adds them to the atomics once per batch. Python time
 //! per step is measured on a random sample of records (one in
-//! [`counters::SAMPLE_ONE_IN`]); a step's total is the sampled mean times its calls.
+//! [`counters::SAMPLE_ONE_IN`], plus each step's first [`counters::FIRST_TIMED`]
+//! calls on each worker); a step's total is the timed mean times its calls.
 //! Source threads stamp each batch with the time it was read
 //! ([`now_ns`], once per batch); sink threads turn the stamps into the
 //! source-to-sink latency histogram.
