@@ -747,16 +747,23 @@ def _bad_input_previews(tmp_path: Path, *flags: str) -> tuple:
         base = metrics_url(app)
         ((_, _, in_port),) = app.listening()
         send_messages(HOST, in_port, numbers(0, bad=2))
-        wait_for(lambda: status_json(base)["recent_bad_input"], 20, "bad input")
+        wait_for(lambda: len(status_json(base)["recent_bad_input"]) == 2, 20, "bad input")
         status = status_json(base)
-    return [b["payload"] for b in status["recent_bad_input"]], status["payload_previews"]
+    recent = status["recent_bad_input"]
+    return (
+        [b["payload"] for b in recent],
+        status["payload_previews"],
+        [b["payload_bytes"] for b in recent],
+    )
 
 
 def test_bad_input_previews_are_shown_only_when_asked_for(tmp_path: Path) -> None:
-    assert _bad_input_previews(tmp_path) == (["", ""], False)
+    """Without previews a payload's length is still there (for the page)."""
+    assert _bad_input_previews(tmp_path) == (["", ""], False, [14, 14])
     assert _bad_input_previews(tmp_path, "--bad-input-previews") == (
         ["not a number 0", "not a number 1"],
         True,
+        [14, 14],
     )
 
 

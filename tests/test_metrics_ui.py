@@ -102,14 +102,23 @@ def test_page_shows_live_charts_while_an_app_runs(
             )
             assert kinds == [["decode_error", 2]]
             assert browser.evaluate("document.querySelectorAll('#bad-recent tbody tr').length") == 2
-            # Without --bad-input-previews the page says why payloads are not shown.
+            # Without --bad-input-previews the page shows each payload's
+            # length and says the preview is off (b"not a number 0": 14 bytes).
             hidden = browser.evaluate(
                 "[...document.querySelectorAll('#bad-recent tbody tr')]"
                 ".map(r => r.lastElementChild.textContent)"
             )
-            assert hidden == ["hidden (--bad-input-previews shows it)"] * 2, hidden
+            assert hidden == ["14 bytes · preview off (--bad-input-previews)"] * 2, hidden
             facts = browser.evaluate("document.querySelector('#steps tr.pipeline').textContent")
-            assert "0 not delivered" in facts, facts
+            assert "0 skipped after errors" in facts and "0 not delivered" in facts, facts
+            assert "sink errors" not in browser.evaluate("document.body.textContent")
+            # The two kinds of failed records have a tile each, labelled by what they count.
+            tiles = browser.evaluate(
+                "['tile-errors', 'tile-undelivered'].map(id => {"
+                " const v = document.getElementById(id);"
+                " return [v.previousElementSibling.textContent, v.textContent]; })"
+            )
+            assert tiles == [["skipped after errors", "0"], ["not delivered", "0"]], tiles
             # No window stage: no Windows panel.
             assert browser.evaluate("document.getElementById('windows-panel').hidden") is True
             tiles = browser.evaluate("document.getElementById('tile-rate').textContent")

@@ -243,6 +243,7 @@ impl Registry {
                 kind: r.kind,
                 error: shorten(r.error.lines().last().unwrap_or(&r.error), 300),
                 payload: r.payload_preview,
+                payload_bytes: r.payload_bytes as u64,
             })
             .collect();
         let mut state_keys = BTreeMap::new();

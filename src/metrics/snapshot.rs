@@ -91,6 +91,9 @@ pub struct RecentBad {
     pub error: String,
     /// The payload, shortened.
     pub payload: String,
+    /// The payload's length (shown when its preview is off).
+    #[serde(default)]
+    pub payload_bytes: u64,
 }
 
 /// A source partition of an event-time window stage: the newest event time

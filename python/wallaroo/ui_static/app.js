@@ -39,6 +39,11 @@ function fmtSeconds(s) {
   return s.toFixed(2) + " s";
 }
 
+function fmtBytes(n) {
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
+  return n === 1 ? "1 byte" : `${fmtCount(n)} bytes`;
+}
+
 function fmtTime(t) {
   const d = new Date(t * 1000);
   return d.toLocaleTimeString("en-GB", { hour12: false });
@@ -296,6 +301,7 @@ function renderTables(status) {
       `${fmtRate(pipeline.in_per_second)}/s`,
       `latency p50 ${fmtSeconds(pipeline.latency_seconds.p50)}, p99 ${fmtSeconds(pipeline.latency_seconds.p99)}`,
       `${fmtCount(pipeline.bad_input)} bad input`,
+      `${fmtCount(pipeline.skipped_errors)} skipped after errors`,
       `${fmtCount(pipeline.sink_errors)} not delivered`,
     ];
     if (pipeline.kafka_lag) facts.push(`Kafka lag ${fmtCount(pipeline.kafka_lag)}`);
@@ -360,7 +366,8 @@ function renderTables(status) {
       el("td", { class: "wrap" }, b.error),
       status.payload_previews
         ? el("td", { class: "wrap" }, el("code", {}, b.payload))
-        : el("td", { class: "muted" }, "hidden (--bad-input-previews shows it)"),
+        : el("td", { class: "muted", "data-payload-bytes": String(b.payload_bytes) },
+             `${fmtBytes(b.payload_bytes)} · preview off (--bad-input-previews)`),
     )));
 }
 
@@ -426,7 +433,8 @@ function renderTiles(status) {
   set("tile-out", fmtCount(t.records_out));
   set("tile-dropped", fmtCount(t.dropped));
   set("tile-bad", fmtCount(t.bad_input), t.bad_input > 0);
-  set("tile-errors", fmtCount(t.errors + t.sink_errors), t.errors + t.sink_errors > 0);
+  set("tile-errors", fmtCount(t.errors), t.errors > 0);
+  set("tile-undelivered", fmtCount(t.sink_errors), t.sink_errors > 0);
   const p99 = Math.max(...status.pipelines.map((p) => p.latency_seconds.p99 || 0), 0);
   set("tile-p99", p99 > 0 ? fmtSeconds(p99) : "–");
   const up = status.workers.filter((w) => w.up).length;
