@@ -88,6 +88,11 @@ impl StateStore {
         Ok(())
     }
 
+    /// Whether changed keys are tracked (crash recovery is on).
+    pub(crate) fn tracks_changes(&self) -> bool {
+        self.changes.is_some()
+    }
+
     /// Record that `key`'s state changed outside a record (a timer fired
     /// its windows): it is written at the next snapshot.
     pub(crate) fn mark_changed(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -51,7 +51,8 @@ pub enum Kind {
         /// In a cluster: where keys live. A record reaching this step is then
         /// handed over (as a [`KeyedRecord`]) instead of running the step here.
         routing: Option<Arc<RoutingTable>>,
-        /// Windows: `tick(states, end)` -> `[(key, outputs), ...]` or None,
+        /// Windows: `tick(states, end)` -> `[(key, outputs), ...]`, `(keys,
+        /// outputs)` (flat: the changed keys, then every output) or None,
         /// called on the engine's timer and at the end of input.
         tick: Option<Py<PyAny>>,
         /// Event-time windows in a cluster: `share()` -> what goes with each
@@ -383,6 +384,20 @@ impl Chain {
         let fired = call2(tick.bind(py), states.as_any(), value).map_err(failure)?;
         if fired.is_none() {
             return Ok(());
+        }
+        if let Ok(flat) = fired.cast::<PyTuple>() {
+            // `(keys, outputs)`: the keys whose state changed, then every
+            // output in order (no list and pair per key: event-time windows).
+            let (keys, outputs): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                flat.extract().map_err(failure)?;
+            if store.tracks_changes() {
+                for key in keys.try_iter().map_err(failure)? {
+                    store
+                        .mark_changed(py, &key.map_err(failure)?)
+                        .map_err(failure)?;
+                }
+            }
+            return self.next(py, &cursor, step, index, &keys, outputs, true, out);
         }
         for item in fired.try_iter().map_err(failure)? {
             let (key, outputs): (Bound<'_, PyAny>, Bound<'_, PyAny>) =

@@ -192,7 +192,7 @@ def test_event_time_a_window_whose_only_records_failed_outputs_nothing():
     # The watermark passes [100, 200): nothing fires for it.
     assert step("a", "2", 330) == ((), True)
     assert stage.open_windows == 1
-    assert stage.timer(states, True) == [("a", [("a", ["2"])])]
+    assert stage.timer(states, True) == (["a"], [("a", ["2"])])
     assert stage.open_windows == 0
 
 

@@ -427,7 +427,7 @@ def test_event_time_windows_take_out_of_order_events_and_return_late_ones(monkey
     # (j's fires on j's next record, before 9 is found late).
     assert outs == [("k", [3, 7]), ("j", [1]), ("k", [12, 16])]
     assert late == [("k", 8), ("j", 9)]
-    assert stage.tick(states, final=True) == [("k", [("k", [25])])]
+    assert stage.tick(states, final=True) == (["k"], [("k", [25])])
 
 
 def test_event_time_sliding_windows_keep_partially_late_events(monkeypatch):
@@ -439,7 +439,7 @@ def test_event_time_sliding_windows_keep_partially_late_events(monkeypatch):
     # window [0,20) fired; 12 still counts in [10,30).
     assert outs == [("k", [5]), ("k", [5, 15]), ("k", [12, 15, 21])]
     assert late == []
-    assert stage.tick(states, final=True) == [("k", [("k", [21, 32]), ("k", [32])])]
+    assert stage.tick(states, final=True) == (["k"], [("k", [21, 32]), ("k", [32])])
 
 
 def test_an_earlier_event_of_a_key_opens_an_earlier_window(monkeypatch):
@@ -460,7 +460,7 @@ def test_the_watermark_is_the_minimum_over_partitions_until_one_goes_idle(monkey
     assert not stage.tick(states, final=False)
     clock.now = 1001  # partition (0, 0) idle: it stops holding the watermark back
     assert stage.watermark(clock.now) == 60
-    assert stage.tick(states, final=False) == [("k", [("k", [1]), ("k", [50])])]
+    assert stage.tick(states, final=False) == (["k"], [("k", [1]), ("k", [50])])
     # Idle partition (0, 0) sends again: late for windows that fired.
     outs, late = _feed(stage, states, [("k", 2)], origin=(0, 0))
     assert late == [("k", 2)]
@@ -478,13 +478,13 @@ def test_workers_share_partitions_so_each_waits_for_every_partition(monkeypatch)
     a_states: dict = {}
     b_states: dict = {}
     _feed(a, a_states, [("a", 1)], origin=(0, 0))
-    assert a.timer(a_states, False) == []
-    assert b.timer(b_states, (False, a.share())) == []  # no key of its own yet
+    assert a.timer(a_states, False) is None
+    assert b.timer(b_states, (False, a.share())) is None  # no key of its own yet
     outs, late = _feed(b, b_states, [("b", 50), ("b", 60), ("b", 5)], origin=(0, 1))
     assert (outs, late) == ([], []) and b.watermark(clock.now) == 1
     outs, late = _feed(b, b_states, [("b", 4)], origin=(0, 0))
     assert (outs, late) == ([], [])
-    assert b.timer(b_states, (False, a.share())) == []
+    assert b.timer(b_states, (False, a.share())) is None
     assert b.watermarks() == (4, [("src", 0, 0, 4, False), ("src", 0, 1, 60, False)])
     # Alone, B's watermark would have been 60 at its record of 60, and 5 late.
     alone = _event_stage(10, 10, idle=1000, stage_id="test/share/alone")
@@ -494,12 +494,11 @@ def test_workers_share_partitions_so_each_waits_for_every_partition(monkeypatch)
     # at 0, also in what B shares back: idle, they stop holding A back.
     clock.now = 1500
     _feed(a, a_states, [("a", 100)], origin=(0, 2))
-    assert a.timer(a_states, (False, b.share())) == [("a", [("a", [1])])]
+    assert a.timer(a_states, (False, b.share())) == (["a"], [("a", [1])])
     assert a.watermark(clock.now) == 100
     # The final tick: every window left fires, shared or not.
-    assert b.timer(b_states, (True, a.share())) == [
-        ("b", [("b", [4, 5]), ("b", [50]), ("b", [60])])
-    ]
+    fired = (["b"], [("b", [4, 5]), ("b", [50]), ("b", [60])])
+    assert b.timer(b_states, (True, a.share())) == fired
 
 
 def test_watermarks_travel_with_the_keys_windows(monkeypatch):
@@ -554,7 +553,7 @@ def test_every_due_window_fires_on_the_tick_and_no_other_does(monkeypatch):
             if len(result) == 2:
                 taken[record[0]].add((record[1], newest))
             if rng.random() < 0.5:
-                fired += [out for _key, outs in stage.tick(states, False) for out in outs]
+                fired += (stage.tick(states, False) or ([], []))[1]
                 due = {
                     (key, start)
                     for key, times in taken.items()
@@ -718,13 +717,14 @@ def test_the_timer_fires_keys_whose_windows_fired_on_their_records_before(monkey
     states: dict = {}
     _feed(stage, states, [("k", 1), ("j", 2)])
     _feed(stage, states, [("k", 15)])  # fires k's [0,10) on k's record; k now waits at 10
-    assert stage.tick(states, final=False) == [("j", [("j", [2])])]
+    assert stage.tick(states, final=False) == (["j"], [("j", [2])])
     _feed(stage, states, [("j", 31)])  # the watermark passes k's [10,20) without k
-    assert ("k", [("k", [15])]) in stage.tick(states, final=False)
+    keys, outs = stage.tick(states, final=False)
+    assert "k" in keys and ("k", [15]) in outs
     # A new key whose first event is late, then an on-time one.
     outs, late = _feed(stage, states, [("n", 3), ("n", 35)])
     assert late == [("n", 3)] and outs == []
-    assert stage.tick(states, final=True) == [("j", [("j", [31])]), ("n", [("n", [35])])]
+    assert stage.tick(states, final=True) == (["j", "n"], [("j", [31]), ("n", [35])])
 
 
 def test_the_timer_fires_a_key_whose_late_event_fired_its_windows(monkeypatch):
@@ -737,4 +737,5 @@ def test_the_timer_fires_a_key_whose_late_event_fired_its_windows(monkeypatch):
     assert (outs, late) == ([("k", [18])], [("k", 1)])
     # ... and the timer still knows when k's [20,30) is due.
     _feed(stage, states, [("j", 45)])
-    assert ("k", [("k", [24])]) in stage.tick(states, final=False)
+    keys, outs = stage.tick(states, final=False)
+    assert "k" in keys and ("k", [24]) in outs

@@ -83,8 +83,8 @@ class EventRangeStage(RangeStage):
     holding data and not fired (None: no data). A window has fired once the
     watermark passed its end (plus the allowed lateness), or, after the final
     flush, when it starts before ``fired_to``. The timer finds the keys with due
-    windows in ``buckets`` (window start -> keys, starts in the heap
-    ``starts``) instead of scanning every key.
+    windows in ``buckets`` (window start -> the keys' ``KeyWindows``, starts in
+    the heap ``starts``) instead of scanning every key.
     """
 
     fire_empty = False
@@ -115,7 +115,10 @@ class EventRangeStage(RangeStage):
         self.slowest: list | None = None
         #: The second lowest newest time over the active partitions (or above).
         self.runner_up: float = math.inf
-        #: Window start -> keys whose ``due`` was that start; the starts in a heap.
+        #: Window start -> the windows (``KeyWindows``) of the keys whose ``due``
+        #: was that start; the starts in a heap. The timer reaches a key's
+        #: windows from here without looking its key up; a key that left is
+        #: never found here (a different count of keys rebuilds the buckets).
         self.buckets: dict = {}
         self.starts: list = []
         #: Keys this stage knows of (a different count rebuilds the buckets).
@@ -320,7 +323,7 @@ class EventRangeStage(RangeStage):
                 result = (outs, True)
                 due = windows.due
                 if due is not None:
-                    index(due, windows.key)
+                    index(due, windows)
             first = ((t - wrange) // slide + 1) * slide
             fired_to = windows.fired_to
             if t < behind or (fired_to is not None and fired_to > first):
@@ -370,9 +373,9 @@ class EventRangeStage(RangeStage):
                 windows.due = first
                 bucket = buckets.get(first)
                 if bucket is None:
-                    index(first, windows.key)
+                    index(first, windows)
                 else:
-                    bucket.append(windows.key)
+                    bucket.append(windows)
             return result
 
         step.none_safe = True  # type: ignore[attr-defined]
@@ -394,14 +397,15 @@ class EventRangeStage(RangeStage):
 
     # -- firing -------------------------------------------------------------
 
-    def _index(self, start: int, key: Any) -> None:
-        """Note that the timer must look at ``key`` once windows from ``start`` are due."""
+    def _index(self, start: int, windows: KeyWindows) -> None:
+        """Note that the timer must look at a key's ``windows`` once windows from
+        ``start`` are due."""
         bucket = self.buckets.get(start)
         if bucket is None:
-            self.buckets[start] = [key]
+            self.buckets[start] = [windows]
             heapq.heappush(self.starts, start)
         else:
-            bucket.append(key)
+            bucket.append(windows)
 
     def _fire(self, windows: KeyWindows, limit: int | None, outs: list) -> None:
         """Fire the windows of one key that hold data and end before ``limit``
@@ -469,75 +473,88 @@ class EventRangeStage(RangeStage):
             # watermark, which never goes back, tells which windows have.)
             windows.fired_to = start
 
-    def tick(self, states: dict, final: bool) -> list | None:
+    def tick(self, states: dict, final: bool) -> tuple | None:
         """Fire the windows the watermark made due (``final``: every window once
-        all sources feeding the stage ended). Keys come from the buckets of due
-        windows, rebuilt when keys arrived other than by a record (a restore,
-        a hand-over) or left."""
+        all sources feeding the stage ended). Returns ``(keys, outputs)``: the
+        keys whose windows fired (their state changed) and all the outputs, in
+        order (flat: no list and pair per key), or None when none fired. Keys
+        come from the
+        buckets of due windows, rebuilt when keys arrived other than by a
+        record (a restore, a hand-over) or left."""
         if final:
             if not self._ended():
                 return None
-            return self._fire_all(states, 0, True)
+            return self._flush(states)
         limit = self.limit(self.watermark(time.time_ns()))
         if limit is None:
             return None
         if self.reindex or len(states) != self.indexed:
             self.buckets.clear()  # in place: the steps hold them
             self.starts.clear()
-            for key, windows in states.items():
+            for windows in states.values():
                 if windows.started and windows.due is not None:
-                    self._index(windows.due, key)
+                    self._index(windows.due, windows)
             self.indexed = len(states)
             self.reindex = False
         bound = self.first_start(limit - 1)
-        changed: list = []
-        starts, buckets, get = self.starts, self.buckets, states.get
+        keys: list = []
+        outs: list = []
+        changed, emit = keys.append, outs.append
+        starts, buckets = self.starts, self.buckets
         slide, stop = self.slide, limit - 1 - self.range
         combine, output, window_output = self.agg.combine, self.agg.output, self.window_output
         fired = 0
         while starts and starts[0] < bound:
             start = heapq.heappop(starts)
-            for key in buckets.pop(start):
-                windows = get(key)
-                if windows is None or windows.due != start:
-                    continue  # moved away, or fired on one of its records since
-                outs: list = []
+            for windows in buckets.pop(start):
+                if windows.due != start:
+                    continue  # fired on one of its records since
+                key = windows.key
+                changed(key)
                 panes = windows.panes
                 if len(panes) != 1:
                     self._fire(windows, limit, outs)
+                    due = windows.due
+                    if due is None:
+                        continue
                 else:
                     # One pane (the common case, as in ``_fire``), inline.
-                    for at in panes:
-                        acc = panes[at]
+                    at, acc = panes.popitem()
                     last = at - at % slide
                     identity = windows.identity
-                    window = start
-                    while window <= stop and window <= last:
+                    due = start
+                    while due <= stop and due <= last:
                         if window_output is None:
                             out = output(key, combine(identity, acc))
                         else:
-                            end = window + self.range
-                            out = window_output(key, combine(identity, acc), window, end)
+                            out = window_output(key, combine(identity, acc), due, due + self.range)
                         if out is not None:
-                            outs.append(out)
+                            emit(out)
                         fired += 1
-                        window += slide
-                    if window > last:
-                        del panes[at]
+                        due += slide
+                    if due > last:
                         windows.due = None
-                    else:
-                        windows.due = window
-                changed.append((key, outs))
-                due = windows.due
-                if due is not None:
-                    bucket = buckets.get(due)
-                    if bucket is None:
-                        self._index(due, key)
-                    else:
-                        bucket.append(key)
+                        continue
+                    panes[at] = acc
+                    windows.due = due
+                bucket = buckets.get(due)
+                if bucket is None:
+                    self._index(due, windows)
+                else:
+                    bucket.append(windows)
         self.fired += fired
         self.open_windows -= fired
-        return changed
+        return (keys, outs) if keys else None
+
+    def _flush(self, states: dict) -> tuple:
+        """The final flush: every window holding data fires, as ``(keys, outputs)``."""
+        keys: list = []
+        outs: list = []
+        for key, windows in states.items():
+            if windows.started and windows.due is not None:
+                keys.append(key)
+                self._fire(windows, None, outs)
+        return (keys, outs) if keys else None
 
     def _open_of(self, windows: KeyWindows, start: int | None = None) -> int:
         # Windows before the earliest one holding data and not fired hold none.
