@@ -17,6 +17,7 @@ use crate::metrics::PipelineMetrics;
 use crate::plan::{Options, PipelinePlan, Plan, SinkKind, SourceKind, StateStep, StepKind};
 use crate::recovery::{self, ResilienceRun};
 use crate::routing::{canonical_key, RoutingTable};
+use crate::sinks::order::OutputSequence;
 use crate::sinks::{self, SinkContext, SinkMessage};
 use crate::sources::{self, SourceContext, SourceHandle, SourcePosition};
 use crate::state::StateStore;
@@ -55,6 +56,9 @@ pub(crate) struct PipelineResources {
     pub(crate) sink_everywhere: bool,
     /// Pipelines of one group share one sink.
     pub(crate) sink_group: Option<String>,
+    /// A group's sink written on another worker (cluster; not Kafka): the
+    /// group's outputs made here are numbered for it (shared by the group).
+    pub(crate) output_order: Option<OutputSequence>,
     /// The source this worker reads for the whole run (taken out while a
     /// generation runs).
     pub(crate) source: Mutex<Option<SourceHandle>>,
@@ -88,6 +92,8 @@ pub(crate) struct Resources {
     pub(crate) resilience: Option<ResilienceRun>,
     /// The snapshot this run went on from, if any.
     recovered: Option<u64>,
+    /// This process's stream of numbered outputs (see `output_order`).
+    output_stream: u64,
 }
 
 /// The options sources are made with.
@@ -182,6 +188,7 @@ impl Resources {
             started: Instant::now(),
             resilience,
             recovered: recovered.as_ref().map(|r| r.id),
+            output_stream: OutputSequence::draw_stream(),
         };
         let positions = match &recovered {
             Some(recovered) => {
@@ -289,15 +296,20 @@ impl Resources {
             self.pipelines
                 .iter()
                 .find(|p| p.sink_group.as_ref() == Some(group))
-                .map(|p| (p.sink_tx.clone(), p.sink_everywhere))
+                .map(|p| (p.sink_tx.clone(), p.sink_everywhere, p.output_order.clone()))
         });
+        let mut output_order = None;
         let (encode, sink_tx) = match (pipeline.sink, shared) {
-            (Some(sink), Some((tx, everywhere))) => {
+            (Some(sink), Some((tx, everywhere, order))) => {
                 sink_everywhere = everywhere;
+                output_order = order;
                 (Some(sink.encode), tx)
             }
             (Some(sink), None) => {
                 sink_everywhere = matches!(sink.kind, SinkKind::Kafka(_));
+                if self.cluster && !sink_everywhere && sink_group.is_some() {
+                    output_order = Some(OutputSequence::new(self.output_stream));
+                }
                 let tx = if sink_everywhere || worker == 0 {
                     let ctx = SinkContext {
                         pipeline: pipeline.name.clone(),
@@ -361,6 +373,7 @@ impl Resources {
             sink_tx,
             sink_everywhere,
             sink_group,
+            output_order,
             source: Mutex::new(source),
             kafka: kafka_plan,
             source_info,
@@ -446,6 +459,7 @@ impl Resources {
             serialize: own(&self.serialize),
             deserialize: own(&self.deserialize),
             control: self.control.clone(),
+            sequence: pipeline.output_order.clone(),
         })
     }
 

@@ -17,6 +17,7 @@ use crate::metrics::{ChainStats, PipelineMetrics};
 use crate::plan::OnError;
 use crate::pycall::{call1, call2, call3};
 use crate::routing::{canonical_key, RoutingTable};
+use crate::sinks::order::OutputSequence;
 use crate::sinks::Output;
 use crate::sources::{Frame, Pos, SourceInfo};
 use crate::state::{check_key, StateStore};
@@ -103,6 +104,9 @@ pub struct Chain {
     pub deserialize: Option<Py<PyAny>>,
     /// The run's control: a second signal makes a failure the interruption.
     pub control: RunHandle,
+    /// Outputs of merged pipelines written on another worker are numbered
+    /// in the order made (see [`crate::sinks::order`]).
+    pub sequence: Option<OutputSequence>,
 }
 
 /// Orders the records a state step applies within an epoch: source order
@@ -723,6 +727,9 @@ impl Chain {
             };
             output.read_ns = cursor.order.read_ns;
             output.sink = u16::try_from(sink).unwrap_or(u16::MAX);
+            if let Some(sequence) = &self.sequence {
+                sequence.stamp(&mut output);
+            }
             out.outputs.push(output);
             BatchCounts::bump(&self.batch_counts.out);
         }

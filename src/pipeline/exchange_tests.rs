@@ -58,6 +58,7 @@ fn keyed_chain(py: Python<'_>, routing: &Arc<RoutingTable>) -> Chain {
         serialize: None,
         deserialize: None,
         control: RunControl::new(),
+        sequence: None,
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod file;
 pub mod kafka;
 pub mod many;
+pub mod order;
 pub mod stdout;
 pub mod tcp;
 
@@ -44,6 +45,11 @@ pub struct Output {
     /// Which of the pipeline's sinks it goes to (`to_sinks`; 0 otherwise).
     #[serde(default)]
     pub sink: u16,
+    /// Outputs of merged pipelines written on another worker: the making
+    /// worker's stream and the output's number in it, so the sink writes
+    /// them in the order made (see [`order`]); None: as they come.
+    #[serde(default)]
+    pub seq: Option<(u64, u64)>,
 }
 
 /// What the worker hands a sink thread.
@@ -170,6 +176,41 @@ fn open_writer(kind: SinkKind, ctx: &SinkContext) -> Result<Box<dyn BatchWriter>
     })
 }
 
+/// Write one batch, counting what was and was not delivered; `failing`:
+/// records not delivered since the last batch that was.
+fn write(writer: &mut dyn BatchWriter, batch: Vec<Output>, ctx: &SinkContext, failing: &mut usize) {
+    let bytes: usize = batch.iter().map(|r| r.value.len()).sum();
+    match writer.write_batch(&batch) {
+        Ok(delivered) => {
+            PipelineMetrics::add(&ctx.metrics.bytes_out, bytes as u64);
+            ctx.metrics
+                .sink_wrote(delivered, batch.iter().map(|r| r.read_ns));
+            if *failing > 0 {
+                log::warn!(
+                    "pipeline {:?}: {}: delivering again, after {failing} records not \
+                     delivered",
+                    ctx.pipeline,
+                    writer.label()
+                );
+            }
+            *failing = 0;
+        }
+        Err(e) => {
+            PipelineMetrics::add(&ctx.metrics.sink_errors, batch.len() as u64);
+            if *failing == 0 {
+                log::error!(
+                    "pipeline {:?}: {}: write failed, {} records not delivered (counted \
+                     in the summary; the run will exit 1): {e}",
+                    ctx.pipeline,
+                    writer.label(),
+                    batch.len()
+                );
+            }
+            *failing += batch.len();
+        }
+    }
+}
+
 /// Write what the worker sends until it hangs up; why the final flush
 /// failed, if it did (the run then fails).
 fn write_loop(
@@ -179,6 +220,7 @@ fn write_loop(
 ) -> Option<String> {
     // Records not delivered since the last batch that was.
     let mut failing = 0usize;
+    let mut order = order::Reorder::default();
     loop {
         let message = match rx.recv_timeout(IDLE_POLL) {
             Ok(message) => message,
@@ -189,8 +231,12 @@ fn write_loop(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let batch = match message {
-            SinkMessage::Batch(batch) => batch,
+            SinkMessage::Batch(batch) => order.release(batch),
             SinkMessage::Barrier(snapshot, ack) => {
+                let held = order.drain();
+                if !held.is_empty() {
+                    write(&mut *writer, held, &ctx, &mut failing);
+                }
                 match writer.sync(snapshot) {
                     Ok(()) => {
                         let _ = ack.send(());
@@ -205,36 +251,7 @@ fn write_loop(
                 continue;
             }
         };
-        let bytes: usize = batch.iter().map(|r| r.value.len()).sum();
-        match writer.write_batch(&batch) {
-            Ok(delivered) => {
-                PipelineMetrics::add(&ctx.metrics.bytes_out, bytes as u64);
-                ctx.metrics
-                    .sink_wrote(delivered, batch.iter().map(|r| r.read_ns));
-                if failing > 0 {
-                    log::warn!(
-                        "pipeline {:?}: {}: delivering again, after {failing} records not \
-                         delivered",
-                        ctx.pipeline,
-                        writer.label()
-                    );
-                }
-                failing = 0;
-            }
-            Err(e) => {
-                PipelineMetrics::add(&ctx.metrics.sink_errors, batch.len() as u64);
-                if failing == 0 {
-                    log::error!(
-                        "pipeline {:?}: {}: write failed, {} records not delivered (counted \
-                         in the summary; the run will exit 1): {e}",
-                        ctx.pipeline,
-                        writer.label(),
-                        batch.len()
-                    );
-                }
-                failing += batch.len();
-            }
-        }
+        write(&mut *writer, batch, &ctx, &mut failing);
         if rx.is_empty() {
             if let Err(e) = writer.flush() {
                 log::error!(
@@ -244,6 +261,10 @@ fn write_loop(
                 );
             }
         }
+    }
+    let held = order.drain();
+    if !held.is_empty() {
+        write(&mut *writer, held, &ctx, &mut failing);
     }
     let failure = writer
         .finish()
