@@ -23,7 +23,7 @@ const SYNC_GIVE_UP: Duration = Duration::from_secs(300);
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 
@@ -41,6 +41,10 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the end of the run waits for outstanding deliveries.
 const FINAL_FLUSH: Duration = Duration::from_secs(60);
+
+/// How long one wait for delivery reports lasts while flushing, or while the
+/// producer's queue is full.
+const REPORT_POLL: Duration = Duration::from_millis(1);
 
 /// Sees every delivery report.
 pub struct DeliveryReports {
@@ -202,7 +206,7 @@ impl KafkaWriter {
         if let Some(failed) = &self.failed {
             return Err(std::io::Error::other(failed.clone()));
         }
-        let _ = self.producer.flush(self.final_flush);
+        let _ = self.wait_acknowledged(self.final_flush);
         let records = self.producer.context().acked.swap(0, Ordering::Relaxed);
         // Aborted: not delivered (the run ended in an error; its next start
         // produces them again from the last snapshot).
@@ -225,6 +229,25 @@ impl KafkaWriter {
         Ok(())
     }
 
+    /// Wait until the brokers acknowledged (or failed) every record handed
+    /// to the producer, at most `timeout`. rdkafka's own `flush` serves the
+    /// delivery reports in polls that each last their whole 100 ms, so it
+    /// returned at the next multiple of 100 ms after the last
+    /// acknowledgement (the end of every run, every snapshot); this asks
+    /// librdkafka to send what it holds and polls in steps of [`REPORT_POLL`].
+    fn wait_acknowledged(&self, timeout: Duration) -> KafkaResult<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                    if Instant::now() < deadline => {}
+                Err(e) => return Err(e),
+            }
+            self.producer.poll(REPORT_POLL);
+        }
+    }
+
     fn send(&mut self, record: &Output) {
         loop {
             let mut message = BaseRecord::to(&self.topic).payload(&record.value);
@@ -243,7 +266,7 @@ impl KafkaWriter {
                             self.pipeline
                         );
                     }
-                    self.producer.poll(Duration::from_millis(100));
+                    self.producer.poll(REPORT_POLL);
                 }
                 Err((error, _)) => {
                     PipelineMetrics::add(&self.metrics.sink_errors, 1);
@@ -301,7 +324,7 @@ impl BatchWriter for KafkaWriter {
             return self.abort_open();
         }
         let started = Instant::now();
-        let result = self.producer.flush(self.final_flush);
+        let result = self.wait_acknowledged(self.final_flush);
         let left = self.producer.in_flight_count();
         match result {
             Ok(()) => {
@@ -313,7 +336,7 @@ impl BatchWriter for KafkaWriter {
                 // and keep them in the dead-letter record.
                 self.producer
                     .purge(PurgeConfig::default().queue().inflight());
-                let _ = self.producer.flush(Duration::from_secs(1));
+                let _ = self.wait_acknowledged(Duration::from_secs(1));
                 Err(std::io::Error::other(format!(
                     "final flush failed: {left} records not acknowledged by the brokers after \
                      {:?}, not delivered: {e}",
@@ -329,7 +352,7 @@ impl BatchWriter for KafkaWriter {
             // aborts them); the line is logged before the commit itself: a crash
             // from there until the snapshot is written makes this interval's
             // output come twice.
-            let _ = self.producer.flush(TRANSACTION_TIMEOUT);
+            let _ = self.wait_acknowledged(TRANSACTION_TIMEOUT);
             log::debug!(
                 "{}: committing the transaction of snapshot {snapshot}",
                 self.label()
@@ -339,7 +362,7 @@ impl BatchWriter for KafkaWriter {
         // Until the brokers acknowledged everything: a snapshot must not be
         // stored while output before it could still be lost.
         let mut waited = Duration::ZERO;
-        while self.producer.flush(SYNC_WAIT).is_err() {
+        while self.wait_acknowledged(SYNC_WAIT).is_err() {
             waited += SYNC_WAIT;
             if waited >= SYNC_GIVE_UP {
                 return Err(std::io::Error::other(format!(
