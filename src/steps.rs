@@ -653,6 +653,21 @@ impl Chain {
         if !multi {
             return self.run(py, cursor, index + 1, result, out);
         }
+        // A list or tuple goes by index: no iterator object per call (an
+        // empty tuple is a window step's usual result, a flat list of every
+        // output its timer fired the tick's).
+        if let Ok(list) = result.cast_exact::<PyList>() {
+            for (number, item) in list.iter().enumerate() {
+                self.next_item(py, cursor, index, number, item, out)?;
+            }
+            return Ok(());
+        }
+        if let Ok(tuple) = result.cast_exact::<PyTuple>() {
+            for (number, item) in tuple.iter().enumerate() {
+                self.next_item(py, cursor, index, number, item, out)?;
+            }
+            return Ok(());
+        }
         let items = result.try_iter().map_err(|_| {
             self.failure(
                 cursor,
@@ -667,21 +682,35 @@ impl Chain {
         for (number, item) in items.enumerate() {
             let item =
                 item.map_err(|e| self.failure(cursor, &step.name, input, format_py_err(py, &e)))?;
-            if item.is_none() {
-                BatchCounts::bump(&self.batch_counts.dropped);
-                self.batch_counts.stats.dropped(index + 1);
-            } else if self.cluster {
-                let mut branch = cursor.clone();
-                branch
-                    .order
-                    .path
-                    .push(u32::try_from(number).unwrap_or(u32::MAX));
-                self.run(py, &branch, index + 1, item, out)?;
-            } else {
-                self.run(py, cursor, index + 1, item, out)?;
-            }
+            self.next_item(py, cursor, index, number, item, out)?;
         }
         Ok(())
+    }
+
+    /// Output `number` of the multi step `index`: through the rest of the chain.
+    fn next_item<'py>(
+        &self,
+        py: Python<'py>,
+        cursor: &Cursor,
+        index: usize,
+        number: usize,
+        item: Bound<'py, PyAny>,
+        out: &mut Emitted,
+    ) -> Result<(), StepFailure> {
+        if item.is_none() {
+            BatchCounts::bump(&self.batch_counts.dropped);
+            self.batch_counts.stats.dropped(index + 1);
+            Ok(())
+        } else if self.cluster {
+            let mut branch = cursor.clone();
+            branch
+                .order
+                .path
+                .push(u32::try_from(number).unwrap_or(u32::MAX));
+            self.run(py, &branch, index + 1, item, out)
+        } else {
+            self.run(py, cursor, index + 1, item, out)
+        }
     }
 
     fn emit(
