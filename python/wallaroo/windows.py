@@ -402,7 +402,13 @@ class _Stage:
         window is not opened, so a window whose only records failed is a
         window without records."""
         result = self.agg.update(data, acc)
-        if result is not None and result is not acc and not self.warned_update:
+        if result is not None:
+            self._returned(result, acc)
+
+    def _returned(self, result: Any, acc: Any) -> None:
+        """``update`` on a fresh ``acc`` returned ``result`` (not None): see
+        :meth:`_first_update` (event-time windows call ``update`` inline)."""
+        if result is not acc and not self.warned_update:
             self.warned_update = True
             _log.warning(
                 "aggregation %s: update() returned %.60r, which is not used: as in "

@@ -342,7 +342,9 @@ class EventRangeStage(RangeStage):
             try:
                 if fresh:
                     acc = initial()
-                    stage._first_update(data, acc)
+                    returned = update(data, acc)  # stage._first_update, inline
+                    if returned is not None:
+                        stage._returned(returned, acc)
                 else:
                     update(data, acc)
             except BaseException as err:
@@ -501,7 +503,8 @@ class EventRangeStage(RangeStage):
         outs: list = []
         changed, emit = keys.append, outs.append
         starts, buckets = self.starts, self.buckets
-        slide, stop = self.slide, limit - 1 - self.range
+        slide, wrange = self.slide, self.range
+        stop = limit - 1 - wrange
         combine, output, window_output = self.agg.combine, self.agg.output, self.window_output
         fired = 0
         while starts and starts[0] < bound:
@@ -523,15 +526,21 @@ class EventRangeStage(RangeStage):
                     last = at - at % slide
                     identity = windows.identity
                     due = start
-                    while due <= stop and due <= last:
-                        if window_output is None:
+                    end = stop if stop < last else last
+                    if window_output is None:
+                        while due <= end:
                             out = output(key, combine(identity, acc))
-                        else:
-                            out = window_output(key, combine(identity, acc), due, due + self.range)
-                        if out is not None:
-                            emit(out)
-                        fired += 1
-                        due += slide
+                            if out is not None:
+                                emit(out)
+                            fired += 1
+                            due += slide
+                    else:
+                        while due <= end:
+                            out = window_output(key, combine(identity, acc), due, due + wrange)
+                            if out is not None:
+                                emit(out)
+                            fired += 1
+                            due += slide
                     if due > last:
                         windows.due = None
                         continue
