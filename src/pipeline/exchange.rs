@@ -100,6 +100,11 @@ impl PipelineInput for ClusterInput {
             decoder,
             frames,
         });
+        // Into the dataflow now: timely's input handle holds what it is
+        // sent until its buffer is full (about 170 batches) or the epoch
+        // advances, so a batch waited up to an epoch (100 ms) before any
+        // step saw it.
+        self.handle.flush();
     }
 
     fn advance_to(&mut self, epoch: u64) {
