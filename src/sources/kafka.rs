@@ -328,6 +328,11 @@ fn consume(
     }
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut batch = Vec::with_capacity(ctx.batch_size);
+    // The first batches are small, then double up to the batch size (as the
+    // file source's): the first records reach the worker, and their outputs
+    // the sink, at once rather than after a whole batch was read and
+    // processed.
+    let mut limit = 1;
     let mut errors = Throttle::default();
     let mut gaps = Throttle::default();
     let mut last_commit = Instant::now();
@@ -359,7 +364,7 @@ fn consume(
                     },
                     read_ns: 0,
                 });
-                if batch.len() < ctx.batch_size {
+                if batch.len() < limit {
                     continue;
                 }
             }
@@ -368,6 +373,9 @@ fn consume(
             }
             Some(Err(_)) => {}
             None => {}
+        }
+        if !batch.is_empty() {
+            limit = (limit * 2).min(ctx.batch_size.max(1));
         }
         if !send_batch(&tx, std::mem::take(&mut batch), &ctx) {
             return;
@@ -445,5 +453,71 @@ impl KafkaPosition {
     pub fn resume(&self, plan: &mut KafkaSourcePlan) {
         plan.resume = self.partitions.clone();
         plan.commit = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bad_input::BadInput;
+    use crate::kafka::ClientSettings;
+    use crate::metrics::PipelineMetrics;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::ClientConfig;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn first_batches_are_small_then_double_up_to_the_batch_size() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("ramp", 1, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        for i in 0..3000 {
+            let value = format!("r{i}");
+            producer
+                .send(BaseRecord::<(), _>::to("ramp").payload(&value))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let plan = KafkaSourcePlan {
+            topic: "ramp".to_owned(),
+            settings: ClientSettings {
+                bootstrap: cluster.bootstrap_servers(),
+                log_level: "Error".into(),
+                extra: vec![],
+            },
+            group_id: "ramp".to_owned(),
+            start_offset: StartOffset::Earliest,
+            create_partitions: None,
+            resume: BTreeMap::new(),
+            commit: false,
+        };
+        let ctx = SourceContext {
+            pipeline: "p".to_owned(),
+            bad: Arc::new(BadInput::new(None).unwrap()),
+            metrics: Arc::new(PipelineMetrics::default()),
+            batch_size: 1000,
+            max_frame_bytes: 1 << 20,
+            stop: Arc::new(AtomicBool::new(false)),
+            worker: 0,
+            peers: 1,
+            remaining: Some(Arc::new(AtomicU64::new(3000))),
+        };
+        let handle = start(plan, ctx).unwrap();
+        let batches: Vec<Vec<Frame>> = handle.rx.iter().collect();
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes.first(), Some(&1), "the first record alone: {sizes:?}");
+        for (i, size) in sizes.iter().enumerate() {
+            let limit = 1usize
+                .checked_shl(u32::try_from(i).unwrap())
+                .unwrap_or(usize::MAX);
+            assert!(*size <= limit.min(1000), "batch {i} of {sizes:?}");
+        }
+        let read: Vec<Vec<u8>> = batches.into_iter().flatten().map(|f| f.payload).collect();
+        let want: Vec<Vec<u8>> = (0..3000).map(|i| format!("r{i}").into_bytes()).collect();
+        assert_eq!(read, want);
     }
 }
