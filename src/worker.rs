@@ -456,7 +456,19 @@ fn drive<A: Allocate>(
                         if clock.is_some() {
                             lock(&resources.pipelines[i].position).advance(&batch);
                         }
+                        // Timely's input handle holds what it is sent until
+                        // its buffer is full (about 170 batches) or the epoch
+                        // advances. A batch smaller than the batch size (the
+                        // first ones, or a source with little to read) goes
+                        // in at once, so its outputs do not wait up to an
+                        // epoch; full batches go in an epoch at a time (one
+                        // message per epoch between workers: per batch, 2
+                        // workers on a 1-partition topic took 13% more CPU).
+                        let partial = batch.len() < options.batch_size;
                         input.send(batch);
+                        if partial {
+                            input.flush();
+                        }
                         received = true;
                     }
                     Err(TryRecvError::Empty) => break,

@@ -100,10 +100,9 @@ impl PipelineInput for ClusterInput {
             decoder,
             frames,
         });
-        // Into the dataflow now: timely's input handle holds what it is
-        // sent until its buffer is full (about 170 batches) or the epoch
-        // advances, so a batch waited up to an epoch (100 ms) before any
-        // step saw it.
+    }
+
+    fn flush(&mut self) {
         self.handle.flush();
     }
 

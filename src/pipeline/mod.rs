@@ -54,6 +54,8 @@ pub(crate) type FailureSlot = Rc<RefCell<Option<StepFailure>>>;
 pub(crate) trait PipelineInput {
     /// Hand a batch read by this worker's source to the dataflow.
     fn send(&mut self, batch: Vec<Frame>);
+    /// Hand what was sent to the dataflow now, not when the epoch advances.
+    fn flush(&mut self);
     /// Move to the next epoch.
     fn advance_to(&mut self, epoch: u64);
 }
