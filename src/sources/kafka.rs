@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -213,22 +214,44 @@ fn commit(
     topic: &str,
     next: &BTreeMap<i32, i64>,
     mode: CommitMode,
-    label: &str,
-) {
+) -> KafkaResult<()> {
     if next.is_empty() {
-        return;
+        return Ok(());
     }
     let mut list = TopicPartitionList::new();
     for (&partition, &offset) in next {
-        if list
-            .add_partition_offset(topic, partition, Offset::Offset(offset))
-            .is_err()
-        {
-            return;
-        }
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
-    if let Err(e) = consumer.commit(&list, mode) {
-        log::debug!("{label}: offset commit failed: {e}");
+    consumer.commit(&list, mode)
+}
+
+/// How long the source tries to commit its last offsets at its end (a
+/// broker that just came back may not know the group's coordinator yet).
+const FINAL_COMMIT_FOR: Duration = Duration::from_secs(30);
+
+/// Commit the offsets the source ends at, trying again while the group's
+/// coordinator is not reachable; a failure in the end is logged (the next
+/// run then reads again from the last offsets committed: nothing is lost).
+fn commit_at_end(consumer: &BaseConsumer, topic: &str, next: &BTreeMap<i32, i64>, label: &str) {
+    let deadline = Instant::now() + FINAL_COMMIT_FOR;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        match commit(consumer, topic, next, CommitMode::Sync) {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                log::debug!("{label}: final offset commit failed (try {tries}): {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                log::warn!(
+                    "{label}: cannot commit the offsets it ended at {next:?} after {tries} \
+                     tries: {e}; a later run of the group reads again from the last offsets \
+                     committed"
+                );
+                return;
+            }
+        }
     }
 }
 
@@ -382,7 +405,9 @@ fn consume(
         }
         if last_commit.elapsed() >= COMMIT_EVERY {
             if plan.commit {
-                commit(&consumer, &plan.topic, &next, CommitMode::Async, &label);
+                if let Err(e) = commit(&consumer, &plan.topic, &next, CommitMode::Async) {
+                    log::debug!("{label}: offset commit failed: {e}");
+                }
             }
             report_lag(&consumer, &plan.topic, &partitions, &next, &ctx);
             last_commit = Instant::now();
@@ -390,7 +415,7 @@ fn consume(
     }
     send_batch(&tx, batch, &ctx);
     if plan.commit {
-        commit(&consumer, &plan.topic, &next, CommitMode::Sync, &label);
+        commit_at_end(&consumer, &plan.topic, &next, &label);
     }
     log::info!("{label}: stopped at {next:?} (next offset per partition)");
 }
@@ -519,5 +544,72 @@ mod tests {
         let read: Vec<Vec<u8>> = batches.into_iter().flatten().map(|f| f.payload).collect();
         let want: Vec<Vec<u8>> = (0..3000).map(|i| format!("r{i}").into_bytes()).collect();
         assert_eq!(read, want);
+    }
+
+    #[test]
+    fn the_end_commit_is_tried_again_until_the_coordinator_takes_it() {
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("ends", 1, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        for i in 0..50 {
+            let value = format!("r{i}");
+            producer
+                .send(BaseRecord::<(), _>::to("ends").payload(&value))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        // The coordinator refuses the next commits (a broker that just came
+        // back is loading the group's offsets).
+        cluster.request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 4],
+        );
+        let plan = KafkaSourcePlan {
+            topic: "ends".to_owned(),
+            settings: ClientSettings {
+                bootstrap: cluster.bootstrap_servers(),
+                log_level: "Error".into(),
+                extra: vec![],
+            },
+            group_id: "ends".to_owned(),
+            start_offset: StartOffset::Earliest,
+            create_partitions: None,
+            resume: BTreeMap::new(),
+            commit: true,
+        };
+        let ctx = SourceContext {
+            pipeline: "p".to_owned(),
+            bad: Arc::new(BadInput::new(None).unwrap()),
+            metrics: Arc::new(PipelineMetrics::default()),
+            batch_size: 1000,
+            max_frame_bytes: 1 << 20,
+            stop: Arc::new(AtomicBool::new(false)),
+            worker: 0,
+            peers: 1,
+            remaining: Some(Arc::new(AtomicU64::new(50))),
+        };
+        let handle = start(plan, ctx).unwrap();
+        assert_eq!(handle.rx.iter().map(|b| b.len()).sum::<usize>(), 50);
+        for thread in handle.threads {
+            thread.join().unwrap();
+        }
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "ends")
+            .create()
+            .unwrap();
+        let mut list = TopicPartitionList::new();
+        list.add_partition("ends", 0);
+        let committed = reader
+            .committed_offsets(list, Duration::from_secs(10))
+            .unwrap();
+        let offset = committed.find_partition("ends", 0).map(|p| p.offset());
+        assert_eq!(offset, Some(Offset::Offset(50)));
     }
 }
