@@ -227,7 +227,7 @@ fn commit(
 
 /// How long the source tries to commit its last offsets at its end (a
 /// broker that just came back may not know the group's coordinator yet).
-const FINAL_COMMIT_FOR: Duration = Duration::from_secs(30);
+const FINAL_COMMIT_FOR: Duration = Duration::from_secs(10);
 
 /// Commit the offsets the source ends at, trying again while the group's
 /// coordinator is not reachable; a failure in the end is logged (the next
