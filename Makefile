@@ -76,7 +76,7 @@ bench: develop-release ## Benchmarks: engine against a bare Python loop, same ru
 	$(BIN)/python benches/star_leaders.py --events 300000 --workers 2 --partitions 2
 	$(BIN)/python benches/windows.py
 	$(BIN)/python benches/startup.py
-	$(BIN)/python benches/breakdown.py
+	$(BIN)/python benches/breakdown.py --wall-events 300000 --repeat 3
 
 clean: ## Remove build products and the venv
 	rm -rf target $(VENV) artifacts
