@@ -209,26 +209,13 @@ impl FilePosition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bad_input::BadInput;
-    use crate::metrics::PipelineMetrics;
-    use std::sync::atomic::AtomicBool;
 
     #[test]
     fn first_batches_are_small_then_double_up_to_the_batch_size() {
         let path = std::env::temp_dir().join(format!("wallaroo-file-{}.txt", std::process::id()));
         let lines: Vec<String> = (0..3000).map(|i| format!("line {i}")).collect();
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        let ctx = SourceContext {
-            pipeline: "p".to_owned(),
-            bad: Arc::new(BadInput::new(None).unwrap()),
-            metrics: Arc::new(PipelineMetrics::default()),
-            batch_size: 1000,
-            max_frame_bytes: 1 << 20,
-            stop: Arc::new(AtomicBool::new(false)),
-            worker: 0,
-            peers: 1,
-            remaining: None,
-        };
+        let ctx = SourceContext::for_test(None);
         let handle = start(path.clone(), Arc::new(Framing::Lines), ctx, None).unwrap();
         let batches: Vec<Vec<Frame>> = handle.rx.iter().collect();
         std::fs::remove_file(&path).unwrap();

@@ -484,54 +484,50 @@ impl KafkaPosition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bad_input::BadInput;
     use crate::kafka::ClientSettings;
-    use crate::metrics::PipelineMetrics;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::ClientConfig;
-    use std::sync::atomic::AtomicU64;
 
-    #[test]
-    fn first_batches_are_small_then_double_up_to_the_batch_size() {
+    type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+    /// A mock cluster whose one-partition `topic` holds `r0`, `r1`, ...
+    /// (`records` of them), and the plan of a source reading it from the
+    /// start in group `topic`.
+    fn mock_topic(topic: &str, records: usize, commit: bool) -> (Mock, KafkaSourcePlan) {
         let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("ramp", 1, 1).unwrap();
+        cluster.create_topic(topic, 1, 1).unwrap();
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .create()
             .unwrap();
-        for i in 0..3000 {
+        for i in 0..records {
             let value = format!("r{i}");
             producer
-                .send(BaseRecord::<(), _>::to("ramp").payload(&value))
+                .send(BaseRecord::<(), _>::to(topic).payload(&value))
                 .unwrap();
         }
         producer.flush(Duration::from_secs(10)).unwrap();
         let plan = KafkaSourcePlan {
-            topic: "ramp".to_owned(),
+            topic: topic.to_owned(),
             settings: ClientSettings {
                 bootstrap: cluster.bootstrap_servers(),
                 log_level: "Error".into(),
                 extra: vec![],
             },
-            group_id: "ramp".to_owned(),
+            group_id: topic.to_owned(),
             start_offset: StartOffset::Earliest,
             create_partitions: None,
             resume: BTreeMap::new(),
-            commit: false,
+            commit,
         };
-        let ctx = SourceContext {
-            pipeline: "p".to_owned(),
-            bad: Arc::new(BadInput::new(None).unwrap()),
-            metrics: Arc::new(PipelineMetrics::default()),
-            batch_size: 1000,
-            max_frame_bytes: 1 << 20,
-            stop: Arc::new(AtomicBool::new(false)),
-            worker: 0,
-            peers: 1,
-            remaining: Some(Arc::new(AtomicU64::new(3000))),
-        };
-        let handle = start(plan, ctx).unwrap();
+        (cluster, plan)
+    }
+
+    #[test]
+    fn first_batches_are_small_then_double_up_to_the_batch_size() {
+        let (_cluster, plan) = mock_topic("ramp", 3000, false);
+        let handle = start(plan, SourceContext::for_test(Some(3000))).unwrap();
         let batches: Vec<Vec<Frame>> = handle.rx.iter().collect();
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes.first(), Some(&1), "the first record alone: {sizes:?}");
@@ -551,50 +547,14 @@ mod tests {
         use rdkafka::consumer::BaseConsumer;
         use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("ends", 1, 1).unwrap();
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .create()
-            .unwrap();
-        for i in 0..50 {
-            let value = format!("r{i}");
-            producer
-                .send(BaseRecord::<(), _>::to("ends").payload(&value))
-                .unwrap();
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
+        let (cluster, plan) = mock_topic("ends", 50, true);
         // The coordinator refuses the next commits (a broker that just came
         // back is loading the group's offsets).
         cluster.request_errors(
             RDKafkaApiKey::OffsetCommit,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 4],
         );
-        let plan = KafkaSourcePlan {
-            topic: "ends".to_owned(),
-            settings: ClientSettings {
-                bootstrap: cluster.bootstrap_servers(),
-                log_level: "Error".into(),
-                extra: vec![],
-            },
-            group_id: "ends".to_owned(),
-            start_offset: StartOffset::Earliest,
-            create_partitions: None,
-            resume: BTreeMap::new(),
-            commit: true,
-        };
-        let ctx = SourceContext {
-            pipeline: "p".to_owned(),
-            bad: Arc::new(BadInput::new(None).unwrap()),
-            metrics: Arc::new(PipelineMetrics::default()),
-            batch_size: 1000,
-            max_frame_bytes: 1 << 20,
-            stop: Arc::new(AtomicBool::new(false)),
-            worker: 0,
-            peers: 1,
-            remaining: Some(Arc::new(AtomicU64::new(50))),
-        };
-        let handle = start(plan, ctx).unwrap();
+        let handle = start(plan, SourceContext::for_test(Some(50))).unwrap();
         assert_eq!(handle.rx.iter().map(|b| b.len()).sum::<usize>(), 50);
         for thread in handle.threads {
             thread.join().unwrap();

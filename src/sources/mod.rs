@@ -142,6 +142,23 @@ pub struct SourceContext {
 }
 
 impl SourceContext {
+    /// A context for a source's unit tests: one worker alone, batches of
+    /// 1000, at most `remaining` records (None: no limit).
+    #[cfg(test)]
+    pub(crate) fn for_test(remaining: Option<u64>) -> SourceContext {
+        SourceContext {
+            pipeline: "p".to_owned(),
+            bad: Arc::new(BadInput::new(None).expect("bad input without a dead-letter file")),
+            metrics: Arc::new(PipelineMetrics::default()),
+            batch_size: 1000,
+            max_frame_bytes: 1 << 20,
+            stop: Arc::new(AtomicBool::new(false)),
+            worker: 0,
+            peers: 1,
+            remaining: remaining.map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n))),
+        }
+    }
+
     /// Whether this source should end: the run stops or its record limit is reached.
     pub fn finished(&self) -> bool {
         self.stop.load(std::sync::atomic::Ordering::Relaxed)
