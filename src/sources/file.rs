@@ -10,8 +10,8 @@ use crossbeam_channel::{bounded, Sender};
 use flate2::read::MultiGzDecoder;
 
 use super::{
-    drain_parser, handle_parsed, send_batch, Frame, Parser, PosStyle, SourceContext, SourceHandle,
-    SourceInfo, CHANNEL_BATCHES,
+    handle_parsed, send_batch, Frame, Parser, PosStyle, SourceContext, SourceHandle, SourceInfo,
+    CHANNEL_BATCHES,
 };
 use crate::errors::Error;
 use crate::plan::Framing;
@@ -135,32 +135,38 @@ fn read_file(
                 break;
             }
         }
-        let drained = drain_parser(&mut parser, &mut batch, &ctx, &info);
-        skip_recovered(&mut batch, &mut skip);
-        if !drained {
-            log::error!(
-                "{}: cannot find the next frame, the source ends here",
-                info.label
-            );
-            break;
-        }
-        while batch.len() >= limit {
-            let rest = batch.split_off(limit);
-            if !send_batch(&tx, std::mem::replace(&mut batch, rest), &ctx) {
+        // Hand a batch over as soon as it reaches its size: a batch is
+        // moved, never split (splitting copied what remained of the chunk's
+        // records at each hand-over).
+        while let Some(parsed) = parser.next_record() {
+            if !handle_parsed(parsed, &mut batch, &ctx, &info) {
+                log::error!(
+                    "{}: cannot find the next frame, the source ends here",
+                    info.label
+                );
+                send_batch(&tx, batch, &ctx);
                 return;
             }
-            limit = (limit * 2).min(ctx.batch_size);
+            skip_recovered(&mut batch, &mut skip);
+            if batch.len() >= limit {
+                limit = (limit * 2).min(ctx.batch_size);
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(limit));
+                if !send_batch(&tx, full, &ctx) {
+                    return;
+                }
+            }
         }
     }
     send_batch(&tx, batch, &ctx);
     log::debug!("{}: end of input", info.label);
 }
 
-/// Drop the record numbered `skip` (already handed over before a crash).
+/// Drop the record numbered `skip` (already handed over before a crash) when
+/// it is the one just added to the batch.
 fn skip_recovered(batch: &mut Vec<Frame>, skip: &mut Option<u64>) {
-    if let Some(index) = *skip {
-        if let Some(at) = batch.iter().position(|f| f.pos.index == index) {
-            batch.remove(at);
+    if let (Some(index), Some(last)) = (*skip, batch.last()) {
+        if last.pos.index == index {
+            batch.pop();
             *skip = None;
         }
     }
@@ -228,5 +234,26 @@ mod tests {
         let read: Vec<&[u8]> = batches.iter().flatten().map(|f| &f.payload[..]).collect();
         let want: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
         assert_eq!(read, want);
+    }
+
+    #[test]
+    fn going_on_after_a_recovered_record_drops_it_and_keeps_the_ramp() {
+        let path =
+            std::env::temp_dir().join(format!("wallaroo-file-skip-{}.txt", std::process::id()));
+        let lines: Vec<String> = (0..3000).map(|i| format!("line {i}")).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        // Record number 1001 (from 1) is `lines[1000]`, handed over before.
+        let offset: usize = lines[..1000].iter().map(|l| l.len() + 1).sum();
+        let ctx = SourceContext::for_test(None);
+        let after = Some((offset as u64, 1001));
+        let handle = start(path.clone(), Arc::new(Framing::Lines), ctx, after).unwrap();
+        let batches: Vec<Vec<Frame>> = handle.rx.iter().collect();
+        std::fs::remove_file(&path).unwrap();
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 976]);
+        let read: Vec<&[u8]> = batches.iter().flatten().map(|f| &f.payload[..]).collect();
+        let want: Vec<&[u8]> = lines[1001..].iter().map(|l| l.as_bytes()).collect();
+        assert_eq!(read, want);
+        assert_eq!(batches[0][0].pos.index, 1002);
     }
 }
