@@ -523,6 +523,35 @@ def test_watermarks_travel_with_the_keys_windows(monkeypatch):
     assert late == [("k", 30)]  # [30, 40) is due at watermark 47
 
 
+def test_a_key_with_one_pane_holds_it_flat_and_old_snapshots_still_restore(monkeypatch):
+    import pickle
+
+    Clock(monkeypatch, 0)
+    stage = _event_stage(20, 10, stage_id="test/flat")
+    states: dict = {}
+    _feed(stage, states, [("k", 5), ("k", 6)])
+    key = states["k"]
+    assert (key.at, key.acc, key.panes) == (0, [5, 6], {})  # one pane: flat
+    # 12 is past [-10, 10): it fires, then its pane is the second one.
+    assert _feed(stage, states, [("k", 12)]) == ([("k", [5, 6])], [])
+    assert (key.at, key.panes) == (None, {0: [5, 6], 10: [12]})  # two: in ``panes``
+    # Firing [0, 20) leaves one pane: flat again.
+    assert _feed(stage, states, [("j", 21)]) == ([], [])
+    assert stage.tick(states, final=False) == (["k"], [("k", [5, 6, 12])])
+    assert (key.at, key.acc, key.panes) == (10, [12], {})
+    assert stage.open_windows == 1 + 2  # k's [10, 30); j's [10, 30) and [20, 40)
+    # A key pickled before the flat pane (no ``at``, its pane in ``panes``).
+    old = pickle.loads(pickle.dumps(key))
+    del old.__dict__["at"]
+    old.panes, old.acc = {10: [12]}, None
+    fields = dict(old.__dict__)
+    fresh = _event_stage(20, 10, stage_id="test/flat")
+    restored = win._restore_key_windows(fields)
+    assert fresh._open_of(restored) == 1
+    assert fresh.tick({"k": restored}, final=True) == (["k"], [("k", [12])])
+    assert restored.at is None and restored.panes == {} and restored.due is None
+
+
 class Bounds(Ids):
     """Ids with each window's bounds in its output."""
 

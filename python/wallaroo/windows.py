@@ -91,7 +91,10 @@ def hours(x: int) -> int:
 class Aggregation:
     """Base of aggregations: define ``initial_accumulator()``, ``update(data, acc)``
     (mutates ``acc``), ``combine(acc1, acc2)`` (returns a new accumulator) and
-    ``output(key, acc)`` (the window's output, or None for none).
+    ``output(key, acc)`` (the window's output, or None for none). As in
+    0.6: the initial accumulator is an identity of ``combine``, and
+    ``combine`` and ``output`` do not change their arguments (an event-time
+    window of one pane hands that pane's accumulator to ``output``).
 
     Beyond 0.6: a range window calls ``output_window(key, acc, start, end)``
     instead, when the aggregation defines it (the window's bounds in ns)."""
@@ -317,6 +320,7 @@ def _restore_key_windows(fields: dict) -> KeyWindows:
     """Unpickle a key's windows; watermarks travelling with them join the stage's."""
     windows = KeyWindows.__new__(KeyWindows)
     watermarks = fields.pop("watermarks", None)
+    fields.setdefault("at", None)  # snapshots from before the flat single pane
     windows.__dict__.update(fields)
     stage = _STAGES.get(windows.stage)
     if stage is not None:
@@ -341,10 +345,15 @@ class KeyWindows:
         #: Event time: start of the earliest window holding data, not fired (None: none).
         self.due: int | None = None
         #: Range windows: pane start -> accumulator (panes with data only).
+        #: Event time holds a single pane flat instead (``at``, ``acc``).
         self.panes: dict = {}
+        #: Event time: the start of the key's only pane (its accumulator in
+        #: ``acc``), or None (no pane, or the panes are in ``panes``).
+        self.at: int | None = None
         #: Range windows: the identity accumulator of ``combine`` (made once).
         self.identity: Any = None
-        #: Count windows: the accumulator and the records in it.
+        #: Count windows: the accumulator and the records in it (event time:
+        #: the only pane's accumulator).
         self.acc: Any = None
         self.count = 0
 
@@ -622,8 +631,12 @@ class RangeStage(_Stage):
                 last = min(last, start + (above - wrange - start) // slide * slide)
         return max(0, (last - first) // slide + 1)
 
-    def _open_of(self, windows: KeyWindows, start: int | None = None) -> int:
-        panes, slide = windows.panes, self.slide
+    def _open_of(
+        self, windows: KeyWindows, start: int | None = None, panes: dict | None = None
+    ) -> int:
+        slide = self.slide
+        if panes is None:
+            panes = windows.panes
         if start is None:
             start = windows.next_start
         held: set = set()

@@ -287,6 +287,7 @@ class EventRangeStage(RangeStage):
         update = self.agg.update
         initial = self.agg.initial_accumulator
         wrange, slide, pane, delay = self.range, self.slide, self.pane, self.delay
+        grid = pane == slide and wrange % slide == 0
         buckets, index = self.buckets, self._index
         begin = self._begin
         fire = self._fire
@@ -324,7 +325,13 @@ class EventRangeStage(RangeStage):
                 due = windows.due
                 if due is not None:
                     index(due, windows)
-            first = ((t - wrange) // slide + 1) * slide
+            if grid:
+                # The pane is the slide and the range a multiple of it: one division.
+                at = t // slide * slide
+                first = at - wrange + slide
+            else:
+                at = t // pane * pane
+                first = ((t - wrange) // slide + 1) * slide
             fired_to = windows.fired_to
             if t < behind or (fired_to is not None and fired_to > first):
                 # Behind the watermark: its earliest windows may have fired.
@@ -335,9 +342,20 @@ class EventRangeStage(RangeStage):
                     return (result[0], True, stage._late(windows, t))
                 if first < open_from:
                     first = open_from
-            panes = windows.panes
-            at = t // pane * pane
-            acc = panes.get(at)
+            # One pane is held flat (``at``, ``acc``), more in ``panes``.
+            one = windows.at
+            if one is None:
+                panes = windows.panes
+                acc = panes.get(at) if panes else None
+            elif one == at:
+                panes = None
+                acc = windows.acc
+            else:
+                # A second pane: both go to ``panes``.
+                panes = windows.panes
+                panes[one] = windows.acc
+                windows.at = windows.acc = None
+                acc = None
             fresh = acc is None
             try:
                 if fresh:
@@ -368,9 +386,11 @@ class EventRangeStage(RangeStage):
                             top = (other - wrange) // slide * slide
                     if top >= low:
                         stage.open_windows += (top - low) // slide + 1
+                    panes[at] = acc
                 else:
                     stage.open_windows += (top - first) // slide + 1
-                panes[at] = acc
+                    windows.at = at
+                    windows.acc = acc
             if due is None or first < due:
                 windows.due = first
                 bucket = buckets.get(first)
@@ -385,8 +405,11 @@ class EventRangeStage(RangeStage):
         return step
 
     def _begin(self, windows: KeyWindows, data: Any, key_of: Any) -> None:
-        """The first record of a key."""
-        self._start(windows, data, key_of)
+        """The first record of a key (its identity accumulator is made when a
+        window of several panes first fires: one pane needs none)."""
+        windows.started = True
+        self.keys += 1
+        windows.key = (key_of or self.key_of)(data)
         windows.fired_to = windows.due = None
         self.indexed += 1
 
@@ -412,33 +435,37 @@ class EventRangeStage(RangeStage):
     def _fire(self, windows: KeyWindows, limit: int | None, outs: list) -> None:
         """Fire the windows of one key that hold data and end before ``limit``
         (None: every one), oldest first; windows without data are skipped."""
-        panes = windows.panes
         wrange, slide = self.range, self.slide
         combine, output, window_output = self.agg.combine, self.agg.output, self.window_output
-        key, identity = windows.key, windows.identity
+        key = windows.key
         start = windows.due
         fired = 0
-        if len(panes) == 1:
-            # One pane (the common case): the windows holding it, from ``due``.
-            for at in panes:
-                acc = panes[at]
+        at = windows.at
+        if at is not None:
+            # One pane (the common case): the windows holding it, from ``due``;
+            # its accumulator is each one's (``combine`` onto the identity
+            # would give it back: see ``tick``).
+            acc = windows.acc
             stop = last = at - at % slide
             if limit is not None and limit - 1 - wrange < last:
                 stop = limit - 1 - wrange
             while start <= stop:
-                end = start + wrange
                 if window_output is None:
-                    out = output(key, combine(identity, acc))
+                    out = output(key, acc)
                 else:
-                    out = window_output(key, combine(identity, acc), start, end)
+                    out = window_output(key, acc, start, start + wrange)
                 if out is not None:
                     outs.append(out)
                 fired += 1
                 start += slide
             left = start <= last
             if not left:
-                del panes[at]
+                windows.at = windows.acc = None
         else:
+            panes = windows.panes
+            identity = windows.identity
+            if identity is None:
+                identity = windows.identity = self.agg.initial_accumulator()
             held = sorted(panes)
             count = len(held)
             lo = 0
@@ -467,6 +494,8 @@ class EventRangeStage(RangeStage):
                 if first > start:
                     start = first
             left = lo < count
+            if len(panes) == 1:
+                windows.at, windows.acc = panes.popitem()  # flat again
         self.fired += fired
         self.open_windows -= fired
         windows.due = start if left else None
@@ -505,7 +534,7 @@ class EventRangeStage(RangeStage):
         starts, buckets = self.starts, self.buckets
         slide, wrange = self.slide, self.range
         stop = limit - 1 - wrange
-        combine, output, window_output = self.agg.combine, self.agg.output, self.window_output
+        output, window_output = self.agg.output, self.window_output
         fired = 0
         while starts and starts[0] < bound:
             start = heapq.heappop(starts)
@@ -514,37 +543,39 @@ class EventRangeStage(RangeStage):
                     continue  # fired on one of its records since
                 key = windows.key
                 changed(key)
-                panes = windows.panes
-                if len(panes) != 1:
+                at = windows.at
+                if at is None:
                     self._fire(windows, limit, outs)
                     due = windows.due
                     if due is None:
                         continue
                 else:
-                    # One pane (the common case, as in ``_fire``), inline.
-                    at, acc = panes.popitem()
+                    # One pane (the common case, as in ``_fire``), inline. Its
+                    # accumulator goes to ``output`` as it is: the fold of one
+                    # pane onto the identity (``combine``) gives it back, and
+                    # ``combine`` and ``output`` do not change their arguments
+                    # (the Aggregation contract).
+                    acc = windows.acc
                     last = at - at % slide
-                    identity = windows.identity
                     due = start
                     end = stop if stop < last else last
                     if window_output is None:
                         while due <= end:
-                            out = output(key, combine(identity, acc))
+                            out = output(key, acc)
                             if out is not None:
                                 emit(out)
                             fired += 1
                             due += slide
                     else:
                         while due <= end:
-                            out = window_output(key, combine(identity, acc), due, due + wrange)
+                            out = window_output(key, acc, due, due + wrange)
                             if out is not None:
                                 emit(out)
                             fired += 1
                             due += slide
                     if due > last:
-                        windows.due = None
+                        windows.due = windows.at = windows.acc = None
                         continue
-                    panes[at] = acc
                     windows.due = due
                 bucket = buckets.get(due)
                 if bucket is None:
@@ -567,7 +598,10 @@ class EventRangeStage(RangeStage):
 
     def _open_of(self, windows: KeyWindows, start: int | None = None) -> int:
         # Windows before the earliest one holding data and not fired hold none.
-        return 0 if windows.due is None else super()._open_of(windows, windows.due)
+        if windows.due is None:
+            return 0
+        panes = windows.panes if windows.at is None else {windows.at: windows.acc}
+        return super()._open_of(windows, windows.due, panes)
 
     def fire(self, windows: KeyWindows, now: int, flush: bool, outs: list) -> bool:
         """``now`` is the fire limit here (see ``tick``)."""
