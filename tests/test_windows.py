@@ -541,10 +541,9 @@ def test_a_key_with_one_pane_holds_it_flat_and_old_snapshots_still_restore(monke
     assert (key.at, key.acc, key.panes) == (10, [12], {})
     assert stage.open_windows == 1 + 2  # k's [10, 30); j's [10, 30) and [20, 40)
     # A key pickled before the flat pane (no ``at``, its pane in ``panes``).
-    old = pickle.loads(pickle.dumps(key))
-    del old.__dict__["at"]
-    old.panes, old.acc = {10: [12]}, None
-    fields = dict(old.__dict__)
+    fields = pickle.loads(pickle.dumps(key)).__reduce__()[1][0]
+    del fields["at"]
+    fields["panes"], fields["acc"] = {10: [12]}, None
     fresh = _event_stage(20, 10, stage_id="test/flat")
     restored = win._restore_key_windows(fields)
     assert fresh._open_of(restored) == 1

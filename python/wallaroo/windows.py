@@ -318,10 +318,10 @@ _STAGES: dict = {}
 
 def _restore_key_windows(fields: dict) -> KeyWindows:
     """Unpickle a key's windows; watermarks travelling with them join the stage's."""
-    windows = KeyWindows.__new__(KeyWindows)
+    windows = KeyWindows()  # a field a snapshot lacks keeps its default
     watermarks = fields.pop("watermarks", None)
-    fields.setdefault("at", None)  # snapshots from before the flat single pane
-    windows.__dict__.update(fields)
+    for name, value in fields.items():
+        setattr(windows, name, value)
     stage = _STAGES.get(windows.stage)
     if stage is not None:
         stage.reindex = True  # a key the timer's buckets do not know yet
@@ -331,7 +331,16 @@ def _restore_key_windows(fields: dict) -> KeyWindows:
 
 
 class KeyWindows:
-    """The windows of one key of one window stage (the engine's state object)."""
+    """The windows of one key of one window stage (the engine's state object).
+
+    Slots, not a ``__dict__``: a stage holds one per key (100,000s), and the
+    timer reads them long after they were written, so each cache line counts.
+    They pickle as a dict of their fields (``__reduce__``)."""
+
+    __slots__ = (
+        "key", "started", "stage", "next_start", "fired_to", "due",
+        "panes", "at", "identity", "acc", "count",
+    )  # fmt: skip
 
     def __init__(self, stage: str | None = None) -> None:
         self.key: Any = None
@@ -358,7 +367,7 @@ class KeyWindows:
         self.count = 0
 
     def __reduce__(self) -> Any:
-        fields = dict(self.__dict__)
+        fields = {name: getattr(self, name) for name in self.__slots__}
         stage = _STAGES.get(getattr(self, "stage", None))
         if stage is not None:
             # The stage's watermarks at this moment go into every snapshot
