@@ -134,8 +134,12 @@ fn restart(reason: String) {
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     if LOG_RESET.get().is_none() {
+        // Debug at most (the runner's lowest level): with Trace, every
+        // `trace!` of a dependency went through the logger's target lookup,
+        // about 2,400 instructions each, two per Kafka message (rdkafka's
+        // `NativePtr::drop`); above the maximum level it costs one load.
         let logger = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::LoggersAndLevels)?
-            .filter(log::LevelFilter::Trace);
+            .filter(log::LevelFilter::Debug);
         if let Ok(reset) = logger.install() {
             let _ = LOG_RESET.set(reset);
         }
