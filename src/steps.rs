@@ -373,7 +373,6 @@ impl Chain {
         let step = &self.steps[index];
         let Kind::State {
             store,
-            multi,
             tick: Some(tick),
             ..
         } = &step.kind
@@ -389,27 +388,18 @@ impl Chain {
         if fired.is_none() {
             return Ok(());
         }
-        if let Ok(flat) = fired.cast::<PyTuple>() {
-            // `(keys, outputs)`: the keys whose state changed, then every
-            // output in order (no list and pair per key: event-time windows).
-            let (keys, outputs): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
-                flat.extract().map_err(failure)?;
-            if store.tracks_changes() {
-                for key in keys.try_iter().map_err(failure)? {
-                    store
-                        .mark_changed(py, &key.map_err(failure)?)
-                        .map_err(failure)?;
-                }
+        // `(keys, outputs)`: the keys whose state changed, then every output
+        // in order (flat: no list and pair per key).
+        let (keys, outputs): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+            fired.extract().map_err(failure)?;
+        if store.tracks_changes() {
+            for key in keys.try_iter().map_err(failure)? {
+                store
+                    .mark_changed(py, &key.map_err(failure)?)
+                    .map_err(failure)?;
             }
-            return self.next(py, &cursor, step, index, &keys, outputs, true, out);
         }
-        for item in fired.try_iter().map_err(failure)? {
-            let (key, outputs): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
-                item.and_then(|i| i.extract()).map_err(failure)?;
-            store.mark_changed(py, &key).map_err(failure)?;
-            self.next(py, &cursor, step, index, &key, outputs, *multi, out)?;
-        }
-        Ok(())
+        self.next(py, &cursor, step, index, &keys, outputs, true, out)
     }
 
     /// Stop on a failure, or (`--on-error skip`) count it, log it (rate

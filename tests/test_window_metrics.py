@@ -63,14 +63,9 @@ def _time(data: tuple) -> int:
     return data[1]
 
 
-def _fired(ticked: list | tuple | None) -> list:
-    """The outputs of a tick: ``[(key, outputs), ...]`` (ingest time, count
-    windows) or ``(keys, outputs)`` (event time), in order."""
-    if ticked is None:
-        return []
-    if isinstance(ticked, tuple):
-        return ticked[1]
-    return [out for _key, outs in ticked for out in outs]
+def _fired(ticked: tuple | None) -> list:
+    """The outputs of a tick (``(keys, outputs)``), in order."""
+    return [] if ticked is None else ticked[1]
 
 
 def _run(stage: win._Stage, records: list, clock: Clock | None, ticks: float) -> tuple:

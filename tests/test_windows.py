@@ -101,8 +101,7 @@ def test_tumbling_windows_fire_on_later_records_and_on_flush(monkeypatch):
     assert stage.process(4, state) == ([("k", 3)], True)
     clock.now = 1021  # [1010,1020) is due
     assert stage.process(8, state) == ([("k", 4)], True)
-    fired = stage.tick({"k": state}, final=True)
-    assert fired == [("k", [("k", 8)])]
+    assert stage.tick({"k": state}, final=True) == (["k"], [("k", 8)])
 
 
 def test_sliding_windows_count_each_record_in_range_over_slide_windows(monkeypatch):
@@ -117,8 +116,7 @@ def test_sliding_windows_count_each_record_in_range_over_slide_windows(monkeypat
         value = rng.randrange(1, 100)
         total += value
         outs.extend(stage.process(value, state)[0])
-    for _key, fired in stage.tick({"k": state}, final=True):
-        outs.extend(fired)
+    outs.extend(stage.tick({"k": state}, final=True)[1])
     assert sum(v for _k, v in outs) == 3 * total
 
 
@@ -131,7 +129,7 @@ def test_the_timer_fires_due_windows_without_records(monkeypatch):
     assert stage.tick({"k": state}, final=False) is None  # first tick one period in
     clock.now = 250
     # [-100, 0) (empty, still output), [0, 100) and [100, 200) are due.
-    assert stage.tick({"k": state}, final=False) == [("k", [("k", 0), ("k", 5), ("k", 0)])]
+    assert stage.tick({"k": state}, final=False) == (["k"], [("k", 0), ("k", 5), ("k", 0)])
     clock.now = 300
     assert stage.tick({"k": state}, final=False) is None  # next tick at 450
 
@@ -145,7 +143,7 @@ def test_count_windows_fire_every_n_and_partials_at_the_end(monkeypatch):
         outs.extend(stage.process(value, state)[0])
     assert outs == [("k", 6), ("k", 15)]
     assert stage.tick({"k": state}, final=True) is None  # one of two sources ended
-    assert stage.tick({"k": state}, final=True) == [("k", [("k", 7)])]
+    assert stage.tick({"k": state}, final=True) == (["k"], [("k", 7)])
 
 
 def _write(path: Path, records: list) -> None:

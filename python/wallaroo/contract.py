@@ -172,7 +172,9 @@ class StateStep(TypedDict):
     u64: bool
     """Keys must be non-negative ints (``to_state_partition_u64``)."""
     tick: Callable[..., Any] | None
-    """Windows: ``tick(states, final)`` fires what is due on the engine's timer."""
+    """Windows: ``tick(states, final)`` fires what is due on the engine's timer
+    and returns ``(keys, outputs)`` (the keys whose state changed, every output
+    in order) or None."""
     share: Callable[[], Any] | None
     """Event-time windows: ``share()`` -> what this worker's stage knows of its
     source partitions; in a cluster it goes with every timer tick to every

@@ -492,9 +492,10 @@ class _Stage:
         self.finished_feeders += 1
         return self.finished_feeders >= self.feeders
 
-    def tick(self, states: dict, final: bool) -> list | None:
+    def tick(self, states: dict, final: bool) -> tuple | None:
         """Called by the engine on a timer (``final``: a source feeding this stage
-        ended). Returns ``[(state_key, outputs), ...]`` for the keys that changed."""
+        ended). Returns ``(keys, outputs)``: the keys whose windows fired (their
+        state changed) and all the outputs, in order; None when none fired."""
         now = time.time_ns()
         if final:
             if not self._ended():
@@ -507,15 +508,13 @@ class _Stage:
             flush = self.quiet(now)
         return self._fire_all(states, now, flush)
 
-    def _fire_all(self, states: dict, now: int, flush: bool) -> list:
-        changed = []
+    def _fire_all(self, states: dict, now: int, flush: bool) -> tuple | None:
+        keys: list = []
+        outs: list = []
         for state_key, windows in list(states.items()):
-            if not windows.started:
-                continue
-            outs: list = []
-            if self.fire(windows, now, flush, outs):
-                changed.append((state_key, outs))
-        return changed
+            if windows.started and self.fire(windows, now, flush, outs):
+                keys.append(state_key)
+        return (keys, outs) if keys else None
 
     def quiet(self, now: int) -> bool:
         """Whether input has been silent long enough to fire everything."""
