@@ -196,9 +196,11 @@ def timed(command: list, stdout_path: str, env: dict) -> tuple:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def lines(path: str) -> int:
+def lines(path: str) -> tuple:
+    """The leaderboards written to ``path``, sorted (each configuration
+    writes the same lines; with 2 workers the partitions interleave apart)."""
     with open(path, "rb") as f:
-        return sum(1 for _ in f)
+        return tuple(sorted(f))
 
 
 def main() -> None:
@@ -246,16 +248,21 @@ def main() -> None:
         counted = {key: job.result() for key, (job, _out) in jobs.items()}
         outputs = {label: lines(jobs[label, "n"][1]) for label, _w in CONFIGS}
         if len(set(outputs.values())) != 1:
-            sys.exit(f"leaderboards differ between configurations: {outputs}")
+            sys.exit("leaderboards differ between configurations: "
+                     + ", ".join(f"{label} {len(out)}" for label, out in outputs.items()))
         load.append(os.getloadavg()[0])
 
         star_file.write_events(big, opts.wall_events)
         times: dict = {label: [] for label, _w in CONFIGS}
         for _ in range(opts.repeat):
+            written = {}
             for label, workers in CONFIGS:
                 out = os.path.join(tmp, f"timed-{workers}")
                 command, stdout_path = command_of(workers, big, out)
                 times[label].append(timed(command, stdout_path, env))
+                written[label] = lines(out)
+            if len(set(written.values())) != 1:
+                sys.exit("timed runs: leaderboards differ between configurations")
         load.append(os.getloadavg()[0])
 
     names = sorted({name for found in counted.values() for name in found})
@@ -267,8 +274,8 @@ def main() -> None:
     names = [name for name in names if name not in apart]
     totals = {label: sum(per_event[label][name] for name in names) for label, _w in CONFIGS}
     print(f"cost breakdown, original star leaders app from a file, {opts.events:,} events "
-          f"under callgrind ({outputs['bare loop']:,} leaderboards); load average "
-          f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores")
+          f"under callgrind ({len(outputs['bare loop']):,} leaderboards, the same lines each); "
+          f"load average {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores")
     print("instructions per event (run on N events - run on an empty file, / N), all "
           "processes and threads")
     header = f"  {'component':<45}" + "".join(f"{label:>20}" for label, _w in CONFIGS)

@@ -5,8 +5,10 @@ with the same Python 2 translation), and each event goes through its decoder,
 filter, partitioner, state computation (one state object per partition key)
 and encoder, in order.
 
-``python star_leaders_direct.py APP file EVENTS`` prints the encoder's
-output for the events of EVENTS (one JSON event per line), one line each.
+``python star_leaders_direct.py APP file EVENTS`` writes what the app's
+file sink would for the events of EVENTS (one JSON event per line): the
+output of its ``line_encoder`` (the encoder of its ``--output`` file) when it
+has one, else of its ``encoder`` and a newline, one line per leaderboard.
 ``python star_leaders_direct.py APP kafka BOOTSTRAP SOURCE SINK COUNT``
 reads COUNT events of SOURCE (every partition), writes the leaderboards to SINK,
 as the engine does, and prints how many: the bare loop of
@@ -23,12 +25,12 @@ from typing import Any
 class StarLeaders:
     """One pass of the app's functions over a stream of raw events."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, encoder: str = "encoder") -> None:
         self.decode = app.decoder.decode
         self.keep = app.filter_interesting_events.compute
         self.partition = app.PARTITIONER.partition
         self.update = app.annotate_repos.compute
-        self.encode = app.encoder.encode
+        self.encode = getattr(app, encoder).encode
         self.state_class = app.RepoMetadata
         self.states: dict = {}
 
@@ -51,12 +53,16 @@ class StarLeaders:
                 yield encode(leaders)
 
 
-def load(app: str) -> StarLeaders:
+def load(app: str, file_sink: bool = False) -> StarLeaders:
     """The app ``app`` (its ``.py`` file or directory), imported as
-    ``python -m wallaroo APP`` would."""
+    ``python -m wallaroo APP`` would; with ``file_sink``, its outputs are
+    encoded as its file sink encodes them (see the module docs)."""
     from wallaroo.loader import load_app
 
-    return StarLeaders(load_app(app))
+    module = load_app(app)
+    if file_sink and hasattr(module, "line_encoder"):
+        return StarLeaders(module, "line_encoder")
+    return StarLeaders(module)
 
 
 def _kafka_values(bootstrap: str, topic: str, count: int) -> Iterator[bytes]:
@@ -104,11 +110,12 @@ def run_kafka(loop: StarLeaders, bootstrap: str, source: str, sink: str, count: 
 def main(argv: list) -> None:
     """The command line of the module docstring."""
     app, mode, *rest = argv
-    loop = load(app)
+    loop = load(app, file_sink=mode == "file")
     if mode == "file":
+        write = sys.stdout.write
         with open(rest[0], "rb") as events:
             for output in loop.outputs(line.rstrip(b"\n") for line in events):
-                print(output)
+                write(output if output.endswith("\n") else output + "\n")
     else:
         bootstrap, source, sink, count = rest
         print(run_kafka(loop, bootstrap, source, sink, int(count)))
