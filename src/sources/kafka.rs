@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
+use rdkafka::bindings;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::Message;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
@@ -293,6 +295,185 @@ fn report_lag(
     ctx.metrics.set_kafka_lag(topic, lag);
 }
 
+/// The consumer's queue read in batches (`rd_kafka_consume_batch_queue`):
+/// `BaseConsumer::poll` turned each message into an event, an `Arc` and a
+/// borrowed message, about half of the source thread's instructions per
+/// message once the payload copy is left out. librdkafka's log lines are
+/// sent to a queue of their own, served here through the consumer's
+/// context as rdkafka does (in the consumer's queue a batch read would print
+/// them to stderr). Lives no longer than the consumer it reads.
+struct BatchReader<'a> {
+    consumer: &'a BaseConsumer,
+    queue: *mut bindings::rd_kafka_queue_t,
+    logs: *mut bindings::rd_kafka_queue_t,
+    messages: Vec<*mut bindings::rd_kafka_message_t>,
+}
+
+/// What one read of the queue ended with.
+enum Read {
+    /// Every message asked for: more may be waiting.
+    Full,
+    /// Fewer: the queue is empty for now.
+    Drained,
+    /// A consumer error (after the messages before it).
+    Error(String),
+}
+
+impl<'a> BatchReader<'a> {
+    /// None when the client has no consumer queue (no group id). Called
+    /// before any partition is assigned (it serves what is queued so far).
+    fn new(consumer: &'a BaseConsumer) -> Option<Self> {
+        let client = consumer.client().native_ptr();
+        // SAFETY: `client` is a live consumer handle for the reader's life;
+        // each queue obtained here is released in `drop`.
+        unsafe {
+            let queue = bindings::rd_kafka_queue_get_consumer(client);
+            if queue.is_null() {
+                return None;
+            }
+            let logs = bindings::rd_kafka_queue_new(client);
+            bindings::rd_kafka_set_log_queue(client, logs);
+            let reader = BatchReader {
+                consumer,
+                queue,
+                logs,
+                messages: Vec::new(),
+            };
+            // Log lines queued before the switch are served as rdkafka's poll
+            // serves them (called before any partition is assigned: no
+            // message can be among them).
+            for _ in 0..10_000 {
+                if bindings::rd_kafka_queue_length(queue) == 0 {
+                    break;
+                }
+                let _ = consumer.poll(Duration::ZERO);
+            }
+            Some(reader)
+        }
+    }
+
+    /// Read up to `max` messages, waiting at most `timeout` for the first;
+    /// each goes to `take(partition, offset, payload)` in the queue's order.
+    fn read(
+        &mut self,
+        timeout: Duration,
+        max: usize,
+        mut take: impl FnMut(i32, i64, &[u8]),
+    ) -> Read {
+        let max = max.max(1);
+        self.messages.clear();
+        self.messages.resize(max, std::ptr::null_mut());
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: the array holds `max` pointers; each message returned is
+        // read, then destroyed once, before the next call.
+        let count = unsafe {
+            bindings::rd_kafka_consume_batch_queue(
+                self.queue,
+                timeout_ms,
+                self.messages.as_mut_ptr(),
+                max,
+            )
+        };
+        let count = usize::try_from(count).unwrap_or(0).min(max);
+        let mut error = None;
+        for &message in &self.messages[..count] {
+            // SAFETY: librdkafka returned `count` valid messages.
+            unsafe {
+                let m = &*message;
+                if m.err == bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    if error.is_none() {
+                        let payload = if m.payload.is_null() {
+                            &[][..]
+                        } else {
+                            std::slice::from_raw_parts(m.payload.cast::<u8>(), m.len)
+                        };
+                        take(m.partition, m.offset, payload);
+                    }
+                } else if m.err != bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF
+                    && error.is_none()
+                {
+                    let text = bindings::rd_kafka_message_errstr(message);
+                    let text = if text.is_null() {
+                        String::new()
+                    } else {
+                        std::ffi::CStr::from_ptr(text)
+                            .to_string_lossy()
+                            .into_owned()
+                    };
+                    error = Some(format!(
+                        "{} ({text})",
+                        rdkafka::error::RDKafkaErrorCode::from(m.err)
+                    ));
+                }
+                bindings::rd_kafka_message_destroy(message);
+            }
+        }
+        self.serve_logs();
+        match error {
+            Some(error) => Read::Error(error),
+            None if count == max => Read::Full,
+            None => Read::Drained,
+        }
+    }
+
+    /// Hand librdkafka's queued log lines to the consumer's context.
+    fn serve_logs(&self) {
+        loop {
+            // SAFETY: `logs` is a live queue; each event is destroyed once.
+            unsafe {
+                let event = bindings::rd_kafka_queue_poll(self.logs, 0);
+                if event.is_null() {
+                    return;
+                }
+                let (mut fac, mut text, mut level) = (std::ptr::null(), std::ptr::null(), 0);
+                if bindings::rd_kafka_event_type(event) == bindings::RD_KAFKA_EVENT_LOG
+                    && bindings::rd_kafka_event_log(event, &mut fac, &mut text, &mut level) == 0
+                    && !fac.is_null()
+                    && !text.is_null()
+                {
+                    let fac = std::ffi::CStr::from_ptr(fac).to_string_lossy();
+                    let text = std::ffi::CStr::from_ptr(text).to_string_lossy();
+                    self.consumer
+                        .context()
+                        .log(log_level_of(level), fac.trim(), text.trim());
+                }
+                bindings::rd_kafka_event_destroy(event);
+            }
+        }
+    }
+}
+
+impl Drop for BatchReader<'_> {
+    fn drop(&mut self) {
+        let client = self.consumer.client().native_ptr();
+        // SAFETY: the client outlives the reader; the log lines go back to
+        // the main queue (served by rdkafka's poll and close) before the
+        // reader's own queue is served a last time and released.
+        unsafe {
+            let main = bindings::rd_kafka_queue_get_main(client);
+            bindings::rd_kafka_set_log_queue(client, main);
+            bindings::rd_kafka_queue_destroy(main);
+            self.serve_logs();
+            bindings::rd_kafka_queue_destroy(self.logs);
+            bindings::rd_kafka_queue_destroy(self.queue);
+        }
+    }
+}
+
+/// librdkafka's (syslog) level as rdkafka's.
+fn log_level_of(level: i32) -> RDKafkaLogLevel {
+    match level {
+        i32::MIN..=0 => RDKafkaLogLevel::Emerg,
+        1 => RDKafkaLogLevel::Alert,
+        2 => RDKafkaLogLevel::Critical,
+        3 => RDKafkaLogLevel::Error,
+        4 => RDKafkaLogLevel::Warning,
+        5 => RDKafkaLogLevel::Notice,
+        6 => RDKafkaLogLevel::Info,
+        _ => RDKafkaLogLevel::Debug,
+    }
+}
+
 fn consume(
     consumer: BaseConsumer,
     plan: KafkaSourcePlan,
@@ -302,6 +483,12 @@ fn consume(
     read_everywhere: &AtomicBool,
 ) {
     let label = info.label.clone();
+    // Before any partition is assigned: no message is served while the log
+    // lines queued so far are.
+    let Some(mut reader) = BatchReader::new(&consumer) else {
+        log::error!("{label}: the Kafka client has no consumer queue");
+        return;
+    };
     let Some((partitions, everywhere)) = wait_for_partitions(&consumer, &plan.topic, &ctx, &label)
     else {
         return;
@@ -360,42 +547,42 @@ fn consume(
     let mut gaps = Throttle::default();
     let mut last_commit = Instant::now();
     while !ctx.finished() {
-        let timeout = if batch.is_empty() {
-            POLL
+        // The first record of a batch is waited for; the rest of it is what
+        // is already fetched, up to the batch's size.
+        let (timeout, want) = if batch.is_empty() {
+            (POLL, 1)
         } else {
-            Duration::ZERO
+            (Duration::ZERO, limit - batch.len())
         };
-        match consumer.poll(timeout) {
-            Some(Ok(message)) => {
-                let (partition, offset) = (message.partition(), message.offset());
-                if let Some(&expected) = next.get(&partition) {
-                    if offset > expected && gaps.ready() {
-                        log::warn!(
-                            "{label}: partition {partition}: offsets {expected}..{} were not \
-                             delivered (retention, compaction or transaction markers)",
-                            offset - 1
-                        );
-                    }
-                }
-                next.insert(partition, offset + 1);
-                batch.push(Frame {
-                    payload: message.payload().unwrap_or_default().to_vec(),
-                    pos: Pos {
-                        stream: u32::try_from(partition).unwrap_or_default(),
-                        index: u64::try_from(offset).unwrap_or_default(),
-                        offset: u64::try_from(offset).unwrap_or_default(),
-                    },
-                    read_ns: 0,
-                });
-                if batch.len() < limit {
-                    continue;
+        let read = reader.read(timeout, want, |partition, offset, payload| {
+            if let Some(&expected) = next.get(&partition) {
+                if offset > expected && gaps.ready() {
+                    log::warn!(
+                        "{label}: partition {partition}: offsets {expected}..{} were not \
+                         delivered (retention, compaction or transaction markers)",
+                        offset - 1
+                    );
                 }
             }
-            Some(Err(e)) if errors.ready() => {
-                log::warn!("{label}: {e} (librdkafka retries on its own)");
+            next.insert(partition, offset + 1);
+            batch.push(Frame {
+                payload: payload.to_vec(),
+                pos: Pos {
+                    stream: u32::try_from(partition).unwrap_or_default(),
+                    index: u64::try_from(offset).unwrap_or_default(),
+                    offset: u64::try_from(offset).unwrap_or_default(),
+                },
+                read_ns: 0,
+            });
+        });
+        match read {
+            Read::Full if batch.len() < limit => continue,
+            Read::Full | Read::Drained => {}
+            Read::Error(e) => {
+                if errors.ready() {
+                    log::warn!("{label}: {e} (librdkafka retries on its own)");
+                }
             }
-            Some(Err(_)) => {}
-            None => {}
         }
         if !batch.is_empty() {
             limit = (limit * 2).min(ctx.batch_size.max(1));
@@ -413,6 +600,7 @@ fn consume(
             last_commit = Instant::now();
         }
     }
+    drop(reader);
     send_batch(&tx, batch, &ctx);
     if plan.commit {
         commit_at_end(&consumer, &plan.topic, &next, &label);
