@@ -46,6 +46,16 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` used so far (0 when gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _read(bootstrap: str, topic: str, expected: int) -> tuple:
     """The leaderboards in ``topic`` by state partition, in order (each
     partition's own order is the app's guarantee), and the seconds from the
@@ -125,11 +135,12 @@ def main() -> None:
                                "--log-level", "warning"]
                     if workers > 1:
                         command += ["--workers", str(workers)]
-                cpu = _children_cpu()
+                cpu, broker_cpu = _children_cpu(), _process_cpu(broker.proc.pid)
                 start = time.perf_counter()
                 done = subprocess.run(command, cwd=empty, check=True, stdout=subprocess.PIPE,
                                       text=True)
                 whole, used = time.perf_counter() - start, _children_cpu() - cpu
+                broker_cpu = _process_cpu(broker.proc.pid) - broker_cpu
                 if side == "bare":
                     bare_count = int(done.stdout.split()[-1])
                 boards, steady = _read(broker.bootstrap, sink, bare_count)
@@ -137,7 +148,7 @@ def main() -> None:
                     bare_boards = boards
                 elif boards != bare_boards:
                     sys.exit(f"{side}: leaderboards differ from the bare loop's")
-                results[side].append((whole, steady, used))
+                results[side].append((whole, steady, used, broker_cpu))
     os.rmdir(empty)
     print(f"star leaders (original app), {total:,} events, {bare_count:,} leaderboards, "
           f"tansu on loopback, {opts.partitions}-partition source topic, best of {opts.repeat} "
@@ -147,9 +158,11 @@ def main() -> None:
     for side in sides:
         whole, steady = min(r[0] for r in results[side]), min(r[1] for r in results[side])
         cpu = min(r[2] for r in results[side])
+        broker_cpu = min(r[3] for r in results[side])
         print(f"  {side:<18}: whole {whole:6.2f} s ({bare_whole / whole:4.2f}x bare), "
               f"first to last output {steady:6.2f} s ({bare_steady / steady:4.2f}x bare), "
-              f"CPU {cpu:.2f} s")
+              f"CPU {cpu:.2f} s, the broker's CPU meanwhile {broker_cpu:.2f} s "
+              f"({broker_cpu / whole:.2f} of a core)")
 
 
 if __name__ == "__main__":
