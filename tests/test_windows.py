@@ -549,6 +549,32 @@ def test_a_key_with_one_pane_holds_it_flat_and_old_snapshots_still_restore(monke
     assert restored.at is None and restored.panes == {} and restored.due is None
 
 
+class Shared(Ids):
+    """Ids whose output is the accumulator itself (no copy), as the contract allows."""
+
+    def output(self, key, acc):
+        return (key, acc)
+
+
+def test_an_output_kept_downstream_never_changes_after_it_was_made(monkeypatch):
+    Clock(monkeypatch, 0)
+    builder = wallaroo.range_windows(20).with_slide(10).with_event_time(_event_time)
+    stage = wev.EventRangeStage(builder.over(Shared), lambda d: d[0], 1, "test/shared")
+    states: dict = {}
+    # Each pane [0, 10) is in [-10, 10) and [0, 20). j's 11 makes [-10, 10)
+    # due: m's 8 fires m's on its record, then goes into the same pane; the
+    # timer fires k's, then k's 7 goes into that pane.
+    kept, late = _feed(stage, states, [("k", 5), ("m", 5), ("j", 11), ("m", 8)])
+    kept += stage.tick(states, final=False)[1]
+    more, late2 = _feed(stage, states, [("k", 7), ("j", 24)])
+    kept += more + stage.tick(states, final=False)[1] + stage.tick(states, final=True)[1]
+    assert late == late2 == []
+    per_key: dict = defaultdict(list)
+    for key, ids in kept:
+        per_key[key].append(ids)
+    assert per_key == {"k": [[5], [5, 7]], "m": [[5], [5, 8]], "j": [[11], [11, 24], [24]]}
+
+
 class Bounds(Ids):
     """Ids with each window's bounds in its output."""
 

@@ -93,8 +93,9 @@ class Aggregation:
     (mutates ``acc``), ``combine(acc1, acc2)`` (returns a new accumulator) and
     ``output(key, acc)`` (the window's output, or None for none). As in
     0.6: the initial accumulator is an identity of ``combine``, and
-    ``combine`` and ``output`` do not change their arguments (an event-time
-    window of one pane hands that pane's accumulator to ``output``).
+    ``combine`` and ``output`` do not change their arguments (the last
+    event-time window of a key's only pane gets that pane's accumulator
+    itself, not a fold of it onto an identity).
 
     Beyond 0.6: a range window calls ``output_window(key, acc, start, end)``
     instead, when the aggregation defines it (the window's bounds in ns)."""

@@ -405,8 +405,8 @@ class EventRangeStage(RangeStage):
         return step
 
     def _begin(self, windows: KeyWindows, data: Any, key_of: Any) -> None:
-        """The first record of a key (its identity accumulator is made when a
-        window of several panes first fires: one pane needs none)."""
+        """The first record of a key (no identity accumulator is kept: a
+        window's fold starts from a fresh ``initial_accumulator()``)."""
         windows.started = True
         self.keys += 1
         windows.key = (key_of or self.key_of)(data)
@@ -437,23 +437,24 @@ class EventRangeStage(RangeStage):
         (None: every one), oldest first; windows without data are skipped."""
         wrange, slide = self.range, self.slide
         combine, output, window_output = self.agg.combine, self.agg.output, self.window_output
+        initial = self.agg.initial_accumulator
         key = windows.key
         start = windows.due
         fired = 0
         at = windows.at
         if at is not None:
-            # One pane (the common case): the windows holding it, from ``due``;
-            # its accumulator is each one's (``combine`` onto the identity
-            # would give it back: see ``tick``).
+            # One pane (the common case): the windows holding it, from ``due``
+            # (see ``tick`` for the accumulator each one gets).
             acc = windows.acc
             stop = last = at - at % slide
             if limit is not None and limit - 1 - wrange < last:
                 stop = limit - 1 - wrange
             while start <= stop:
+                window = acc if start == last else combine(initial(), acc)
                 if window_output is None:
-                    out = output(key, acc)
+                    out = output(key, window)
                 else:
-                    out = window_output(key, acc, start, start + wrange)
+                    out = window_output(key, window, start, start + wrange)
                 if out is not None:
                     outs.append(out)
                 fired += 1
@@ -463,15 +464,12 @@ class EventRangeStage(RangeStage):
                 windows.at = windows.acc = None
         else:
             panes = windows.panes
-            identity = windows.identity
-            if identity is None:
-                identity = windows.identity = self.agg.initial_accumulator()
             held = sorted(panes)
             count = len(held)
             lo = 0
             while limit is None or start + wrange < limit:
                 end = start + wrange
-                acc = identity
+                acc = initial()
                 i = lo
                 while i < count and held[i] < end:
                     acc = combine(acc, panes[held[i]])
@@ -534,7 +532,8 @@ class EventRangeStage(RangeStage):
         starts, buckets = self.starts, self.buckets
         slide, wrange = self.slide, self.range
         stop = limit - 1 - wrange
-        output, window_output = self.agg.output, self.window_output
+        combine, output, window_output = self.agg.combine, self.agg.output, self.window_output
+        initial = self.agg.initial_accumulator
         fired = 0
         while starts and starts[0] < bound:
             start = heapq.heappop(starts)
@@ -551,28 +550,25 @@ class EventRangeStage(RangeStage):
                         continue
                 else:
                     # One pane (the common case, as in ``_fire``), inline. Its
-                    # accumulator goes to ``output`` as it is: the fold of one
-                    # pane onto the identity (``combine``) gives it back, and
-                    # ``combine`` and ``output`` do not change their arguments
-                    # (the Aggregation contract).
+                    # last window (``last``: the pane is dropped after it)
+                    # gets its accumulator itself; each earlier one the fold
+                    # of the pane onto a fresh identity (``combine``), as the
+                    # pane may still change and what ``output`` returned may
+                    # be kept downstream.
                     acc = windows.acc
                     last = at - at % slide
                     due = start
                     end = stop if stop < last else last
-                    if window_output is None:
-                        while due <= end:
-                            out = output(key, acc)
-                            if out is not None:
-                                emit(out)
-                            fired += 1
-                            due += slide
-                    else:
-                        while due <= end:
-                            out = window_output(key, acc, due, due + wrange)
-                            if out is not None:
-                                emit(out)
-                            fired += 1
-                            due += slide
+                    while due <= end:
+                        window = acc if due == last else combine(initial(), acc)
+                        if window_output is None:
+                            out = output(key, window)
+                        else:
+                            out = window_output(key, window, due, due + wrange)
+                        if out is not None:
+                            emit(out)
+                        fired += 1
+                        due += slide
                     if due > last:
                         windows.due = windows.at = windows.acc = None
                         continue
