@@ -423,6 +423,8 @@ def application_setup(args):
     where = args[args.index("--where") + 1]
     if where == "tcp":
         config = wallaroo.TCPSourceConfig("127.0.0.1", args[args.index("--port") + 1], decode)
+    elif where == "kafka":
+        config = wallaroo.DefaultKafkaSourceCLIParser(decode)
     else:
         config = wallaroo.FileSourceConfig(args[args.index("--input") + 1], decode)
     numbers = wallaroo.source("Numbers", config).to(plus_one)
@@ -451,6 +453,33 @@ def test_a_clone_merged_back_reads_its_source_twice(run_app, tmp_path):
     assert values == sorted([(n + 1) * 10 for n in range(1, 6)] + [-(n + 1) for n in range(1, 6)])
     # One state after the merge: its last total is the sum over both branches.
     assert sum(values) in {int(line.split()[1]) for line in lines}
+    assert "'Numbers': 5 in" in result.stderr and "'Numbers (2)': 5 in" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_clone_of_a_kafka_source_merged_back_reads_the_topic_twice(broker, run_app, tmp_path):
+    """As with a file: each copy of the source reads every record of the topic
+    (each assigns the partitions itself), so every record goes down both
+    branches; each copy ends after its --max-records."""
+    from confluent_kafka import Producer
+
+    app = tmp_path / "clone_app.py"
+    app.write_text(CLONE_APP)
+    topic = f"clone-{tmp_path.name}"
+    broker.create_topic(topic, partitions=1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for n in range(1, 6):
+        producer.produce(topic, str(n).encode())
+    assert producer.flush(30) == 0
+    output = tmp_path / "out.txt"
+    result = run_app(
+        app, "--where", "kafka", "--output", str(output), "--max-records", "5",
+        "--kafka_source_topic", topic, "--kafka_source_brokers", broker.bootstrap,
+        timeout=90,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    values = sorted(int(line.split()[0]) for line in output.read_text().splitlines())
+    assert values == sorted([(n + 1) * 10 for n in range(1, 6)] + [-(n + 1) for n in range(1, 6)])
     assert "'Numbers': 5 in" in result.stderr and "'Numbers (2)': 5 in" in result.stderr
 
 
