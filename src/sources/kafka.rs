@@ -315,7 +315,8 @@ enum Read {
     Full,
     /// Fewer: the queue is empty for now.
     Drained,
-    /// A consumer error (after the messages before it).
+    /// A consumer error (the first of the read; every message of the read
+    /// was taken, before and after it).
     Error(String),
 }
 
@@ -381,14 +382,16 @@ impl<'a> BatchReader<'a> {
             unsafe {
                 let m = &*message;
                 if m.err == bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                    if error.is_none() {
-                        let payload = if m.payload.is_null() {
-                            &[][..]
-                        } else {
-                            std::slice::from_raw_parts(m.payload.cast::<u8>(), m.len)
-                        };
-                        take(m.partition, m.offset, payload);
-                    }
+                    // Every message is taken, those after an error too: the
+                    // consumer's position has moved past them, so one left
+                    // out would never come again (and a later commit would
+                    // skip it).
+                    let payload = if m.payload.is_null() {
+                        &[][..]
+                    } else {
+                        std::slice::from_raw_parts(m.payload.cast::<u8>(), m.len)
+                    };
+                    take(m.partition, m.offset, payload);
                 } else if m.err != bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF
                     && error.is_none()
                 {
