@@ -641,10 +641,13 @@ def test_kafka_source_reports_lag_per_partition() -> None:
                     for x in s.samples("wallaroo_kafka_consumer_lag_messages", topic=source)
                 }
                 read = s.total("wallaroo_source_records_total")
-                return s if read == 500 and lag == {"0": 0.0, "1": 0.0} else None
+                # The sink's count comes after the source's (the records go
+                # through the steps first): wait for both.
+                written = s.total("wallaroo_sink_records_total")
+                done = read == 500 and written == 500 and lag == {"0": 0.0, "1": 0.0}
+                return s if done else None
 
-            s = wait_for(caught_up, 30, "every message read, lag 0 on both partitions")
-            assert s.total("wallaroo_sink_records_total") == 500  # type: ignore[union-attr]
+            s = wait_for(caught_up, 30, "every message read and written, lag 0 on both partitions")
             source_labels = {x.labels["source"] for x in s.samples("wallaroo_source_records_total")}  # type: ignore[union-attr]
             assert source_labels == {f"kafka topic {source}"}
 
