@@ -360,7 +360,8 @@ class KeyWindows:
         #: Event time: the start of the key's only pane (its accumulator in
         #: ``acc``), or None (no pane, or the panes are in ``panes``).
         self.at: int | None = None
-        #: Range windows: the identity accumulator of ``combine`` (made once).
+        #: Ingest-time range windows: the identity accumulator of ``combine``
+        #: (made once; event time folds onto a fresh ``initial_accumulator()``).
         self.identity: Any = None
         #: Count windows: the accumulator and the records in it (event time:
         #: the only pane's accumulator).
